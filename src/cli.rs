@@ -1,0 +1,150 @@
+//! Command-line flags as clap sees them. Nothing below `main` uses these types: they are
+//! turned into [`crate::settings`] first, where values are checked and named in errors.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::model::{AddrFilter, TcpState};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tcpdoctor",
+    version,
+    about = "Find, explain and fix TCP connection-state problems (TIME_WAIT, CLOSE_WAIT, port and fd exhaustion)",
+    after_help = "Exit codes: 0 success, 1 warnings found (check), 2 critical findings (check), 3 error (bad flag, unreadable source).\nColors: on a terminal only; NO_COLOR or --color never turns them off."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Where to read sockets from: sock_diag netlink (auto falls back to /proc/net/tcp).
+    #[arg(long, global = true, value_enum, default_value_t = SourceArg::Auto)]
+    pub source: SourceArg,
+    /// Read /proc from this directory (to replay a host captured into a folder).
+    #[arg(long, global = true, value_name = "DIR", default_value = "/proc")]
+    pub proc_root: PathBuf,
+    /// When to color output.
+    #[arg(long, global = true, value_enum, default_value_t = ColorArg::Auto)]
+    pub color: ColorArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceArg {
+    Auto,
+    Netlink,
+    Proc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorArg {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Count TCP sockets per state (every state, zeros included), IPv4, IPv6 and total.
+    States(StatesArgs),
+    /// List TCP sockets with their owning process, like `ss -tanp` but fast.
+    Sockets(SocketsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FamilyArgs {
+    /// IPv4 only.
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// IPv6 only.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatesArgs {
+    /// One row per process, peer address, local port or remote port, biggest first.
+    #[arg(long, value_enum, value_name = "KEY")]
+    pub by: Option<ByArg>,
+    /// Only these states (comma-separated; close-wait, CLOSE_WAIT, close_wait all work;
+    /// also `all` and `connected`).
+    #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = parse_state_word)]
+    pub state: Vec<StateWord>,
+    /// Rows shown with --by (0 = all).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+    #[command(flatten)]
+    pub family: FamilyArgs,
+    /// Print JSON (schema: docs/json.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ByArg {
+    Process,
+    Peer,
+    LocalPort,
+    RemotePort,
+}
+
+#[derive(Debug, Args)]
+pub struct SocketsArgs {
+    /// Only these states (comma-separated; also `all` and `connected`).
+    #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = parse_state_word)]
+    pub state: Vec<StateWord>,
+    /// Local or remote port (comma-separated).
+    #[arg(long, value_name = "PORT", value_delimiter = ',')]
+    pub port: Vec<u16>,
+    /// Local address, CIDR and/or port: 10.0.0.1, 10.0.0.0/8:80, [::1]:80, :80.
+    #[arg(long, value_name = "ADDR")]
+    pub local: Vec<AddrFilter>,
+    /// Remote address, CIDR and/or port: 10.0.0.1, 10.0.0.0/8:80, [::1]:80, :80.
+    #[arg(long, value_name = "ADDR")]
+    pub peer: Vec<AddrFilter>,
+    /// Sockets owned by this process (comma-separated).
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    pub pid: Vec<u32>,
+    /// Sockets owned by processes with this exact name (/proc/PID/comm).
+    #[arg(long, value_name = "NAME")]
+    pub comm: Vec<String>,
+    /// Show at most N sockets (the JSON still reports how many matched).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Add tcp_info: rtt, time since last receive and last ACK.
+    #[arg(short = 'i', long)]
+    pub info: bool,
+    /// Skip the /proc scan for owning processes (faster).
+    #[arg(long, conflicts_with_all = ["pid", "comm"])]
+    pub no_owners: bool,
+    #[command(flatten)]
+    pub family: FamilyArgs,
+    /// Print JSON (schema: docs/json.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A word given to `--state`: a state, or a group of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateWord {
+    One(TcpState),
+    All,
+    /// Every state but LISTEN and CLOSE (ss's `connected`).
+    Connected,
+}
+
+fn parse_state_word(s: &str) -> Result<StateWord, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "all" => Ok(StateWord::All),
+        "connected" => Ok(StateWord::Connected),
+        _ => s
+            .parse::<TcpState>()
+            .map(StateWord::One)
+            .map_err(|e| e.to_string()),
+    }
+}

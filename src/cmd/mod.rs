@@ -1,0 +1,14 @@
+//! Commands: each turns settings into a report by driving collectors and building the
+//! model. No printing here: `main` renders the report.
+
+pub mod sockets;
+pub mod states;
+
+use crate::collect::sockets::CollectError;
+
+/// A command that could not produce a report at all.
+#[derive(Debug, thiserror::Error)]
+pub enum CmdError {
+    #[error(transparent)]
+    Collect(#[from] CollectError),
+}

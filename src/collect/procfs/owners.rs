@@ -1,0 +1,380 @@
+//! One pass over `/proc/[pid]/fd`: socket inode -> (pid, fd), plus the name, uid and
+//! command line of every process that owns a socket we care about.
+//!
+//! The pass is split across threads by process. Each descriptor costs one `readlinkat`
+//! relative to the already-open fd directory (no path building, no allocation per fd);
+//! only names of the form `socket:[N]` are kept. Processes that exit during the scan
+//! or deny access are normal and counted, never errors.
+
+use std::ffi::{CStr, CString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::model::{Notice, Owner, Owners, Process, SocketOwnerMap};
+
+/// What happened during a scan, for the partial-data notice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    pub processes: u64,
+    /// `/proc/PID/fd` could not be opened for lack of permission.
+    pub denied: u64,
+    /// The process exited between listing and reading.
+    pub vanished: u64,
+    pub fds: u64,
+    pub socket_fds: u64,
+}
+
+impl ScanStats {
+    fn merge(&mut self, o: &ScanStats) {
+        self.processes += o.processes;
+        self.denied += o.denied;
+        self.vanished += o.vanished;
+        self.fds += o.fds;
+        self.socket_fds += o.socket_fds;
+    }
+}
+
+/// Which sockets to record.
+#[derive(Debug, Clone, Copy)]
+pub enum Wanted<'a> {
+    /// Every socket descriptor (needed when owners are looked up while streaming).
+    All,
+    /// Only these inodes (the sockets a command already has in hand).
+    Inodes(&'a FxHashSet<u64>),
+}
+
+impl Wanted<'_> {
+    fn wants(&self, inode: u64) -> bool {
+        match self {
+            Wanted::All => true,
+            Wanted::Inodes(set) => set.contains(&inode),
+        }
+    }
+}
+
+/// Scans every process under `proc_root` with `threads` threads (at least 1).
+pub fn scan(proc_root: &Path, wanted: Wanted<'_>, threads: usize) -> (Owners, ScanStats) {
+    let pids = list_pids(proc_root);
+    let threads = threads.clamp(1, 64).min(pids.len().max(1));
+    let parts: Vec<ShardResult> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let pids = &pids;
+                s.spawn(move || {
+                    scan_shard(
+                        proc_root,
+                        pids.iter().skip(t).step_by(threads).copied(),
+                        wanted,
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            // A panicking shard would be a bug in this file; degrade to "no owners" for
+            // its processes rather than take the whole command down.
+            .filter_map(|h| h.join().ok())
+            .collect()
+    });
+
+    let total: usize = parts.iter().map(|p| p.found.len()).sum();
+    let mut owners = Owners {
+        map: SocketOwnerMap::with_capacity(total),
+        processes: FxHashMap::default(),
+    };
+    let mut stats = ScanStats::default();
+    for part in parts {
+        stats.merge(&part.stats);
+        for (inode, owner) in part.found {
+            owners.map.insert(inode, owner);
+        }
+        for p in part.processes {
+            owners.processes.insert(p.pid, p);
+        }
+    }
+    (owners, stats)
+}
+
+fn list_pids(proc_root: &Path) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .collect()
+}
+
+struct ShardResult {
+    found: Vec<(u64, Owner)>,
+    processes: Vec<Process>,
+    stats: ScanStats,
+}
+
+fn scan_shard(
+    proc_root: &Path,
+    pids: impl Iterator<Item = u32>,
+    wanted: Wanted<'_>,
+) -> ShardResult {
+    let mut out = ShardResult {
+        found: Vec::new(),
+        processes: Vec::new(),
+        stats: ScanStats::default(),
+    };
+    let mut link = [0u8; 64];
+    for pid in pids {
+        out.stats.processes += 1;
+        let pid_dir = proc_root.join(pid.to_string());
+        let Ok(fd_path) = CString::new(pid_dir.join("fd").as_os_str().as_bytes()) else {
+            continue;
+        };
+        let dir = match FdDir::open(&fd_path) {
+            Ok(d) => d,
+            Err(e) => {
+                match e.raw_os_error() {
+                    Some(libc::EACCES) | Some(libc::EPERM) => out.stats.denied += 1,
+                    _ => out.stats.vanished += 1,
+                }
+                continue;
+            }
+        };
+        let before = out.found.len();
+        let mut fds = 0u64;
+        dir.for_each_entry(|name| {
+            fds += 1;
+            let Some(fd) = parse_u32(name.to_bytes()) else {
+                return;
+            };
+            let Some(target) = dir.readlink(name, &mut link) else {
+                return; // closed between readdir and readlink
+            };
+            if let Some(inode) = socket_inode(target) {
+                out.stats.socket_fds += 1;
+                if wanted.wants(inode) {
+                    out.found.push((inode, Owner { pid, fd }));
+                }
+            }
+        });
+        out.stats.fds += fds;
+        if out.found.len() > before {
+            out.processes.push(read_process(&pid_dir, pid, fds));
+        }
+    }
+    out
+}
+
+/// Name, uid and command line. Any of them may be gone if the process just exited;
+/// we keep what we got.
+fn read_process(pid_dir: &Path, pid: u32, open_fds: u64) -> Process {
+    let comm = std::fs::read(pid_dir.join("comm"))
+        .map(|b| String::from_utf8_lossy(b.trim_ascii_end()).into_owned())
+        .unwrap_or_default();
+    let cmdline = std::fs::read(pid_dir.join("cmdline"))
+        .map(|mut b| {
+            while b.last() == Some(&0) {
+                b.pop();
+            }
+            for c in b.iter_mut() {
+                if *c == 0 {
+                    *c = b' ';
+                }
+            }
+            String::from_utf8_lossy(&b).into_owned()
+        })
+        .unwrap_or_default();
+    let uid = std::fs::metadata(pid_dir)
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX);
+    Process {
+        pid,
+        comm,
+        uid,
+        cmdline,
+        open_fds,
+    }
+}
+
+/// `socket:[12345]` -> 12345.
+pub fn socket_inode(link: &[u8]) -> Option<u64> {
+    let digits = link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
+    parse_u64(digits)
+}
+
+fn parse_u64(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 20 {
+        return None;
+    }
+    b.iter().try_fold(0u64, |acc, c| {
+        if c.is_ascii_digit() {
+            acc.checked_mul(10)?.checked_add(u64::from(c - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+fn parse_u32(b: &[u8]) -> Option<u32> {
+    parse_u64(b).and_then(|v| u32::try_from(v).ok())
+}
+
+/// An open directory stream (`opendir`/`readdir`), used instead of `std::fs::read_dir`
+/// because we need its fd for `readlinkat` and want no allocation per entry.
+struct FdDir(*mut libc::DIR);
+
+impl FdDir {
+    fn open(path: &CStr) -> std::io::Result<FdDir> {
+        // SAFETY: `path` is a valid NUL-terminated string.
+        let dir = unsafe { libc::opendir(path.as_ptr()) };
+        if dir.is_null() {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(FdDir(dir))
+        }
+    }
+
+    /// Calls `f` with each entry name except `.` and `..`.
+    fn for_each_entry(&self, mut f: impl FnMut(&CStr)) {
+        loop {
+            // SAFETY: self.0 is an open DIR*; readdir returns NULL at the end or on
+            // error, otherwise a pointer valid until the next readdir on this stream.
+            let ent = unsafe { libc::readdir(self.0) };
+            if ent.is_null() {
+                return;
+            }
+            // SAFETY: d_name is NUL-terminated within the dirent.
+            let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) };
+            let b = name.to_bytes();
+            if b == b"." || b == b".." {
+                continue;
+            }
+            f(name);
+        }
+    }
+
+    /// Reads the symlink `name` inside this directory into `buf`.
+    fn readlink<'b>(&self, name: &CStr, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+        // SAFETY: dirfd of an open stream; name is NUL-terminated; buf is writable for
+        // buf.len() bytes and readlinkat writes at most that many.
+        let n = unsafe {
+            libc::readlinkat(
+                libc::dirfd(self.0),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        let n = usize::try_from(n).ok()?;
+        buf.get(..n)
+    }
+}
+
+impl Drop for FdDir {
+    fn drop(&mut self) {
+        // SAFETY: self.0 came from opendir and is closed exactly once.
+        unsafe {
+            libc::closedir(self.0);
+        }
+    }
+}
+
+/// The uid this process runs as, to explain missing owners.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The notice for sockets that hold a descriptor (inode != 0) but whose owner the scan
+/// did not find. `unowned` counts such sockets among those the command looked at.
+pub fn missing_owner_notice(unowned: u64, stats: &ScanStats, euid: u32) -> Option<Notice> {
+    if unowned == 0 {
+        return None;
+    }
+    let msg = if stats.denied > 0 && euid != 0 {
+        format!(
+            "run as root to see the owners of {unowned} sockets ({} of {} processes could not be read as uid {euid})",
+            stats.denied, stats.processes
+        )
+    } else if stats.denied > 0 {
+        format!(
+            "{unowned} sockets have no owner: {} processes denied access to /proc/PID/fd even to root (hardened /proc or a security module)",
+            stats.denied
+        )
+    } else {
+        format!(
+            "{unowned} sockets have no owner in /proc: their process exited during the scan, or lives in another PID namespace"
+        )
+    };
+    Some(Notice::new("owners_partial", msg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_links_parse_and_others_do_not() {
+        assert_eq!(socket_inode(b"socket:[12345]"), Some(12345));
+        assert_eq!(socket_inode(b"socket:[]"), None);
+        assert_eq!(socket_inode(b"socket:[12a]"), None);
+        assert_eq!(socket_inode(b"pipe:[12]"), None);
+        assert_eq!(socket_inode(b"/dev/null"), None);
+        assert_eq!(socket_inode(b"socket:[99999999999999999999999]"), None);
+    }
+
+    #[test]
+    fn scan_finds_our_own_socket() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        use std::os::fd::AsRawFd;
+        let fd = listener.as_raw_fd();
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).expect("readlink");
+        let inode = socket_inode(link.as_os_str().as_bytes()).expect("socket link");
+        let (owners, stats) = scan(Path::new("/proc"), Wanted::All, 2);
+        let me = std::process::id();
+        assert!(owners
+            .map
+            .owners(inode)
+            .any(|o| o.pid == me && o.fd == fd as u32));
+        let p = owners.process(me).expect("own process recorded");
+        assert!(p.open_fds >= 1);
+        assert!(stats.processes >= 1);
+    }
+
+    #[test]
+    fn wanted_set_limits_what_is_kept() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        use std::os::fd::AsRawFd;
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", listener.as_raw_fd()))
+            .expect("readlink");
+        let inode = socket_inode(link.as_os_str().as_bytes()).expect("socket link");
+        let set: FxHashSet<u64> = [inode].into_iter().collect();
+        let (owners, _) = scan(Path::new("/proc"), Wanted::Inodes(&set), 1);
+        assert_eq!(owners.map.len(), 1);
+        assert_eq!(owners.processes.len(), 1);
+    }
+
+    #[test]
+    fn notice_tells_non_root_to_use_root() {
+        let stats = ScanStats {
+            processes: 10,
+            denied: 4,
+            ..ScanStats::default()
+        };
+        let n = missing_owner_notice(3, &stats, 65534).expect("notice");
+        assert_eq!(n.code, "owners_partial");
+        assert!(n
+            .message
+            .starts_with("run as root to see the owners of 3 sockets"));
+        assert_eq!(missing_owner_notice(0, &stats, 65534), None);
+        let root = missing_owner_notice(2, &ScanStats::default(), 0).expect("notice");
+        assert!(root.message.contains("exited during the scan"));
+    }
+
+    #[test]
+    fn missing_proc_root_gives_empty_result() {
+        let (owners, stats) = scan(Path::new("/nonexistent/proc"), Wanted::All, 2);
+        assert!(owners.map.is_empty());
+        assert_eq!(stats.processes, 0);
+    }
+}

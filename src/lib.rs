@@ -1,0 +1,11 @@
+//! tcpdoctor: find, explain and fix TCP connection-state problems on Linux.
+//!
+//! Data flows one way: `collect` (OS access only) -> `model` (plain data) ->
+//! `analyze` (pure rules) -> `render` (bytes for a terminal, JSON, metrics).
+
+pub mod cli;
+pub mod cmd;
+pub mod collect;
+pub mod model;
+pub mod render;
+pub mod settings;

@@ -1,0 +1,110 @@
+//! tcpdoctor's entry point: parse flags, run the command, render, map the outcome to a
+//! documented exit code. The only place that touches stdout, stderr and the process
+//! exit status.
+
+use std::io::{self, IsTerminal, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use tcpdoctor::cli::Cli;
+use tcpdoctor::cmd;
+use tcpdoctor::render::{self, Style};
+use tcpdoctor::settings::{self, Action, Terminal};
+
+/// Exit codes (documented in README and `--help`).
+mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 3;
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(exit::OK),
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "tcpdoctor: error: {e}");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+/// Help and version go to stdout with status 0; anything else is one line naming the bad
+/// flag or value, status 3.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::from(exit::OK);
+    }
+    let text = e.render().to_string();
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ");
+    let _ = writeln!(io::stderr(), "tcpdoctor: {first} (see --help)");
+    ExitCode::from(exit::ERROR)
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn run(cli: Cli) -> Result<u8, BoxError> {
+    let term = Terminal {
+        stdout_is_tty: io::stdout().is_terminal(),
+        no_color_env: std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
+    };
+    let (common, action) = settings::resolve(cli, term);
+    let style = Style {
+        color: common.color,
+    };
+    let err_style = Style {
+        color: common.color && io::stderr().is_terminal(),
+    };
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::with_capacity(256 * 1024, stdout.lock());
+    let mut err = io::stderr().lock();
+    match action {
+        Action::States(s) => {
+            let report = cmd::states::run(&common, &s)?;
+            if s.json {
+                render::states::write_json(&mut out, &report)?;
+            } else {
+                render::states::write_human(&mut out, &report, style)?;
+                out.flush()?;
+                render::write_notices(&mut err, &report.notices, err_style)?;
+            }
+        }
+        Action::Sockets(s) => {
+            let report = cmd::sockets::run(&common, &s)?;
+            if s.json {
+                render::sockets::write_json(&mut out, &report)?;
+            } else {
+                render::sockets::write_human(&mut out, &report, style)?;
+                out.flush()?;
+                render::sockets::write_summary_line(&mut err, &report)?;
+                render::write_notices(&mut err, &report.notices, err_style)?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(exit::OK)
+}
+
+/// `tcpdoctor sockets | head` closes the pipe early; that is not an error.
+fn is_broken_pipe(e: &BoxError) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if io.kind() == io::ErrorKind::BrokenPipe {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}

@@ -1,0 +1,19 @@
+//! Plain data that flows from `collect` to `analyze` and `render`.
+//!
+//! Nothing here touches the OS. Types are small, `Copy` where possible, and serialise
+//! to the JSON schema documented in `docs/json.md`.
+
+mod filter;
+mod notice;
+mod process;
+mod socket;
+mod state;
+mod summary;
+
+pub use notice::{Notice, Source};
+pub use process::{Owner, Owners, Process, SocketOwnerMap};
+
+pub use filter::{AddrFilter, BadAddrFilter, SocketFilter};
+pub use socket::{Endpoint, Family, Socket, TcpInfo, Timer, TimerKind};
+pub use state::{StateCounts, StateSet, TcpState};
+pub use summary::{GroupBy, GroupKey, GroupedCounts, StateSummary};

@@ -1,0 +1,190 @@
+//! Turns reports into bytes: aligned tables for terminals and pipes, JSON for scripts.
+//! Renderers write to any `io::Write`; only `main` decides that it is stdout.
+
+pub mod sockets;
+pub mod states;
+
+use std::io::{self, Write};
+
+use crate::model::{Notice, TcpState};
+
+/// Version of every JSON document tcpdoctor prints (docs/json.md).
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
+/// ANSI colors, used only when the caller decided the output is a color terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    pub color: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paint {
+    Bold,
+    Red,
+    Yellow,
+    Green,
+    Dim,
+}
+
+impl Paint {
+    fn code(self) -> &'static str {
+        match self {
+            Paint::Bold => "1",
+            Paint::Red => "31",
+            Paint::Yellow => "33",
+            Paint::Green => "32",
+            Paint::Dim => "2",
+        }
+    }
+}
+
+impl Style {
+    /// Writes `text` padded to `width` (left or right aligned), colored if enabled.
+    /// Padding is computed on the plain text so columns line up with or without color.
+    pub fn cell(
+        &self,
+        out: &mut impl Write,
+        text: &str,
+        width: usize,
+        right: bool,
+        paint: Option<Paint>,
+    ) -> io::Result<()> {
+        let pad = width.saturating_sub(text.chars().count());
+        if right {
+            write!(out, "{:pad$}", "")?;
+        }
+        match (self.color, paint) {
+            (true, Some(p)) => write!(out, "\x1b[{}m{text}\x1b[0m", p.code())?,
+            _ => out.write_all(text.as_bytes())?,
+        }
+        if !right {
+            write!(out, "{:pad$}", "")?;
+        }
+        Ok(())
+    }
+}
+
+/// The color a state gets in tables: the ones that usually mean trouble stand out.
+pub fn state_paint(s: TcpState) -> Option<Paint> {
+    match s {
+        TcpState::CloseWait => Some(Paint::Red),
+        TcpState::TimeWait | TcpState::FinWait1 | TcpState::LastAck | TcpState::Closing => {
+            Some(Paint::Yellow)
+        }
+        TcpState::Established => Some(Paint::Green),
+        _ => None,
+    }
+}
+
+/// A small table kept in memory (state summaries, groups). Socket lists use a streaming
+/// renderer instead.
+pub struct Table {
+    headers: Vec<String>,
+    right: Vec<bool>,
+    rows: Vec<Vec<(String, Option<Paint>)>>,
+}
+
+impl Table {
+    /// `columns`: header and whether the column is right-aligned (numbers).
+    pub fn new(columns: &[(&str, bool)]) -> Table {
+        Table {
+            headers: columns.iter().map(|(h, _)| (*h).to_string()).collect(),
+            right: columns.iter().map(|(_, r)| *r).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<(String, Option<Paint>)>) {
+        self.rows.push(cells);
+    }
+
+    pub fn write(&self, out: &mut impl Write, style: Style) -> io::Result<()> {
+        let n = self.headers.len();
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for r in &self.rows {
+            for (i, (c, _)) in r.iter().enumerate().take(n) {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+        for (i, h) in self.headers.iter().enumerate() {
+            if i > 0 {
+                out.write_all(b"  ")?;
+            }
+            let last = i + 1 == n;
+            let w = if last && !self.right[i] { 0 } else { widths[i] };
+            style.cell(out, h, w, self.right[i], Some(Paint::Bold))?;
+        }
+        out.write_all(b"\n")?;
+        for r in &self.rows {
+            for (i, (c, p)) in r.iter().enumerate().take(n) {
+                if i > 0 {
+                    out.write_all(b"  ")?;
+                }
+                // No trailing blanks after a left-aligned last column.
+                let last = i + 1 == n;
+                let w = if last && !self.right[i] { 0 } else { widths[i] };
+                style.cell(out, c, w, self.right[i], *p)?;
+            }
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+}
+
+/// Notices go to stderr in human mode so that piped data stays clean.
+pub fn write_notices(err: &mut impl Write, notices: &[Notice], style: Style) -> io::Result<()> {
+    for n in notices {
+        let mut label = Vec::new();
+        style.cell(&mut label, "note:", 0, false, Some(Paint::Yellow))?;
+        err.write_all(&label)?;
+        writeln!(err, " {}", n.message)?;
+    }
+    Ok(())
+}
+
+/// `59.1s`, `850ms`, `1m30s`, `2h05m`: short, and exact enough to act on.
+pub fn human_duration_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else if ms < 3_600_000 {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    } else {
+        format!("{}h{:02}m", ms / 3_600_000, (ms % 3_600_000) / 60_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human_duration_ms(850), "850ms");
+        assert_eq!(human_duration_ms(59_140), "59.1s");
+        assert_eq!(human_duration_ms(90_000), "1m30s");
+        assert_eq!(human_duration_ms(7_500_000), "2h05m");
+    }
+
+    #[test]
+    fn table_aligns_and_colors_only_when_asked() {
+        let mut t = Table::new(&[("STATE", false), ("COUNT", true)]);
+        t.row(vec![
+            ("CLOSE_WAIT".into(), Some(Paint::Red)),
+            ("7".into(), None),
+        ]);
+        t.row(vec![("LISTEN".into(), None), ("1234".into(), None)]);
+        let mut plain = Vec::new();
+        t.write(&mut plain, Style { color: false }).expect("write");
+        assert_eq!(
+            String::from_utf8(plain).expect("utf8"),
+            "STATE       COUNT\nCLOSE_WAIT      7\nLISTEN       1234\n"
+        );
+        let mut colored = Vec::new();
+        t.write(&mut colored, Style { color: true }).expect("write");
+        assert!(String::from_utf8(colored)
+            .expect("utf8")
+            .contains("\x1b[31mCLOSE_WAIT\x1b[0m"));
+    }
+}

@@ -1,0 +1,273 @@
+//! `tcpdoctor sockets`: the socket list as an aligned table or JSON.
+//!
+//! The table is written in two passes over the sockets (measure, then print) with one
+//! reused scratch buffer, so a million rows cost no per-cell allocation.
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use super::{human_duration_ms, state_paint, Paint, Style, JSON_SCHEMA_VERSION};
+use crate::model::{Notice, Owners, Process, Socket, Source};
+
+/// Everything `sockets` shows.
+#[derive(Debug, Clone)]
+pub struct SocketsReport {
+    pub source: Source,
+    /// Matching sockets, in display order, already cut to `--limit`.
+    pub sockets: Vec<Socket>,
+    /// How many matched before `--limit`.
+    pub matched: usize,
+    /// `None` when owners were not looked up (`--no-owners`).
+    pub owners: Option<Owners>,
+    pub tcp_info: bool,
+    pub notices: Vec<Notice>,
+}
+
+#[derive(Clone, Copy)]
+enum Col {
+    State,
+    RecvQ,
+    SendQ,
+    Local,
+    Peer,
+    Timer,
+    Rtt,
+    LastRcv,
+    LastAck,
+    Process,
+}
+
+impl Col {
+    fn header(self) -> &'static str {
+        match self {
+            Col::State => "STATE",
+            Col::RecvQ => "RECV-Q",
+            Col::SendQ => "SEND-Q",
+            Col::Local => "LOCAL",
+            Col::Peer => "PEER",
+            Col::Timer => "TIMER",
+            Col::Rtt => "RTT",
+            Col::LastRcv => "LASTRCV",
+            Col::LastAck => "LASTACK",
+            Col::Process => "PROCESS",
+        }
+    }
+
+    fn right(self) -> bool {
+        matches!(
+            self,
+            Col::RecvQ | Col::SendQ | Col::Rtt | Col::LastRcv | Col::LastAck
+        )
+    }
+}
+
+fn columns(r: &SocketsReport) -> Vec<Col> {
+    let mut c = vec![
+        Col::State,
+        Col::RecvQ,
+        Col::SendQ,
+        Col::Local,
+        Col::Peer,
+        Col::Timer,
+    ];
+    if r.tcp_info {
+        c.extend([Col::Rtt, Col::LastRcv, Col::LastAck]);
+    }
+    if r.owners.is_some() {
+        c.push(Col::Process);
+    }
+    c
+}
+
+/// Writes one cell's text into `buf` (cleared first).
+fn cell(buf: &mut String, col: Col, s: &Socket, owners: Option<&Owners>) {
+    buf.clear();
+    let opt_ms = |buf: &mut String, v: Option<u32>| match v {
+        Some(ms) => buf.push_str(&human_duration_ms(u64::from(ms))),
+        None => buf.push('-'),
+    };
+    // Writing to a String cannot fail.
+    let _ = match col {
+        Col::State => {
+            buf.push_str(s.state.name());
+            Ok(())
+        }
+        Col::RecvQ => write!(buf, "{}", s.recv_q),
+        Col::SendQ => write!(buf, "{}", s.send_q),
+        Col::Local => write!(buf, "{}", s.local),
+        Col::Peer => write!(buf, "{}", s.remote),
+        Col::Timer => {
+            match s.timer {
+                Some(t) => {
+                    let _ = write!(
+                        buf,
+                        "{} {}",
+                        t.kind.name(),
+                        human_duration_ms(t.remaining_ms)
+                    );
+                }
+                None => buf.push('-'),
+            }
+            Ok(())
+        }
+        Col::Rtt => {
+            match s.tcp_info.and_then(|i| i.rtt_us) {
+                Some(us) => {
+                    let _ = write!(buf, "{:.2}ms", f64::from(us) / 1000.0);
+                }
+                None => buf.push('-'),
+            }
+            Ok(())
+        }
+        Col::LastRcv => {
+            opt_ms(buf, s.tcp_info.and_then(|i| i.last_data_recv_ms));
+            Ok(())
+        }
+        Col::LastAck => {
+            opt_ms(buf, s.tcp_info.and_then(|i| i.last_ack_recv_ms));
+            Ok(())
+        }
+        Col::Process => {
+            process_cell(buf, s, owners);
+            Ok(())
+        }
+    };
+}
+
+fn process_cell(buf: &mut String, s: &Socket, owners: Option<&Owners>) {
+    let Some(owners) = owners else {
+        return;
+    };
+    if s.inode == 0 {
+        buf.push('-');
+        return;
+    }
+    let mut it = owners.map.owners(s.inode);
+    match it.next() {
+        None => buf.push('?'),
+        Some(o) => {
+            let comm = owners.process(o.pid).map_or("?", |p| p.comm.as_str());
+            let _ = write!(buf, "{comm} pid={} fd={}", o.pid, o.fd);
+            let more = it.count();
+            if more > 0 {
+                let _ = write!(buf, " +{more}");
+            }
+        }
+    }
+}
+
+pub fn write_human(out: &mut impl Write, r: &SocketsReport, style: Style) -> io::Result<()> {
+    let cols = columns(r);
+    let owners = r.owners.as_ref();
+    let mut widths: Vec<usize> = cols.iter().map(|c| c.header().len()).collect();
+    let mut buf = String::with_capacity(128);
+    for s in &r.sockets {
+        for (i, c) in cols.iter().enumerate() {
+            cell(&mut buf, *c, s, owners);
+            widths[i] = widths[i].max(buf.chars().count());
+        }
+    }
+    let last = cols.len() - 1;
+    for (i, c) in cols.iter().enumerate() {
+        if i > 0 {
+            out.write_all(b"  ")?;
+        }
+        let w = if i == last && !c.right() {
+            0
+        } else {
+            widths[i]
+        };
+        style.cell(out, c.header(), w, c.right(), Some(Paint::Bold))?;
+    }
+    out.write_all(b"\n")?;
+    for s in &r.sockets {
+        for (i, c) in cols.iter().enumerate() {
+            if i > 0 {
+                out.write_all(b"  ")?;
+            }
+            cell(&mut buf, *c, s, owners);
+            let paint = match c {
+                Col::State => state_paint(s.state),
+                _ => None,
+            };
+            let w = if i == last && !c.right() {
+                0
+            } else {
+                widths[i]
+            };
+            style.cell(out, &buf, w, c.right(), paint)?;
+        }
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// The trailer for humans: how many matched, and whether --limit cut the list.
+pub fn write_summary_line(err: &mut impl Write, r: &SocketsReport) -> io::Result<()> {
+    if r.matched > r.sockets.len() {
+        writeln!(
+            err,
+            "{} of {} matching sockets shown (--limit)",
+            r.sockets.len(),
+            r.matched
+        )?;
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct JsonOwner<'a> {
+    pid: u32,
+    fd: u32,
+    comm: Option<&'a str>,
+    uid: Option<u32>,
+    cmdline: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct JsonSocket<'a> {
+    #[serde(flatten)]
+    socket: &'a Socket,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owners: Option<Vec<JsonOwner<'a>>>,
+}
+
+pub fn write_json(out: &mut impl Write, r: &SocketsReport) -> io::Result<()> {
+    write!(
+        out,
+        "{{\"schema_version\":{JSON_SCHEMA_VERSION},\"command\":\"sockets\",\"source\":\"{}\",\"matched\":{},\"shown\":{},\"owners_collected\":{},\"notices\":",
+        r.source.name(),
+        r.matched,
+        r.sockets.len(),
+        r.owners.is_some()
+    )?;
+    serde_json::to_writer(&mut *out, &r.notices).map_err(io::Error::from)?;
+    out.write_all(b",\"sockets\":[")?;
+    for (i, s) in r.sockets.iter().enumerate() {
+        if i > 0 {
+            out.write_all(b",")?;
+        }
+        out.write_all(b"\n")?;
+        let owners = r.owners.as_ref().map(|o| {
+            o.map
+                .owners(s.inode)
+                .filter(|_| s.inode != 0)
+                .map(|ow| {
+                    let p: Option<&Process> = o.process(ow.pid);
+                    JsonOwner {
+                        pid: ow.pid,
+                        fd: ow.fd,
+                        comm: p.map(|p| p.comm.as_str()),
+                        uid: p.map(|p| p.uid),
+                        cmdline: p.map(|p| p.cmdline.as_str()),
+                    }
+                })
+                .collect()
+        });
+        serde_json::to_writer(&mut *out, &JsonSocket { socket: s, owners })
+            .map_err(io::Error::from)?;
+    }
+    out.write_all(b"\n]}\n")
+}
