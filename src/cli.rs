@@ -50,6 +50,9 @@ pub enum ColorArg {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Diagnose this host: state summary, then findings ranked by severity, each with
+    /// evidence, the mechanism and the fix. The default command.
+    Check(CheckArgs),
     /// Count TCP sockets per state (every state, zeros included), IPv4, IPv6 and total.
     States(StatesArgs),
     /// List TCP sockets with their owning process, like `ss -tanp` but fast.
@@ -147,4 +150,27 @@ fn parse_state_word(s: &str) -> Result<StateWord, String> {
             .map(StateWord::One)
             .map_err(|e| e.to_string()),
     }
+}
+
+#[derive(Debug, Args, Default)]
+pub struct CheckArgs {
+    /// Seconds between the two counter samples (rates such as ListenOverflows/s).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub interval: f64,
+    /// TOML file with thresholds (see docs/config.md).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override one threshold, e.g. --threshold port_warn_pct=60 (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub threshold: Vec<String>,
+    /// Show every piece of evidence and every fix step.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Print a reasoned /etc/sysctl.d/ file for this host instead of the report.
+    /// Nothing is written to the system.
+    #[arg(long)]
+    pub emit_sysctl: bool,
+    /// Print JSON (schema: docs/json.md).
+    #[arg(long)]
+    pub json: bool,
 }

@@ -3,6 +3,7 @@
 //! Data flows one way: `collect` (OS access only) -> `model` (plain data) ->
 //! `analyze` (pure rules) -> `render` (bytes for a terminal, JSON, metrics).
 
+pub mod analyze;
 pub mod cli;
 pub mod cmd;
 pub mod collect;

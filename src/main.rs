@@ -7,14 +7,18 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use tcpdoctor::analyze;
 use tcpdoctor::cli::Cli;
 use tcpdoctor::cmd;
+use tcpdoctor::model::Severity;
 use tcpdoctor::render::{self, Style};
 use tcpdoctor::settings::{self, Action, Terminal};
 
 /// Exit codes (documented in README and `--help`).
 mod exit {
     pub const OK: u8 = 0;
+    pub const WARNING: u8 = 1;
+    pub const CRITICAL: u8 = 2;
     pub const ERROR: u8 = 3;
 }
 
@@ -58,7 +62,7 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
         stdout_is_tty: io::stdout().is_terminal(),
         no_color_env: std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
     };
-    let (common, action) = settings::resolve(cli, term);
+    let (common, action) = settings::resolve(cli, term)?;
     let style = Style {
         color: common.color,
     };
@@ -68,7 +72,25 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(256 * 1024, stdout.lock());
     let mut err = io::stderr().lock();
+    let mut code = exit::OK;
     match action {
+        Action::Check(s) => {
+            let report = cmd::check::run(&common, &s)?;
+            if s.emit_sysctl {
+                out.write_all(analyze::sysctl_audit::emit_sysctl(&report.snapshot).as_bytes())?;
+            } else if s.json {
+                render::check::write_json(&mut out, &report)?;
+            } else {
+                render::check::write_human(&mut out, &report, style, s.verbose)?;
+            }
+            if !s.emit_sysctl {
+                code = match render::check::status(&report.findings) {
+                    Some(Severity::Critical) => exit::CRITICAL,
+                    Some(Severity::Warning) => exit::WARNING,
+                    _ => exit::OK,
+                };
+            }
+        }
         Action::States(s) => {
             let report = cmd::states::run(&common, &s)?;
             if s.json {
@@ -92,7 +114,7 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
         }
     }
     out.flush()?;
-    Ok(exit::OK)
+    Ok(code)
 }
 
 /// `tcpdoctor sockets | head` closes the pipe early; that is not an error.

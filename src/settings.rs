@@ -1,7 +1,10 @@
 //! Resolved settings: what the commands run with, after flags are checked. Built from
 //! [`crate::cli`] in one place so command code never sees clap types.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::analyze::Thresholds;
 
 use crate::cli::{self, ByArg, ColorArg, SourceArg, StateWord};
 use crate::collect::sockets::SourcePref;
@@ -38,10 +41,39 @@ pub struct SocketsSettings {
     pub json: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckSettings {
+    pub interval: Duration,
+    pub thresholds: Thresholds,
+    pub verbose: bool,
+    pub emit_sysctl: bool,
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub enum Action {
+    Check(CheckSettings),
     States(StatesSettings),
     Sockets(SocketsSettings),
+}
+
+/// A setting that cannot be used; the message names the value and what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("--interval '{0}' must be a number of seconds between 0 and 60")]
+    Interval(f64),
+    #[error("cannot read config file '{path}': {source}")]
+    ConfigRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file '{path}': {message}")]
+    ConfigParse { path: PathBuf, message: String },
+    #[error("--threshold '{0}' must look like KEY=NUMBER, e.g. port_warn_pct=60")]
+    ThresholdSyntax(String),
+    #[error("--threshold '{given}': {message}")]
+    Threshold { given: String, message: String },
 }
 
 /// Facts about the terminal the caller knows (main owns stdout and the environment).
@@ -51,7 +83,7 @@ pub struct Terminal {
     pub no_color_env: bool,
 }
 
-pub fn resolve(cli: cli::Cli, term: Terminal) -> (Common, Action) {
+pub fn resolve(cli: cli::Cli, term: Terminal) -> Result<(Common, Action), SettingsError> {
     let g = cli.global;
     let color = match g.color {
         ColorArg::Always => true,
@@ -69,15 +101,12 @@ pub fn resolve(cli: cli::Cli, term: Terminal) -> (Common, Action) {
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
     let action = match cli.command {
-        // No subcommand: the doctor will run here; until then, the state summary.
-        None => Action::States(StatesSettings {
-            states: StateSet::all(),
-            by: None,
-            top: 20,
-            ipv4: true,
-            ipv6: true,
-            json: false,
-        }),
+        // No subcommand: the doctor.
+        None => Action::Check(check_settings(&cli::CheckArgs {
+            interval: 1.0,
+            ..cli::CheckArgs::default()
+        })?),
+        Some(cli::Command::Check(a)) => Action::Check(check_settings(&a)?),
         Some(cli::Command::States(a)) => {
             let (ipv4, ipv6) = families(&a.family);
             Action::States(StatesSettings {
@@ -114,7 +143,72 @@ pub fn resolve(cli: cli::Cli, term: Terminal) -> (Common, Action) {
             })
         }
     };
-    (common, action)
+    Ok((common, action))
+}
+
+fn check_settings(a: &cli::CheckArgs) -> Result<CheckSettings, SettingsError> {
+    if !(0.0..=60.0).contains(&a.interval) || a.interval.is_nan() {
+        return Err(SettingsError::Interval(a.interval));
+    }
+    Ok(CheckSettings {
+        interval: Duration::from_secs_f64(a.interval),
+        thresholds: thresholds(a.config.as_deref(), &a.threshold)?,
+        verbose: a.verbose,
+        emit_sysctl: a.emit_sysctl,
+        json: a.json,
+    })
+}
+
+/// Defaults, then the config file, then each `--threshold KEY=VALUE`.
+pub fn thresholds(
+    config: Option<&Path>,
+    overrides: &[String],
+) -> Result<Thresholds, SettingsError> {
+    let mut table = toml::Table::new();
+    if let Some(path) = config {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::ConfigRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        table = text
+            .parse::<toml::Table>()
+            .map_err(|e| SettingsError::ConfigParse {
+                path: path.to_path_buf(),
+                message: e.message().to_string(),
+            })?;
+        // Validate the file on its own so its errors name the file.
+        Thresholds::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
+            SettingsError::ConfigParse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }
+        })?;
+    }
+    for given in overrides {
+        let (k, v) = given
+            .split_once('=')
+            .ok_or_else(|| SettingsError::ThresholdSyntax(given.clone()))?;
+        let v: f64 = v
+            .trim()
+            .parse()
+            .map_err(|_| SettingsError::ThresholdSyntax(given.clone()))?;
+        let value = if v.fract() == 0.0 && v >= 0.0 && !k.ends_with("_pct") {
+            toml::Value::Integer(v as i64)
+        } else {
+            toml::Value::Float(v)
+        };
+        table.insert(k.trim().to_string(), value);
+        Thresholds::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
+            SettingsError::Threshold {
+                given: given.clone(),
+                message: e.to_string(),
+            }
+        })?;
+    }
+    Thresholds::deserialize(toml::Value::Table(table)).map_err(|e| SettingsError::Threshold {
+        given: String::new(),
+        message: e.to_string(),
+    })
 }
 
 fn families(f: &cli::FamilyArgs) -> (bool, bool) {
@@ -147,9 +241,31 @@ pub fn state_set(words: &[StateWord]) -> StateSet {
     set
 }
 
+use serde::Deserialize;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thresholds_layer_defaults_file_and_flags() {
+        let dir = std::env::temp_dir().join(format!("tcpdoctor-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let file = dir.join("t.toml");
+        std::fs::write(&file, "port_warn_pct = 40\nclose_wait_warn = 3\n").expect("write");
+        let t = thresholds(Some(&file), &["port_warn_pct=45".to_string()]).expect("valid");
+        assert_eq!(t.port_warn_pct, 45.0);
+        assert_eq!(t.close_wait_warn, 3);
+        assert_eq!(t.port_critical_pct, Thresholds::default().port_critical_pct);
+        std::fs::write(&file, "port_warn = 40\n").expect("write");
+        let e = thresholds(Some(&file), &[]).expect_err("unknown key");
+        assert!(e.to_string().contains("port_warn"), "{e}");
+        let e = thresholds(None, &["close_wait_warn=lots".to_string()]).expect_err("bad value");
+        assert!(e.to_string().contains("'close_wait_warn=lots'"), "{e}");
+        let e = thresholds(None, &["nope=1".to_string()]).expect_err("unknown key");
+        assert!(e.to_string().contains("nope"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn state_words_combine() {

@@ -1,6 +1,7 @@
 //! Commands: each turns settings into a report by driving collectors and building the
 //! model. No printing here: `main` renders the report.
 
+pub mod check;
 pub mod sockets;
 pub mod states;
 

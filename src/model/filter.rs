@@ -38,12 +38,14 @@ impl FromStr for AddrFilter {
                 a.parse::<IpAddr>().map(IpNet::from).map_err(|_| err())
             }
         };
-        // Any address, given port.
+        // Any address, given port (`::1` also starts with a colon, so digits only).
         if let Some(p) = t.strip_prefix("*:").or_else(|| t.strip_prefix(':')) {
-            return Ok(AddrFilter {
-                net: None,
-                port: Some(parse_port(p)?),
-            });
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                return Ok(AddrFilter {
+                    net: None,
+                    port: Some(parse_port(p)?),
+                });
+            }
         }
         // Bracketed IPv6, maybe with a prefix length and a port: [addr](/len)?(:port)?
         if let Some(rest) = t.strip_prefix('[') {

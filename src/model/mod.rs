@@ -3,9 +3,12 @@
 //! Nothing here touches the OS. Types are small, `Copy` where possible, and serialise
 //! to the JSON schema documented in `docs/json.md`.
 
+mod digest;
 mod filter;
+mod finding;
 mod notice;
 mod process;
+mod snapshot;
 mod socket;
 mod state;
 mod summary;
@@ -13,7 +16,13 @@ mod summary;
 pub use notice::{Notice, Source};
 pub use process::{Owner, Owners, Process, SocketOwnerMap};
 
+pub use digest::DigestBuilder;
 pub use filter::{AddrFilter, BadAddrFilter, SocketFilter};
+pub use finding::{Evidence, Finding, Severity};
+pub use snapshot::{
+    parse_port_list, CloseWaitSocket, CounterSample, FileTable, KernelLogEntry, Limit,
+    ListenerSocket, PortUse, ProcessFacts, Snapshot, SocketDigest, Sockstat, TimeWaitDigest,
+};
 pub use socket::{Endpoint, Family, Socket, TcpInfo, Timer, TimerKind};
 pub use state::{StateCounts, StateSet, TcpState};
 pub use summary::{GroupBy, GroupKey, GroupedCounts, StateSummary};

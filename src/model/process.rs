@@ -85,6 +85,8 @@ impl SocketOwnerMap {
 pub struct Owners {
     pub map: SocketOwnerMap,
     pub processes: FxHashMap<u32, Process>,
+    /// Open descriptors of every process scanned (pid, count), socket owner or not.
+    pub fd_counts: Vec<(u32, u64)>,
 }
 
 impl Owners {

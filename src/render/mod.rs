@@ -1,6 +1,7 @@
 //! Turns reports into bytes: aligned tables for terminals and pipes, JSON for scripts.
 //! Renderers write to any `io::Write`; only `main` decides that it is stdout.
 
+pub mod check;
 pub mod sockets;
 pub mod states;
 

@@ -84,6 +84,7 @@ pub fn scan(proc_root: &Path, wanted: Wanted<'_>, threads: usize) -> (Owners, Sc
     let mut owners = Owners {
         map: SocketOwnerMap::with_capacity(total),
         processes: FxHashMap::default(),
+        fd_counts: Vec::new(),
     };
     let mut stats = ScanStats::default();
     for part in parts {
@@ -94,6 +95,7 @@ pub fn scan(proc_root: &Path, wanted: Wanted<'_>, threads: usize) -> (Owners, Sc
         for p in part.processes {
             owners.processes.insert(p.pid, p);
         }
+        owners.fd_counts.extend(part.fd_counts);
     }
     (owners, stats)
 }
@@ -110,6 +112,7 @@ fn list_pids(proc_root: &Path) -> Vec<u32> {
 struct ShardResult {
     found: Vec<(u64, Owner)>,
     processes: Vec<Process>,
+    fd_counts: Vec<(u32, u64)>,
     stats: ScanStats,
 }
 
@@ -121,6 +124,7 @@ fn scan_shard(
     let mut out = ShardResult {
         found: Vec::new(),
         processes: Vec::new(),
+        fd_counts: Vec::new(),
         stats: ScanStats::default(),
     };
     let mut link = [0u8; 64];
@@ -158,6 +162,7 @@ fn scan_shard(
             }
         });
         out.stats.fds += fds;
+        out.fd_counts.push((pid, fds));
         if out.found.len() > before {
             out.processes.push(read_process(&pid_dir, pid, fds));
         }
@@ -167,7 +172,7 @@ fn scan_shard(
 
 /// Name, uid and command line. Any of them may be gone if the process just exited;
 /// we keep what we got.
-fn read_process(pid_dir: &Path, pid: u32, open_fds: u64) -> Process {
+pub fn read_process(pid_dir: &Path, pid: u32, open_fds: u64) -> Process {
     let comm = std::fs::read(pid_dir.join("comm"))
         .map(|b| String::from_utf8_lossy(b.trim_ascii_end()).into_owned())
         .unwrap_or_default();

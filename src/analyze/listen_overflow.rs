@@ -1,0 +1,360 @@
+//! Rule `listen_overflow`: full accept queues. Reads `TcpExt.ListenOverflows` and
+//! `TcpExt.ListenDrops` (sampled twice) and each listener's accept queue against its
+//! backlog. Pure: reads the snapshot only.
+//!
+//! Critical: overflows during the sample, or a listener whose queue is full. Warning:
+//! other listener drops during the sample, or a queue above `accept_queue_warn_pct`.
+//! Info: overflows or drops happened since boot but not now (bursts do this).
+
+use serde_json::json;
+
+use super::util::{counter, counter_interval_ms, owner_label, pct, CounterReading};
+use super::Thresholds;
+use crate::model::{Evidence, Finding, ListenerSocket, Severity, Snapshot};
+
+pub const ID: &str = "listen_overflow";
+
+/// Listeners shown in the evidence.
+const TOP: usize = 5;
+
+/// A listener whose queue is worth a line.
+struct Backed<'a> {
+    listener: &'a ListenerSocket,
+    used_pct: f64,
+    full: bool,
+}
+
+/// The kernel drops when the queue holds more than `backlog` (sk_acceptq_is_full());
+/// `ss` can show backlog + 1. Reaching the backlog is treated as full.
+fn queue_state(l: &ListenerSocket) -> (f64, bool) {
+    let full = l.accept_queue > 0 && l.accept_queue >= l.backlog;
+    let used = if l.backlog == 0 {
+        if full {
+            100.0
+        } else {
+            0.0
+        }
+    } else {
+        pct(u64::from(l.accept_queue), u64::from(l.backlog))
+    };
+    (used, full)
+}
+
+pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
+    let overflows = counter(s, "TcpExt.ListenOverflows");
+    let drops = counter(s, "TcpExt.ListenDrops");
+    let interval_ms = counter_interval_ms(s);
+
+    let mut backed: Vec<Backed> = s
+        .sockets
+        .listeners
+        .iter()
+        .filter_map(|l| {
+            let (used_pct, full) = queue_state(l);
+            (full || used_pct >= t.accept_queue_warn_pct).then_some(Backed {
+                listener: l,
+                used_pct,
+                full,
+            })
+        })
+        .collect();
+    backed.sort_by(|a, b| {
+        b.full
+            .cmp(&a.full)
+            .then(b.used_pct.total_cmp(&a.used_pct))
+            .then(a.listener.local.cmp(&b.listener.local))
+    });
+    let any_full = backed.iter().any(|b| b.full);
+
+    let severity = if any_full || overflows.rising() {
+        Severity::Critical
+    } else if drops.rising() || !backed.is_empty() {
+        Severity::Warning
+    } else if overflows.ever() || drops.ever() {
+        Severity::Info
+    } else {
+        return Vec::new();
+    };
+
+    let somaxconn = s.sysctl_i64("net.core.somaxconn");
+    let abort_on_overflow = s.sysctl_i64("net.ipv4.tcp_abort_on_overflow");
+    let worst = backed.first();
+    let title = title(s, worst, &overflows, &drops, interval_ms);
+
+    let mut evidence = Vec::new();
+    if overflows.total.is_some() {
+        evidence.push(Evidence::new(
+            "ListenOverflows (accept queue full)",
+            overflows.describe(interval_ms),
+        ));
+    }
+    if drops.total.is_some() {
+        evidence.push(Evidence::new(
+            "ListenDrops (every listener drop)",
+            drops.describe(interval_ms),
+        ));
+    }
+    for b in backed.iter().take(TOP) {
+        let l = b.listener;
+        evidence.push(Evidence::new(
+            format!("listener {}", l.local),
+            format!(
+                "{} of {} queued ({:.0}%{}), {}",
+                l.accept_queue,
+                l.backlog,
+                b.used_pct,
+                if b.full { ", full" } else { "" },
+                owner_label(s, l.owner)
+            ),
+        ));
+    }
+    if let Some(m) = somaxconn {
+        evidence.push(Evidence::new("net.core.somaxconn", m));
+    }
+    if abort_on_overflow == Some(1) {
+        evidence.push(Evidence::new(
+            "tcp_abort_on_overflow",
+            "1: clients are reset when the queue is full",
+        ));
+    }
+
+    let who = worst.map_or("the application".to_string(), |b| {
+        owner_label(s, b.listener.owner)
+    });
+    let why = format!(
+        "A connection whose handshake has completed waits in the listener's accept queue until the application calls accept(); the queue holds min(listen() backlog, net.core.somaxconn) connections. When it is full the kernel drops the incoming SYN or the handshake's final ACK (ListenOverflows), so clients retry after a second or more and see slow or failed connects. {who} is not calling accept() fast enough, or at all: all workers busy, a blocked event loop, or an accept loop that stopped."
+    );
+    let fix = fix(s, worst, somaxconn, abort_on_overflow);
+
+    vec![Finding {
+        rule_id: ID,
+        severity,
+        title,
+        evidence,
+        why,
+        fix,
+        data: json!({
+            "listen_overflows": overflows.json(),
+            "listen_drops": drops.json(),
+            "interval_ms": interval_ms,
+            "somaxconn": somaxconn,
+            "tcp_abort_on_overflow": abort_on_overflow,
+            "listeners": backed.iter().map(|b| json!({
+                "address": b.listener.local.address.to_string(),
+                "port": b.listener.local.port,
+                "accept_queue": b.listener.accept_queue,
+                "backlog": b.listener.backlog,
+                "used_pct": (b.used_pct * 100.0).round() / 100.0,
+                "full": b.full,
+                "pid": b.listener.owner.map(|o| o.pid),
+                "comm": b.listener.owner.and_then(|o| s.process(o.pid)).map(|p| p.comm.clone()),
+            })).collect::<Vec<_>>(),
+        }),
+    }]
+}
+
+fn title(
+    s: &Snapshot,
+    worst: Option<&Backed>,
+    overflows: &CounterReading,
+    drops: &CounterReading,
+    interval_ms: Option<u64>,
+) -> String {
+    let window = interval_ms
+        .map(|ms| format!(" in {}", crate::render::human_duration_ms(ms)))
+        .unwrap_or_default();
+    let dropping = match (overflows.delta, overflows.rate) {
+        (Some(d), Some(r)) if d > 0 => format!("; {d} connections dropped{window} ({r:.1}/s)"),
+        (Some(d), None) if d > 0 => format!("; {d} connections dropped{window}"),
+        _ => String::new(),
+    };
+    match worst {
+        Some(b) if b.full => format!(
+            "Accept queue full on {} ({}): {} of {} waiting for accept(){dropping}",
+            b.listener.local,
+            owner_label(s, b.listener.owner),
+            b.listener.accept_queue,
+            b.listener.backlog
+        ),
+        _ if overflows.rising() => format!(
+            "Accept queues overflowing: {} connections dropped{window}{}",
+            overflows.delta.unwrap_or(0),
+            overflows
+                .rate
+                .map(|r| format!(" ({r:.1}/s)"))
+                .unwrap_or_default()
+        ),
+        Some(b) => format!(
+            "Accept queue of {} ({}) {:.0}% full: {} of {}",
+            b.listener.local,
+            owner_label(s, b.listener.owner),
+            b.used_pct,
+            b.listener.accept_queue,
+            b.listener.backlog
+        ),
+        None if drops.rising() => format!(
+            "Listeners dropping connections: {} ListenDrops{window}",
+            drops.delta.unwrap_or(0)
+        ),
+        None => format!(
+            "Accept queues overflowed {} times since boot (not during this check)",
+            overflows.total.or(drops.total).unwrap_or(0)
+        ),
+    }
+}
+
+fn fix(
+    s: &Snapshot,
+    worst: Option<&Backed>,
+    somaxconn: Option<i64>,
+    abort_on_overflow: Option<i64>,
+) -> Vec<String> {
+    let (who, pid) = match worst {
+        Some(b) => (
+            owner_label(s, b.listener.owner),
+            b.listener
+                .owner
+                .map_or("PID".to_string(), |o| o.pid.to_string()),
+        ),
+        None => ("the listening process".to_string(), "PID".to_string()),
+    };
+    let mut fix = vec![format!(
+        "Find why {who} falls behind on accept(): look at its threads (`top -H -p {pid}`, and a stack dump such as `jstack {pid}` for Java or `py-spy dump --pid {pid}` for Python) for busy or blocked workers, then add workers or keep slow work out of the accept loop."
+    )];
+    // A backlog worth asking for: at least 4096, and twice what is asked now.
+    let target = worst.map_or(4096, |b| {
+        (u64::from(b.listener.backlog) * 2)
+            .max(4096)
+            .next_power_of_two()
+    });
+    let port = worst.map_or(443, |b| b.listener.local.port);
+    let cap = match (worst, somaxconn) {
+        (Some(b), Some(m)) if i64::from(b.listener.backlog) >= m => format!(
+            " Here the backlog {} already equals somaxconn {m}, so somaxconn is the cap.",
+            b.listener.backlog
+        ),
+        (Some(b), Some(m)) => format!(
+            " Here the application asked for {} while somaxconn is {m}, so the application's own setting is the cap.",
+            b.listener.backlog
+        ),
+        _ => String::new(),
+    };
+    let somaxconn_step = match somaxconn {
+        Some(m) if u64::try_from(m).is_ok_and(|m| m >= target) => {
+            format!("net.core.somaxconn ({m}) already allows that")
+        }
+        _ => format!("`sysctl -w net.core.somaxconn={target}` (per network namespace; persist it in /etc/sysctl.d/)"),
+    };
+    fix.push(format!(
+        "Raise the application's listen backlog and net.core.somaxconn together; the kernel uses the smaller one.{cap} For example nginx `listen {port} backlog={target};` (its default is 511), and {somaxconn_step}. somaxconn defaults to 4096 since Linux 5.4, 128 before. The new backlog applies when the application calls listen() again, usually on restart."
+    ));
+    fix.push("A bigger queue only absorbs bursts: if the application is always behind, it just makes clients wait longer. Add capacity.".to_string());
+    fix.push("Not the knobs for this: tcp_max_syn_backlog sizes the SYN queue and only matters with syncookies off; net.core.netdev_max_backlog is the per-CPU packet input queue.".to_string());
+    if abort_on_overflow == Some(1) {
+        fix.push("Set `sysctl -w net.ipv4.tcp_abort_on_overflow=0`: with 1 the kernel resets clients when the queue is full instead of letting them retry.".to_string());
+    } else {
+        fix.push("Keep tcp_abort_on_overflow at 0: setting it to 1 resets clients during bursts instead of letting them retry.".to_string());
+    }
+    fix.push("Watch it: `ss -ltn` (Recv-Q = waiting for accept(), Send-Q = backlog) and `nstat -az TcpExtListenOverflows TcpExtListenDrops`.".to_string());
+    fix
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{CounterSample, Endpoint, Owner, ProcessFacts};
+
+    fn listener(port: u16, accept_queue: u32, backlog: u32) -> ListenerSocket {
+        ListenerSocket {
+            local: Endpoint::new("0.0.0.0".parse().expect("ip"), port),
+            accept_queue,
+            backlog,
+            inode: 77,
+            owner: Some(Owner { pid: 900, fd: 6 }),
+        }
+    }
+
+    fn snapshot(
+        listeners: Vec<ListenerSocket>,
+        overflow: (i64, i64),
+        drop: (i64, i64),
+    ) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.processes.insert(
+            900,
+            ProcessFacts {
+                pid: 900,
+                comm: "nginx".into(),
+                uid: 0,
+                cmdline: "nginx: master".into(),
+                open_fds: 40,
+                nofile_soft: None,
+                nofile_hard: None,
+            },
+        );
+        let mut c = CounterSample {
+            interval_ms: 2000,
+            ..Default::default()
+        };
+        c.before.insert("TcpExt.ListenOverflows".into(), overflow.0);
+        c.after.insert("TcpExt.ListenOverflows".into(), overflow.1);
+        c.before.insert("TcpExt.ListenDrops".into(), drop.0);
+        c.after.insert("TcpExt.ListenDrops".into(), drop.1);
+        s.counters = Some(c);
+        s.sysctls.insert("net.core.somaxconn".into(), "4096".into());
+        s.sockets.listeners = listeners;
+        s
+    }
+
+    #[test]
+    fn full_queue_with_rising_overflows_is_critical() {
+        let s = snapshot(
+            vec![listener(443, 512, 511), listener(80, 3, 511)],
+            (1_000, 1_040),
+            (1_000, 1_040),
+        );
+        let f = check(&s, &Thresholds::default());
+        assert_eq!(f.len(), 1);
+        let f = &f[0];
+        assert_eq!(f.rule_id, ID);
+        assert_eq!(f.severity, Severity::Critical);
+        assert_eq!(
+            f.title,
+            "Accept queue full on 0.0.0.0:443 (nginx (pid 900)): 512 of 511 waiting for accept(); 40 connections dropped in 2.0s (20.0/s)"
+        );
+        assert_eq!(f.data["listen_overflows"]["delta"], 40);
+        assert_eq!(f.data["listen_overflows"]["per_s"], 20.0);
+        assert_eq!(f.data["listeners"].as_array().map(Vec::len), Some(1));
+        assert_eq!(f.data["listeners"][0]["port"], 443);
+        assert_eq!(f.data["listeners"][0]["full"], true);
+        assert_eq!(f.data["listeners"][0]["comm"], "nginx");
+        assert!(f.fix.iter().any(|l| l.contains("listen 443 backlog=4096;")
+            && l.contains("application asked for 511")
+            && l.contains("somaxconn (4096) already allows that")));
+        assert!(f.fix.iter().any(|l| l.contains("tcp_max_syn_backlog")));
+    }
+
+    #[test]
+    fn half_full_queue_is_a_warning_and_past_overflows_info() {
+        let s = snapshot(vec![listener(8080, 70, 128)], (5, 5), (5, 5));
+        let f = check(&s, &Thresholds::default());
+        assert_eq!(f[0].severity, Severity::Warning);
+        assert!(f[0].title.contains("55% full: 70 of 128"), "{}", f[0].title);
+
+        let past = snapshot(vec![listener(8080, 0, 128)], (5, 5), (9, 9));
+        let f = check(&past, &Thresholds::default());
+        assert_eq!(f[0].severity, Severity::Info);
+        assert!(f[0].title.contains("5 times since boot"), "{}", f[0].title);
+    }
+
+    #[test]
+    fn does_not_fire_on_idle_listeners_and_clean_counters() {
+        let s = snapshot(
+            vec![listener(443, 2, 511), listener(22, 0, 128)],
+            (0, 0),
+            (0, 0),
+        );
+        assert!(check(&s, &Thresholds::default()).is_empty());
+        assert!(check(&Snapshot::default(), &Thresholds::default()).is_empty());
+    }
+}

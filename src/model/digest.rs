@@ -1,0 +1,264 @@
+//! Builds a [`SocketDigest`] from streamed sockets: the aggregates the rules need,
+//! without keeping the socket list. Pure: owners are looked up through a closure.
+
+use std::net::IpAddr;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::{
+    CloseWaitSocket, Endpoint, ListenerSocket, Owner, PortUse, Socket, SocketDigest, StateCounts,
+    StateSummary, TcpState,
+};
+
+/// Feed listeners and CLOSE_WAIT sockets with [`add_first_pass`](Self::add_first_pass)
+/// (they come from a dump that asks for tcp_info), then everything else with
+/// [`add`](Self::add), then [`finish`](Self::finish).
+#[derive(Debug, Default)]
+pub struct DigestBuilder {
+    port_range: Option<(u16, u16)>,
+    reserved: Vec<(u16, u16)>,
+    listen_ports: FxHashSet<u16>,
+    summary: StateSummary,
+    close_wait: Vec<CloseWaitSocket>,
+    listeners: Vec<ListenerSocket>,
+    tw: super::TimeWaitDigest,
+    /// Deferred: TIME_WAIT and port use are classified against the listening ports,
+    /// which are only complete after the first pass.
+    port_use: FxHashMap<(IpAddr, Endpoint), (StateCounts, u64)>,
+}
+
+impl DigestBuilder {
+    /// `port_range`: ip_local_port_range; `reserved`: ip_local_reserved_ports.
+    pub fn new(port_range: Option<(u16, u16)>, reserved: Vec<(u16, u16)>) -> DigestBuilder {
+        DigestBuilder {
+            port_range,
+            reserved,
+            ..DigestBuilder::default()
+        }
+    }
+
+    /// LISTEN and CLOSE_WAIT sockets.
+    pub fn add_first_pass(&mut self, s: &Socket) {
+        self.summary.add(s);
+        match s.state {
+            TcpState::Listen => {
+                self.listen_ports.insert(s.local.port);
+                self.listeners.push(ListenerSocket {
+                    local: s.local,
+                    accept_queue: s.recv_q,
+                    backlog: s.send_q,
+                    inode: s.inode,
+                    owner: None,
+                });
+            }
+            TcpState::CloseWait => {
+                let idle_ms =
+                    s.tcp_info
+                        .and_then(|i| match (i.last_data_recv_ms, i.last_ack_recv_ms) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        });
+                self.close_wait.push(CloseWaitSocket {
+                    local: s.local,
+                    remote: s.remote,
+                    inode: s.inode,
+                    recv_q: s.recv_q,
+                    owner: None,
+                    idle_ms,
+                });
+            }
+            _ => self.add_connection(s),
+        }
+    }
+
+    /// Every other state.
+    pub fn add(&mut self, s: &Socket) {
+        self.summary.add(s);
+        self.add_connection(s);
+    }
+
+    fn add_connection(&mut self, s: &Socket) {
+        if s.state == TcpState::TimeWait {
+            let peer = s.remote.canonical_ip();
+            *self.tw.by_peer.entry(peer).or_default() += 1;
+            if self.listen_ports.contains(&s.local.port) {
+                self.tw.server_side += 1;
+                *self.tw.by_listen_port.entry(s.local.port).or_default() += 1;
+            } else {
+                self.tw.client_side += 1;
+                let dest = Endpoint::new(peer, s.remote.port);
+                *self.tw.by_destination.entry(dest).or_default() += 1;
+            }
+        }
+        self.count_port_use(s.state, s.local, s.remote, s.inode);
+    }
+
+    fn is_ephemeral(&self, port: u16) -> bool {
+        let Some((lo, hi)) = self.port_range else {
+            return false;
+        };
+        (lo..=hi).contains(&port)
+            && !self.listen_ports.contains(&port)
+            && !self.reserved.iter().any(|(a, b)| (*a..=*b).contains(&port))
+    }
+
+    fn count_port_use(&mut self, state: TcpState, local: Endpoint, remote: Endpoint, inode: u64) {
+        if state == TcpState::Listen || remote.port == 0 || !self.is_ephemeral(local.port) {
+            return;
+        }
+        let key = (
+            local.canonical_ip(),
+            Endpoint::new(remote.canonical_ip(), remote.port),
+        );
+        let e = self
+            .port_use
+            .entry(key)
+            .or_insert((StateCounts::default(), 0));
+        e.0.add(state);
+        if e.1 == 0 && inode != 0 {
+            e.1 = inode;
+        }
+    }
+
+    /// Resolves owners and returns the summary and the digest.
+    pub fn finish(
+        mut self,
+        owner_of: impl Fn(u64) -> Option<Owner>,
+    ) -> (StateSummary, SocketDigest) {
+        // CLOSE_WAIT sockets came before the listening-port set was complete.
+        let cws: Vec<_> = self
+            .close_wait
+            .iter()
+            .map(|c| (c.local, c.remote, c.inode))
+            .collect();
+        for (local, remote, inode) in cws {
+            self.count_port_use(TcpState::CloseWait, local, remote, inode);
+        }
+        let resolve = |inode: u64| if inode == 0 { None } else { owner_of(inode) };
+        for c in &mut self.close_wait {
+            c.owner = resolve(c.inode);
+        }
+        for l in &mut self.listeners {
+            l.owner = resolve(l.inode);
+        }
+        let mut port_use: Vec<PortUse> = self
+            .port_use
+            .into_iter()
+            .map(|((local_ip, remote), (counts, inode))| PortUse {
+                local_ip,
+                remote,
+                counts,
+                sample_owner: resolve(inode),
+            })
+            .collect();
+        port_use.sort_by(|a, b| {
+            b.counts
+                .total()
+                .cmp(&a.counts.total())
+                .then((a.local_ip, a.remote).cmp(&(b.local_ip, b.remote)))
+        });
+        // Destinations with a handful of connections cannot be near exhaustion; keep the
+        // list short so the report and its JSON stay bounded.
+        port_use.truncate(200);
+        self.listeners
+            .sort_by_key(|l| (l.local.port, l.local.address));
+        (
+            self.summary,
+            SocketDigest {
+                close_wait: self.close_wait,
+                listeners: self.listeners,
+                time_wait: self.tw,
+                port_use,
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Family, TcpInfo};
+
+    fn sock(state: TcpState, local: &str, remote: &str, inode: u64) -> Socket {
+        let l: std::net::SocketAddr = local.parse().expect("local");
+        let r: std::net::SocketAddr = remote.parse().expect("remote");
+        Socket {
+            family: if l.is_ipv4() { Family::V4 } else { Family::V6 },
+            state,
+            local: Endpoint::new(l.ip(), l.port()),
+            remote: Endpoint::new(r.ip(), r.port()),
+            inode,
+            uid: 0,
+            recv_q: 1,
+            send_q: 0,
+            timer: None,
+            cookie: None,
+            tcp_info: None,
+        }
+    }
+
+    #[test]
+    fn classifies_time_wait_and_counts_ports_per_destination() {
+        let mut b = DigestBuilder::new(Some((32768, 60999)), vec![(40000, 40000)]);
+        b.add_first_pass(&sock(TcpState::Listen, "10.0.0.1:8080", "0.0.0.0:0", 5));
+        // Server side TIME_WAIT (local port is the listener).
+        b.add(&sock(
+            TcpState::TimeWait,
+            "10.0.0.1:8080",
+            "10.0.0.9:50000",
+            0,
+        ));
+        // Client side: two to the same backend, one reserved port (not counted as use).
+        b.add(&sock(
+            TcpState::TimeWait,
+            "10.0.0.1:33000",
+            "10.0.0.7:5432",
+            0,
+        ));
+        b.add(&sock(
+            TcpState::Established,
+            "10.0.0.1:33002",
+            "10.0.0.7:5432",
+            77,
+        ));
+        b.add(&sock(
+            TcpState::Established,
+            "10.0.0.1:40000",
+            "10.0.0.7:5432",
+            78,
+        ));
+        // A port outside the range is not ephemeral.
+        b.add(&sock(
+            TcpState::Established,
+            "10.0.0.1:1000",
+            "10.0.0.7:5432",
+            79,
+        ));
+        let (summary, d) = b.finish(|ino| (ino == 77).then_some(Owner { pid: 7, fd: 3 }));
+        assert_eq!(summary.total().total(), 6);
+        assert_eq!((d.time_wait.server_side, d.time_wait.client_side), (1, 1));
+        assert_eq!(d.time_wait.by_listen_port.get(&8080), Some(&1));
+        assert_eq!(d.port_use.len(), 1);
+        let pu = &d.port_use[0];
+        assert_eq!(pu.remote.to_string(), "10.0.0.7:5432");
+        assert_eq!(pu.counts.total(), 2);
+        assert_eq!(pu.counts.get(TcpState::TimeWait), 1);
+        assert_eq!(pu.sample_owner, Some(Owner { pid: 7, fd: 3 }));
+        assert_eq!(d.listeners.len(), 1);
+    }
+
+    #[test]
+    fn close_wait_idle_is_the_smaller_of_lastrcv_and_lastack() {
+        let mut b = DigestBuilder::new(None, vec![]);
+        let mut s = sock(TcpState::CloseWait, "10.0.0.1:8080", "10.0.0.9:50000", 9);
+        s.tcp_info = Some(TcpInfo {
+            last_data_recv_ms: Some(9000),
+            last_ack_recv_ms: Some(7000),
+            ..TcpInfo::default()
+        });
+        b.add_first_pass(&s);
+        let (_, d) = b.finish(|_| Some(Owner { pid: 1, fd: 4 }));
+        assert_eq!(d.close_wait[0].idle_ms, Some(7000));
+        assert_eq!(d.close_wait[0].owner, Some(Owner { pid: 1, fd: 4 }));
+    }
+}
