@@ -2,7 +2,6 @@
 //! side; the application never called close(). Nothing in the kernel ends this state.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use serde_json::json;
 
@@ -66,19 +65,15 @@ fn finding_for(s: &Snapshot, t: &Thresholds, pid: Option<u32>, leak: &Leak) -> O
     let eof_unread = leak.sockets.iter().filter(|c| c.recv_q > 0).count();
     let eof_read = leak.sockets.len() - eof_unread;
 
-    let mut peers: BTreeMap<(IpAddr, u16), u64> = BTreeMap::new();
-    for c in &leak.sockets {
-        *peers
-            .entry((c.remote.canonical_ip(), c.remote.port))
-            .or_default() += 1;
-    }
-    let mut peers: Vec<_> = peers.into_iter().collect();
-    peers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    let mut local_ports: BTreeMap<u16, u64> = BTreeMap::new();
-    for c in &leak.sockets {
-        *local_ports.entry(c.local.port).or_default() += 1;
-    }
-
+    // Who the peers are (by address), and which side of the connection the leak is on:
+    // a server leaks on its service port, a client towards one remote ip:port.
+    let peers = top_counts(leak.sockets.iter().map(|c| c.remote.canonical_ip()));
+    let local_ports = top_counts(leak.sockets.iter().map(|c| c.local.port));
+    let remotes = top_counts(
+        leak.sockets
+            .iter()
+            .map(|c| crate::model::Endpoint::new(c.remote.canonical_ip(), c.remote.port)),
+    );
     let mut evidence = vec![Evidence::new("CLOSE_WAIT sockets", count)];
     if let Some(ms) = oldest_ms {
         evidence.push(Evidence::new(
@@ -104,9 +99,11 @@ fn finding_for(s: &Snapshot, t: &Thresholds, pid: Option<u32>, leak: &Leak) -> O
             ),
         ));
     }
-    for ((ip, port), n) in peers.iter().take(5) {
-        let peer = crate::model::Endpoint::new(*ip, *port);
-        evidence.push(Evidence::new("peer", format!("{peer}: {n}")));
+    for (ip, n) in peers.iter().take(5) {
+        evidence.push(Evidence::new("peer", format!("{ip}: {n}")));
+    }
+    if let Some((port, n)) = local_ports.first() {
+        evidence.push(Evidence::new("local port", format!("{port}: {n}")));
     }
 
     let recv_hint = if eof_unread >= eof_read {
@@ -124,9 +121,17 @@ fn finding_for(s: &Snapshot, t: &Thresholds, pid: Option<u32>, leak: &Leak) -> O
         "Pooled HTTP clients: evict idle and expired connections (e.g. Apache HttpClient evictIdleConnections, Go http.Transport IdleConnTimeout) and always consume or close response bodies (Go resp.Body.Close(), Python `with requests.get(...)`, release the entity in Java).".to_string(),
         "Keep-alive agents (Node.js and similar): set a free-socket / idle timeout shorter than the server's keep-alive timeout so the client closes first.".to_string(),
     ];
-    if let Some((ip, port)) = peers.first().map(|(k, _)| *k) {
+    // The ss -K filter that covers the most of these sockets.
+    let selector = match (local_ports.first(), remotes.first()) {
+        (Some((_, ln)), Some((r, rn))) if rn > ln => {
+            Some(format!("dst {} dport = :{}", r.address, r.port))
+        }
+        (Some((lp, _)), _) => Some(format!("sport = :{lp}")),
+        _ => None,
+    };
+    if let Some(sel) = selector {
         fix.push(format!(
-            "Stopgap only: ss -K state close-wait dst {ip} dport = :{port} destroys the sockets (needs CONFIG_INET_DIAG_DESTROY and CAP_NET_ADMIN); the process still holds the leaked descriptors, so restart it to get them back."
+            "Stopgap only: ss -K state close-wait {sel} destroys the sockets (needs CONFIG_INET_DIAG_DESTROY and CAP_NET_ADMIN); the process still holds the leaked descriptors, so restart it to get them back."
         ));
     }
     let title = match oldest_ms {
@@ -151,10 +156,21 @@ fn finding_for(s: &Snapshot, t: &Thresholds, pid: Option<u32>, leak: &Leak) -> O
             "eof_unread": eof_unread,
             "eof_read_not_closed": eof_read,
             "nofile_soft": soft_limit,
-            "local_ports": local_ports,
-            "peers": peers.iter().take(20).map(|((ip, port), n)| json!({"address": ip.to_string(), "port": port, "count": n})).collect::<Vec<_>>(),
+            "local_ports": local_ports.iter().take(20).map(|(p, n)| json!({"port": p, "count": n})).collect::<Vec<_>>(),
+            "peers": peers.iter().take(20).map(|(ip, n)| json!({"address": ip.to_string(), "count": n})).collect::<Vec<_>>(),
         }),
     })
+}
+
+/// Distinct values with their counts, biggest first.
+fn top_counts<K: Ord + Copy>(items: impl Iterator<Item = K>) -> Vec<(K, u64)> {
+    let mut m: BTreeMap<K, u64> = BTreeMap::new();
+    for k in items {
+        *m.entry(k).or_default() += 1;
+    }
+    let mut v: Vec<_> = m.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v
 }
 
 #[cfg(test)]
@@ -212,10 +228,36 @@ mod tests {
         assert_eq!(f[0].data["count"], 25);
         assert_eq!(f[0].data["eof_unread"], 13);
         assert_eq!(f[0].data["oldest_idle_ms"], 5024);
-        assert!(f[0]
-            .fix
-            .iter()
-            .any(|l| l.contains("ss -K state close-wait dst 10.0.0.2 dport = :8080")));
+        // One local port, one remote endpoint: a tie, so the local port is the selector.
+        assert!(
+            f[0].fix
+                .iter()
+                .any(|l| l.contains("ss -K state close-wait sport = :41000")),
+            "{:?}",
+            f[0].fix
+        );
+    }
+
+    #[test]
+    fn client_side_leak_towards_one_server_uses_a_destination_selector() {
+        let s = snapshot_with(
+            (0u16..12)
+                .map(|i| {
+                    let mut c = cw(Some(42), 1, 1_000, 5432);
+                    c.local.port = 40000 + i;
+                    c
+                })
+                .collect(),
+        );
+        let f = check(&s, &Thresholds::default());
+        assert!(
+            f[0].fix
+                .iter()
+                .any(|l| l.contains("ss -K state close-wait dst 10.0.0.2 dport = :5432")),
+            "{:?}",
+            f[0].fix
+        );
+        assert_eq!(f[0].data["peers"][0]["count"], 12);
     }
 
     #[test]

@@ -61,7 +61,7 @@ fn listener_for(s: &Snapshot, ip: IpAddr, port: u16) -> Option<&ListenerSocket> 
 }
 
 fn queue_full(l: &ListenerSocket) -> bool {
-    l.accept_queue > 0 && l.accept_queue >= l.backlog
+    l.backlog_known && l.accept_queue > 0 && l.accept_queue >= l.backlog
 }
 
 fn finding_for(
@@ -224,6 +224,7 @@ mod tests {
             local: Endpoint::new("::".parse().expect("ip"), 8080),
             accept_queue,
             backlog,
+            backlog_known: true,
             inode: 5,
             owner: Some(Owner { pid: 42, fd: 4 }),
         });

@@ -482,6 +482,7 @@ mod tests {
             local: Endpoint::new("0.0.0.0".parse().expect("ip"), 20000),
             accept_queue: 0,
             backlog: 511,
+            backlog_known: true,
             inode: 9,
             owner: None,
         });

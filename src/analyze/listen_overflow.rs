@@ -27,6 +27,9 @@ struct Backed<'a> {
 /// The kernel drops when the queue holds more than `backlog` (sk_acceptq_is_full());
 /// `ss` can show backlog + 1. Reaching the backlog is treated as full.
 fn queue_state(l: &ListenerSocket) -> (f64, bool) {
+    if !l.backlog_known {
+        return (0.0, false);
+    }
     let full = l.accept_queue > 0 && l.accept_queue >= l.backlog;
     let used = if l.backlog == 0 {
         if full {
@@ -269,6 +272,7 @@ mod tests {
             local: Endpoint::new("0.0.0.0".parse().expect("ip"), port),
             accept_queue,
             backlog,
+            backlog_known: true,
             inode: 77,
             owner: Some(Owner { pid: 900, fd: 6 }),
         }
@@ -332,6 +336,16 @@ mod tests {
             && l.contains("application asked for 511")
             && l.contains("somaxconn (4096) already allows that")));
         assert!(f.fix.iter().any(|l| l.contains("tcp_max_syn_backlog")));
+    }
+
+    #[test]
+    fn queue_is_not_judged_when_the_backlog_is_unknown() {
+        // /proc/net/tcp shows 0 where netlink shows the backlog.
+        let mut l = listener(7002, 2, 0);
+        l.backlog_known = false;
+        let s = snapshot(vec![l], (5, 5), (5, 5));
+        let f = check(&s, &Thresholds::default());
+        assert!(f.iter().all(|f| f.severity != Severity::Critical), "{f:?}");
     }
 
     #[test]

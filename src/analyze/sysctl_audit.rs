@@ -481,7 +481,7 @@ fn somaxconn(s: &Snapshot) -> Option<Problem> {
         .sockets
         .listeners
         .iter()
-        .filter(|l| i64::from(l.backlog) == v)
+        .filter(|l| l.backlog_known && i64::from(l.backlog) == v)
         .collect();
     let severity = if capped.is_empty() {
         Severity::Info
@@ -876,6 +876,7 @@ mod tests {
             local: Endpoint::new("0.0.0.0".parse().expect("ip"), port),
             accept_queue: 3,
             backlog,
+            backlog_known: true,
             inode: u64::from(port),
             owner: Some(Owner { pid, fd: 5 }),
         }

@@ -263,7 +263,15 @@ pub fn collect_snapshot(common: &Common, interval: Duration) -> Result<Snapshot,
 /// Name, uid, command line, descriptor count and RLIMIT_NOFILE of every scanned process.
 fn process_facts(root: &Path, o: &crate::model::Owners) -> BTreeMap<u32, ProcessFacts> {
     let mut out = BTreeMap::new();
-    for (pid, fds) in &o.fd_counts {
+    // Descriptor limits matter for the processes of the namespace being checked: those
+    // are the ones whose accept()/connect() fail here. Processes whose namespace cannot
+    // be read (not root) are kept: we cannot tell.
+    let own_netns = owners::netns_inode(&root.join("self/ns/net"));
+    for pf in &o.fd_counts {
+        if own_netns.is_some() && pf.netns.is_some() && pf.netns != own_netns {
+            continue;
+        }
+        let (pid, fds) = (&pf.pid, &pf.open_fds);
         let dir = root.join(pid.to_string());
         let p = match o.process(*pid) {
             Some(p) => p.clone(),

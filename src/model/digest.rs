@@ -47,6 +47,7 @@ impl DigestBuilder {
                     local: s.local,
                     accept_queue: s.recv_q,
                     backlog: s.send_q,
+                    backlog_known: s.cookie.is_some(),
                     inode: s.inode,
                     owner: None,
                 });

@@ -14,7 +14,7 @@ mod state;
 mod summary;
 
 pub use notice::{Notice, Source};
-pub use process::{Owner, Owners, Process, SocketOwnerMap};
+pub use process::{Owner, Owners, Process, ProcessFds, SocketOwnerMap};
 
 pub use digest::DigestBuilder;
 pub use filter::{AddrFilter, BadAddrFilter, SocketFilter};

@@ -80,13 +80,22 @@ impl SocketOwnerMap {
     }
 }
 
+/// How many descriptors a process has open, and which network namespace it is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessFds {
+    pub pid: u32,
+    pub open_fds: u64,
+    /// Inode of `/proc/PID/ns/net`; `None` when it could not be read.
+    pub netns: Option<u64>,
+}
+
 /// Owners plus the processes they belong to.
 #[derive(Debug, Clone, Default)]
 pub struct Owners {
     pub map: SocketOwnerMap,
     pub processes: FxHashMap<u32, Process>,
-    /// Open descriptors of every process scanned (pid, count), socket owner or not.
-    pub fd_counts: Vec<(u32, u64)>,
+    /// Open descriptors of every process scanned, socket owner or not.
+    pub fd_counts: Vec<ProcessFds>,
 }
 
 impl Owners {

@@ -62,6 +62,9 @@ pub struct ListenerSocket {
     pub accept_queue: u32,
     /// The backlog the application asked for, capped by somaxconn.
     pub backlog: u32,
+    /// False when the source cannot tell the backlog (/proc/net/tcp shows 0 there);
+    /// then `backlog` means nothing and the queue cannot be judged full.
+    pub backlog_known: bool,
     pub inode: u64,
     pub owner: Option<Owner>,
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::model::{Notice, Owner, Owners, Process, SocketOwnerMap};
+use crate::model::{Notice, Owner, Owners, Process, ProcessFds, SocketOwnerMap};
 
 /// What happened during a scan, for the partial-data notice.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -112,7 +112,7 @@ fn list_pids(proc_root: &Path) -> Vec<u32> {
 struct ShardResult {
     found: Vec<(u64, Owner)>,
     processes: Vec<Process>,
-    fd_counts: Vec<(u32, u64)>,
+    fd_counts: Vec<ProcessFds>,
     stats: ScanStats,
 }
 
@@ -162,7 +162,11 @@ fn scan_shard(
             }
         });
         out.stats.fds += fds;
-        out.fd_counts.push((pid, fds));
+        out.fd_counts.push(ProcessFds {
+            pid,
+            open_fds: fds,
+            netns: netns_inode(&pid_dir.join("ns/net")),
+        });
         if out.found.len() > before {
             out.processes.push(read_process(&pid_dir, pid, fds));
         }
@@ -199,6 +203,18 @@ pub fn read_process(pid_dir: &Path, pid: u32, open_fds: u64) -> Process {
         cmdline,
         open_fds,
     }
+}
+
+/// The inode of a namespace link (`net:[4026531840]`), e.g. `/proc/PID/ns/net`.
+pub fn netns_inode(link: &Path) -> Option<u64> {
+    let target = std::fs::read_link(link).ok()?;
+    let digits = target
+        .as_os_str()
+        .as_bytes()
+        .strip_prefix(b"net:[")?
+        .strip_suffix(b"]")?
+        .to_vec();
+    parse_u64(&digits)
 }
 
 /// `socket:[12345]` -> 12345.

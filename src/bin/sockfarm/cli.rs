@@ -1,0 +1,105 @@
+//! Raw command-line flags of sockfarm (clap). Checking and resolving them into a
+//! build plan happens in `plan.rs`; nothing else sees these types.
+
+use std::net::{IpAddr, SocketAddr};
+
+use clap::Parser;
+
+/// Build real TCP sockets in known states (LISTEN, ESTABLISHED, CLOSE_WAIT,
+/// FIN_WAIT2, TIME_WAIT) on loopback for tcpdoctor's tests and benchmarks.
+///
+/// Run it inside a throwaway network namespace. When every socket is in place it
+/// prints one JSON line on stdout, then holds the sockets until --hold-secs pass,
+/// stdin reaches EOF, or SIGTERM/SIGINT arrives. TIME_WAIT sockets expire 60 s
+/// after they were made, so counts that include them are exact only until
+/// `time_wait_valid_until_unix_ms`.
+#[derive(Debug, Parser)]
+#[command(name = "sockfarm", version)]
+pub struct Args {
+    /// Listener that the connections go to, round-robin (repeatable):
+    /// 127.0.0.1:5000 or [::1]:5000; port 0 picks a free port.
+    #[arg(long = "listen", value_name = "ADDR:PORT")]
+    pub listen: Vec<SocketAddr>,
+
+    /// Listener that --unaccepted connections go to; it never calls accept()
+    /// (repeatable).
+    #[arg(long = "backlog-listen", value_name = "ADDR:PORT")]
+    pub backlog_listen: Vec<SocketAddr>,
+
+    /// listen() backlog of --backlog-listen sockets [default: net.core.somaxconn].
+    #[arg(long, value_name = "N")]
+    pub backlog: Option<u32>,
+
+    /// N connections kept open at both ends (2N ESTABLISHED sockets).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub established: u64,
+
+    /// N connections whose client did shutdown(SHUT_WR): client FIN_WAIT2, server
+    /// CLOSE_WAIT with the EOF unread (Recv-Q 1).
+    #[arg(long = "close-wait", value_name = "N", default_value_t = 0)]
+    pub close_wait: u64,
+
+    /// Like --close-wait, but the server read the EOF (CLOSE_WAIT with Recv-Q 0).
+    #[arg(long = "close-wait-read", value_name = "N", default_value_t = 0)]
+    pub close_wait_read: u64,
+
+    /// N connections closed client-first; each leaves one client TIME_WAIT.
+    #[arg(long = "time-wait", value_name = "N", default_value_t = 0)]
+    pub time_wait: u64,
+
+    /// N connections to a --backlog-listen socket that are never accepted (client
+    /// ESTABLISHED with an fd, server child ESTABLISHED in the accept queue).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub unaccepted: u64,
+
+    /// The --unaccepted clients give up: each shuts down its sending side right
+    /// after connecting, so the child waiting in the accept queue turns CLOSE_WAIT
+    /// with no descriptor (inode 0) and the client FIN_WAIT2.
+    #[arg(long = "give-up")]
+    pub give_up: bool,
+
+    /// After the --unaccepted connections fill the accept queue of the first
+    /// --backlog-listen socket (--unaccepted = backlog + 1, the kernel's limit),
+    /// N more clients connect without waiting: their SYNs are dropped
+    /// (TcpExt ListenOverflows rises on every retry) and they stay SYN_SENT.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub overflow: u64,
+
+    /// Worker processes that hold the sockets (each stays below RLIMIT_NOFILE).
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub processes: u32,
+
+    /// Hold the sockets this long, then exit (at most 3600).
+    #[arg(long = "hold-secs", value_name = "S", default_value_t = 600)]
+    pub hold_secs: u64,
+
+    /// Keep holding when stdin reaches EOF (for runs with stdin at /dev/null).
+    #[arg(long = "ignore-stdin")]
+    pub ignore_stdin: bool,
+
+    /// Client source addresses, spread round-robin per listener of the same
+    /// family (bind with IP_BIND_ADDRESS_NO_PORT before connect).
+    #[arg(long = "source-ips", value_name = "IP,IP,...", value_delimiter = ',')]
+    pub source_ips: Vec<IpAddr>,
+
+    /// Omit the per-socket lists from the ready line (for large farms).
+    #[arg(long = "quiet-fds")]
+    pub quiet_fds: bool,
+
+    /// Set net.ipv4.ip_local_port_range to "1024 65000" (only inside a non-initial
+    /// network namespace).
+    #[arg(long = "widen-port-range")]
+    pub widen_port_range: bool,
+
+    /// Set net.ipv4.tcp_max_tw_buckets (only inside a non-initial network namespace).
+    #[arg(long = "max-tw-buckets", value_name = "N")]
+    pub max_tw_buckets: Option<u64>,
+
+    /// Set net.ipv4.tcp_tw_reuse=0 and net.ipv4.tcp_rfc1337=1 (only inside a
+    /// non-initial network namespace) so large --time-wait farms stay exact: with
+    /// the defaults a later connect() may take over a TIME_WAIT 4-tuple older than
+    /// 1 s, and a stray RST kills a TIME_WAIT socket. Restore them afterwards if
+    /// a test depends on the defaults.
+    #[arg(long = "exact-time-wait")]
+    pub exact_time_wait: bool,
+}
