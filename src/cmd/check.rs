@@ -120,11 +120,67 @@ fn kernel_log(proc_root: &Path, missing: &mut Vec<Notice>) -> Option<Vec<KernelL
     Some(grouped.into_values().collect())
 }
 
+/// One snapshot whose counters are read at the start and again `interval` later
+/// (the collection itself runs in between).
 pub fn collect_snapshot(common: &Common, interval: Duration) -> Result<Snapshot, CmdError> {
-    let root = common.proc_root.as_path();
     let started = Instant::now();
     let mut missing = Vec::new();
-    let counters_before = read_counters(root, &mut missing);
+    let before = read_counters(&common.proc_root, &mut missing);
+    let mut snap = collect_without_counters(common, missing)?;
+    if let Some(before) = before {
+        if let Some(rest) = interval.checked_sub(started.elapsed()) {
+            std::thread::sleep(rest);
+        }
+        let mut ignore = Vec::new();
+        let after = read_counters(&common.proc_root, &mut ignore).unwrap_or_else(|| before.clone());
+        snap.counters = Some(CounterSample {
+            before,
+            after,
+            interval_ms: started.elapsed().as_millis() as u64,
+        });
+    }
+    Ok(snap)
+}
+
+/// Repeated snapshots for long-running views (`watch`, `serve`): each one's counter
+/// rates cover the time since the previous sample, so no sample waits.
+#[derive(Debug, Default)]
+pub struct Sampler {
+    prev: Option<(Instant, BTreeMap<String, i64>)>,
+}
+
+impl Sampler {
+    pub fn new() -> Sampler {
+        Sampler::default()
+    }
+
+    /// Collects a snapshot. The first one's counter deltas are zero (nothing to compare).
+    pub fn sample(&mut self, common: &Common) -> Result<Snapshot, CmdError> {
+        let mut missing = Vec::new();
+        let now = Instant::now();
+        let counters = read_counters(&common.proc_root, &mut missing);
+        let mut snap = collect_without_counters(common, missing)?;
+        if let Some(after) = counters {
+            let (before, interval_ms) = match self.prev.take() {
+                Some((t, before)) => (before, now.duration_since(t).as_millis() as u64),
+                None => (after.clone(), 0),
+            };
+            snap.counters = Some(CounterSample {
+                before,
+                after: after.clone(),
+                interval_ms,
+            });
+            self.prev = Some((now, after));
+        }
+        Ok(snap)
+    }
+}
+
+fn collect_without_counters(
+    common: &Common,
+    mut missing: Vec<Notice>,
+) -> Result<Snapshot, CmdError> {
+    let root = common.proc_root.as_path();
     let sysctls = sysctl::read(root, sysctl::KEYS);
 
     let mut snap = Snapshot {
@@ -243,19 +299,6 @@ pub fn collect_snapshot(common: &Common, interval: Duration) -> Result<Snapshot,
         .and_then(|t| sockstat::parse_tcp(&t));
     snap.kernel_log = kernel_log(root, &mut missing);
 
-    // Second counter sample, `interval` after the first.
-    if let Some(before) = counters_before {
-        if let Some(rest) = interval.checked_sub(started.elapsed()) {
-            std::thread::sleep(rest);
-        }
-        let mut ignore = Vec::new();
-        let after = read_counters(root, &mut ignore).unwrap_or_else(|| before.clone());
-        snap.counters = Some(CounterSample {
-            before,
-            after,
-            interval_ms: started.elapsed().as_millis() as u64,
-        });
-    }
     snap.missing = missing;
     Ok(snap)
 }
