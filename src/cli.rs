@@ -53,6 +53,11 @@ pub enum Command {
     /// Diagnose this host: state summary, then findings ranked by severity, each with
     /// evidence, the mechanism and the fix. The default command.
     Check(CheckArgs),
+    /// Live terminal view: state counts over time, top leakers, port headroom, counter
+    /// rates and the current findings.
+    Watch(WatchArgs),
+    /// Prometheus / OpenMetrics endpoint for fleets (loopback by default).
+    Serve(ServeArgs),
     /// Count TCP sockets per state (every state, zeros included), IPv4, IPv6 and total.
     States(StatesArgs),
     /// List TCP sockets with their owning process, like `ss -tanp` but fast.
@@ -173,4 +178,39 @@ pub struct CheckArgs {
     /// Print JSON (schema: docs/json.md).
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Seconds between refreshes.
+    #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+    pub interval: f64,
+    /// Rows in the top-N panels.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+    /// TOML file with thresholds (see docs/config.md).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override one threshold, e.g. --threshold port_warn_pct=60 (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub threshold: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to serve /metrics on. Loopback unless you say otherwise.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9469")]
+    pub listen: std::net::SocketAddr,
+    /// Processes and destinations exported per top-N metric; the rest fold into `other`.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+    /// Scrapes within this many seconds of a collection reuse it.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub cache: f64,
+    /// TOML file with thresholds (see docs/config.md).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override one threshold, e.g. --threshold port_warn_pct=60 (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub threshold: Vec<String>,
 }

@@ -91,6 +91,16 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
                 };
             }
         }
+        Action::Watch(s) => {
+            drop(out);
+            cmd::watch::run(&common, &s)?;
+            return Ok(exit::OK);
+        }
+        Action::Serve(s) => {
+            drop(out);
+            cmd::serve::run(&common, &s)?;
+            return Ok(exit::OK);
+        }
         Action::States(s) => {
             let report = cmd::states::run(&common, &s)?;
             if s.json {

@@ -51,8 +51,26 @@ pub struct CheckSettings {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub struct WatchSettings {
+    pub interval: Duration,
+    pub top: usize,
+    pub thresholds: Thresholds,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeSettings {
+    pub listen: std::net::SocketAddr,
+    pub top: usize,
+    /// Scrapes within this long of a collection reuse it.
+    pub cache: Duration,
+    pub thresholds: Thresholds,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Check(CheckSettings),
+    Watch(WatchSettings),
+    Serve(ServeSettings),
     States(StatesSettings),
     Sockets(SocketsSettings),
 }
@@ -60,7 +78,7 @@ pub enum Action {
 /// A setting that cannot be used; the message names the value and what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    #[error("--interval '{0}' must be a number of seconds between 0 and 60")]
+    #[error("interval '{0}' is out of range (check --interval: 0-60 s, watch --interval: 0.1-3600 s, serve --cache: 0-3600 s)")]
     Interval(f64),
     #[error("cannot read config file '{path}': {source}")]
     ConfigRead {
@@ -107,6 +125,27 @@ pub fn resolve(cli: cli::Cli, term: Terminal) -> Result<(Common, Action), Settin
             ..cli::CheckArgs::default()
         })?),
         Some(cli::Command::Check(a)) => Action::Check(check_settings(&a)?),
+        Some(cli::Command::Watch(a)) => {
+            if !(0.1..=3600.0).contains(&a.interval) {
+                return Err(SettingsError::Interval(a.interval));
+            }
+            Action::Watch(WatchSettings {
+                interval: Duration::from_secs_f64(a.interval),
+                top: a.top.max(1),
+                thresholds: thresholds(a.config.as_deref(), &a.threshold)?,
+            })
+        }
+        Some(cli::Command::Serve(a)) => {
+            if !(0.0..=3600.0).contains(&a.cache) {
+                return Err(SettingsError::Interval(a.cache));
+            }
+            Action::Serve(ServeSettings {
+                listen: a.listen,
+                top: a.top.max(1),
+                cache: Duration::from_secs_f64(a.cache),
+                thresholds: thresholds(a.config.as_deref(), &a.threshold)?,
+            })
+        }
         Some(cli::Command::States(a)) => {
             let (ipv4, ipv6) = families(&a.family);
             Action::States(StatesSettings {

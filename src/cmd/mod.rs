@@ -2,8 +2,10 @@
 //! model. No printing here: `main` renders the report.
 
 pub mod check;
+pub mod serve;
 pub mod sockets;
 pub mod states;
+pub mod watch;
 
 use crate::collect::sockets::CollectError;
 
