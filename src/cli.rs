@@ -194,6 +194,13 @@ pub struct WatchArgs {
     /// Override one threshold, e.g. --threshold port_warn_pct=60 (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     pub threshold: Vec<String>,
+    /// Scripting and debug mode (hidden): no terminal UI; print one JSON line per sample
+    /// (state counts, counter rates, CLOSE_WAIT trend per process, findings) on stdout.
+    #[arg(long, hide = true)]
+    pub headless: bool,
+    /// Stop after N samples (hidden; for scripts and tests, with or without --headless).
+    #[arg(long, value_name = "N", hide = true)]
+    pub samples: Option<u64>,
 }
 
 #[derive(Debug, Args)]

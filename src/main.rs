@@ -97,7 +97,9 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
             return Ok(exit::OK);
         }
         Action::Serve(s) => {
+            // The server logs from its worker threads: release stdout and stderr.
             drop(out);
+            drop(err);
             cmd::serve::run(&common, &s)?;
             return Ok(exit::OK);
         }

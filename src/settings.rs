@@ -55,6 +55,10 @@ pub struct WatchSettings {
     pub interval: Duration,
     pub top: usize,
     pub thresholds: Thresholds,
+    /// One JSON line per sample on stdout instead of the terminal UI.
+    pub headless: bool,
+    /// Stop after this many samples.
+    pub samples: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -133,6 +137,8 @@ pub fn resolve(cli: cli::Cli, term: Terminal) -> Result<(Common, Action), Settin
                 interval: Duration::from_secs_f64(a.interval),
                 top: a.top.max(1),
                 thresholds: thresholds(a.config.as_deref(), &a.threshold)?,
+                headless: a.headless,
+                samples: a.samples,
             })
         }
         Some(cli::Command::Serve(a)) => {

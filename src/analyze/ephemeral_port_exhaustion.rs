@@ -53,6 +53,15 @@ pub fn usable_ports(range: (u16, u16), reserved: &[(u16, u16)]) -> u64 {
     u64::from(hi - lo + 1) - reserved_inside
 }
 
+/// Local ports connect() may use towards one destination on this host: the
+/// `ip_local_port_range` (the kernel default when not visible) minus the reserved ports
+/// inside it. The same number this rule judges against; `watch` and `serve` show headroom
+/// with it.
+pub fn usable_ephemeral_ports(s: &Snapshot) -> u64 {
+    let reserved = parse_port_list(s.sysctl("net.ipv4.ip_local_reserved_ports").unwrap_or(""));
+    usable_ports(s.port_range().unwrap_or(DEFAULT_RANGE), &reserved)
+}
+
 /// What the numbers are for one destination.
 struct DestinationUse<'a> {
     entry: &'a PortUse,

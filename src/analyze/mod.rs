@@ -12,6 +12,7 @@ pub mod listen_overflow;
 pub mod orphans;
 pub mod sysctl_audit;
 pub mod time_wait_pressure;
+pub mod trend;
 pub mod util;
 
 use serde::{Deserialize, Serialize};

@@ -126,7 +126,7 @@ pub fn collect_snapshot(common: &Common, interval: Duration) -> Result<Snapshot,
     let started = Instant::now();
     let mut missing = Vec::new();
     let before = read_counters(&common.proc_root, &mut missing);
-    let mut snap = collect_without_counters(common, missing)?;
+    let mut snap = collect_without_counters(common, missing, false)?;
     if let Some(before) = before {
         if let Some(rest) = interval.checked_sub(started.elapsed()) {
             std::thread::sleep(rest);
@@ -147,6 +147,7 @@ pub fn collect_snapshot(common: &Common, interval: Duration) -> Result<Snapshot,
 #[derive(Debug, Default)]
 pub struct Sampler {
     prev: Option<(Instant, BTreeMap<String, i64>)>,
+    by_process: bool,
 }
 
 impl Sampler {
@@ -154,12 +155,19 @@ impl Sampler {
         Sampler::default()
     }
 
+    /// Also fill [`SocketDigest::by_process`](crate::model::SocketDigest::by_process)
+    /// (TCP sockets per owning process): one inode lookup per socket with a descriptor.
+    pub fn with_sockets_by_process(mut self) -> Sampler {
+        self.by_process = true;
+        self
+    }
+
     /// Collects a snapshot. The first one's counter deltas are zero (nothing to compare).
     pub fn sample(&mut self, common: &Common) -> Result<Snapshot, CmdError> {
         let mut missing = Vec::new();
         let now = Instant::now();
         let counters = read_counters(&common.proc_root, &mut missing);
-        let mut snap = collect_without_counters(common, missing)?;
+        let mut snap = collect_without_counters(common, missing, self.by_process)?;
         if let Some(after) = counters {
             let (before, interval_ms) = match self.prev.take() {
                 Some((t, before)) => (before, now.duration_since(t).as_millis() as u64),
@@ -179,6 +187,7 @@ impl Sampler {
 fn collect_without_counters(
     common: &Common,
     mut missing: Vec<Notice>,
+    by_process: bool,
 ) -> Result<Snapshot, CmdError> {
     let root = common.proc_root.as_path();
     let sysctls = sysctl::read(root, sysctl::KEYS);
@@ -195,6 +204,9 @@ fn collect_without_counters(
         .map(parse_port_list)
         .unwrap_or_default();
     let mut builder = DigestBuilder::new(snap.port_range(), reserved);
+    if by_process {
+        builder = builder.count_by_process();
+    }
 
     let first: StateSet = [TcpState::Listen, TcpState::CloseWait]
         .into_iter()

@@ -1,10 +1,284 @@
-//! `tcpdoctor watch` (being written).
+//! `tcpdoctor watch`: the live view's run loop. Owns the terminal (raw mode, alternate
+//! screen, restored on every exit path: return, panic, SIGTERM/SIGINT/SIGHUP), the
+//! sampling thread (`Sampler` + the `check` rules every `--interval`) and key events.
+//! What is shown and how keys act is `render::watch`; this file only moves data to it.
+//!
+//! `--headless` (hidden, a scripting and debug mode) skips the terminal and prints one
+//! JSON line per sample on stdout; `--samples N` stops after N samples.
 
+use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use crossterm::{cursor, execute, terminal};
+use ratatui::backend::CrosstermBackend;
+use ratatui::Terminal;
+
+use crate::analyze;
+use crate::cmd::check::Sampler;
+use crate::model::{Finding, Snapshot};
+use crate::render::watch::{self as view, Key, WatchApp, WatchConfig};
 use crate::settings::{Common, WatchSettings};
 
-pub fn run(
-    _common: &Common,
-    _s: &WatchSettings,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    Err("tcpdoctor watch is not built yet".into())
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How often the UI thread wakes to look for samples, keys and signals. Short enough
+/// that a sample shows up promptly; each wake-up costs a poll(2) and nothing else.
+const TICK: Duration = Duration::from_millis(100);
+
+pub fn run(common: &Common, s: &WatchSettings) -> Result<(), BoxError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    let config = WatchConfig {
+        hostname: std::fs::read_to_string(common.proc_root.join("sys/kernel/hostname"))
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default(),
+        interval: s.interval,
+        top: s.top,
+        color: common.color,
+        ..WatchConfig::default()
+    };
+    if s.headless {
+        let stdout = io::stdout();
+        return run_headless(common, s, config, &stop, &mut stdout.lock());
+    }
+    if !io::stdout().is_terminal() || !io::stdin().is_terminal() {
+        return Err("tcpdoctor watch needs a terminal (stdin and stdout); for scripts use `tcpdoctor check --json`".into());
+    }
+    run_tui(common, s, config, &stop)
+}
+
+/// Waits until `deadline` in short steps, returning early (true) when `stop` is set.
+fn sleep_until(deadline: Instant, stop: &AtomicBool) -> bool {
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        thread::sleep((deadline - now).min(TICK));
+    }
+}
+
+fn run_headless(
+    common: &Common,
+    s: &WatchSettings,
+    config: WatchConfig,
+    stop: &AtomicBool,
+    out: &mut impl Write,
+) -> Result<(), BoxError> {
+    let started = Instant::now();
+    let mut sampler = Sampler::new();
+    let mut app = WatchApp::new(config);
+    loop {
+        let tick = Instant::now();
+        let at_ms = started.elapsed().as_millis() as u64;
+        let snap = sampler.sample(common)?;
+        let findings = analyze::run(&snap, &s.thresholds);
+        app.ingest(at_ms, &snap, findings);
+        view::write_sample_line(out, &app, &snap.missing)?;
+        out.flush()?;
+        if s.samples.is_some_and(|n| app.samples() >= n) {
+            return Ok(());
+        }
+        if sleep_until(tick + s.interval, stop) {
+            return Ok(());
+        }
+    }
+}
+
+/// A sample as the sampling thread hands it over, or why it failed.
+type SampleMsg = Result<(u64, Snapshot, Vec<Finding>), String>;
+
+/// Collects a sample every `interval` (from the start of the previous one) until the
+/// receiver is gone or `stop` is set; skips while `paused`.
+fn sampling_loop(
+    common: Common,
+    s: WatchSettings,
+    paused: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    tx: mpsc::Sender<SampleMsg>,
+) {
+    let started = Instant::now();
+    let mut sampler = Sampler::new();
+    loop {
+        let tick = Instant::now();
+        if !paused.load(Ordering::Relaxed) {
+            let at_ms = started.elapsed().as_millis() as u64;
+            let msg = match sampler.sample(&common) {
+                Ok(snap) => {
+                    let findings = analyze::run(&snap, &s.thresholds);
+                    Ok((at_ms, snap, findings))
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            if tx.send(msg).is_err() {
+                return;
+            }
+        }
+        if sleep_until(tick + s.interval, &stop) {
+            return;
+        }
+    }
+}
+
+/// Puts the terminal back: cooked mode, main screen, visible cursor. Safe to call twice.
+fn restore_terminal() {
+    let _ = terminal::disable_raw_mode();
+    let _ = execute!(io::stdout(), terminal::LeaveAlternateScreen, cursor::Show);
+}
+
+/// Restores the terminal when dropped, so `?` returns and panics unwind cleanly.
+struct TerminalGuard;
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}
+
+fn run_tui(
+    common: &Common,
+    s: &WatchSettings,
+    config: WatchConfig,
+    stop: &Arc<AtomicBool>,
+) -> Result<(), BoxError> {
+    // A panic prints its message after the terminal is back to normal, not into the
+    // alternate screen where it would vanish.
+    let previous_hook = Arc::new(std::panic::take_hook());
+    let hook = Arc::clone(&previous_hook);
+    std::panic::set_hook(Box::new(move |info| {
+        restore_terminal();
+        (*hook)(info);
+    }));
+
+    terminal::enable_raw_mode()?;
+    let guard = TerminalGuard;
+    execute!(io::stdout(), terminal::EnterAlternateScreen, cursor::Hide)?;
+    let mut term = Terminal::new(CrosstermBackend::new(io::stdout()))?;
+
+    let paused = Arc::new(AtomicBool::new(false));
+    let sampler_stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let sampler = {
+        let (common, s) = (common.clone(), s.clone());
+        let (paused, sampler_stop) = (Arc::clone(&paused), Arc::clone(&sampler_stop));
+        thread::Builder::new()
+            .name("watch-sampler".into())
+            .spawn(move || sampling_loop(common, s, paused, sampler_stop, tx))?
+    };
+
+    let result = ui_loop(&mut term, config, s.samples, &rx, &paused, stop);
+    drop(guard);
+    // Not joined: a sample in progress (seconds on a huge host) must not delay the exit.
+    // The thread ends after it, on `sampler_stop` or on the closed channel.
+    sampler_stop.store(true, Ordering::Relaxed);
+    drop(rx);
+    drop(sampler);
+    let _ = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| (*previous_hook)(info)));
+    result
+}
+
+fn ui_loop(
+    term: &mut Terminal<CrosstermBackend<io::Stdout>>,
+    config: WatchConfig,
+    max_samples: Option<u64>,
+    rx: &mpsc::Receiver<SampleMsg>,
+    paused: &AtomicBool,
+    stop: &AtomicBool,
+) -> Result<(), BoxError> {
+    let mut app = WatchApp::new(config);
+    let mut dirty = true;
+    loop {
+        loop {
+            match rx.try_recv() {
+                Ok(Ok((at_ms, snap, findings))) => {
+                    dirty |= app.ingest(at_ms, &snap, findings);
+                }
+                Ok(Err(e)) => {
+                    app.record_error(e);
+                    dirty = true;
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    return Err("the sampling thread stopped".into())
+                }
+            }
+        }
+        if dirty {
+            term.draw(|f| view::draw(f, &app))?;
+            dirty = false;
+        }
+        if app.should_quit()
+            || stop.load(Ordering::Relaxed)
+            || max_samples.is_some_and(|n| app.samples() >= n)
+        {
+            return Ok(());
+        }
+        if event::poll(TICK)? {
+            match event::read()? {
+                Event::Key(k) => {
+                    if let Some(key) = key_of(k) {
+                        app.handle_key(key);
+                        paused.store(app.is_paused(), Ordering::Relaxed);
+                        dirty = true;
+                    }
+                }
+                Event::Resize(..) => dirty = true,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Maps a terminal key event to the app's keys (presses and repeats only).
+fn key_of(k: KeyEvent) -> Option<Key> {
+    if k.kind == KeyEventKind::Release {
+        return None;
+    }
+    Some(match k.code {
+        KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => Key::Interrupt,
+        KeyCode::Char(c) => Key::Char(c),
+        KeyCode::Enter => Key::Enter,
+        KeyCode::Esc => Key::Esc,
+        KeyCode::Backspace => Key::Backspace,
+        KeyCode::Up => Key::Up,
+        KeyCode::Down => Key::Down,
+        KeyCode::PageUp => Key::PageUp,
+        KeyCode::PageDown => Key::PageDown,
+        KeyCode::Home => Key::Home,
+        KeyCode::End => Key::End,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctrl_c_is_interrupt_and_releases_are_ignored() {
+        let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+        assert_eq!(key_of(ctrl_c), Some(Key::Interrupt));
+        assert_eq!(
+            key_of(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::NONE)),
+            Some(Key::Char('c'))
+        );
+        let mut release = KeyEvent::new(KeyCode::Char('q'), KeyModifiers::NONE);
+        release.kind = KeyEventKind::Release;
+        assert_eq!(key_of(release), None);
+    }
 }

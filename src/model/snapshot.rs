@@ -103,6 +103,11 @@ pub struct SocketDigest {
     pub time_wait: TimeWaitDigest,
     /// Destinations whose connections use ephemeral ports, biggest first.
     pub port_use: Vec<PortUse>,
+    /// TCP sockets per owning process (first owner), when the command asked for it
+    /// (`serve`); empty otherwise. Sockets without a descriptor or a visible owner are
+    /// not in it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_process: BTreeMap<u32, StateCounts>,
 }
 
 /// Two readings of /proc/net/{netstat,snmp}, `interval_ms` apart.

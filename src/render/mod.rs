@@ -2,8 +2,10 @@
 //! Renderers write to any `io::Write`; only `main` decides that it is stdout.
 
 pub mod check;
+pub mod metrics;
 pub mod sockets;
 pub mod states;
+pub mod watch;
 
 use std::io::{self, Write};
 

@@ -65,6 +65,21 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub overflow: u64,
 
+    /// A CLOSE_WAIT leak that grows while tests watch: after the ready line, the parent
+    /// process (pid in the ready line) makes N more --close-wait style connections every
+    /// --grow-every-ms, --grow-steps times, and holds both ends (server CLOSE_WAIT with
+    /// the EOF unread, client FIN_WAIT2). Needs --listen; at most 10000 in all.
+    #[arg(long = "grow-close-wait", value_name = "N", default_value_t = 0)]
+    pub grow_close_wait: u64,
+
+    /// Milliseconds between --grow-close-wait steps (100 to 60000).
+    #[arg(long = "grow-every-ms", value_name = "MS", default_value_t = 1000)]
+    pub grow_every_ms: u64,
+
+    /// Number of --grow-close-wait steps.
+    #[arg(long = "grow-steps", value_name = "K", default_value_t = 10)]
+    pub grow_steps: u64,
+
     /// Worker processes that hold the sockets (each stays below RLIMIT_NOFILE).
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub processes: u32,

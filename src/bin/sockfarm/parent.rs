@@ -339,16 +339,31 @@ fn expected(plan: &Plan) -> Expected {
 
 /// Holds until the hold time passes, stdin reaches EOF, or SIGTERM/SIGINT. A
 /// worker that dies meanwhile is an error (the farm is no longer what it said).
-fn hold(plan: &Plan, farm: &Farm) -> Result<()> {
+/// With --grow-close-wait, the parent adds CLOSE_WAIT connections while holding.
+fn hold(plan: &Plan, farm: &Farm, accepting: &[(OwnedFd, SocketAddr)]) -> Result<()> {
     let signals = sys::termination_signalfd()?;
     let deadline = Instant::now() + plan.request.hold;
     let watch_stdin = !plan.request.ignore_stdin;
     let mut buf = [0u8; 4096];
+    let mut leak = Leak {
+        held: Vec::new(),
+        steps_done: 0,
+        next: plan.request.growth.map(|g| Instant::now() + g.every),
+    };
     loop {
-        let now = Instant::now();
+        let mut now = Instant::now();
+        if let (Some(g), Some(next)) = (plan.request.growth, leak.next) {
+            if now >= next {
+                leak.step(g.per_step, accepting)?;
+                leak.steps_done += 1;
+                leak.next = (leak.steps_done < g.steps).then(|| next + g.every);
+                now = Instant::now();
+            }
+        }
         if now >= deadline {
             return Ok(());
         }
+        let wake = leak.next.map_or(deadline, |n| n.min(deadline));
         let mut fds = vec![libc::pollfd {
             fd: signals.as_raw_fd(),
             events: libc::POLLIN,
@@ -368,7 +383,7 @@ fn hold(plan: &Plan, farm: &Farm) -> Result<()> {
                 revents: 0,
             });
         }
-        sys::poll(&mut fds, deadline - now)?;
+        sys::poll(&mut fds, wake.saturating_duration_since(now))?;
         if fds[0].revents != 0 {
             return Ok(());
         }
@@ -394,6 +409,38 @@ fn hold(plan: &Plan, farm: &Farm) -> Result<()> {
                 }
             }
         }
+    }
+}
+
+/// The connections --grow-close-wait made: held (never closed) until the farm exits.
+struct Leak {
+    held: Vec<OwnedFd>,
+    steps_done: u64,
+    /// When the next step is due; `None` once all steps are done.
+    next: Option<Instant>,
+}
+
+impl Leak {
+    /// Makes `n` connections round-robin over the accepting listeners; each client shuts
+    /// down its sending side, so the accepted end turns CLOSE_WAIT (EOF unread).
+    fn step(&mut self, n: u64, accepting: &[(OwnedFd, SocketAddr)]) -> Result<()> {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        for i in 0..n {
+            let Some((listener, addr)) = accepting.get((i as usize) % accepting.len().max(1))
+            else {
+                return fail("--grow-close-wait: no --listen socket");
+            };
+            let client = sys::tcp_socket(&addr.ip())?;
+            sys::set_timeout(&client, libc::SO_SNDTIMEO, SETTLE_TIMEOUT)?;
+            sys::connect(&client, addr)?;
+            sys::shutdown_write(&client)?;
+            let (server, _) = sys::accept(listener, addr)?;
+            worker::wait_state(&server, sys::TCP_CLOSE_WAIT, deadline)
+                .map_err(|e| FarmError(format!("--grow-close-wait: {}", e.0)))?;
+            self.held.push(server);
+            self.held.push(client);
+        }
+        Ok(())
     }
 }
 
@@ -506,7 +553,9 @@ pub fn run(args: Args) -> Result<()> {
         .map_err(|e| FarmError(format!("write ready line to stdout: {e}")))?;
     drop(out);
 
-    hold(&plan, &farm)?;
+    let accepting: Vec<(OwnedFd, SocketAddr)> =
+        accepting.into_iter().zip(accepting_addrs).collect();
+    hold(&plan, &farm, &accepting)?;
     drop(farm);
     Ok(())
 }

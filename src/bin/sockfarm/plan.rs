@@ -108,6 +108,18 @@ pub struct HostLimits {
     pub tw_reuse: u64,
 }
 
+/// Most CLOSE_WAIT connections --grow-close-wait may add in all (two descriptors each,
+/// held by the parent).
+pub const MAX_GROWTH: u64 = 10_000;
+
+/// --grow-close-wait: connections added per step, the pause between steps, and steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Growth {
+    pub per_step: u64,
+    pub every: Duration,
+    pub steps: u64,
+}
+
 /// The flags, checked on their own (before anything is read from the host).
 #[derive(Clone, Debug)]
 pub struct Request {
@@ -125,6 +137,7 @@ pub struct Request {
     pub exact_time_wait: bool,
     pub give_up: bool,
     pub overflow: u64,
+    pub growth: Option<Growth>,
 }
 
 impl Request {
@@ -196,6 +209,32 @@ impl Request {
         if args.listen.is_empty() && args.backlog_listen.is_empty() {
             return fail("nothing to build: give at least one --listen or --backlog-listen");
         }
+        let growth = if args.grow_close_wait == 0 {
+            None
+        } else {
+            if args.listen.is_empty() {
+                return fail("--grow-close-wait needs at least one --listen ADDR:PORT");
+            }
+            if !(100..=60_000).contains(&args.grow_every_ms) {
+                return fail(format!(
+                    "--grow-every-ms {} is out of range; use 100 to 60000",
+                    args.grow_every_ms
+                ));
+            }
+            if args.grow_steps == 0
+                || args.grow_close_wait.saturating_mul(args.grow_steps) > MAX_GROWTH
+            {
+                return fail(format!(
+                    "--grow-close-wait {} x --grow-steps {} must be 1 to {MAX_GROWTH} connections",
+                    args.grow_close_wait, args.grow_steps
+                ));
+            }
+            Some(Growth {
+                per_step: args.grow_close_wait,
+                every: Duration::from_millis(args.grow_every_ms),
+                steps: args.grow_steps,
+            })
+        };
         Ok(Request {
             listen: args.listen,
             backlog_listen: args.backlog_listen,
@@ -211,6 +250,7 @@ impl Request {
             exact_time_wait: args.exact_time_wait,
             give_up: args.give_up,
             overflow: args.overflow,
+            growth,
         })
     }
 
@@ -592,6 +632,53 @@ mod tests {
             next += len;
         }
         assert_eq!(next, 100);
+    }
+
+    #[test]
+    fn growth_is_bounded_and_needs_a_listener() {
+        let p = plan(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--grow-close-wait",
+            "3",
+            "--grow-every-ms",
+            "500",
+            "--grow-steps",
+            "4",
+        ])
+        .expect("valid");
+        assert_eq!(
+            p.request.growth,
+            Some(Growth {
+                per_step: 3,
+                every: Duration::from_millis(500),
+                steps: 4
+            })
+        );
+        let none = plan(&["--listen", "127.0.0.1:0"]).expect("valid");
+        assert_eq!(none.request.growth, None);
+        let err = plan(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--grow-close-wait",
+            "100",
+            "--grow-steps",
+            "101",
+        ])
+        .unwrap_err();
+        assert!(err.0.contains("10000"), "{err}");
+        let err = plan(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--grow-close-wait",
+            "1",
+            "--grow-every-ms",
+            "5",
+        ])
+        .unwrap_err();
+        assert!(err.0.contains("--grow-every-ms 5"), "{err}");
+        let err = plan(&["--backlog-listen", "127.0.0.1:0", "--grow-close-wait", "1"]).unwrap_err();
+        assert!(err.0.contains("--listen"), "{err}");
     }
 
     #[test]

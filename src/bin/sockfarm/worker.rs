@@ -350,7 +350,7 @@ fn close_after_peer(fd: OwnedFd) -> Result<()> {
 
 /// Polls TCP_INFO until the socket is in `want` or the deadline passes. On
 /// loopback the transition has nearly always happened already.
-fn wait_state(fd: &OwnedFd, want: u8, deadline: Instant) -> Result<()> {
+pub fn wait_state(fd: &OwnedFd, want: u8, deadline: Instant) -> Result<()> {
     let mut pause = Duration::from_micros(50);
     loop {
         let state = sys::tcp_info(fd)?.tcpi_state;

@@ -1,0 +1,98 @@
+//! One JSON line per sample for `tcpdoctor watch --headless` (a scripting and debug
+//! mode): what the screen would show, as data. Writes to any `io::Write`.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use super::app::{WatchApp, RATES};
+use crate::analyze::trend::PidTrend;
+use crate::model::{Notice, Severity, StateCounts};
+use crate::render::JSON_SCHEMA_VERSION;
+
+#[derive(Serialize)]
+struct SampleLine<'a> {
+    schema_version: u32,
+    command: &'static str,
+    /// 1 for the first sample.
+    sample: u64,
+    /// Milliseconds since the first sample started (the clock the trends use).
+    at_ms: u64,
+    taken_at_unix_ms: u64,
+    /// What the rates cover; null on the first sample.
+    counter_interval_ms: Option<u64>,
+    counts: StateCounts,
+    /// Per second, keyed like `Tcp.ActiveOpens`; null when not measured.
+    rates: BTreeMap<&'static str, Option<f64>>,
+    /// Per process with CLOSE_WAIT sockets now or within the trend window.
+    close_wait: Vec<TrendLine<'a>>,
+    findings: Vec<FindingLine<'a>>,
+    missing_evidence: &'a [Notice],
+}
+
+#[derive(Serialize)]
+struct TrendLine<'a> {
+    comm: Option<&'a str>,
+    #[serde(flatten)]
+    trend: PidTrend,
+}
+
+#[derive(Serialize)]
+struct FindingLine<'a> {
+    rule_id: &'static str,
+    severity: Severity,
+    title: &'a str,
+}
+
+/// Writes the app's latest sample as one line (nothing before the first sample).
+/// `missing` is the sample's notes about evidence it could not gather.
+pub fn write_sample_line(
+    out: &mut impl Write,
+    app: &WatchApp,
+    missing: &[Notice],
+) -> io::Result<()> {
+    let Some(v) = app.view() else {
+        return Ok(());
+    };
+    let comm_of = |pid: u32| {
+        v.processes
+            .iter()
+            .find(|p| p.pid == pid)
+            .map(|p| p.comm.as_str())
+    };
+    let line = SampleLine {
+        schema_version: JSON_SCHEMA_VERSION,
+        command: "watch",
+        sample: app.samples(),
+        at_ms: v.at_ms,
+        taken_at_unix_ms: v.taken_at_unix_ms,
+        counter_interval_ms: v.counter_interval_ms,
+        counts: v.total,
+        rates: RATES
+            .iter()
+            .zip(&v.rates)
+            .map(|((_, key), r)| (*key, r.map(|r| (r * 100.0).round() / 100.0)))
+            .collect(),
+        close_wait: app
+            .trends()
+            .into_iter()
+            .map(|t| TrendLine {
+                comm: comm_of(t.pid),
+                trend: t,
+            })
+            .collect(),
+        findings: v
+            .findings
+            .iter()
+            .map(|f| FindingLine {
+                rule_id: f.rule_id,
+                severity: f.severity,
+                title: &f.title,
+            })
+            .collect(),
+        missing_evidence: missing,
+    };
+    serde_json::to_writer(&mut *out, &line).map_err(io::Error::from)?;
+    out.write_all(b"\n")
+}
