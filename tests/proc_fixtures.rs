@@ -318,3 +318,34 @@ fn cli_missing_proc_root_is_an_error_naming_the_path() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("'/nonexistent/tcpdoctor/net/tcp'"), "{err}");
 }
+
+/// /proc/net/tcp shows 0 where netlink shows a listener's backlog: replaying the capture
+/// (listeners 7002 and 7003 hold queued connections) must not call their queues full.
+#[test]
+fn cli_check_on_proc_source_does_not_judge_unknown_backlogs() {
+    let r = fixture_root();
+    let out = tcpdoctor(&[
+        "--source",
+        "proc",
+        "--proc-root",
+        &r,
+        "check",
+        "--interval",
+        "0",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["source"], "proc");
+    assert_eq!(v["counts"]["total"]["LISTEN"], 8);
+    for f in v["findings"].as_array().expect("findings") {
+        if f["rule_id"] == "listen_overflow" || f["rule_id"] == "close_wait_unaccepted" {
+            assert_ne!(f["severity"], "critical", "{f:#}");
+            let full = f["data"]["listeners"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|l| l["full"] == true);
+            assert!(!full, "{f:#}");
+        }
+    }
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::util::{pct, process_label};
+use super::util::{pct, process_label, top_counts};
 use super::Thresholds;
 use crate::model::{CloseWaitSocket, Evidence, Finding, Severity, Snapshot};
 
@@ -160,17 +160,6 @@ fn finding_for(s: &Snapshot, t: &Thresholds, pid: Option<u32>, leak: &Leak) -> O
             "peers": peers.iter().take(20).map(|(ip, n)| json!({"address": ip.to_string(), "count": n})).collect::<Vec<_>>(),
         }),
     })
-}
-
-/// Distinct values with their counts, biggest first.
-fn top_counts<K: Ord + Copy>(items: impl Iterator<Item = K>) -> Vec<(K, u64)> {
-    let mut m: BTreeMap<K, u64> = BTreeMap::new();
-    for k in items {
-        *m.entry(k).or_default() += 1;
-    }
-    let mut v: Vec<_> = m.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    v
 }
 
 #[cfg(test)]

@@ -86,12 +86,8 @@ fn finding_for(
     };
     let oldest_ms = sockets.iter().filter_map(|c| c.idle_ms).max();
 
-    let mut peers: BTreeMap<IpAddr, u64> = BTreeMap::new();
-    for c in sockets {
-        *peers.entry(c.remote.canonical_ip()).or_default() += 1;
-    }
-    let mut peers: Vec<(IpAddr, u64)> = peers.into_iter().collect();
-    peers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut peers: Vec<(IpAddr, u64)> =
+        super::util::top_counts(sockets.iter().map(|c| c.remote.canonical_ip()));
     peers.truncate(TOP);
 
     // A process name keeps its case; only the generic subject is capitalised.

@@ -232,8 +232,7 @@ fn closer_of(server: u64, client: u64) -> Closer {
 
 /// The biggest `TOP` entries, ties by key.
 fn top<K: Ord + Copy>(map: &BTreeMap<K, u64>) -> Vec<(K, u64)> {
-    let mut v: Vec<(K, u64)> = map.iter().map(|(k, n)| (*k, *n)).collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut v = super::util::sorted_counts(map.iter().map(|(k, n)| (*k, *n)));
     v.truncate(TOP);
     v
 }

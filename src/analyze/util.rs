@@ -104,9 +104,31 @@ pub fn counter_interval_ms(s: &Snapshot) -> Option<u64> {
         .filter(|ms| *ms > 0)
 }
 
+/// Distinct values with how often each occurs, biggest count first, ties by value.
+pub fn top_counts<K: Ord + Copy>(items: impl IntoIterator<Item = K>) -> Vec<(K, u64)> {
+    let mut m: std::collections::BTreeMap<K, u64> = std::collections::BTreeMap::new();
+    for k in items {
+        *m.entry(k).or_default() += 1;
+    }
+    sorted_counts(m)
+}
+
+/// (key, count) pairs, biggest count first, ties by key.
+pub fn sorted_counts<K: Ord>(pairs: impl IntoIterator<Item = (K, u64)>) -> Vec<(K, u64)> {
+    let mut v: Vec<(K, u64)> = pairs.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_counts_orders_by_count_then_value() {
+        assert_eq!(top_counts([3, 1, 3, 2, 1, 3]), vec![(3, 3), (1, 2), (2, 1)]);
+        assert_eq!(top_counts(Vec::<u16>::new()), vec![]);
+    }
 
     #[test]
     fn pct_handles_zero() {

@@ -14,7 +14,7 @@ use crate::collect::sockets::{self, SocketQuery};
 use crate::collect::sysctl;
 use crate::model::{
     parse_port_list, CounterSample, DigestBuilder, FileTable, Finding, KernelLogEntry, Notice,
-    ProcessFacts, Snapshot, StateSet, TcpState,
+    ProcessFacts, Snapshot, Source, StateSet, TcpState,
 };
 use crate::settings::{CheckSettings, Common};
 
@@ -249,6 +249,9 @@ fn collect_without_counters(
     });
     let (a, b) = dumps?;
     snap.source = Some(a.source);
+    if a.source == Source::Proc {
+        builder.backlogs_unknown();
+    }
     missing.extend(a.notices);
     missing.extend(
         b.notices

@@ -66,7 +66,7 @@ impl DigestBuilder {
                     local: s.local,
                     accept_queue: s.recv_q,
                     backlog: s.send_q,
-                    backlog_known: s.cookie.is_some(),
+                    backlog_known: true,
                     inode: s.inode,
                     owner: None,
                 });
@@ -88,6 +88,14 @@ impl DigestBuilder {
                 });
             }
             _ => self.add_connection(s),
+        }
+    }
+
+    /// The sockets came from /proc/net/tcp, which shows 0 where sock_diag shows a
+    /// listener's backlog: stop judging accept queues against it.
+    pub fn backlogs_unknown(&mut self) {
+        for l in &mut self.listeners {
+            l.backlog_known = false;
         }
     }
 

@@ -221,33 +221,30 @@ pub fn connect_nowait(fd: &OwnedFd, addr: &SocketAddr) -> Result<()> {
     // SAFETY: as above.
     let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
     check(ret, "fcntl(F_SETFL, O_NONBLOCK)")?;
-    let (storage, len) = to_raw(addr);
-    // SAFETY: storage holds a valid sockaddr of `len` bytes.
-    let ret = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            &storage as *const _ as *const libc::sockaddr,
-            len,
-        )
-    };
+    let ret = raw_connect(fd, addr);
     if ret < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINPROGRESS) {
         return Ok(());
     }
     check(ret, format_args!("connect to {addr}")).map(|_| ())
 }
 
-/// Blocking connect; on loopback the handshake completes inside the call. The
-/// caller bounds it with SO_SNDTIMEO.
-pub fn connect(fd: &OwnedFd, addr: &SocketAddr) -> Result<()> {
+/// connect(2) itself: returns its result; errno is left for the caller.
+fn raw_connect(fd: &OwnedFd, addr: &SocketAddr) -> c_int {
     let (storage, len) = to_raw(addr);
     // SAFETY: storage holds a valid sockaddr of `len` bytes.
-    let ret = unsafe {
+    unsafe {
         libc::connect(
             fd.as_raw_fd(),
             &storage as *const _ as *const libc::sockaddr,
             len,
         )
-    };
+    }
+}
+
+/// Blocking connect; on loopback the handshake completes inside the call. The
+/// caller bounds it with SO_SNDTIMEO.
+pub fn connect(fd: &OwnedFd, addr: &SocketAddr) -> Result<()> {
+    let ret = raw_connect(fd, addr);
     check(ret, format_args!("connect to {addr}")).map(|_| ())
 }
 
