@@ -32,6 +32,11 @@ pub struct GlobalArgs {
     /// When to color output.
     #[arg(long, global = true, value_enum, default_value_t = ColorArg::Auto)]
     pub color: ColorArg,
+    /// Network namespaces to look at: all, current, a path (/run/netns/NAME,
+    /// /proc/PID/ns/net), a pid, or a name (ip netns, container, pod). Default: all for
+    /// check, watch and serve when run as root; current for states and sockets.
+    #[arg(long, global = true, value_name = "NS")]
+    pub netns: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -76,7 +81,8 @@ pub struct FamilyArgs {
 
 #[derive(Debug, Args)]
 pub struct StatesArgs {
-    /// One row per process, peer address, local port or remote port, biggest first.
+    /// One row per process, peer address, local port, remote port or network namespace,
+    /// biggest first.
     #[arg(long, value_enum, value_name = "KEY")]
     pub by: Option<ByArg>,
     /// Only these states (comma-separated; close-wait, CLOSE_WAIT, close_wait all work;
@@ -99,6 +105,7 @@ pub enum ByArg {
     Peer,
     LocalPort,
     RemotePort,
+    Netns,
 }
 
 #[derive(Debug, Args)]

@@ -77,7 +77,8 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
         Action::Check(s) => {
             let report = cmd::check::run(&common, &s)?;
             if s.emit_sysctl {
-                out.write_all(analyze::sysctl_audit::emit_sysctl(&report.snapshot).as_bytes())?;
+                let host = report.host.primary().cloned().unwrap_or_default();
+                out.write_all(analyze::sysctl_audit::emit_sysctl(&host).as_bytes())?;
             } else if s.json {
                 render::check::write_json(&mut out, &report)?;
             } else {

@@ -15,8 +15,44 @@ pub struct Common {
     pub source: SourcePref,
     pub proc_root: PathBuf,
     pub color: bool,
-    /// Threads for the /proc owner scan.
+    /// Threads for the /proc owner scan and for reading namespaces.
     pub threads: usize,
+    pub netns: NetnsChoice,
+}
+
+/// Which network namespaces to read (`--netns`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetnsChoice {
+    /// Not given: every namespace for check/watch/serve (with the privilege to enter
+    /// them), the current one for states/sockets.
+    Default,
+    All,
+    Current,
+    /// An nsfs file: /run/netns/NAME, /proc/PID/ns/net, a bind mount elsewhere.
+    Path(PathBuf),
+    /// The namespace of this process.
+    Pid(u32),
+    /// An `ip netns` name, a container or pod name, or a container id prefix.
+    Name(String),
+}
+
+impl NetnsChoice {
+    pub fn parse(s: &str) -> Result<NetnsChoice, SettingsError> {
+        let t = s.trim();
+        if t.is_empty() {
+            return Err(SettingsError::Netns(s.to_string()));
+        }
+        Ok(match t {
+            "all" => NetnsChoice::All,
+            "current" | "self" => NetnsChoice::Current,
+            _ if t.contains('/') => NetnsChoice::Path(PathBuf::from(t)),
+            _ if t.bytes().all(|b| b.is_ascii_digit()) => match t.parse() {
+                Ok(pid) if pid > 0 => NetnsChoice::Pid(pid),
+                _ => return Err(SettingsError::Netns(s.to_string())),
+            },
+            _ => NetnsChoice::Name(t.to_string()),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +132,8 @@ pub enum SettingsError {
     ThresholdSyntax(String),
     #[error("--threshold '{given}': {message}")]
     Threshold { given: String, message: String },
+    #[error("--netns '{0}' is not a namespace: use all, current, a path such as /run/netns/NAME, a pid, or a name")]
+    Netns(String),
 }
 
 /// Facts about the terminal the caller knows (main owns stdout and the environment).
@@ -121,6 +159,10 @@ pub fn resolve(cli: cli::Cli, term: Terminal) -> Result<(Common, Action), Settin
         proc_root: g.proc_root,
         color,
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        netns: match &g.netns {
+            Some(v) => NetnsChoice::parse(v)?,
+            None => NetnsChoice::Default,
+        },
     };
     let action = match cli.command {
         // No subcommand: the doctor.
@@ -161,6 +203,7 @@ pub fn resolve(cli: cli::Cli, term: Terminal) -> Result<(Common, Action), Settin
                     ByArg::Peer => GroupBy::Peer,
                     ByArg::LocalPort => GroupBy::LocalPort,
                     ByArg::RemotePort => GroupBy::RemotePort,
+                    ByArg::Netns => GroupBy::Netns,
                 }),
                 top: a.top,
                 ipv4,
@@ -310,6 +353,30 @@ mod tests {
         let e = thresholds(None, &["nope=1".to_string()]).expect_err("unknown key");
         assert!(e.to_string().contains("nope"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn netns_choices_parse() {
+        assert_eq!(NetnsChoice::parse("all").ok(), Some(NetnsChoice::All));
+        assert_eq!(
+            NetnsChoice::parse("current").ok(),
+            Some(NetnsChoice::Current)
+        );
+        assert_eq!(
+            NetnsChoice::parse("1234").ok(),
+            Some(NetnsChoice::Pid(1234))
+        );
+        assert_eq!(
+            NetnsChoice::parse("/run/netns/blue").ok(),
+            Some(NetnsChoice::Path(PathBuf::from("/run/netns/blue")))
+        );
+        assert_eq!(
+            NetnsChoice::parse("blue").ok(),
+            Some(NetnsChoice::Name("blue".into()))
+        );
+        assert!(NetnsChoice::parse("").is_err());
+        assert!(NetnsChoice::parse("0").is_err());
+        assert!(NetnsChoice::parse("99999999999999999999").is_err());
     }
 
     #[test]

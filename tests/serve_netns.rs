@@ -732,6 +732,8 @@ fn serve_in_netns_reports_the_farm_exactly_over_http() {
     let mut cmd = ns.command(
         TCPDOCTOR,
         &[
+            "--netns",
+            "current",
             "serve",
             "--listen",
             "127.0.0.1:0",
@@ -906,12 +908,15 @@ fn the_unit_capabilities_are_enough_to_see_other_users_owners() {
         return;
     }
     // The systemd unit runs the exporter as a dynamic uid with CAP_SYS_PTRACE,
-    // CAP_DAC_READ_SEARCH and CAP_SYSLOG only. Do the same with setpriv and check that
-    // root's farm is attributed (and, without the capabilities, that it is not).
+    // CAP_DAC_READ_SEARCH, CAP_SYSLOG and CAP_SYS_ADMIN only. Do the same with setpriv
+    // and check that root's farm is attributed and every namespace read (and, without
+    // the capabilities, that neither is).
     common::assert_reachable_by_others(Path::new(TCPDOCTOR));
     let unit =
         std::fs::read_to_string(manifest("deploy/systemd/tcpdoctor.service")).expect("unit file");
-    assert!(unit.contains("AmbientCapabilities=CAP_SYS_PTRACE CAP_DAC_READ_SEARCH CAP_SYSLOG\n"));
+    assert!(unit.contains(
+        "AmbientCapabilities=CAP_SYS_PTRACE CAP_DAC_READ_SEARCH CAP_SYSLOG CAP_SYS_ADMIN\n"
+    ));
     let ns = Netns::new("servecaps");
     let farm = ns.spawn_farm(&[
         "--listen",
@@ -931,14 +936,22 @@ fn the_unit_capabilities_are_enough_to_see_other_users_owners() {
         ];
         if with_caps {
             args.extend([
-                "--inh-caps=-all,+sys_ptrace,+dac_read_search,+syslog",
-                "--ambient-caps=-all,+sys_ptrace,+dac_read_search,+syslog",
-                "--bounding-set=-all,+sys_ptrace,+dac_read_search,+syslog",
+                "--inh-caps=-all,+sys_ptrace,+dac_read_search,+syslog,+sys_admin",
+                "--ambient-caps=-all,+sys_ptrace,+dac_read_search,+syslog,+sys_admin",
+                "--bounding-set=-all,+sys_ptrace,+dac_read_search,+syslog,+sys_admin",
             ]);
         } else {
             args.extend(["--inh-caps=-all", "--bounding-set=-all"]);
         }
-        args.extend([TCPDOCTOR, "serve", "--listen", "127.0.0.1:0"]);
+        // All top-N rows: other namespaces on the machine may hold bigger leakers.
+        args.extend([
+            TCPDOCTOR,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--top",
+            "10000",
+        ]);
         let mut served = Served::start(ns.command("setpriv", &args));
         let addr = served.addr;
         let s = Scrape::parse(&in_netns(&ns, move || scrape(addr)));
@@ -946,10 +959,21 @@ fn the_unit_capabilities_are_enough_to_see_other_users_owners() {
             "tcpdoctor_process_close_wait_sockets",
             &[("comm", "sockfarm"), ("pid", &wpid)],
         );
+        let current_only = s.value(
+            "tcpdoctor_partial_data_notices",
+            &[("code", "netns_current_only")],
+        );
         if expect_owner {
             assert_eq!(cw, Some(3.0), "with the unit's capabilities");
+            assert!(
+                s.must("tcpdoctor_netns_read", &[]) >= 2.0,
+                "every namespace"
+            );
+            assert_eq!(current_only, None);
         } else {
             assert_eq!(cw, None, "without capabilities the owner is invisible");
+            assert_eq!(s.must("tcpdoctor_netns_read", &[]), 1.0);
+            assert_eq!(current_only, Some(1.0), "the report says why");
             assert_eq!(
                 s.must(
                     "tcpdoctor_process_close_wait_sockets",
@@ -1201,14 +1225,16 @@ fn systemd_unit_runs_serve_with_least_privilege() {
         "ProtectSystem=strict",
         "ProtectHome=yes",
         "PrivateTmp=yes",
-        "CapabilityBoundingSet=CAP_SYS_PTRACE CAP_DAC_READ_SEARCH CAP_SYSLOG",
+        // CAP_SYS_ADMIN only to join the network namespaces of containers (setns).
+        "CapabilityBoundingSet=CAP_SYS_PTRACE CAP_DAC_READ_SEARCH CAP_SYSLOG CAP_SYS_ADMIN",
+        "RestrictNamespaces=net",
         "DeviceAllow=/dev/kmsg r",
     ] {
         assert!(settings.contains(&want), "missing {want:?}");
     }
     for never in [
         "CAP_NET_ADMIN",
-        "CAP_SYS_ADMIN",
+        "CAP_BPF",
         "PrivateNetwork=yes",
         "ProtectKernelLogs=yes",
         "PrivateDevices=yes",
@@ -1219,4 +1245,68 @@ fn systemd_unit_runs_serve_with_least_privilege() {
             "{never} would blind or over-privilege the exporter"
         );
     }
+}
+
+#[test]
+fn serve_all_namespaces_labels_each_namespace() {
+    if !require_root("serve_all_namespaces_labels_each_namespace") {
+        return;
+    }
+    // The exporter runs in one namespace and reads every namespace on the machine;
+    // the sockets are in another.
+    let home = Netns::new("servehome");
+    let other = Netns::new("serveother");
+    let farm = other.spawn_farm(&[
+        "--listen",
+        "127.0.0.1:5000",
+        "--close-wait",
+        "6",
+        "--hold-secs",
+        "300",
+    ]);
+    let mut cmd = home.command(
+        TCPDOCTOR,
+        &[
+            "--netns",
+            "all",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--top",
+            "10000",
+            "--cache",
+            "0",
+        ],
+    );
+    cmd.env("NO_COLOR", "1");
+    let mut served = Served::start(cmd);
+    let addr = served.addr;
+    let body = in_netns(&home, move || scrape(addr));
+    let s = Scrape::parse(&body);
+    for (state, want) in [("close_wait", 6.0), ("fin_wait2", 6.0), ("listen", 1.0)] {
+        assert_eq!(
+            s.must(
+                "tcpdoctor_netns_sockets",
+                &[("netns", other.name()), ("state", state)]
+            ),
+            want,
+            "{state}"
+        );
+    }
+    assert!(
+        s.must("tcpdoctor_netns_read", &[]) >= 3.0,
+        "host, home, other"
+    );
+    // The leak's process is in the per-process series (comm/pid only).
+    let wpid = farm.ready.workers[0].pid.to_string();
+    assert_eq!(
+        s.must(
+            "tcpdoctor_process_close_wait_sockets",
+            &[("comm", "sockfarm"), ("pid", &wpid)]
+        ),
+        6.0
+    );
+    promtool_check_metrics(&body);
+    assert!(served.terminate().is_some_and(|st| st.success()));
+    drop(farm);
 }

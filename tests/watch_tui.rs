@@ -101,12 +101,14 @@ fn sample(i: u64) -> Snapshot {
                 (TcpState::Established, 20_000),
             ]),
             sample_owner: Some(Owner { pid: 6000, fd: 3 }),
+            usable: None,
         },
         PortUse {
             local_ip: ip("10.0.0.1"),
             remote: ep("10.0.0.7", 6379),
             counts: counts(&[(TcpState::TimeWait, 60), (TcpState::Established, 4)]),
             sample_owner: Some(Owner { pid: 5151, fd: 9 }),
+            usable: None,
         },
     ];
     s.sysctls
@@ -136,6 +138,7 @@ fn findings() -> Vec<Finding> {
     vec![
         Finding {
             rule_id: "ephemeral_port_exhaustion",
+            netns: None,
             severity: Severity::Critical,
             title: "Ephemeral ports towards 10.0.0.5:5432 from 10.0.0.1 at 80%: 22200 of 28232 used"
                 .to_string(),
@@ -153,6 +156,7 @@ fn findings() -> Vec<Finding> {
         },
         Finding {
             rule_id: "close_wait_leak",
+            netns: None,
             severity: Severity::Warning,
             title: "api-server (pid 4242) leaks CLOSE_WAIT: 30 sockets, oldest idle 40.0s".to_string(),
             evidence: vec![Evidence::new("CLOSE_WAIT sockets", "30")],
@@ -162,6 +166,7 @@ fn findings() -> Vec<Finding> {
         },
         Finding {
             rule_id: "sysctl_audit",
+            netns: None,
             severity: Severity::Info,
             title: "tcp_fin_timeout is 30: it does not shorten TIME_WAIT".to_string(),
             evidence: vec![],

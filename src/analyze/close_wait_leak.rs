@@ -143,6 +143,7 @@ fn finding_for(s: &Snapshot, t: &Thresholds, pid: Option<u32>, leak: &Leak) -> O
     };
     Some(Finding {
         rule_id: ID,
+        netns: None,
         severity,
         title,
         evidence,

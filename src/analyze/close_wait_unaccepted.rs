@@ -161,6 +161,7 @@ fn finding_for(
 
     Finding {
         rule_id: ID,
+        netns: None,
         severity,
         title,
         evidence,

@@ -125,6 +125,7 @@ fn finding(s: &Snapshot, t: &Thresholds) -> Option<Finding> {
     }
     Some(Finding {
         rule_id: ID,
+        netns: None,
         severity,
         title,
         evidence,

@@ -26,32 +26,7 @@ const WIDE_RANGE: (u16, u16) = (15000, 64999);
 /// Destinations shown in the evidence.
 const TOP: usize = 5;
 
-/// Ports in `range` (inclusive) that connect() may pick: all of them minus the reserved
-/// ones inside it. Overlapping reserved ranges are counted once.
-pub fn usable_ports(range: (u16, u16), reserved: &[(u16, u16)]) -> u64 {
-    let (lo, hi) = (u32::from(range.0), u32::from(range.1));
-    if lo > hi {
-        return 0;
-    }
-    let mut clipped: Vec<(u32, u32)> = reserved
-        .iter()
-        .map(|(a, b)| (u32::from(*a).max(lo), u32::from(*b).min(hi)))
-        .filter(|(a, b)| a <= b)
-        .collect();
-    clipped.sort_unstable();
-    let mut reserved_inside = 0u64;
-    let mut covered_to: Option<u32> = None;
-    for (a, b) in clipped {
-        let start = match covered_to {
-            Some(c) if c >= b => continue,
-            Some(c) if c >= a => c + 1,
-            _ => a,
-        };
-        reserved_inside += u64::from(b - start + 1);
-        covered_to = Some(b);
-    }
-    u64::from(hi - lo + 1) - reserved_inside
-}
+pub use crate::model::usable_ports;
 
 /// Local ports connect() may use towards one destination on this host: the
 /// `ip_local_port_range` (the kernel default when not visible) minus the reserved ports
@@ -210,6 +185,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
 
     vec![Finding {
         rule_id: ID,
+        netns: None,
         severity,
         title,
         evidence,
@@ -404,6 +380,7 @@ mod tests {
             remote: Endpoint::new(remote.parse().expect("ip"), port),
             counts: c,
             sample_owner: Some(Owner { pid: 42, fd: 7 }),
+            usable: None,
         }
     }
 

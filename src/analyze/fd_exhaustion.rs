@@ -93,6 +93,7 @@ fn file_table_finding(s: &Snapshot, t: &Thresholds) -> Option<Finding> {
     ];
     Some(Finding {
         rule_id: ID,
+        netns: None,
         severity,
         title: format!(
             "host file table {share:.1}% full: {} of fs.file-max {} allocated",
@@ -297,6 +298,7 @@ fn group_finding(s: &Snapshot, group: &[Offender]) -> Option<Finding> {
 
     Some(Finding {
         rule_id: ID,
+        netns: None,
         severity,
         title,
         evidence,

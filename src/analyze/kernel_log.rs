@@ -239,6 +239,7 @@ fn finding(key: &Key, v: &Seen) -> Finding {
     }
     Finding {
         rule_id: ID,
+        netns: None,
         severity,
         title,
         evidence,

@@ -9,6 +9,7 @@ pub mod ephemeral_port_exhaustion;
 pub mod fd_exhaustion;
 pub mod kernel_log;
 pub mod listen_overflow;
+pub mod netns_sysctl_drift;
 pub mod orphans;
 pub mod sysctl_audit;
 pub mod time_wait_pressure;
@@ -17,7 +18,7 @@ pub mod util;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Finding, Snapshot};
+use crate::model::{Finding, HostSnapshot, Snapshot};
 
 /// Thresholds the rules use. Every field can be set in the TOML config file (see
 /// docs/config.md); percentages are of the limit the rule compares against.
@@ -70,60 +71,121 @@ impl Default for Thresholds {
     }
 }
 
-/// A rule: its stable id and its check.
+/// What a rule's evidence covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Per network namespace (sockets, per-netns sysctls and counters): runs on every
+    /// namespace looked at.
+    Namespace,
+    /// Host-wide (kernel log, orphans against tcp_max_orphans): runs once, on the
+    /// primary namespace.
+    Host,
+}
+
+/// A rule: its stable id, its scope and its check.
 pub struct Rule {
     pub id: &'static str,
+    pub scope: Scope,
     pub check: fn(&Snapshot, &Thresholds) -> Vec<Finding>,
+}
+
+/// A rule that compares namespaces with each other.
+pub struct HostRule {
+    pub id: &'static str,
+    pub check: fn(&HostSnapshot, &Thresholds) -> Vec<Finding>,
 }
 
 /// Every rule, in the order the report lists them within a severity.
 pub const RULES: &[Rule] = &[
     Rule {
         id: close_wait_leak::ID,
+        scope: Scope::Namespace,
         check: close_wait_leak::check,
     },
     Rule {
         id: close_wait_unaccepted::ID,
+        scope: Scope::Namespace,
         check: close_wait_unaccepted::check,
     },
     Rule {
         id: listen_overflow::ID,
+        scope: Scope::Namespace,
         check: listen_overflow::check,
     },
     Rule {
         id: ephemeral_port_exhaustion::ID,
+        scope: Scope::Namespace,
         check: ephemeral_port_exhaustion::check,
     },
     Rule {
         id: time_wait_pressure::ID,
+        scope: Scope::Namespace,
         check: time_wait_pressure::check,
     },
     Rule {
         id: orphans::ID,
+        scope: Scope::Host,
         check: orphans::check,
     },
     Rule {
         id: fd_exhaustion::ID,
+        scope: Scope::Namespace,
         check: fd_exhaustion::check,
     },
     Rule {
         id: conntrack_table::ID,
+        scope: Scope::Namespace,
         check: conntrack_table::check,
     },
     Rule {
         id: sysctl_audit::ID,
+        scope: Scope::Namespace,
         check: sysctl_audit::check,
     },
     Rule {
         id: kernel_log::ID,
+        scope: Scope::Host,
         check: kernel_log::check,
     },
 ];
 
-/// Runs every rule; findings come back worst first, then in rule order.
+/// Rules across namespaces.
+pub const HOST_RULES: &[HostRule] = &[HostRule {
+    id: netns_sysctl_drift::ID,
+    check: netns_sysctl_drift::check,
+}];
+
+/// Runs every rule on one snapshot; findings come back worst first, then in rule order.
 pub fn run(snapshot: &Snapshot, t: &Thresholds) -> Vec<Finding> {
     let mut out: Vec<Finding> = RULES.iter().flat_map(|r| (r.check)(snapshot, t)).collect();
     // Stable sort keeps rule order within one severity.
+    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    out
+}
+
+/// Runs the rules on every namespace of `host`: namespace rules on each, host-wide
+/// rules on the primary only, then the cross-namespace rules. When more than one
+/// namespace was looked at, each namespace finding names its namespace. Worst first;
+/// within a severity, by namespace order, then rule order.
+pub fn run_host(host: &HostSnapshot, t: &Thresholds) -> Vec<Finding> {
+    let tag = host.namespaces.len() > 1 || host.all_namespaces;
+    let mut out = Vec::new();
+    for (i, snap) in host.namespaces.iter().enumerate() {
+        for rule in RULES {
+            if rule.scope == Scope::Host && i > 0 {
+                continue;
+            }
+            for mut f in (rule.check)(snap, t) {
+                if tag && rule.scope == Scope::Namespace {
+                    f.netns = snap.netns.as_ref().map(|n| n.to_ref());
+                }
+                out.push(f);
+            }
+        }
+    }
+    for rule in HOST_RULES {
+        out.extend((rule.check)(host, t));
+    }
     out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
 }

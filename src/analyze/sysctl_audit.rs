@@ -24,22 +24,9 @@ const PORT_RANGE_DEFAULT: (u16, u16) = (32768, 60999);
 /// below it.
 const PORT_RANGE_FLOOR: u16 = 10000;
 
-/// Knobs that live in each network namespace (6.12 `ipv4_net_table` and
-/// `sysctl_net_core.c`); a new namespace starts from the kernel default for each.
-const PER_NETNS: &[&str] = &[
-    "net.ipv4.tcp_fin_timeout",
-    "net.ipv4.tcp_tw_reuse",
-    "net.ipv4.tcp_max_tw_buckets",
-    "net.ipv4.tcp_keepalive_time",
-    "net.ipv4.tcp_syn_retries",
-    "net.ipv4.tcp_synack_retries",
-    "net.ipv4.tcp_syncookies",
-    "net.ipv4.tcp_abort_on_overflow",
-    "net.ipv4.tcp_timestamps",
-    "net.ipv4.ip_local_port_range",
-    "net.ipv4.ip_local_reserved_ports",
-    "net.core.somaxconn",
-];
+/// Knobs that live in each network namespace; a new namespace starts from the kernel
+/// default for each.
+const PER_NETNS: &[&str] = crate::model::PER_NETNS_SYSCTLS;
 
 pub fn check(s: &Snapshot, _t: &Thresholds) -> Vec<Finding> {
     let checks: &[fn(&Snapshot) -> Option<Problem>] = &[
@@ -121,6 +108,7 @@ impl Problem {
         data.extend(self.data);
         Finding {
             rule_id: ID,
+            netns: None,
             severity: self.severity,
             title: self.title,
             evidence,

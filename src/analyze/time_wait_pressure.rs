@@ -183,6 +183,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
 
     vec![Finding {
         rule_id: ID,
+        netns: None,
         severity,
         title,
         evidence,

@@ -2,6 +2,8 @@
 //! model. No printing here: `main` renders the report.
 
 pub mod check;
+pub mod collect;
+pub mod netns;
 pub mod serve;
 pub mod sockets;
 pub mod states;
@@ -14,4 +16,7 @@ use crate::collect::sockets::CollectError;
 pub enum CmdError {
     #[error(transparent)]
     Collect(#[from] CollectError),
+    /// `--netns` named a namespace that cannot be read.
+    #[error("{0}")]
+    Netns(String),
 }

@@ -180,9 +180,10 @@ impl Exporter {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            c.sampler.sample(&self.common).map(|snap| {
-                let findings = analyze::run(&snap, &self.thresholds);
-                (snap, findings)
+            c.sampler.sample(&self.common).map(|host| {
+                let findings = analyze::run_host(&host, &self.thresholds);
+                let merged = host.merged();
+                (host, merged, findings)
             })
         }));
         c.collections += 1;
@@ -208,11 +209,12 @@ impl Exporter {
             started_unix_ms,
             top: self.top,
         };
-        let (snapshot, findings) = match &collected {
-            Some((snap, f)) => (Some(snap), f.as_slice()),
-            None => (None, &[][..]),
+        let (host, snapshot, findings) = match &collected {
+            Some((host, snap, f)) => (Some(host), Some(snap), f.as_slice()),
+            None => (None, None, &[][..]),
         };
         metrics::render(&Exposition {
+            host,
             snapshot,
             findings,
             stats,

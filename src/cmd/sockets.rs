@@ -1,17 +1,21 @@
 //! `tcpdoctor sockets`: matching sockets with their owners.
 //!
-//! The dump and the /proc owner scan are independent, so they run at the same time:
-//! the scan on worker threads, the dump on this one.
+//! The dumps and the /proc owner scan are independent, so they run at the same time:
+//! the scan on its own threads, the dumps on worker threads (one namespace at a time
+//! each, with `--netns`).
 
+use crate::collect::netns;
 use crate::collect::procfs::owners::{self, Wanted};
 use crate::collect::sockets::{self, SocketQuery};
-use crate::model::Socket;
+use crate::model::{Notice, Socket, Source};
 use crate::render::sockets::SocketsReport;
 use crate::settings::{Common, SocketsSettings};
 
+use super::netns::select;
 use super::CmdError;
 
 pub fn run(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdError> {
+    let selection = select(common, false)?;
     let query = SocketQuery {
         states: s.states,
         ipv4: s.ipv4,
@@ -19,31 +23,73 @@ pub fn run(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdErr
         tcp_info: s.tcp_info,
         source: common.source,
     };
-    let mut list: Vec<Socket> = Vec::new();
-    let (dump, scan) = std::thread::scope(|scope| {
+    let targets = selection.targets();
+    let (dumps, scan) = std::thread::scope(|scope| {
         let scan = s
             .owners
             .then(|| scope.spawn(|| owners::scan(&common.proc_root, Wanted::All, common.threads)));
-        let dump = sockets::stream(&query, &common.proc_root, |sock| {
-            if s.filter.matches_socket(sock) {
-                list.push(*sock);
-            }
+        let dumps = netns::for_each(&targets, &common.proc_root, common.threads, |_, roots| {
+            let mut list: Vec<Socket> = Vec::new();
+            sockets::stream(&query, &roots.net, |sock| {
+                if s.filter.matches_socket(sock) {
+                    list.push(*sock);
+                }
+            })
+            .map(|r| (r, list))
         });
         // A panic in the scan is a bug; treat it as "no owners" rather than abort.
-        (dump, scan.and_then(|h| h.join().ok()))
+        (dumps, scan.and_then(|h| h.join().ok()))
     });
-    let dump = dump?;
-    let mut notices = dump.notices;
+
+    let several = selection.several();
+    let single = targets.len() == 1;
+    let mut notices: Vec<Notice> = selection.notices.clone();
+    let mut source: Option<Source> = None;
+    // (namespace index, socket)
+    let mut list: Vec<(u16, Socket)> = Vec::new();
+    for ((i, _), dump) in targets.iter().zip(dumps) {
+        let info = &selection.infos[*i];
+        let (report, sockets) = match dump {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) if single => return Err(e.into()),
+            Err(e) if single => return Err(CmdError::Netns(format!("netns {}: {e}", info.name))),
+            Ok(Err(e)) => {
+                notices.push(Notice::new(
+                    "netns_unreadable",
+                    format!("netns {} (net:[{}]): {e}", info.name, info.inode),
+                ));
+                continue;
+            }
+            Err(e) => {
+                notices.push(Notice::new(
+                    "netns_unreadable",
+                    format!("netns {} (net:[{}]) skipped: {e}", info.name, info.inode),
+                ));
+                continue;
+            }
+        };
+        source.get_or_insert(report.source);
+        for n in report.notices {
+            if !notices
+                .iter()
+                .any(|m| m.code == n.code && m.message == n.message)
+            {
+                notices.push(n);
+            }
+        }
+        let idx = u16::try_from(*i).unwrap_or(u16::MAX);
+        list.extend(sockets.into_iter().map(|s| (idx, s)));
+    }
 
     let (owners, stats) = match scan {
         Some((o, st)) => (Some(o), Some(st)),
         None => (None, None),
     };
     if let Some(o) = &owners {
-        list.retain(|sock| s.filter.matches_owner(sock, o));
+        list.retain(|(_, sock)| s.filter.matches_owner(sock, o));
         let unowned = list
             .iter()
-            .filter(|sock| sock.inode != 0 && o.map.first(sock.inode).is_none())
+            .filter(|(_, sock)| sock.inode != 0 && o.map.first(sock.inode).is_none())
             .count() as u64;
         if let Some(st) = &stats {
             notices.extend(owners::missing_owner_notice(
@@ -53,17 +99,25 @@ pub fn run(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdErr
             ));
         }
     }
-    list.sort_unstable_by_key(|a| (a.state, a.local, a.remote));
+    // Namespaces in their selection order (the current one first), then as `ss` sorts.
+    list.sort_unstable_by_key(|(ns, a)| (*ns, a.state, a.local, a.remote));
     let matched = list.len();
     if let Some(limit) = s.limit {
         list.truncate(limit);
     }
+    let (netns_of, sockets): (Vec<u16>, Vec<Socket>) = list.into_iter().unzip();
     Ok(SocketsReport {
-        source: dump.source,
-        sockets: list,
+        source: source.unwrap_or(Source::Netlink),
+        sockets,
         matched,
         owners,
         tcp_info: s.tcp_info,
+        namespaces: if several {
+            selection.infos.clone()
+        } else {
+            Vec::new()
+        },
+        netns_of: if several { netns_of } else { Vec::new() },
         notices,
     })
 }

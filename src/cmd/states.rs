@@ -1,14 +1,29 @@
-//! `tcpdoctor states`: counts per state, streamed; with `--by`, counts per key.
+//! `tcpdoctor states`: counts per state, streamed; with `--by`, counts per key. With
+//! `--netns`, each selected namespace is read on worker threads and the counts added up
+//! (and kept per namespace for `--by netns` and the JSON).
 
+use crate::collect::netns;
 use crate::collect::procfs::owners::{self, Wanted};
-use crate::collect::sockets::{self, SocketQuery};
-use crate::model::{GroupBy, GroupKey, GroupedCounts, Owners, StateCounts, StateSummary};
-use crate::render::states::{GroupRow, Groups, StatesReport};
+use crate::collect::sockets::{self, SocketQuery, StreamReport};
+use crate::model::{
+    GroupBy, GroupKey, GroupedCounts, Notice, Owners, Source, StateCounts, StateSummary,
+};
+use crate::render::states::{GroupRow, Groups, NamespaceCounts, StatesReport};
 use crate::settings::{Common, StatesSettings};
 
+use super::netns::select;
 use super::CmdError;
 
+/// What one namespace gave.
+struct Part {
+    summary: StateSummary,
+    groups: GroupedCounts,
+    unowned: u64,
+    report: StreamReport,
+}
+
 pub fn run(common: &Common, s: &StatesSettings) -> Result<StatesReport, CmdError> {
+    let selection = select(common, false)?;
     let query = SocketQuery {
         states: s.states,
         ipv4: s.ipv4,
@@ -16,42 +31,98 @@ pub fn run(common: &Common, s: &StatesSettings) -> Result<StatesReport, CmdError
         tcp_info: false,
         source: common.source,
     };
-    let mut notices = Vec::new();
-    // Grouping by process needs the owner map before the dump streams past; every other
+    let mut notices: Vec<Notice> = selection.notices.clone();
+    // Grouping by process needs the owner map before the dumps stream past; every other
     // grouping is decided from the socket alone.
     let scan = (s.by == Some(GroupBy::Process))
         .then(|| owners::scan(&common.proc_root, Wanted::All, common.threads));
     let owner_map: Option<&Owners> = scan.as_ref().map(|(o, _)| o);
 
-    let mut summary = StateSummary::default();
-    let mut groups = GroupedCounts::default();
-    let mut unowned = 0u64;
-    let report = sockets::stream(&query, &common.proc_root, |sock| {
-        summary.add(sock);
-        let Some(by) = s.by else {
-            return;
-        };
-        let key = match by {
-            GroupBy::Process => {
-                if sock.inode == 0 {
-                    GroupKey::NoDescriptor
-                } else {
-                    match owner_map.and_then(|o| o.map.first(sock.inode)) {
-                        Some(o) => GroupKey::Process(o.pid),
-                        None => {
-                            unowned += 1;
-                            GroupKey::OwnerUnknown
+    let targets = selection.targets();
+    let parts = netns::for_each(&targets, &common.proc_root, common.threads, |i, roots| {
+        let inode = selection.infos[*i].inode;
+        let mut summary = StateSummary::default();
+        let mut groups = GroupedCounts::default();
+        let mut unowned = 0u64;
+        let report = sockets::stream(&query, &roots.net, |sock| {
+            summary.add(sock);
+            let Some(by) = s.by else {
+                return;
+            };
+            let key = match by {
+                GroupBy::Process => {
+                    if sock.inode == 0 {
+                        GroupKey::NoDescriptor
+                    } else {
+                        match owner_map.and_then(|o| o.map.first(sock.inode)) {
+                            Some(o) => GroupKey::Process(o.pid),
+                            None => {
+                                unowned += 1;
+                                GroupKey::OwnerUnknown
+                            }
                         }
                     }
                 }
+                GroupBy::Peer => GroupKey::Peer(sock.remote.canonical_ip()),
+                GroupBy::LocalPort => GroupKey::Port(sock.local.port),
+                GroupBy::RemotePort => GroupKey::Port(sock.remote.port),
+                GroupBy::Netns => GroupKey::Netns(inode),
+            };
+            groups.add(key, sock);
+        });
+        report.map(|report| Part {
+            summary,
+            groups,
+            unowned,
+            report,
+        })
+    });
+
+    let single = targets.len() == 1;
+    let mut summary = StateSummary::default();
+    let mut groups = GroupedCounts::default();
+    let mut unowned = 0u64;
+    let mut source: Option<Source> = None;
+    let mut namespaces = Vec::new();
+    for ((i, _), part) in targets.iter().zip(parts) {
+        let info = &selection.infos[*i];
+        let part = match part {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) if single => return Err(e.into()),
+            Err(e) if single => return Err(CmdError::Netns(format!("netns {}: {e}", info.name))),
+            Ok(Err(e)) => {
+                notices.push(Notice::new(
+                    "netns_unreadable",
+                    format!("netns {} (net:[{}]): {e}", info.name, info.inode),
+                ));
+                continue;
             }
-            GroupBy::Peer => GroupKey::Peer(sock.remote.canonical_ip()),
-            GroupBy::LocalPort => GroupKey::Port(sock.local.port),
-            GroupBy::RemotePort => GroupKey::Port(sock.remote.port),
+            Err(e) => {
+                notices.push(Notice::new(
+                    "netns_unreadable",
+                    format!("netns {} (net:[{}]) skipped: {e}", info.name, info.inode),
+                ));
+                continue;
+            }
         };
-        groups.add(key, sock);
-    })?;
-    notices.extend(report.notices);
+        source.get_or_insert(part.report.source);
+        for n in part.report.notices {
+            if !notices
+                .iter()
+                .any(|m| m.code == n.code && m.message == n.message)
+            {
+                notices.push(n);
+            }
+        }
+        summary.ipv4.merge(&part.summary.ipv4);
+        summary.ipv6.merge(&part.summary.ipv6);
+        groups.merge(&part.groups);
+        unowned += part.unowned;
+        namespaces.push(NamespaceCounts {
+            info: info.clone(),
+            summary: part.summary,
+        });
+    }
     if let Some((_, stats)) = &scan {
         notices.extend(owners::missing_owner_notice(
             unowned,
@@ -76,10 +147,14 @@ pub fn run(common: &Common, s: &StatesSettings) -> Result<StatesReport, CmdError
             .iter()
             .map(|(key, counts)| GroupRow {
                 key: *key,
-                comm: match key {
+                name: match key {
                     GroupKey::Process(pid) => owner_map
                         .and_then(|o| o.process(*pid))
                         .map(|p| p.comm.clone()),
+                    GroupKey::Netns(inode) => namespaces
+                        .iter()
+                        .find(|n| n.info.inode == *inode)
+                        .map(|n| n.info.name.clone()),
                     _ => None,
                 },
                 counts: *counts,
@@ -93,10 +168,12 @@ pub fn run(common: &Common, s: &StatesSettings) -> Result<StatesReport, CmdError
         }
     });
     Ok(StatesReport {
-        source: report.source,
+        source: source.unwrap_or(Source::Netlink),
         states: s.states,
         summary,
         groups,
+        netns_all: selection.all,
+        namespaces,
         notices,
     })
 }

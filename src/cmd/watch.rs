@@ -85,8 +85,9 @@ fn run_headless(
     loop {
         let tick = Instant::now();
         let at_ms = started.elapsed().as_millis() as u64;
-        let snap = sampler.sample(common)?;
-        let findings = analyze::run(&snap, &s.thresholds);
+        let host = sampler.sample(common)?;
+        let findings = analyze::run_host(&host, &s.thresholds);
+        let snap = host.merged();
         app.ingest(at_ms, &snap, findings);
         view::write_sample_line(out, &app, &snap.missing)?;
         out.flush()?;
@@ -118,9 +119,9 @@ fn sampling_loop(
         if !paused.load(Ordering::Relaxed) {
             let at_ms = started.elapsed().as_millis() as u64;
             let msg = match sampler.sample(&common) {
-                Ok(snap) => {
-                    let findings = analyze::run(&snap, &s.thresholds);
-                    Ok((at_ms, snap, findings))
+                Ok(host) => {
+                    let findings = analyze::run_host(&host, &s.thresholds);
+                    Ok((at_ms, host.merged(), findings))
                 }
                 Err(e) => Err(e.to_string()),
             };

@@ -2,8 +2,10 @@
 //! sysctls. Collectors never print and never fail a run for partial data; they return
 //! what they could read plus [`Notice`](crate::model::Notice)s saying what is missing.
 
+pub mod cgroup;
 pub mod kmsg;
 pub mod netlink;
+pub mod netns;
 pub mod procfs;
 pub mod sockets;
 pub mod sysctl;

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use super::netlink::{DumpError, DumpRequest, DumpStats, SockDiag};
+use super::netlink::{DumpError, DumpRequest, DumpStats, ParseError, SockDiag};
 use super::procfs::net_tcp;
 use crate::model::{Family, Notice, Socket, Source, StateSet};
 
@@ -87,13 +87,35 @@ pub fn stream<F: FnMut(&Socket)>(
         });
     };
     let mut stats = DumpStats::default();
-    for family in query.families() {
+    // Both families: one walk of the hash table with the older request when the kernel
+    // takes it, else one walk per family.
+    let both = query.ipv4 && query.ipv6;
+    let mut walked = false;
+    if both {
         let req = DumpRequest {
-            family,
+            family: None,
             states: query.states,
             tcp_info: query.tcp_info,
         };
-        diag.dump(&req, &mut stats, &mut visit)?;
+        let before = stats.sockets;
+        match diag.dump(&req, &mut stats, &mut visit) {
+            Ok(()) => walked = true,
+            // Refused before any socket came: ask per family instead.
+            Err(DumpError::Parse(ParseError::Kernel { .. })) if stats.sockets == before => {
+                diag = SockDiag::open()?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !walked {
+        for family in query.families() {
+            let req = DumpRequest {
+                family: Some(family),
+                states: query.states,
+                tcp_info: query.tcp_info,
+            };
+            diag.dump(&req, &mut stats, &mut visit)?;
+        }
     }
     if stats.skipped > 0 {
         notices.push(Notice::new(

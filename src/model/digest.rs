@@ -179,6 +179,9 @@ impl DigestBuilder {
         for l in &mut self.listeners {
             l.owner = resolve(l.inode);
         }
+        let usable = self
+            .port_range
+            .map(|r| super::usable_ports(r, &self.reserved));
         let mut port_use: Vec<PortUse> = self
             .port_use
             .into_iter()
@@ -187,6 +190,7 @@ impl DigestBuilder {
                 remote,
                 counts,
                 sample_owner: resolve(inode),
+                usable,
             })
             .collect();
         port_use.sort_by(|a, b| {

@@ -41,6 +41,10 @@ impl Evidence {
 pub struct Finding {
     /// Stable identifier of the rule (`close_wait_leak`); never changes between versions.
     pub rule_id: &'static str,
+    /// The network namespace the finding is about, when tcpdoctor looked at more than
+    /// its own (`--netns`); `None` for host-wide findings and single-namespace runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<super::NetnsRef>,
     pub severity: Severity,
     /// One line: what is wrong, with the key number.
     pub title: String,

@@ -7,7 +7,37 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::{Endpoint, Notice, Owner, Source, StateCounts, StateSummary};
+use super::{Endpoint, NetnsInfo, Notice, Owner, Source, StateCounts, StateSummary};
+
+/// Sysctls that live in each network namespace (6.12 `ipv4_net_table`,
+/// `sysctl_net_core.c`, netfilter's per-netns conntrack table): a new namespace starts
+/// from the kernel default for each, not from the host's value. Everything else
+/// tcpdoctor reads (tcp_mem, tcp_max_orphans, netdev_max_backlog, fs.*) is host-wide.
+pub const PER_NETNS_SYSCTLS: &[&str] = &[
+    "net.ipv4.tcp_tw_reuse",
+    "net.ipv4.tcp_tw_reuse_delay",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_timestamps",
+    "net.ipv4.tcp_max_tw_buckets",
+    "net.ipv4.tcp_orphan_retries",
+    "net.ipv4.tcp_syn_retries",
+    "net.ipv4.tcp_synack_retries",
+    "net.ipv4.tcp_syn_linear_timeouts",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.tcp_max_syn_backlog",
+    "net.ipv4.tcp_abort_on_overflow",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+    "net.ipv4.tcp_rfc1337",
+    "net.ipv4.tcp_ehash_entries",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.ip_autobind_reuse",
+    "net.core.somaxconn",
+    "net.netfilter.nf_conntrack_count",
+    "net.netfilter.nf_conntrack_tcp_timeout_time_wait",
+];
 
 /// A resource limit: a number or unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -78,6 +108,9 @@ pub struct PortUse {
     pub counts: StateCounts,
     /// One owning process of these connections, to say who makes them.
     pub sample_owner: Option<Owner>,
+    /// Ports connect() may use towards this destination in its namespace
+    /// ([`usable_ports`] of that namespace's range); `None` when the range was unknown.
+    pub usable: Option<u64>,
 }
 
 /// TIME_WAIT sockets, split by who closed first.
@@ -192,6 +225,147 @@ pub struct Snapshot {
     /// Whether processes could be attributed at all (false with --no-owners or when
     /// /proc was unreadable).
     pub owners_known: bool,
+    /// The network namespace this snapshot is of; `None` when only the current one was
+    /// read and namespaces were not looked at (a replayed capture).
+    pub netns: Option<NetnsInfo>,
+}
+
+/// Every namespace looked at in one run. The first is the primary: the current one
+/// when it was included; it carries the host-wide evidence.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct HostSnapshot {
+    pub namespaces: Vec<Snapshot>,
+    /// Whether every namespace on the host was looked at (`--netns all`).
+    pub all_namespaces: bool,
+    /// Namespaces that could not be read, and other host-level gaps.
+    pub missing: Vec<Notice>,
+}
+
+impl HostSnapshot {
+    /// A run that looked at one namespace.
+    pub fn single(snapshot: Snapshot) -> HostSnapshot {
+        HostSnapshot {
+            namespaces: vec![snapshot],
+            all_namespaces: false,
+            missing: Vec::new(),
+        }
+    }
+
+    pub fn primary(&self) -> Option<&Snapshot> {
+        self.namespaces.first()
+    }
+
+    /// State counts summed over every namespace.
+    pub fn summary(&self) -> StateSummary {
+        let mut t = StateSummary::default();
+        for s in &self.namespaces {
+            t.ipv4.merge(&s.summary.ipv4);
+            t.ipv6.merge(&s.summary.ipv6);
+        }
+        t
+    }
+
+    /// All namespaces folded into one snapshot, for views that show the host as a whole
+    /// (`watch`, the process and destination series of `serve`): counts, CLOSE_WAIT and
+    /// listener records, TIME_WAIT and port-use tables and processes are combined, and
+    /// counters summed; sysctls, the kernel log and the file table are the primary's.
+    pub fn merged(&self) -> Snapshot {
+        let Some(primary) = self.primary() else {
+            return Snapshot::default();
+        };
+        if self.namespaces.len() == 1 {
+            let mut s = primary.clone();
+            s.missing = self.all_missing();
+            return s;
+        }
+        let mut m = Snapshot {
+            taken_at_unix_ms: primary.taken_at_unix_ms,
+            source: primary.source,
+            summary: self.summary(),
+            sysctls: primary.sysctls.clone(),
+            file_table: primary.file_table,
+            kernel_log: primary.kernel_log.clone(),
+            missing: self.all_missing(),
+            owners_known: primary.owners_known,
+            ..Snapshot::default()
+        };
+        let mut sockstat: Option<Sockstat> = None;
+        let mut counters: Option<CounterSample> = None;
+        for s in &self.namespaces {
+            let d = &s.sockets;
+            m.sockets.close_wait.extend_from_slice(&d.close_wait);
+            m.sockets.listeners.extend_from_slice(&d.listeners);
+            m.sockets.port_use.extend(d.port_use.iter().cloned());
+            let tw = &mut m.sockets.time_wait;
+            tw.server_side += d.time_wait.server_side;
+            tw.client_side += d.time_wait.client_side;
+            for (k, v) in &d.time_wait.by_peer {
+                *tw.by_peer.entry(*k).or_default() += v;
+            }
+            for (k, v) in &d.time_wait.by_listen_port {
+                *tw.by_listen_port.entry(*k).or_default() += v;
+            }
+            for (k, v) in &d.time_wait.by_destination {
+                *tw.by_destination.entry(*k).or_default() += v;
+            }
+            for (pid, c) in &d.by_process {
+                m.sockets.by_process.entry(*pid).or_default().merge(c);
+            }
+            for (pid, p) in &s.processes {
+                m.processes.entry(*pid).or_insert_with(|| p.clone());
+            }
+            if let Some(st) = s.sockstat {
+                let t = sockstat.get_or_insert(Sockstat {
+                    orphan: st.orphan,
+                    mem_pages: st.mem_pages,
+                    ..Sockstat::default()
+                });
+                t.inuse += st.inuse;
+                t.tw += st.tw;
+                t.alloc += st.alloc;
+            }
+            if let Some(c) = &s.counters {
+                let t = counters.get_or_insert_with(|| CounterSample {
+                    interval_ms: c.interval_ms,
+                    ..CounterSample::default()
+                });
+                for (k, v) in &c.before {
+                    *t.before.entry(k.clone()).or_default() += v;
+                }
+                for (k, v) in &c.after {
+                    *t.after.entry(k.clone()).or_default() += v;
+                }
+            }
+        }
+        m.sockets.port_use.sort_by(|a, b| {
+            b.counts
+                .total()
+                .cmp(&a.counts.total())
+                .then((a.local_ip, a.remote).cmp(&(b.local_ip, b.remote)))
+        });
+        m.sockstat = sockstat;
+        m.counters = counters;
+        m
+    }
+
+    /// Every gap: host-level ones first, then each namespace's (prefixed with its name
+    /// when there are several).
+    pub fn all_missing(&self) -> Vec<Notice> {
+        let mut out = self.missing.clone();
+        let several = self.namespaces.len() > 1;
+        for s in &self.namespaces {
+            for n in &s.missing {
+                match (&s.netns, several) {
+                    (Some(ns), true) => out.push(Notice::new(
+                        n.code,
+                        format!("netns {}: {}", ns.name, n.message),
+                    )),
+                    _ => out.push(n.clone()),
+                }
+            }
+        }
+        out
+    }
 }
 
 impl Snapshot {
@@ -206,16 +380,47 @@ impl Snapshot {
 
     /// `ip_local_port_range` as (low, high).
     pub fn port_range(&self) -> Option<(u16, u16)> {
-        let v = self.sysctl("net.ipv4.ip_local_port_range")?;
-        let mut it = v.split_whitespace().map(|p| p.parse::<u16>());
-        match (it.next(), it.next()) {
-            (Some(Ok(lo)), Some(Ok(hi))) if lo <= hi => Some((lo, hi)),
-            _ => None,
-        }
+        parse_port_range(self.sysctl("net.ipv4.ip_local_port_range")?)
     }
 
     pub fn process(&self, pid: u32) -> Option<&ProcessFacts> {
         self.processes.get(&pid)
+    }
+}
+
+/// Ports in `range` (inclusive) that connect() may pick: all of them minus the reserved
+/// ones inside it. Overlapping reserved ranges are counted once.
+pub fn usable_ports(range: (u16, u16), reserved: &[(u16, u16)]) -> u64 {
+    let (lo, hi) = (u32::from(range.0), u32::from(range.1));
+    if lo > hi {
+        return 0;
+    }
+    let mut clipped: Vec<(u32, u32)> = reserved
+        .iter()
+        .map(|(a, b)| (u32::from(*a).max(lo), u32::from(*b).min(hi)))
+        .filter(|(a, b)| a <= b)
+        .collect();
+    clipped.sort_unstable();
+    let mut reserved_inside = 0u64;
+    let mut covered_to: Option<u32> = None;
+    for (a, b) in clipped {
+        let start = match covered_to {
+            Some(c) if c >= b => continue,
+            Some(c) if c >= a => c + 1,
+            _ => a,
+        };
+        reserved_inside += u64::from(b - start + 1);
+        covered_to = Some(b);
+    }
+    u64::from(hi - lo + 1) - reserved_inside
+}
+
+/// Parses `ip_local_port_range` ("32768 60999") into (low, high).
+pub fn parse_port_range(v: &str) -> Option<(u16, u16)> {
+    let mut it = v.split_whitespace().map(|p| p.parse::<u16>());
+    match (it.next(), it.next()) {
+        (Some(Ok(lo)), Some(Ok(hi))) if lo <= hi => Some((lo, hi)),
+        _ => None,
     }
 }
 

@@ -37,6 +37,7 @@ pub enum GroupBy {
     Peer,
     LocalPort,
     RemotePort,
+    Netns,
 }
 
 impl GroupBy {
@@ -46,6 +47,7 @@ impl GroupBy {
             GroupBy::Peer => "peer",
             GroupBy::LocalPort => "local-port",
             GroupBy::RemotePort => "remote-port",
+            GroupBy::Netns => "netns",
         }
     }
 }
@@ -62,6 +64,8 @@ pub enum GroupKey {
     /// Remote address (IPv4-mapped shown as IPv4); unspecified for listeners.
     Peer(IpAddr),
     Port(u16),
+    /// A network namespace, by inode.
+    Netns(u64),
 }
 
 /// Counts per key.
@@ -84,6 +88,18 @@ impl GroupedCounts {
 
     pub fn len(&self) -> usize {
         self.groups.len()
+    }
+
+    /// Adds another set of groups (of another namespace) into this one.
+    pub fn merge(&mut self, other: &GroupedCounts) {
+        for (k, c) in &other.groups {
+            self.groups.entry(*k).or_default().merge(c);
+        }
+    }
+
+    /// Counts `n` sockets in `state` under `key` without a socket at hand.
+    pub fn add_counts(&mut self, key: GroupKey, counts: &StateCounts) {
+        self.groups.entry(key).or_default().merge(counts);
     }
 
     pub fn is_empty(&self) -> bool {

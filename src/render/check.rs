@@ -48,19 +48,30 @@ pub fn write_human(
     style: Style,
     verbose: bool,
 ) -> io::Result<()> {
-    let snap = &r.snapshot;
-    let total = snap.summary.total();
+    let snap = r.host.primary().cloned().unwrap_or_default();
+    let total = r.host.summary().total();
     let source = snap.source.map_or("?", |s| s.name());
     let interval = snap
         .counters
         .as_ref()
         .map_or(0.0, |c| c.interval_ms as f64 / 1000.0);
+    let n_ns = r.host.namespaces.len();
+    let scope = if r.host.all_namespaces {
+        format!(" in {n_ns} network namespaces (all on this host)")
+    } else if n_ns > 1 {
+        format!(" in {n_ns} network namespaces")
+    } else {
+        match &snap.netns {
+            Some(ns) if !ns.current => format!(" in network namespace {}", ns.name),
+            _ => String::new(),
+        }
+    };
     let mut head = Vec::new();
     style.cell(&mut head, "tcpdoctor check", 0, false, Some(Paint::Bold))?;
     out.write_all(&head)?;
     writeln!(
         out,
-        " on {}: {} TCP sockets (sockets via {source}, counters over {interval:.1} s)",
+        " on {}: {} TCP sockets{scope} (sockets via {source}, counters over {interval:.1} s)",
         if r.hostname.is_empty() {
             "this host"
         } else {
@@ -69,6 +80,9 @@ pub fn write_human(
         total.total()
     )?;
     write_state_line(out, &total, style)?;
+    if n_ns > 1 {
+        write_namespaces(out, r, style, verbose)?;
+    }
     out.write_all(b"\n")?;
 
     if r.findings.is_empty() {
@@ -91,12 +105,82 @@ pub fn write_human(
             "More evidence: tcpdoctor check --verbose; for scripts: --json."
         )?;
     }
-    if !snap.missing.is_empty() {
+    let missing = r.host.all_missing();
+    if !missing.is_empty() {
         out.write_all(b"\n")?;
         writeln!(out, "Evidence not available:")?;
-        for n in &snap.missing {
+        for n in &missing {
             wrap(out, &n.message, "    ", "  - ")?;
         }
+    }
+    Ok(())
+}
+
+/// Namespaces shown without --verbose.
+const NAMESPACES_SHOWN: usize = 10;
+
+/// One line per namespace, most sockets first: name, sockets, the states that matter
+/// most, and how many findings are about it.
+fn write_namespaces(
+    out: &mut impl Write,
+    r: &CheckReport,
+    style: Style,
+    verbose: bool,
+) -> io::Result<()> {
+    let mut rows: Vec<&crate::model::Snapshot> = r.host.namespaces.iter().collect();
+    rows.sort_by(|a, b| {
+        b.summary
+            .total()
+            .total()
+            .cmp(&a.summary.total().total())
+            .then_with(|| {
+                let name = |s: &crate::model::Snapshot| s.netns.as_ref().map(|n| n.name.clone());
+                name(a).cmp(&name(b))
+            })
+    });
+    let shown = if verbose {
+        rows.len()
+    } else {
+        rows.len().min(NAMESPACES_SHOWN)
+    };
+    let mut t = super::Table::new(&[
+        ("NETNS", false),
+        ("INODE", true),
+        ("SOCKETS", true),
+        ("ESTAB", true),
+        ("CLOSE_WAIT", true),
+        ("TIME_WAIT", true),
+        ("FINDINGS", true),
+    ]);
+    for s in &rows[..shown] {
+        let c = s.summary.total();
+        let (name, inode) = s
+            .netns
+            .as_ref()
+            .map_or(("?".to_string(), 0), |n| (n.name.clone(), n.inode));
+        let findings = r
+            .findings
+            .iter()
+            .filter(|f| f.netns.as_ref().is_some_and(|n| n.inode == inode))
+            .count();
+        t.row(vec![
+            (name, None),
+            (inode.to_string(), None),
+            (c.total().to_string(), None),
+            (c.get(TcpState::Established).to_string(), None),
+            (c.get(TcpState::CloseWait).to_string(), None),
+            (c.get(TcpState::TimeWait).to_string(), None),
+            (findings.to_string(), None),
+        ]);
+    }
+    out.write_all(b"\n")?;
+    t.write(out, style)?;
+    if shown < rows.len() {
+        writeln!(
+            out,
+            "  ... {} more namespaces (--verbose, or tcpdoctor states --netns all --by netns)",
+            rows.len() - shown
+        )?;
     }
     Ok(())
 }
@@ -126,6 +210,9 @@ fn write_finding(out: &mut impl Write, f: &Finding, style: Style, verbose: bool)
     out.write_all(b" ")?;
     style.cell(out, &f.title, 0, false, Some(Paint::Bold))?;
     writeln!(out, "  [{}]", f.rule_id)?;
+    if let Some(ns) = &f.netns {
+        writeln!(out, "         netns: {} (net:[{}])", ns.name, ns.inode)?;
+    }
     let shown = if verbose {
         f.evidence.len()
     } else {
@@ -164,8 +251,20 @@ struct JsonReport<'a> {
     status: &'static str,
     counts: JsonCounts,
     counter_interval_ms: Option<u64>,
+    /// "all": every namespace on the host; "selected": the ones --netns named (or only
+    /// the current one).
+    netns_scope: &'static str,
+    namespaces: Vec<JsonNamespace<'a>>,
     findings: &'a [Finding],
-    missing_evidence: &'a [Notice],
+    missing_evidence: Vec<Notice>,
+}
+
+#[derive(Serialize)]
+struct JsonNamespace<'a> {
+    #[serde(flatten)]
+    info: Option<&'a crate::model::NetnsInfo>,
+    source: Option<&'static str>,
+    counts: JsonCounts,
 }
 
 #[derive(Serialize)]
@@ -180,7 +279,8 @@ pub fn status(findings: &[Finding]) -> Option<Severity> {
 }
 
 pub fn write_json(out: &mut impl Write, r: &CheckReport) -> io::Result<()> {
-    let s = &r.snapshot;
+    let s = r.host.primary().cloned().unwrap_or_default();
+    let total = r.host.summary();
     let doc = JsonReport {
         schema_version: JSON_SCHEMA_VERSION,
         command: "check",
@@ -189,13 +289,32 @@ pub fn write_json(out: &mut impl Write, r: &CheckReport) -> io::Result<()> {
         source: s.source.map(|x| x.name()),
         status: status(&r.findings).map_or("ok", |v| v.name()),
         counts: JsonCounts {
-            ipv4: s.summary.ipv4,
-            ipv6: s.summary.ipv6,
-            total: s.summary.total(),
+            ipv4: total.ipv4,
+            ipv6: total.ipv6,
+            total: total.total(),
         },
         counter_interval_ms: s.counters.as_ref().map(|c| c.interval_ms),
+        netns_scope: if r.host.all_namespaces {
+            "all"
+        } else {
+            "selected"
+        },
+        namespaces: r
+            .host
+            .namespaces
+            .iter()
+            .map(|n| JsonNamespace {
+                info: n.netns.as_ref(),
+                source: n.source.map(|x| x.name()),
+                counts: JsonCounts {
+                    ipv4: n.summary.ipv4,
+                    ipv6: n.summary.ipv6,
+                    total: n.summary.total(),
+                },
+            })
+            .collect(),
         findings: &r.findings,
-        missing_evidence: &s.missing,
+        missing_evidence: r.host.all_missing(),
     };
     serde_json::to_writer_pretty(&mut *out, &doc).map_err(io::Error::from)?;
     out.write_all(b"\n")

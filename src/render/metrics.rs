@@ -11,8 +11,8 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use crate::analyze::ephemeral_port_exhaustion::usable_ephemeral_ports;
-use crate::analyze::RULES;
-use crate::model::{Finding, Limit, Severity, Snapshot, Source, TcpState};
+use crate::analyze::{HOST_RULES, RULES};
+use crate::model::{Finding, HostSnapshot, Limit, Severity, Snapshot, Source, TcpState};
 
 /// The `Content-Type` of what [`write`] produces.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -80,6 +80,9 @@ pub struct CollectionStats {
 /// inventory itself failed (then only the collector's health is exported).
 #[derive(Debug, Clone, Copy)]
 pub struct Exposition<'a> {
+    /// Every namespace read, for the per-namespace families.
+    pub host: Option<&'a HostSnapshot>,
+    /// The namespaces folded into one ([`HostSnapshot::merged`]).
     pub snapshot: Option<&'a Snapshot>,
     pub findings: &'a [Finding],
     pub stats: CollectionStats,
@@ -241,6 +244,9 @@ pub fn render(e: &Exposition<'_>) -> String {
     if let Some(s) = e.snapshot {
         let top = e.stats.top.max(1);
         states(&mut t, s);
+        if let Some(h) = e.host {
+            namespaces(&mut t, h, top);
+        }
         processes(&mut t, s, top);
         time_wait(&mut t, s, top);
         ephemeral_ports(&mut t, s, top);
@@ -366,6 +372,86 @@ fn states(t: &mut Text, s: &Snapshot) {
     }
 }
 
+/// Per network namespace: how many were read, the top N by sockets with every state,
+/// and the N with the least ephemeral-port headroom.
+fn namespaces(t: &mut Text, h: &HostSnapshot, top: usize) {
+    t.single(
+        "tcpdoctor_netns_read",
+        Kind::Gauge,
+        "Network namespaces read in this collection (1 when only tcpdoctor's own was read).",
+        h.namespaces.len() as u64,
+    );
+    let name_of = |s: &Snapshot| {
+        s.netns
+            .as_ref()
+            .map_or("host".to_string(), |n| n.name.clone())
+    };
+    let (rows, _) = rank(
+        h.namespaces
+            .iter()
+            .map(|s| (name_of(s), s.summary.total().total())),
+        top,
+    );
+    let sockets = "tcpdoctor_netns_sockets";
+    t.family(
+        sockets,
+        Kind::Gauge,
+        "TCP sockets by state in the N network namespaces with the most sockets (netns: container, pod, ip netns name or first process); \"other\" folds the rest.",
+    );
+    let mut other = crate::model::StateCounts::default();
+    for s in &h.namespaces {
+        let name = name_of(s);
+        if !rows.iter().any(|(n, _)| *n == name) {
+            other.merge(&s.summary.total());
+        }
+    }
+    for (name, _) in &rows {
+        let mut c = crate::model::StateCounts::default();
+        for s in h.namespaces.iter().filter(|s| name_of(s) == *name) {
+            c.merge(&s.summary.total());
+        }
+        for st in TcpState::ALL {
+            t.sample(
+                sockets,
+                &[("netns", name), ("state", &state_label(st))],
+                c.get(st),
+            );
+        }
+    }
+    for st in TcpState::ALL {
+        t.sample(
+            sockets,
+            &[("netns", OTHER), ("state", &state_label(st))],
+            other.get(st),
+        );
+    }
+
+    let headroom = "tcpdoctor_netns_ephemeral_ports_headroom";
+    let mut tight: Vec<(u64, String)> = h
+        .namespaces
+        .iter()
+        .filter_map(|s| {
+            let usable = usable_ephemeral_ports(s);
+            s.sockets
+                .port_use
+                .iter()
+                .map(|p| p.usable.unwrap_or(usable).saturating_sub(p.counts.total()))
+                .min()
+                .map(|left| (left, name_of(s)))
+        })
+        .collect();
+    tight.sort();
+    tight.truncate(top);
+    t.family(
+        headroom,
+        Kind::Gauge,
+        "Ephemeral ports left towards the tightest destination of each network namespace, for the N namespaces with the least (absent: no outgoing connections).",
+    );
+    for (left, name) in &tight {
+        t.sample(headroom, &[("netns", name)], *left);
+    }
+}
+
 fn comm_of(s: &Snapshot, pid: u32) -> &str {
     match s.process(pid) {
         Some(p) if !p.comm.is_empty() => &p.comm,
@@ -473,8 +559,8 @@ fn ephemeral_ports(t: &mut Text, s: &Snapshot, top: usize) {
         "Local ports connect() may use towards one destination: ip_local_port_range minus ip_local_reserved_ports.",
         usable,
     );
-    // port_use comes sorted biggest first, so the top N are also the N with the least
-    // headroom (every destination has the same usable count).
+    // The top N by use; each destination's headroom is against its own namespace's
+    // range (namespaces can differ), so the headroom series is ranked separately.
     let (rows, rest) = rank(
         s.sockets
             .port_use
@@ -482,6 +568,19 @@ fn ephemeral_ports(t: &mut Text, s: &Snapshot, top: usize) {
             .map(|p| ((p.local_ip, p.remote), p.counts.total())),
         top,
     );
+    let mut tight: Vec<(u64, (std::net::IpAddr, crate::model::Endpoint))> = s
+        .sockets
+        .port_use
+        .iter()
+        .map(|p| {
+            (
+                p.usable.unwrap_or(usable).saturating_sub(p.counts.total()),
+                (p.local_ip, p.remote),
+            )
+        })
+        .collect();
+    tight.sort();
+    tight.truncate(top);
     let used = "tcpdoctor_ephemeral_ports_used";
     t.family(
         used,
@@ -504,16 +603,16 @@ fn ephemeral_ports(t: &mut Text, s: &Snapshot, top: usize) {
     t.family(
         headroom,
         Kind::Gauge,
-        "Ephemeral ports left per source ip and destination ip:port (usable - used), for the top N destinations by use.",
+        "Ephemeral ports left per source ip and destination ip:port (usable in its network namespace - used), for the N destinations with the least.",
     );
-    for ((local, remote), n) in &rows {
+    for (left, (local, remote)) in &tight {
         t.sample(
             headroom,
             &[
                 ("local_ip", &local.to_string()),
                 ("destination", &remote.to_string()),
             ],
-            usable.saturating_sub(*n),
+            *left,
         );
     }
 }
@@ -647,7 +746,11 @@ fn counters(t: &mut Text, s: &Snapshot) {
 
 fn findings(t: &mut Text, found: &[Finding]) {
     let mut counts: BTreeMap<(&str, Severity), u64> = BTreeMap::new();
-    let mut rules: Vec<&str> = RULES.iter().map(|r| r.id).collect();
+    let mut rules: Vec<&str> = RULES
+        .iter()
+        .map(|r| r.id)
+        .chain(HOST_RULES.iter().map(|r| r.id))
+        .collect();
     for f in found {
         *counts.entry((f.rule_id, f.severity)).or_default() += 1;
         if !rules.contains(&f.rule_id) {
@@ -752,6 +855,7 @@ mod tests {
             remote: ep("10.0.0.7:5432"),
             counts,
             sample_owner: None,
+            usable: None,
         });
         s.sockets.time_wait.client_side = 30;
         s.sockets
@@ -778,6 +882,7 @@ mod tests {
     fn every_state_and_family_is_present_with_zeros() {
         let s = snapshot();
         let text = render(&Exposition {
+            host: None,
             snapshot: Some(&s),
             findings: &[],
             stats: stats(),
@@ -796,6 +901,7 @@ mod tests {
     fn top_n_folds_the_rest_into_other_and_never_shows_command_lines() {
         let s = snapshot();
         let text = render(&Exposition {
+            host: None,
             snapshot: Some(&s),
             findings: &[],
             stats: stats(),
@@ -820,6 +926,7 @@ mod tests {
     fn port_and_fd_headroom_use_the_rule_math() {
         let s = snapshot();
         let text = render(&Exposition {
+            host: None,
             snapshot: Some(&s),
             findings: &[],
             stats: stats(),
@@ -855,6 +962,7 @@ mod tests {
         let s = snapshot();
         let f = crate::analyze::run(&s, &crate::analyze::Thresholds::default());
         let text = render(&Exposition {
+            host: None,
             snapshot: Some(&s),
             findings: &f,
             stats: stats(),
@@ -889,6 +997,7 @@ mod tests {
     #[test]
     fn failed_collection_exports_health_only() {
         let text = render(&Exposition {
+            host: None,
             snapshot: None,
             findings: &[],
             stats: stats(),

@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::{human_duration_ms, state_paint, Paint, Style, JSON_SCHEMA_VERSION};
-use crate::model::{Notice, Owners, Process, Socket, Source};
+use crate::model::{NetnsInfo, Notice, Owners, Process, Socket, Source};
 
 /// Everything `sockets` shows.
 #[derive(Debug, Clone)]
@@ -22,11 +22,24 @@ pub struct SocketsReport {
     /// `None` when owners were not looked up (`--no-owners`).
     pub owners: Option<Owners>,
     pub tcp_info: bool,
+    /// The namespaces read, when there are several (`--netns`); empty otherwise.
+    pub namespaces: Vec<NetnsInfo>,
+    /// Index into `namespaces` of each socket (same order as `sockets`); empty when
+    /// `namespaces` is.
+    pub netns_of: Vec<u16>,
     pub notices: Vec<Notice>,
+}
+
+impl SocketsReport {
+    /// The namespace of the `i`th socket, when several were read.
+    pub fn netns(&self, i: usize) -> Option<&NetnsInfo> {
+        self.namespaces.get(usize::from(*self.netns_of.get(i)?))
+    }
 }
 
 #[derive(Clone, Copy)]
 enum Col {
+    Netns,
     State,
     RecvQ,
     SendQ,
@@ -42,6 +55,7 @@ enum Col {
 impl Col {
     fn header(self) -> &'static str {
         match self {
+            Col::Netns => "NETNS",
             Col::State => "STATE",
             Col::RecvQ => "RECV-Q",
             Col::SendQ => "SEND-Q",
@@ -64,14 +78,18 @@ impl Col {
 }
 
 fn columns(r: &SocketsReport) -> Vec<Col> {
-    let mut c = vec![
+    let mut c = Vec::new();
+    if !r.namespaces.is_empty() {
+        c.push(Col::Netns);
+    }
+    c.extend([
         Col::State,
         Col::RecvQ,
         Col::SendQ,
         Col::Local,
         Col::Peer,
         Col::Timer,
-    ];
+    ]);
     if r.tcp_info {
         c.extend([Col::Rtt, Col::LastRcv, Col::LastAck]);
     }
@@ -82,7 +100,7 @@ fn columns(r: &SocketsReport) -> Vec<Col> {
 }
 
 /// Writes one cell's text into `buf` (cleared first).
-fn cell(buf: &mut String, col: Col, s: &Socket, owners: Option<&Owners>) {
+fn cell(buf: &mut String, col: Col, s: &Socket, ns: Option<&NetnsInfo>, owners: Option<&Owners>) {
     buf.clear();
     let opt_ms = |buf: &mut String, v: Option<u32>| match v {
         Some(ms) => buf.push_str(&human_duration_ms(u64::from(ms))),
@@ -90,6 +108,10 @@ fn cell(buf: &mut String, col: Col, s: &Socket, owners: Option<&Owners>) {
     };
     // Writing to a String cannot fail.
     let _ = match col {
+        Col::Netns => {
+            buf.push_str(ns.map_or("?", |n| n.name.as_str()));
+            Ok(())
+        }
         Col::State => {
             buf.push_str(s.state.name());
             Ok(())
@@ -163,9 +185,9 @@ pub fn write_human(out: &mut impl Write, r: &SocketsReport, style: Style) -> io:
     let owners = r.owners.as_ref();
     let mut widths: Vec<usize> = cols.iter().map(|c| c.header().len()).collect();
     let mut buf = String::with_capacity(128);
-    for s in &r.sockets {
+    for (k, s) in r.sockets.iter().enumerate() {
         for (i, c) in cols.iter().enumerate() {
-            cell(&mut buf, *c, s, owners);
+            cell(&mut buf, *c, s, r.netns(k), owners);
             widths[i] = widths[i].max(buf.chars().count());
         }
     }
@@ -182,12 +204,12 @@ pub fn write_human(out: &mut impl Write, r: &SocketsReport, style: Style) -> io:
         style.cell(out, c.header(), w, c.right(), Some(Paint::Bold))?;
     }
     out.write_all(b"\n")?;
-    for s in &r.sockets {
+    for (k, s) in r.sockets.iter().enumerate() {
         for (i, c) in cols.iter().enumerate() {
             if i > 0 {
                 out.write_all(b"  ")?;
             }
-            cell(&mut buf, *c, s, owners);
+            cell(&mut buf, *c, s, r.netns(k), owners);
             let paint = match c {
                 Col::State => state_paint(s.state),
                 _ => None,
@@ -227,9 +249,17 @@ struct JsonOwner<'a> {
 }
 
 #[derive(Serialize)]
+struct JsonNetns<'a> {
+    inode: u64,
+    name: &'a str,
+}
+
+#[derive(Serialize)]
 struct JsonSocket<'a> {
     #[serde(flatten)]
     socket: &'a Socket,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns: Option<JsonNetns<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     owners: Option<Vec<JsonOwner<'a>>>,
 }
@@ -244,6 +274,8 @@ pub fn write_json(out: &mut impl Write, r: &SocketsReport) -> io::Result<()> {
         r.owners.is_some()
     )?;
     serde_json::to_writer(&mut *out, &r.notices).map_err(io::Error::from)?;
+    out.write_all(b",\"namespaces\":")?;
+    serde_json::to_writer(&mut *out, &r.namespaces).map_err(io::Error::from)?;
     out.write_all(b",\"sockets\":[")?;
     for (i, s) in r.sockets.iter().enumerate() {
         if i > 0 {
@@ -266,8 +298,19 @@ pub fn write_json(out: &mut impl Write, r: &SocketsReport) -> io::Result<()> {
                 })
                 .collect()
         });
-        serde_json::to_writer(&mut *out, &JsonSocket { socket: s, owners })
-            .map_err(io::Error::from)?;
+        let netns = r.netns(i).map(|n| JsonNetns {
+            inode: n.inode,
+            name: &n.name,
+        });
+        serde_json::to_writer(
+            &mut *out,
+            &JsonSocket {
+                socket: s,
+                netns,
+                owners,
+            },
+        )
+        .map_err(io::Error::from)?;
     }
     out.write_all(b"\n]}\n")
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{state_paint, Paint, Style, Table, JSON_SCHEMA_VERSION};
 use crate::model::{
-    GroupBy, GroupKey, Notice, Source, StateCounts, StateSet, StateSummary, TcpState,
+    GroupBy, GroupKey, NetnsInfo, Notice, Source, StateCounts, StateSet, StateSummary, TcpState,
 };
 
 /// Everything `states` shows.
@@ -17,7 +17,18 @@ pub struct StatesReport {
     pub states: StateSet,
     pub summary: StateSummary,
     pub groups: Option<Groups>,
+    /// Every namespace on the host was read (`--netns all`).
+    pub netns_all: bool,
+    /// The namespaces read and their own counts (one: the current one, by default).
+    pub namespaces: Vec<NamespaceCounts>,
     pub notices: Vec<Notice>,
+}
+
+/// One namespace's counts.
+#[derive(Debug, Clone)]
+pub struct NamespaceCounts {
+    pub info: NetnsInfo,
+    pub summary: StateSummary,
 }
 
 #[derive(Debug, Clone)]
@@ -34,8 +45,8 @@ pub struct Groups {
 #[derive(Debug, Clone)]
 pub struct GroupRow {
     pub key: GroupKey,
-    /// Process name, for process groups.
-    pub comm: Option<String>,
+    /// Process name for process groups, namespace name for namespace groups.
+    pub name: Option<String>,
     pub counts: StateCounts,
 }
 
@@ -43,9 +54,13 @@ impl GroupRow {
     /// The text shown in the first column.
     pub fn label(&self) -> String {
         match self.key {
-            GroupKey::Process(pid) => match &self.comm {
+            GroupKey::Process(pid) => match &self.name {
                 Some(c) => format!("{c} ({pid})"),
                 None => format!("pid {pid}"),
+            },
+            GroupKey::Netns(inode) => match &self.name {
+                Some(n) => format!("{n} (net:[{inode}])"),
+                None => format!("net:[{inode}]"),
             },
             GroupKey::NoDescriptor => "(no fd: time-wait, orphan, unaccepted)".to_string(),
             GroupKey::OwnerUnknown => "(owner not visible)".to_string(),
@@ -85,6 +100,18 @@ pub fn write_human(out: &mut impl Write, r: &StatesReport, style: Style) -> io::
         (total.total().to_string(), Some(Paint::Bold)),
     ]);
     t.write(out, style)?;
+    if r.namespaces.len() > 1 && r.groups.as_ref().is_none_or(|g| g.by != GroupBy::Netns) {
+        writeln!(
+            out,
+            "(summed over {} network namespaces{}; --by netns shows each)",
+            r.namespaces.len(),
+            if r.netns_all {
+                ", all on this host"
+            } else {
+                ""
+            }
+        )?;
+    }
     if let Some(g) = &r.groups {
         out.write_all(b"\n")?;
         write_groups(out, g, r.states, style)?;
@@ -146,7 +173,16 @@ struct JsonDoc<'a> {
     counts: JsonCounts,
     #[serde(skip_serializing_if = "Option::is_none")]
     groups: Option<JsonGroups>,
+    netns_scope: &'static str,
+    namespaces: Vec<JsonNamespace<'a>>,
     notices: &'a [Notice],
+}
+
+#[derive(Serialize)]
+struct JsonNamespace<'a> {
+    #[serde(flatten)]
+    info: &'a NetnsInfo,
+    counts: JsonCounts,
 }
 
 #[derive(Serialize)]
@@ -175,6 +211,8 @@ struct JsonGroupRow {
     address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns: Option<u64>,
     counts: StateCounts,
 }
 
@@ -187,19 +225,30 @@ pub fn write_json(out: &mut impl Write, r: &StatesReport) -> io::Result<()> {
             .rows
             .iter()
             .map(|row| {
-                let (key, pid, address, port) = match row.key {
-                    GroupKey::Process(pid) => (pid.to_string(), Some(pid), None, None),
-                    GroupKey::NoDescriptor => ("no_fd".to_string(), None, None, None),
-                    GroupKey::OwnerUnknown => ("owner_unknown".to_string(), None, None, None),
-                    GroupKey::Peer(ip) => (ip.to_string(), None, Some(ip.to_string()), None),
-                    GroupKey::Port(p) => (p.to_string(), None, None, Some(p)),
+                let (key, pid, address, port, netns) = match row.key {
+                    GroupKey::Process(pid) => (pid.to_string(), Some(pid), None, None, None),
+                    GroupKey::NoDescriptor => ("no_fd".to_string(), None, None, None, None),
+                    GroupKey::OwnerUnknown => ("owner_unknown".to_string(), None, None, None, None),
+                    GroupKey::Peer(ip) => (ip.to_string(), None, Some(ip.to_string()), None, None),
+                    GroupKey::Port(p) => (p.to_string(), None, None, Some(p), None),
+                    GroupKey::Netns(inode) => (
+                        row.name.clone().unwrap_or_else(|| inode.to_string()),
+                        None,
+                        None,
+                        None,
+                        Some(inode),
+                    ),
                 };
                 JsonGroupRow {
                     key,
                     pid,
-                    comm: row.comm.clone(),
+                    comm: match row.key {
+                        GroupKey::Process(_) => row.name.clone(),
+                        _ => None,
+                    },
                     address,
                     port,
+                    netns,
                     counts: row.counts,
                 }
             })
@@ -216,6 +265,19 @@ pub fn write_json(out: &mut impl Write, r: &StatesReport) -> io::Result<()> {
             total: r.summary.total(),
         },
         groups,
+        netns_scope: if r.netns_all { "all" } else { "selected" },
+        namespaces: r
+            .namespaces
+            .iter()
+            .map(|n| JsonNamespace {
+                info: &n.info,
+                counts: JsonCounts {
+                    ipv4: n.summary.ipv4,
+                    ipv6: n.summary.ipv6,
+                    total: n.summary.total(),
+                },
+            })
+            .collect(),
         notices: &r.notices,
     };
     serde_json::to_writer_pretty(&mut *out, &doc).map_err(io::Error::from)?;

@@ -293,9 +293,16 @@ impl Netns {
         Ok(farm)
     }
 
-    /// Runs tcpdoctor as root inside the namespace, with NO_COLOR=1 (bounded).
+    /// Runs tcpdoctor as root inside the namespace, with NO_COLOR=1 (bounded). Adds
+    /// `--netns current` unless `args` choose: as root, check/watch/serve would
+    /// otherwise read every namespace on the machine, other tests' included.
     pub fn run_tcpdoctor(&self, args: &[&str]) -> Output {
-        let mut cmd = self.command(TCPDOCTOR, args);
+        let mut all: Vec<&str> = Vec::new();
+        if !args.iter().any(|a| a.starts_with("--netns")) {
+            all.extend(["--netns", "current"]);
+        }
+        all.extend_from_slice(args);
+        let mut cmd = self.command(TCPDOCTOR, &all);
         cmd.env("NO_COLOR", "1");
         run_bounded(&mut cmd, RUN_TIMEOUT).unwrap_or_else(|e| panic!("{e}"))
     }

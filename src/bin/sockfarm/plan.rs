@@ -465,7 +465,7 @@ impl Plan {
             for (l, target) in targets.iter().enumerate() {
                 let per_listener = split(total, targets.len() as u32, l as u32).1;
                 let per_source = split(per_listener, target.sources.len() as u32, 0).1;
-                if busiest.map_or(true, |(n, _, _)| per_source > n) {
+                if busiest.is_none_or(|(n, _, _)| per_source > n) {
                     busiest = Some((per_source, target.sources[0], target.addr));
                 }
             }

@@ -19,7 +19,9 @@ use crate::model::{Family, Socket, StateSet};
 /// What to ask the kernel for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DumpRequest {
-    pub family: Family,
+    /// `None`: IPv4 and IPv6 in one walk of the kernel's hash table (the
+    /// `TCPDIAG_GETSOCK` request); each walk costs the same however few sockets match.
+    pub family: Option<Family>,
     pub states: StateSet,
     /// Ask for `struct tcp_info` (INET_DIAG_INFO) with every full socket.
     pub tcp_info: bool,
@@ -40,36 +42,59 @@ pub enum DumpError {
     Parse(#[from] ParseError),
 }
 
-/// Bytes of one `SOCK_DIAG_BY_FAMILY` dump request: nlmsghdr + inet_diag_req_v2.
+/// Bytes of one dump request: nlmsghdr + inet_diag_req_v2 (`SOCK_DIAG_BY_FAMILY`, one
+/// family), or nlmsghdr + inet_diag_req (`TCPDIAG_GETSOCK`, both families).
 pub fn encode_request(req: &DumpRequest, seq: u32) -> Vec<u8> {
-    let family = match req.family {
-        Family::V4 => wire::AF_INET,
-        Family::V6 => wire::AF_INET6,
+    // Extension bit n asks for attribute n+1.
+    let ext = if req.tcp_info {
+        1 << (wire::INET_DIAG_INFO - 1)
+    } else {
+        0
     };
-    let body = wire::InetDiagReqV2 {
-        family,
-        protocol: wire::IPPROTO_TCP,
-        // Extension bit n asks for attribute n+1.
-        ext: if req.tcp_info {
-            1 << (wire::INET_DIAG_INFO - 1)
-        } else {
-            0
-        },
-        pad: 0,
-        states: U32::new(req.states.diag_mask()),
-        id: zerocopy::FromZeros::new_zeroed(),
+    let states = U32::new(req.states.diag_mask());
+    let (kind, body): (u16, Vec<u8>) = match req.family {
+        Some(f) => (
+            wire::SOCK_DIAG_BY_FAMILY,
+            wire::InetDiagReqV2 {
+                family: match f {
+                    Family::V4 => wire::AF_INET,
+                    Family::V6 => wire::AF_INET6,
+                },
+                protocol: wire::IPPROTO_TCP,
+                ext,
+                pad: 0,
+                states,
+                id: zerocopy::FromZeros::new_zeroed(),
+            }
+            .as_bytes()
+            .to_vec(),
+        ),
+        None => (
+            wire::TCPDIAG_GETSOCK,
+            wire::InetDiagReqCompat {
+                family: wire::AF_INET,
+                src_len: 0,
+                dst_len: 0,
+                ext,
+                id: zerocopy::FromZeros::new_zeroed(),
+                states,
+                dbs: U32::new(0),
+            }
+            .as_bytes()
+            .to_vec(),
+        ),
     };
-    let total = std::mem::size_of::<wire::NlMsgHdr>() + std::mem::size_of::<wire::InetDiagReqV2>();
+    let total = std::mem::size_of::<wire::NlMsgHdr>() + body.len();
     let hdr = wire::NlMsgHdr {
         len: U32::new(total as u32),
-        kind: U16::<NativeEndian>::new(wire::SOCK_DIAG_BY_FAMILY),
+        kind: U16::<NativeEndian>::new(kind),
         flags: U16::new(wire::NLM_F_REQUEST | wire::NLM_F_DUMP),
         seq: U32::new(seq),
         pid: U32::new(0),
     };
     let mut out = Vec::with_capacity(total);
     out.extend_from_slice(hdr.as_bytes());
-    out.extend_from_slice(body.as_bytes());
+    out.extend_from_slice(&body);
     out
 }
 
@@ -146,7 +171,7 @@ mod tests {
     #[test]
     fn request_carries_family_states_and_info_bit() {
         let req = DumpRequest {
-            family: Family::V6,
+            family: Some(Family::V6),
             states: [TcpState::CloseWait].into_iter().collect(),
             tcp_info: true,
         };
@@ -170,5 +195,23 @@ mod tests {
             1 << 8
         );
         assert!(bytes[24..].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn both_families_use_the_older_request() {
+        let req = DumpRequest {
+            family: None,
+            states: [TcpState::TimeWait].into_iter().collect(),
+            tcp_info: false,
+        };
+        let bytes = encode_request(&req, 3);
+        assert_eq!(bytes.len(), 76);
+        assert_eq!(u16::from_ne_bytes([bytes[4], bytes[5]]), 18);
+        assert_eq!(bytes[19], 0, "no extensions");
+        // idiag_states after the 4 header bytes and the 48-byte socket id.
+        assert_eq!(
+            u32::from_ne_bytes([bytes[68], bytes[69], bytes[70], bytes[71]]),
+            1 << 6
+        );
     }
 }

@@ -82,13 +82,17 @@ pub fn parse_datagram<F: FnMut(&Socket)>(
                     return Err(ParseError::Kernel { errno: -errno });
                 }
             }
-            wire::SOCK_DIAG_BY_FAMILY => match decode_socket(payload, stats) {
-                Some(sock) => {
-                    stats.sockets += 1;
-                    visit(&sock);
+            // Replies carry the request's type: SOCK_DIAG_BY_FAMILY, or TCPDIAG_GETSOCK
+            // for the both-families request.
+            wire::SOCK_DIAG_BY_FAMILY | wire::TCPDIAG_GETSOCK => {
+                match decode_socket(payload, stats) {
+                    Some(sock) => {
+                        stats.sockets += 1;
+                        visit(&sock);
+                    }
+                    None => stats.skipped += 1,
                 }
-                None => stats.skipped += 1,
-            },
+            }
             // NLMSG_NOOP, NLMSG_OVERRUN and anything newer carry no socket.
             _ => {}
         }

@@ -10,6 +10,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 pub const NETLINK_SOCK_DIAG: isize = 4;
 pub const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// The older inet_diag request type (`TCPDIAG_GETSOCK` in linux/inet_diag.h). The kernel
+/// still answers it, and dumps both address families in one walk of the hash table.
+pub const TCPDIAG_GETSOCK: u16 = 18;
 
 pub const NLM_F_REQUEST: u16 = 0x01;
 pub const NLM_F_MULTI: u16 = 0x02;
@@ -61,6 +64,20 @@ pub struct InetDiagReqV2 {
     pub pad: u8,
     pub states: U32<NativeEndian>,
     pub id: InetDiagSockId,
+}
+
+/// `struct inet_diag_req`, 60 bytes: the request of `TCPDIAG_GETSOCK`. The kernel ignores
+/// its family for dumps (`inet_diag_dump_compat()` sets AF_UNSPEC).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct InetDiagReqCompat {
+    pub family: u8,
+    pub src_len: u8,
+    pub dst_len: u8,
+    pub ext: u8,
+    pub id: InetDiagSockId,
+    pub states: U32<NativeEndian>,
+    pub dbs: U32<NativeEndian>,
 }
 
 /// `struct inet_diag_msg`, 72 bytes: the fixed part of every reply.
@@ -118,6 +135,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<NlMsgHdr>(), 16);
         assert_eq!(std::mem::size_of::<InetDiagSockId>(), 48);
         assert_eq!(std::mem::size_of::<InetDiagReqV2>(), 56);
+        assert_eq!(std::mem::size_of::<InetDiagReqCompat>(), 60);
         assert_eq!(std::mem::size_of::<InetDiagMsg>(), 72);
         assert_eq!(std::mem::size_of::<RtAttr>(), 4);
     }

@@ -267,13 +267,14 @@ impl WatchApp {
         time_wait.sort_by(|a, b| b.count.cmp(&a.count).then(a.label.cmp(&b.label)));
         time_wait.truncate(ROWS_KEPT);
 
-        let usable = usable_ephemeral_ports(snap);
-        let ports = snap
+        let default_usable = usable_ephemeral_ports(snap);
+        // Each destination against its own namespace's range; tightest first.
+        let mut ports: Vec<PortRow> = snap
             .sockets
             .port_use
             .iter()
-            .take(ROWS_KEPT)
             .map(|p| {
+                let usable = p.usable.unwrap_or(default_usable);
                 let used = p.counts.total();
                 PortRow {
                     local_ip: p.local_ip,
@@ -294,6 +295,13 @@ impl WatchApp {
                 }
             })
             .collect();
+        ports.sort_by(|a, b| {
+            a.headroom
+                .cmp(&b.headroom)
+                .then(b.used.cmp(&a.used))
+                .then((a.local_ip, a.remote).cmp(&(b.local_ip, b.remote)))
+        });
+        ports.truncate(ROWS_KEPT);
 
         let rates: Vec<Option<f64>> = RATES
             .iter()
@@ -339,7 +347,7 @@ impl WatchApp {
             unowned_close_wait: unowned,
             time_wait,
             ports,
-            usable_ports: usable,
+            usable_ports: default_usable,
             rates,
             findings,
             notices: snap.missing.len(),

@@ -533,10 +533,15 @@ fn draw_findings(frame: &mut Frame, app: &WatchApp, area: Rect, p: &Palette) {
         .findings
         .iter()
         .map(|f| {
-            ListItem::new(Line::from(vec![
-                Span::styled(severity_tag(f.severity), p.severity(f.severity)),
-                Span::raw(format!(" {}", f.title)),
-            ]))
+            let mut spans = vec![Span::styled(
+                severity_tag(f.severity),
+                p.severity(f.severity),
+            )];
+            if let Some(ns) = &f.netns {
+                spans.push(Span::styled(format!(" [{}]", ns.name), p.title()));
+            }
+            spans.push(Span::raw(format!(" {}", f.title)));
+            ListItem::new(Line::from(spans))
         })
         .collect();
     let list = List::new(items)
@@ -565,11 +570,17 @@ fn draw_finding(frame: &mut Frame, area: Rect, f: &Finding, scroll: u16, p: &Pal
         area.width.saturating_sub(4).max(20),
         area.height.saturating_sub(2),
     );
-    let mut lines: Vec<Line> = vec![
-        Line::from(Span::styled(f.title.clone(), p.bold())),
+    let mut lines: Vec<Line> = vec![Line::from(Span::styled(f.title.clone(), p.bold()))];
+    if let Some(ns) = &f.netns {
+        lines.push(Line::raw(format!(
+            "network namespace {} (net:[{}])",
+            ns.name, ns.inode
+        )));
+    }
+    lines.extend([
         Line::raw(""),
         Line::from(Span::styled("Evidence", p.title())),
-    ];
+    ]);
     for e in &f.evidence {
         lines.push(Line::raw(format!("  {}: {}", e.label, e.value)));
     }

@@ -1,0 +1,175 @@
+//! `collect::cgroup::identify` on a real process in a real cgroup: a cgroup v2 group named
+//! the way runc's systemd driver names a Docker container
+//! (`<slice>/docker-<64 hex>.scope`), with Docker's `config.v2.json` for that id in a
+//! temporary folder. Needs root and a writable cgroup2 mount; prints `SKIP: ...` and
+//! passes otherwise. Everything it creates is removed by [`Scene`]'s `Drop`, also when an
+//! assertion fails.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use tcpdoctor::collect::cgroup::{identify, parse_proc_cgroup, RuntimeRoots};
+use tcpdoctor::model::Runtime;
+
+/// Made up for this test; any 64 lower-case hex digits are a valid container id.
+const CONTAINER_ID: &str = "7cd0c0ffee5eed0fa11ab1e5ca1ab1e0d15ea5edba5eba11dec0de0fadedface";
+const CONTAINER_NAME: &str = "tcpdoctor-naming-test";
+
+fn skip(why: &str) {
+    eprintln!("SKIP: cgroup_naming: {why}");
+}
+
+/// Where the cgroup v2 hierarchy is mounted, from `/proc/self/mountinfo` (proc(5): the
+/// fields after ` - ` start with the filesystem type; field 5 is the mount point, with
+/// spaces written as `\040`). Hybrid hosts mount it at `/sys/fs/cgroup/unified`.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (mount, fs_part) = line.split_once(" - ")?;
+        if fs_part.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let point = mount.split_whitespace().nth(4)?;
+        Some(PathBuf::from(point.replace("\\040", " ")))
+    })
+}
+
+/// What the test made; `Drop` undoes it innermost first: kill the child (by its pid) and
+/// reap it, remove the cgroups (a cgroup can only be removed once empty), then the
+/// temporary state folder.
+#[derive(Default)]
+struct Scene {
+    child: Option<Child>,
+    /// Cgroup directories in creation order (parent first).
+    cgroups: Vec<PathBuf>,
+    state_dir: Option<PathBuf>,
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for dir in self.cgroups.iter().rev() {
+            // The kernel may take a moment to drop a just-reaped task from the group.
+            for _ in 0..50 {
+                match fs::remove_dir(dir) {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        thread::sleep(Duration::from_millis(20))
+                    }
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        eprintln!("cgroup_naming: cannot remove {}: {e}", dir.display());
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        if let Some(dir) = &self.state_dir {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Docker's per-container state, trimmed to the fields the naming reads plus a few that
+/// show the shape (`config.v2.json` in `<data-root>/containers/<id>/`).
+fn write_docker_state(root: &Path) -> io::Result<()> {
+    let dir = root.join("var/lib/docker/containers").join(CONTAINER_ID);
+    fs::create_dir_all(&dir)?;
+    let config = serde_json::json!({
+        "ID": CONTAINER_ID,
+        "Created": "2024-05-01T10:00:00.000000000Z",
+        "Path": "sleep",
+        "Args": ["30"],
+        "Config": { "Hostname": &CONTAINER_ID[..12], "Image": "busybox", "Labels": {} },
+        "Name": format!("/{CONTAINER_NAME}"),
+        "Driver": "overlay2",
+    });
+    fs::write(dir.join("config.v2.json"), config.to_string())
+}
+
+#[test]
+fn identify_names_a_process_in_a_docker_shaped_cgroup() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        skip("needs root to create cgroups and move a process into one");
+        return;
+    }
+    let Some(mount) = cgroup2_mount() else {
+        skip("no cgroup2 filesystem in /proc/self/mountinfo");
+        return;
+    };
+    if !mount.join("cgroup.procs").exists() {
+        skip(&format!("{} has no cgroup.procs", mount.display()));
+        return;
+    }
+
+    let mut scene = Scene::default();
+    let slice = mount.join(format!("tcpdoctor-test-{}.slice", std::process::id()));
+    let scope = slice.join(format!("docker-{CONTAINER_ID}.scope"));
+    for dir in [&slice, &scope] {
+        if let Err(e) = fs::create_dir(dir) {
+            skip(&format!(
+                "cgroup2 at {} is not writable: {e}",
+                mount.display()
+            ));
+            return;
+        }
+        scene.cgroups.push(dir.clone());
+    }
+
+    let state_dir =
+        std::env::temp_dir().join(format!("tcpdoctor-cgroup-naming-{}", std::process::id()));
+    scene.state_dir = Some(state_dir.clone());
+    write_docker_state(&state_dir).expect("write Docker state into the temp folder");
+
+    let child = Command::new("sleep")
+        .arg("30")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn sleep");
+    let pid = child.id();
+    scene.child = Some(child);
+    if let Err(e) = fs::write(scope.join("cgroup.procs"), pid.to_string()) {
+        skip(&format!(
+            "cannot move pid {pid} into {}: {e}",
+            scope.display()
+        ));
+        return;
+    }
+
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read child's cgroup");
+    let v2_line = text
+        .lines()
+        .find(|l| l.starts_with("0::"))
+        .unwrap_or_else(|| panic!("no cgroup v2 line in {text:?}"));
+    assert!(
+        v2_line.ends_with(&format!("/docker-{CONTAINER_ID}.scope")),
+        "child not in the scope: {text:?}"
+    );
+    assert!(parse_proc_cgroup(&text).is_some(), "{text:?}");
+
+    let roots = RuntimeRoots::under(&state_dir);
+    let container = identify(Path::new("/proc"), pid, &roots)
+        .unwrap_or_else(|| panic!("pid {pid} not identified; /proc/{pid}/cgroup: {text:?}"));
+    assert_eq!(container.runtime, Runtime::Docker);
+    assert_eq!(container.id, CONTAINER_ID);
+    assert_eq!(container.name.as_deref(), Some(CONTAINER_NAME));
+    assert_eq!(container.pod, None);
+    assert_eq!(container.display(), format!("docker {CONTAINER_NAME}"));
+
+    // Without the runtime state the container is still recognised, just unnamed.
+    let bare = identify(
+        Path::new("/proc"),
+        pid,
+        &RuntimeRoots::under(&state_dir.join("absent")),
+    )
+    .expect("recognised without state");
+    assert_eq!(bare.name, None);
+    assert_eq!(bare.display(), format!("docker {}", &CONTAINER_ID[..12]));
+}

@@ -1,0 +1,441 @@
+//! `--netns all`: several namespaces made by the test, each with its own sockets and
+//! processes, read from the test's own (host) namespace. Counts, owners and findings
+//! are asserted per namespace, found by the `ip netns` names the test gave them. Other
+//! namespaces on the machine (other tests, containers) may be in the report too; the
+//! assertions only look at ours. Needs root; skips otherwise.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{require_root, run_bounded, Netns, RUN_TIMEOUT, TCPDOCTOR};
+use serde_json::Value;
+
+fn tcpdoctor_json(args: &[&str]) -> (i32, Value) {
+    let mut cmd = Command::new(TCPDOCTOR);
+    cmd.args(args).env("NO_COLOR", "1");
+    let out = run_bounded(&mut cmd, RUN_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "tcpdoctor {args:?} did not print JSON ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), v)
+}
+
+/// The entry of `namespaces` for our `ip netns` name.
+fn namespace<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["namespaces"]
+        .as_array()
+        .expect("namespaces array")
+        .iter()
+        .find(|n| {
+            n["ip_netns"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == name))
+        })
+        .unwrap_or_else(|| panic!("namespace {name} missing from {:#}", v["namespaces"]))
+}
+
+fn findings_in<'a>(v: &'a Value, inode: &Value, rule: &str) -> Vec<&'a Value> {
+    v["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["rule_id"] == rule && f["netns"]["inode"] == *inode)
+        .collect()
+}
+
+fn own_netns_inode() -> u64 {
+    let link = std::fs::read_link("/proc/self/ns/net").expect("own netns link");
+    let s = link.to_string_lossy();
+    s.trim_start_matches("net:[")
+        .trim_end_matches(']')
+        .parse()
+        .expect("netns inode")
+}
+
+#[test]
+fn check_all_reports_each_namespace_with_its_own_counts_owners_and_findings() {
+    if !require_root("check_all_reports_each_namespace_with_its_own_counts_owners_and_findings") {
+        return;
+    }
+    let host_before = own_netns_inode();
+    let host_range_before =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").expect("host port range");
+
+    // A: a CLOSE_WAIT leak (15) plus 2 healthy connections.
+    let leak = Netns::new("allleak");
+    let leak_farm = leak.spawn_farm(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--close-wait",
+        "15",
+        "--established",
+        "2",
+        "--hold-secs",
+        "300",
+    ]);
+    // B: 100 ephemeral ports, 60 of them held by ESTABLISHED clients.
+    let ports = Netns::new("allports");
+    ports.sysctl("net.ipv4.ip_local_port_range", "40000 40099");
+    let ports_farm = ports.spawn_farm(&[
+        "--listen",
+        "127.0.0.1:5000",
+        "--established",
+        "60",
+        "--hold-secs",
+        "300",
+    ]);
+    // C: healthy (its listener outside the ephemeral range, as a service's should be).
+    let calm = Netns::new("allcalm");
+    let calm_farm = calm.spawn_farm(&[
+        "--listen",
+        "127.0.0.1:5000",
+        "--established",
+        "3",
+        "--hold-secs",
+        "300",
+    ]);
+
+    let (code, v) = tcpdoctor_json(&["check", "--netns", "all", "--json", "--interval", "0.2"]);
+    assert_eq!(v["netns_scope"], "all", "{v:#}");
+
+    // Exact counts per namespace: what sockfarm built there, nothing from the others.
+    for (ns, farm) in [
+        (&leak, &leak_farm),
+        (&ports, &ports_farm),
+        (&calm, &calm_farm),
+    ] {
+        let entry = namespace(&v, ns.name());
+        for state in [
+            "ESTABLISHED",
+            "CLOSE_WAIT",
+            "FIN_WAIT2",
+            "LISTEN",
+            "TIME_WAIT",
+        ] {
+            assert_eq!(
+                entry["counts"]["total"][state],
+                farm.ready.expected(state),
+                "{state} in {}: {entry:#}",
+                ns.name()
+            );
+        }
+        assert_eq!(entry["kind"], "ip-netns", "{entry:#}");
+        assert_eq!(entry["name"], ns.name(), "{entry:#}");
+        assert_eq!(entry["current"], false);
+        assert_eq!(
+            format!("net:[{}]", entry["inode"]),
+            farm.ready.netns,
+            "inode of {}",
+            ns.name()
+        );
+    }
+    let current: Vec<&Value> = v["namespaces"]
+        .as_array()
+        .expect("namespaces")
+        .iter()
+        .filter(|n| n["current"] == true)
+        .collect();
+    assert_eq!(current.len(), 1, "exactly one current namespace");
+    assert_eq!(current[0]["inode"], host_before);
+    assert_eq!(
+        v["namespaces"][0]["current"], true,
+        "the current namespace comes first"
+    );
+
+    // A: the leak, owned by the worker that holds the sockets, tagged with A.
+    let a = namespace(&v, leak.name());
+    let f = findings_in(&v, &a["inode"], "close_wait_leak");
+    assert_eq!(f.len(), 1, "{:#}", v["findings"]);
+    let worker = leak_farm.ready.workers[0].pid;
+    assert_eq!(f[0]["data"]["pid"], worker, "{:#}", f[0]);
+    assert_eq!(f[0]["data"]["count"], 15, "{:#}", f[0]);
+    assert_eq!(f[0]["netns"]["name"], leak.name());
+
+    // B: port headroom against B's own range (100), not the host's.
+    let b = namespace(&v, ports.name());
+    let f = findings_in(&v, &b["inode"], "ephemeral_port_exhaustion");
+    assert_eq!(f.len(), 1, "{:#}", v["findings"]);
+    assert_eq!(f[0]["data"]["usable"], 100, "{:#}", f[0]);
+    let d = &f[0]["data"]["destinations"][0];
+    assert_eq!(d["used"], 60, "{d:#}");
+    assert_eq!(d["headroom"], 40, "{d:#}");
+    // ...and B's range differs from the host's: the drift rule names B and its value.
+    let drift: Vec<&Value> = v["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| {
+            f["rule_id"] == "netns_sysctl_drift"
+                && f["data"]["sysctl"] == "net.ipv4.ip_local_port_range"
+        })
+        .collect();
+    assert_eq!(drift.len(), 1, "{:#}", v["findings"]);
+    let differing = drift[0]["data"]["differing"].as_array().expect("differing");
+    let b_value = differing
+        .iter()
+        .find(|d| {
+            d["namespaces"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|x| x == ports.name()))
+        })
+        .unwrap_or_else(|| panic!("{} not in {differing:#?}", ports.name()));
+    assert_eq!(b_value["value"], "40000 40099");
+    assert!(
+        !differing.iter().any(|d| d["namespaces"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|x| x == leak.name()))),
+        "A kept the default range: {differing:#?}"
+    );
+
+    // C: nothing.
+    let c = namespace(&v, calm.name());
+    let about_c: Vec<&Value> = v["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["netns"]["inode"] == c["inode"])
+        .collect();
+    assert!(about_c.is_empty(), "{about_c:#?}");
+    assert!(code == 1 || code == 2, "warnings at least: {code}");
+
+    // The host namespace was only read: tcpdoctor's caller is where it was, and the
+    // host's sysctl is unchanged.
+    assert_eq!(own_netns_inode(), host_before);
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").expect("range"),
+        host_range_before
+    );
+    drop((leak_farm, ports_farm, calm_farm));
+}
+
+#[test]
+fn states_and_sockets_by_namespace() {
+    if !require_root("states_and_sockets_by_namespace") {
+        return;
+    }
+    let one = Netns::new("bynsone");
+    let one_farm = one.spawn_farm(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--close-wait",
+        "4",
+        "--hold-secs",
+        "300",
+    ]);
+    let two = Netns::new("bynstwo");
+    let two_farm = two.spawn_farm(&[
+        "--listen",
+        "[::1]:0",
+        "--established",
+        "5",
+        "--hold-secs",
+        "300",
+    ]);
+
+    // states --by netns: one row per namespace with its own counts.
+    let (_, v) = tcpdoctor_json(&[
+        "states", "--netns", "all", "--by", "netns", "--top", "0", "--json",
+    ]);
+    assert_eq!(v["netns_scope"], "all");
+    let rows = v["groups"]["rows"].as_array().expect("rows");
+    for (ns, farm) in [(&one, &one_farm), (&two, &two_farm)] {
+        let inode: u64 = farm
+            .ready
+            .netns
+            .trim_start_matches("net:[")
+            .trim_end_matches(']')
+            .parse()
+            .expect("inode");
+        let row = rows
+            .iter()
+            .find(|r| r["netns"] == inode)
+            .unwrap_or_else(|| panic!("no row for {}: {rows:#?}", ns.name()));
+        assert_eq!(row["key"], ns.name());
+        for state in ["ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT2", "LISTEN"] {
+            assert_eq!(row["counts"][state], farm.ready.expected(state), "{state}");
+        }
+    }
+
+    // states by default (from the host) sees only the host's namespace.
+    let (_, v) = tcpdoctor_json(&["states", "--json"]);
+    assert_eq!(v["netns_scope"], "selected");
+    assert_eq!(v["namespaces"].as_array().map(Vec::len), Some(1));
+    assert_eq!(v["namespaces"][0]["current"], true);
+
+    // One namespace by name, from outside it.
+    let (_, v) = tcpdoctor_json(&["states", "--netns", one.name(), "--json"]);
+    assert_eq!(v["counts"]["total"]["CLOSE_WAIT"], 4, "{v:#}");
+    assert_eq!(v["namespaces"][0]["name"], one.name());
+
+    // sockets --netns all: every socket carries its namespace and the right owner.
+    let (_, v) = tcpdoctor_json(&[
+        "sockets",
+        "--netns",
+        "all",
+        "--state",
+        "close-wait",
+        "--json",
+    ]);
+    let mine: Vec<&Value> = v["sockets"]
+        .as_array()
+        .expect("sockets")
+        .iter()
+        .filter(|s| s["netns"]["name"] == one.name())
+        .collect();
+    assert_eq!(mine.len(), 4, "{:#}", v["sockets"]);
+    let worker = one_farm.ready.workers[0].pid;
+    assert!(
+        mine.iter().all(|s| s["owners"][0]["pid"] == worker),
+        "{mine:#?}"
+    );
+
+    // A name that is not there is a usage error naming it.
+    let out = run_bounded(
+        Command::new(TCPDOCTOR).args(["states", "--netns", "no-such-namespace-here"]),
+        RUN_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-namespace-here"));
+    drop((one_farm, two_farm));
+}
+
+/// Namespaces appear and disappear while `check --netns all` runs: each run still
+/// succeeds (a vanished one is at most a note). Bounded: 20 create/delete cycles and
+/// at most 60 s.
+#[test]
+fn namespaces_vanishing_during_a_run_are_notes_not_failures() {
+    if !require_root("namespaces_vanishing_during_a_run_are_notes_not_failures") {
+        return;
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut made = 0;
+            while made < 20
+                && Instant::now() < deadline
+                && !stop.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                let ns = Netns::new("churn");
+                std::thread::sleep(Duration::from_millis(30));
+                drop(ns); // ip netns del
+                made += 1;
+            }
+            made
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut runs = 0;
+    while runs < 5 && Instant::now() < deadline {
+        let (code, v) = tcpdoctor_json(&["check", "--netns", "all", "--json", "--interval", "0"]);
+        assert!((0..=2).contains(&code), "exit {code}: {v:#}");
+        for n in v["missing_evidence"].as_array().expect("missing") {
+            if n["code"] == "netns_unreadable" {
+                assert!(
+                    n["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("no longer exists")),
+                    "{n:#}"
+                );
+            }
+        }
+        runs += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let made = churn.join().expect("churn thread");
+    assert!(made > 0);
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on hybrid hosts), from /proc/self/mountinfo.
+fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        if fs.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        Some(std::path::PathBuf::from(
+            mount.split_whitespace().nth(4)?.replace("\\040", " "),
+        ))
+    })
+}
+
+/// Cgroups made by a test, removed (innermost first) on drop once their processes left.
+struct Cgroups(Vec<std::path::PathBuf>);
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            for _ in 0..100 {
+                match std::fs::remove_dir(dir) {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
+/// A namespace whose process sits in a cgroup named like a Docker container's is named
+/// after that container, and `--netns` finds it by the id prefix.
+#[test]
+fn a_namespace_is_named_after_its_container() {
+    if !require_root("a_namespace_is_named_after_its_container") {
+        return;
+    }
+    let Some(root) = cgroup2_mount() else {
+        eprintln!("SKIP: a_namespace_is_named_after_its_container: no cgroup2 mount");
+        return;
+    };
+    // Made up: 64 hex digits, like a Docker container id.
+    let id = "5eed0fa11ab1e5ca1ab1e0d15ea5edba5eba11dec0de0fadedface7cd0c0ffee";
+    let slice = root.join(format!("tdt-naming-{}.slice", std::process::id()));
+    let scope = slice.join(format!("docker-{id}.scope"));
+    let mut groups = Cgroups(Vec::new());
+    for dir in [&slice, &scope] {
+        if let Err(e) = std::fs::create_dir(dir) {
+            eprintln!(
+                "SKIP: a_namespace_is_named_after_its_container: cannot create {}: {e}",
+                dir.display()
+            );
+            return;
+        }
+        groups.0.push(dir.clone());
+    }
+    let ns = Netns::new("named");
+    let farm = ns.spawn_farm(&[
+        "--listen",
+        "127.0.0.1:5000",
+        "--close-wait",
+        "2",
+        "--hold-secs",
+        "300",
+    ]);
+    // The farm's parent is the lowest pid in the namespace: the one naming it.
+    std::fs::write(scope.join("cgroup.procs"), farm.pid().to_string())
+        .expect("move the farm into the container-shaped cgroup");
+
+    let (_, v) = tcpdoctor_json(&["states", "--netns", &id[..12], "--json"]);
+    let n = &v["namespaces"][0];
+    assert_eq!(n["kind"], "container", "{n:#}");
+    assert_eq!(n["name"], format!("docker {}", &id[..12]), "{n:#}");
+    assert_eq!(n["container"]["runtime"], "docker");
+    assert_eq!(n["container"]["id"], id);
+    assert_eq!(n["ip_netns"][0], ns.name());
+    assert_eq!(v["counts"]["total"]["CLOSE_WAIT"], 2, "{v:#}");
+
+    // Back to the root group before the cgroups go away.
+    let _ = std::fs::write(root.join("cgroup.procs"), farm.pid().to_string());
+    drop(farm);
+    drop(groups);
+}
