@@ -195,6 +195,11 @@ pub struct WatchArgs {
     /// Rows in the top-N panels.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,
+    /// Most CPU sampling may use, in percent of one core (0 = no limit). When one sample
+    /// costs more than that allows at --interval (a few hundred thousand sockets), samples
+    /// are spaced out to stay under it; the header shows the real spacing.
+    #[arg(long, value_name = "PCT", default_value_t = 5.0)]
+    pub max_cpu: f64,
     /// TOML file with thresholds (see docs/config.md).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -95,6 +95,8 @@ pub struct WatchSettings {
     pub headless: bool,
     /// Stop after this many samples.
     pub samples: Option<u64>,
+    /// CPU budget of sampling as a fraction of one core (0.05 = 5%); `None`: no limit.
+    pub cpu_budget: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -132,6 +134,8 @@ pub enum SettingsError {
     ThresholdSyntax(String),
     #[error("--threshold '{given}': {message}")]
     Threshold { given: String, message: String },
+    #[error("--max-cpu '{0}' is out of range: give a percentage of one core, above 0 and at most 100, or 0 for no limit")]
+    MaxCpu(f64),
     #[error("--netns '{0}' is not a namespace: use all, current, a path such as /run/netns/NAME, a pid, or a name")]
     Netns(String),
 }
@@ -181,6 +185,13 @@ pub fn resolve(cli: cli::Cli, term: Terminal) -> Result<(Common, Action), Settin
                 thresholds: thresholds(a.config.as_deref(), &a.threshold)?,
                 headless: a.headless,
                 samples: a.samples,
+                cpu_budget: if a.max_cpu == 0.0 {
+                    None
+                } else if a.max_cpu > 0.0 && a.max_cpu <= 100.0 {
+                    Some(a.max_cpu / 100.0)
+                } else {
+                    return Err(SettingsError::MaxCpu(a.max_cpu));
+                },
             })
         }
         Some(cli::Command::Serve(a)) => {

@@ -626,3 +626,56 @@ fn open_explanation_follows_its_finding_across_samples() {
         other => panic!("popup closed: {other:?}"),
     }
 }
+
+#[test]
+fn header_says_how_many_namespaces_the_samples_cover() {
+    let mut app = app_after(2);
+    let one = render(&app, 120, 40);
+    assert!(!one.contains("netns"), "one namespace: no mention\n{one}");
+    app.set_namespaces(12, true);
+    let all = render(&app, 120, 40);
+    let first = all.lines().next().unwrap_or_default();
+    assert!(first.contains("in all 12 netns"), "{first}");
+    app.set_namespaces(3, false);
+    let some = render(&app, 120, 40);
+    assert!(some
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .contains("in 3 netns"));
+}
+
+#[test]
+fn findings_name_their_namespace() {
+    let mut app = WatchApp::new(config());
+    let mut f = findings();
+    f[0].netns = Some(tcpdoctor::model::NetnsRef {
+        inode: 4026532198,
+        name: "pod default/web".into(),
+    });
+    app.ingest(0, &sample(0), f);
+    let screen = render(&app, 120, 40);
+    assert!(screen.contains("[pod default/web]"), "{screen}");
+}
+
+#[test]
+fn header_shows_when_the_cpu_cap_spaces_samples_out() {
+    let mut app = app_after(2);
+    app.set_spacing(std::time::Duration::from_secs(2));
+    let line = render(&app, 120, 40)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.contains("every 2.0s") && !line.contains("CPU cap"),
+        "{line}"
+    );
+    app.set_spacing(std::time::Duration::from_millis(6600));
+    let line = render(&app, 120, 40)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(line.contains("(CPU cap; --max-cpu)"), "{line}");
+}

@@ -20,11 +20,11 @@ use crate::collect::sysctl;
 use crate::model::{
     parse_port_list, CounterSample, DigestBuilder, FileTable, HostSnapshot, KernelLogEntry, Notice,
     Owners, ProcessFacts, Snapshot, Socket, Sockstat, Source, StateSet, TcpState,
-    PER_NETNS_SYSCTLS,
+    HOST_WIDE_SYSCTLS, PER_NETNS_SYSCTLS,
 };
 use crate::settings::Common;
 
-use super::netns::Selection;
+use super::netns::{take, Selection};
 use super::CmdError;
 
 /// Above this many sockets (sockstat inuse + tw) a namespace is dumped in two passes
@@ -219,29 +219,13 @@ pub fn collect_host(
     let single = targets.len() == 1;
     for ((i, _), part) in targets.iter().zip(parts) {
         let info = &sel.infos[*i];
-        match part {
-            Ok(Ok(p)) => read.push((*i, p)),
-            // One namespace asked for: its failure is the command's failure.
-            Ok(Err(e)) if single => return Err(e.into()),
-            Err(e) if single => return Err(CmdError::Netns(format!("netns {}: {e}", info.name))),
-            Ok(Err(e)) => host.missing.push(Notice::new(
-                "netns_unreadable",
-                format!("netns {} (net:[{}]): {e}", info.name, info.inode),
-            )),
-            Err(e) => host.missing.push(Notice::new(
-                "netns_unreadable",
-                format!("netns {} (net:[{}]) skipped: {e}", info.name, info.inode),
-            )),
+        if let Some(p) = take(part, info, single, &mut host.missing)? {
+            read.push((*i, p));
         }
     }
 
     // Host-wide evidence, read once here.
-    let host_keys: Vec<&str> = sysctl::KEYS
-        .iter()
-        .copied()
-        .filter(|k| !PER_NETNS_SYSCTLS.contains(k))
-        .collect();
-    let host_sysctls = sysctl::read(root, &host_keys);
+    let host_sysctls = sysctl::read(root, HOST_WIDE_SYSCTLS);
     let mut host_missing = Vec::new();
     let kernel_log = kernel_log(root, &mut host_missing);
 

@@ -4,7 +4,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::collect::cgroup::{self, RuntimeRoots};
-use crate::collect::netns::{self, Discovered, NetnsHandle, Target};
+use crate::collect::netns::{self, Discovered, NetnsError, NetnsHandle, Target};
+use crate::collect::sockets::CollectError;
 use crate::model::{name_namespace, Container, NetnsInfo, NetnsKind, Notice};
 use crate::settings::{Common, NetnsChoice};
 
@@ -46,6 +47,29 @@ impl Selection {
     }
 }
 
+/// One namespace's result as a command uses it: the value; or, when several namespaces
+/// were read, a `netns_unreadable` note and `None`. When it was the only one, its
+/// failure is the command's.
+pub fn take<R>(
+    result: Result<Result<R, CollectError>, NetnsError>,
+    info: &NetnsInfo,
+    single: bool,
+    notices: &mut Vec<Notice>,
+) -> Result<Option<R>, CmdError> {
+    let why = match result {
+        Ok(Ok(v)) => return Ok(Some(v)),
+        Ok(Err(e)) if single => return Err(e.into()),
+        Err(e) if single => return Err(CmdError::Netns(format!("netns {}: {e}", info.name))),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    notices.push(Notice::new(
+        "netns_unreadable",
+        format!("netns {} (net:[{}]) skipped: {why}", info.name, info.inode),
+    ));
+    Ok(None)
+}
+
 /// Bit of CAP_SYS_ADMIN in the capability sets (linux/capability.h).
 const CAP_SYS_ADMIN: u32 = 21;
 
@@ -60,6 +84,20 @@ pub fn can_enter_namespaces(proc_root: &Path) -> bool {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
+/// The current namespace when nothing more is known of it (a replay: inode 0).
+fn bare_current(inode: u64) -> NetnsInfo {
+    NetnsInfo {
+        inode,
+        name: "host".into(),
+        kind: NetnsKind::Current,
+        current: true,
+        container: None,
+        ip_netns: Vec::new(),
+        processes: 0,
+        first_pid: None,
+    }
 }
 
 /// Resolves `--netns` for a command. `default_all`: what no `--netns` means (all for
@@ -77,17 +115,7 @@ pub fn select(common: &Common, default_all: bool) -> Result<Selection, CmdError>
                 "--netns is ignored with --proc-root: a captured folder holds one namespace",
             ));
         }
-        let info = NetnsInfo {
-            inode: 0,
-            name: "host".into(),
-            kind: NetnsKind::Current,
-            current: true,
-            container: None,
-            ip_netns: Vec::new(),
-            processes: 0,
-            first_pid: None,
-        };
-        return Ok(Selection::only_current(info, notices));
+        return Ok(Selection::only_current(bare_current(0), notices));
     }
 
     let discovery = netns::discover(proc_root, Path::new("/run/netns"));
@@ -98,16 +126,7 @@ pub fn select(common: &Common, default_all: bool) -> Result<Selection, CmdError>
     let current_info = || -> NetnsInfo {
         match current.and_then(|c| discovery.get(c)) {
             Some(d) => info_of(d),
-            None => NetnsInfo {
-                inode: current.unwrap_or(0),
-                name: "host".into(),
-                kind: NetnsKind::Current,
-                current: true,
-                container: None,
-                ip_netns: Vec::new(),
-                processes: 0,
-                first_pid: None,
-            },
+            None => bare_current(current.unwrap_or(0)),
         }
     };
 
@@ -203,22 +222,40 @@ pub fn select(common: &Common, default_all: bool) -> Result<Selection, CmdError>
         return Ok(Selection::only_current(current_info(), notices));
     }
 
+    let described: Vec<(&Discovered, NetnsInfo)> = discovery
+        .namespaces
+        .iter()
+        .map(|d| (d, info_of(d)))
+        .collect();
+    let mut sel = open_all(&described, current, notices);
+    if sel.infos.is_empty() {
+        sel.infos.push(current_info());
+        sel.handles.push(None);
+    }
+    Ok(sel)
+}
+
+/// Opens every namespace but the current one (read where it is). One that vanished
+/// since discovery, or cannot be opened, becomes a `netns_unreadable` notice. Once a
+/// handle is open the namespace cannot go away under the reader: the open file keeps
+/// it alive, so a later exit of its processes only empties it.
+fn open_all(
+    described: &[(&Discovered, NetnsInfo)],
+    current: Option<u64>,
+    mut notices: Vec<Notice>,
+) -> Selection {
     let mut infos = Vec::new();
     let mut handles = Vec::new();
-    // The current namespace first: it is read without entering and carries the
-    // host-wide evidence.
-    let mut order: Vec<&Discovered> = discovery.namespaces.iter().collect();
-    order.sort_by_key(|d| Some(d.inode) != current);
     let mut rest: Vec<(NetnsInfo, Option<NetnsHandle>)> = Vec::new();
-    for d in order {
-        let info = info_of(d);
+    for (d, info) in described {
+        // The current namespace first: it carries the host-wide evidence.
         if Some(d.inode) == current {
-            infos.push(info);
-            handles.push(None);
+            infos.insert(0, info.clone());
+            handles.insert(0, None);
             continue;
         }
         match NetnsHandle::open(d) {
-            Ok(h) => rest.push((info, Some(h))),
+            Ok(h) => rest.push((info.clone(), Some(h))),
             Err(e) => notices.push(Notice::new(
                 "netns_unreadable",
                 format!("netns {} (net:[{}]) skipped: {e}", info.name, d.inode),
@@ -230,16 +267,12 @@ pub fn select(common: &Common, default_all: bool) -> Result<Selection, CmdError>
         infos.push(info);
         handles.push(h);
     }
-    if infos.is_empty() {
-        infos.push(current_info());
-        handles.push(None);
-    }
-    Ok(Selection {
+    Selection {
         infos,
         handles,
         all: true,
         notices,
-    })
+    }
 }
 
 fn one(
@@ -322,5 +355,110 @@ fn describe(
         ip_netns: d.ip_netns.clone(),
         processes: d.pids.len() as u64,
         first_pid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(d: &Discovered, name: &str) -> NetnsInfo {
+        NetnsInfo {
+            inode: d.inode,
+            name: name.to_string(),
+            kind: NetnsKind::IpNetns,
+            current: false,
+            container: None,
+            ip_netns: d.ip_netns.clone(),
+            processes: 0,
+            first_pid: None,
+        }
+    }
+
+    #[test]
+    fn a_namespace_gone_between_discovery_and_reading_is_a_note() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP: a_namespace_gone_between_discovery_and_reading_is_a_note: needs root (ip netns add)");
+            return;
+        }
+        let names: Vec<String> = ["stay", "gone"]
+            .iter()
+            .map(|t| format!("tdt-sel-{t}-{}", std::process::id()))
+            .collect();
+        for n in &names {
+            let ok = std::process::Command::new("ip")
+                .args(["netns", "add", n])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "ip netns add {n}");
+        }
+        let discovery = netns::discover(Path::new("/proc"), Path::new("/run/netns"));
+        let find = |n: &String| {
+            discovery
+                .namespaces
+                .iter()
+                .find(|d| d.ip_netns.contains(n))
+                .expect("discovered")
+        };
+        let (stay, gone) = (find(&names[0]), find(&names[1]));
+        // Destroyed after discovery, before it is opened.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &names[1]])
+            .status();
+        let described = vec![(stay, info(stay, "stay")), (gone, info(gone, "gone"))];
+        let sel = open_all(&described, discovery.current, Vec::new());
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &names[0]])
+            .status();
+        assert_eq!(sel.infos.len(), 1, "the other one is still read");
+        assert_eq!(sel.infos[0].name, "stay");
+        assert_eq!(sel.notices.len(), 1);
+        assert_eq!(sel.notices[0].code, "netns_unreadable");
+        assert!(
+            sel.notices[0].message.contains("gone")
+                && sel.notices[0].message.contains("no longer exists"),
+            "{}",
+            sel.notices[0].message
+        );
+    }
+
+    #[test]
+    fn names_match_ip_netns_container_and_pod() {
+        use crate::model::{Pod, Runtime};
+        let mut i = NetnsInfo {
+            inode: 1,
+            name: "pod default/web".into(),
+            kind: NetnsKind::Container,
+            current: false,
+            container: Some(Container {
+                runtime: Runtime::Containerd,
+                id: "4f9e2c1a0b3d5e6f".into(),
+                name: None,
+                pod: Some(Pod {
+                    uid: "3f2a1b4c-0000".into(),
+                    namespace: Some("default".into()),
+                    name: Some("web".into()),
+                }),
+            }),
+            ip_netns: vec!["blue".into()],
+            processes: 1,
+            first_pid: Some(9),
+        };
+        for yes in [
+            "blue",
+            "pod default/web",
+            "default/web",
+            "web",
+            "4f9e2c",
+            "3f2a1b4c-0000",
+        ] {
+            assert!(name_matches(&i, yes), "{yes}");
+        }
+        for no in ["4f9e2", "green", "other/web", ""] {
+            assert!(!name_matches(&i, no), "{no}");
+        }
+        i.container = None;
+        assert!(!name_matches(&i, "web"));
     }
 }

@@ -11,7 +11,7 @@ use crate::model::{Notice, Socket, Source};
 use crate::render::sockets::SocketsReport;
 use crate::settings::{Common, SocketsSettings};
 
-use super::netns::select;
+use super::netns::{select, take};
 use super::CmdError;
 
 pub fn run(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdError> {
@@ -49,24 +49,8 @@ pub fn run(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdErr
     let mut list: Vec<(u16, Socket)> = Vec::new();
     for ((i, _), dump) in targets.iter().zip(dumps) {
         let info = &selection.infos[*i];
-        let (report, sockets) = match dump {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) if single => return Err(e.into()),
-            Err(e) if single => return Err(CmdError::Netns(format!("netns {}: {e}", info.name))),
-            Ok(Err(e)) => {
-                notices.push(Notice::new(
-                    "netns_unreadable",
-                    format!("netns {} (net:[{}]): {e}", info.name, info.inode),
-                ));
-                continue;
-            }
-            Err(e) => {
-                notices.push(Notice::new(
-                    "netns_unreadable",
-                    format!("netns {} (net:[{}]) skipped: {e}", info.name, info.inode),
-                ));
-                continue;
-            }
+        let Some((report, sockets)) = take(dump, info, single, &mut notices)? else {
+            continue;
         };
         source.get_or_insert(report.source);
         for n in report.notices {

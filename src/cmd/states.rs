@@ -11,7 +11,7 @@ use crate::model::{
 use crate::render::states::{GroupRow, Groups, NamespaceCounts, StatesReport};
 use crate::settings::{Common, StatesSettings};
 
-use super::netns::select;
+use super::netns::{select, take};
 use super::CmdError;
 
 /// What one namespace gave.
@@ -86,24 +86,8 @@ pub fn run(common: &Common, s: &StatesSettings) -> Result<StatesReport, CmdError
     let mut namespaces = Vec::new();
     for ((i, _), part) in targets.iter().zip(parts) {
         let info = &selection.infos[*i];
-        let part = match part {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) if single => return Err(e.into()),
-            Err(e) if single => return Err(CmdError::Netns(format!("netns {}: {e}", info.name))),
-            Ok(Err(e)) => {
-                notices.push(Notice::new(
-                    "netns_unreadable",
-                    format!("netns {} (net:[{}]): {e}", info.name, info.inode),
-                ));
-                continue;
-            }
-            Err(e) => {
-                notices.push(Notice::new(
-                    "netns_unreadable",
-                    format!("netns {} (net:[{}]) skipped: {e}", info.name, info.inode),
-                ));
-                continue;
-            }
+        let Some(part) = take(part, info, single, &mut notices)? else {
+            continue;
         };
         source.get_or_insert(part.report.source);
         for n in part.report.notices {

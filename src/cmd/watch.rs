@@ -85,26 +85,58 @@ fn run_headless(
     loop {
         let tick = Instant::now();
         let at_ms = started.elapsed().as_millis() as u64;
+        let cpu_before = process_cpu();
         let host = sampler.sample(common)?;
         let findings = analyze::run_host(&host, &s.thresholds);
         let snap = host.merged();
+        app.set_namespaces(host.namespaces.len(), host.all_namespaces);
         app.ingest(at_ms, &snap, findings);
         view::write_sample_line(out, &app, &snap.missing)?;
         out.flush()?;
         if s.samples.is_some_and(|n| app.samples() >= n) {
             return Ok(());
         }
-        if sleep_until(tick + s.interval, stop) {
+        let spacing = next_sample_in(
+            s.interval,
+            process_cpu().saturating_sub(cpu_before),
+            s.cpu_budget,
+        );
+        app.set_spacing(spacing);
+        if sleep_until(tick + spacing, stop) {
             return Ok(());
         }
     }
 }
 
 /// A sample as the sampling thread hands it over, or why it failed.
-type SampleMsg = Result<(u64, Snapshot, Vec<Finding>), String>;
+/// (when, all namespaces folded, findings, (namespaces read, all of them), the spacing
+/// of samples in effect).
+type SampleMsg = Result<(u64, Snapshot, Vec<Finding>, (usize, bool), Duration), String>;
 
-/// Collects a sample every `interval` (from the start of the previous one) until the
-/// receiver is gone or `stop` is set; skips while `paused`.
+/// CPU time this process has used so far (all threads).
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage writes into the zeroed struct we pass and reads nothing else.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer cannot fail.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// When the next sample starts: `interval` after this one started, or later when this
+/// one's CPU cost would break the budget (`cost / budget` after its start).
+pub fn next_sample_in(interval: Duration, cost: Duration, budget: Option<f64>) -> Duration {
+    match budget {
+        Some(b) if b > 0.0 => interval.max(cost.div_f64(b)),
+        _ => interval,
+    }
+}
+
+/// Collects a sample every `interval` (from the start of the previous one, or further
+/// apart to keep within the CPU budget) until the receiver is gone or `stop` is set;
+/// skips while `paused`.
 fn sampling_loop(
     common: Common,
     s: WatchSettings,
@@ -114,22 +146,30 @@ fn sampling_loop(
 ) {
     let started = Instant::now();
     let mut sampler = Sampler::new();
+    let mut spacing = s.interval;
     loop {
         let tick = Instant::now();
         if !paused.load(Ordering::Relaxed) {
             let at_ms = started.elapsed().as_millis() as u64;
+            let cpu_before = process_cpu();
             let msg = match sampler.sample(&common) {
                 Ok(host) => {
                     let findings = analyze::run_host(&host, &s.thresholds);
-                    Ok((at_ms, host.merged(), findings))
+                    let scope = (host.namespaces.len(), host.all_namespaces);
+                    Ok((at_ms, host.merged(), findings, scope, spacing))
                 }
                 Err(e) => Err(e.to_string()),
             };
+            spacing = next_sample_in(
+                s.interval,
+                process_cpu().saturating_sub(cpu_before),
+                s.cpu_budget,
+            );
             if tx.send(msg).is_err() {
                 return;
             }
         }
-        if sleep_until(tick + s.interval, &stop) {
+        if sleep_until(tick + spacing, &stop) {
             return;
         }
     }
@@ -206,7 +246,9 @@ fn ui_loop(
     loop {
         loop {
             match rx.try_recv() {
-                Ok(Ok((at_ms, snap, findings))) => {
+                Ok(Ok((at_ms, snap, findings, (n, all), spacing))) => {
+                    app.set_namespaces(n, all);
+                    app.set_spacing(spacing);
                     dirty |= app.ingest(at_ms, &snap, findings);
                 }
                 Ok(Err(e)) => {
@@ -281,5 +323,19 @@ mod tests {
         let mut release = KeyEvent::new(KeyCode::Char('q'), KeyModifiers::NONE);
         release.kind = KeyEventKind::Release;
         assert_eq!(key_of(release), None);
+    }
+
+    #[test]
+    fn cheap_samples_keep_the_interval_costly_ones_are_spaced_to_the_budget() {
+        let two = Duration::from_secs(2);
+        assert_eq!(
+            next_sample_in(two, Duration::from_millis(50), Some(0.05)),
+            two
+        );
+        assert_eq!(
+            next_sample_in(two, Duration::from_millis(330), Some(0.05)),
+            Duration::from_millis(6600)
+        );
+        assert_eq!(next_sample_in(two, Duration::from_secs(5), None), two);
     }
 }

@@ -62,6 +62,15 @@ fn ns_link_inode(path: &Path) -> io::Result<Option<u64>> {
     Ok(parse_ns_link(target.as_os_str().as_bytes()))
 }
 
+fn entry(by_inode: &mut BTreeMap<u64, Discovered>, inode: u64) -> &mut Discovered {
+    by_inode.entry(inode).or_insert_with(|| Discovered {
+        inode,
+        pids: Vec::new(),
+        ip_netns: Vec::new(),
+        paths: Vec::new(),
+    })
+}
+
 /// Lists the namespaces of every process under `proc_root` and every name under
 /// `run_netns` (normally /run/netns). Processes that exit meanwhile are skipped.
 pub fn discover(proc_root: &Path, run_netns: &Path) -> Discovery {
@@ -81,12 +90,7 @@ pub fn discover(proc_root: &Path, run_netns: &Path) -> Discovery {
             let link = proc_root.join(pid.to_string()).join("ns/net");
             match ns_link_inode(&link) {
                 Ok(Some(inode)) => {
-                    let d = by_inode.entry(inode).or_insert_with(|| Discovered {
-                        inode,
-                        pids: Vec::new(),
-                        ip_netns: Vec::new(),
-                        paths: Vec::new(),
-                    });
+                    let d = entry(&mut by_inode, inode);
                     d.pids.push(pid);
                     // A few paths are enough: if the first processes all exit, the
                     // namespace most likely went with them.
@@ -119,13 +123,7 @@ pub fn discover(proc_root: &Path, run_netns: &Path) -> Discovery {
             if nsfs_dev.is_some() && Some(m.dev()) != nsfs_dev {
                 continue;
             }
-            let inode = m.ino();
-            let d = by_inode.entry(inode).or_insert_with(|| Discovered {
-                inode,
-                pids: Vec::new(),
-                ip_netns: Vec::new(),
-                paths: Vec::new(),
-            });
+            let d = entry(&mut by_inode, m.ino());
             d.ip_netns.push(name);
             d.paths.insert(0, path);
         }

@@ -26,7 +26,7 @@ pub use netns::{name_namespace, NetnsInfo, NetnsKind, NetnsRef};
 pub use snapshot::{
     parse_port_list, parse_port_range, usable_ports, CloseWaitSocket, CounterSample, FileTable,
     HostSnapshot, KernelLogEntry, Limit, ListenerSocket, PortUse, ProcessFacts, Snapshot,
-    SocketDigest, Sockstat, TimeWaitDigest, PER_NETNS_SYSCTLS,
+    SocketDigest, Sockstat, TimeWaitDigest, HOST_WIDE_SYSCTLS, PER_NETNS_SYSCTLS,
 };
 pub use socket::{Endpoint, Family, Socket, TcpInfo, Timer, TimerKind};
 pub use state::{StateCounts, StateSet, TcpState};

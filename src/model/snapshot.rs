@@ -14,6 +14,8 @@ use super::{Endpoint, NetnsInfo, Notice, Owner, Source, StateCounts, StateSummar
 /// from the kernel default for each, not from the host's value. Everything else
 /// tcpdoctor reads (tcp_mem, tcp_max_orphans, netdev_max_backlog, fs.*) is host-wide.
 pub const PER_NETNS_SYSCTLS: &[&str] = &[
+    // Removed in 4.12; still read so the audit can flag a kernel that has it.
+    "net.ipv4.tcp_tw_recycle",
     "net.ipv4.tcp_tw_reuse",
     "net.ipv4.tcp_tw_reuse_delay",
     "net.ipv4.tcp_fin_timeout",
@@ -37,6 +39,17 @@ pub const PER_NETNS_SYSCTLS: &[&str] = &[
     "net.core.somaxconn",
     "net.netfilter.nf_conntrack_count",
     "net.netfilter.nf_conntrack_tcp_timeout_time_wait",
+];
+
+/// The host-wide sysctls tcpdoctor reads, once per run (the same in every namespace).
+pub const HOST_WIDE_SYSCTLS: &[&str] = &[
+    "net.ipv4.tcp_max_orphans",
+    "net.ipv4.tcp_mem",
+    "net.core.netdev_max_backlog",
+    "fs.file-max",
+    "fs.file-nr",
+    "fs.nr_open",
+    "net.netfilter.nf_conntrack_max",
 ];
 
 /// A resource limit: a number or unlimited.

@@ -178,6 +178,10 @@ pub struct WatchApp {
     pub(super) view: Option<View>,
     pub(super) samples: u64,
     pub(super) paused: bool,
+    /// (namespaces read, all on the host): see [`WatchApp::set_namespaces`].
+    pub(super) namespaces: (usize, bool),
+    /// See [`WatchApp::set_spacing`]; `None`: the configured interval.
+    pub(super) spacing: Option<std::time::Duration>,
     pub(super) sort: SortKey,
     pub(super) filter: String,
     pub(super) editing_filter: bool,
@@ -197,6 +201,8 @@ impl WatchApp {
             view: None,
             samples: 0,
             paused: false,
+            namespaces: (1, false),
+            spacing: None,
             sort: SortKey::CloseWait,
             filter: String::new(),
             editing_filter: false,
@@ -209,6 +215,18 @@ impl WatchApp {
 
     /// Takes in a sample collected at `at_ms` (a monotonic millisecond clock) with the
     /// findings `check` made of it. Ignored while paused; returns whether it was taken.
+    /// The spacing of samples in effect: the interval, or longer when sampling would
+    /// otherwise break its CPU budget (shown in the header).
+    pub fn set_spacing(&mut self, spacing: std::time::Duration) {
+        self.spacing = Some(spacing);
+    }
+
+    /// How many network namespaces the samples cover, and whether that is every one on
+    /// the host; shown in the header when more than one.
+    pub fn set_namespaces(&mut self, count: usize, all: bool) {
+        self.namespaces = (count, all);
+    }
+
     pub fn ingest(&mut self, at_ms: u64, snap: &Snapshot, findings: Vec<Finding>) -> bool {
         if self.paused {
             return false;

@@ -126,11 +126,24 @@ fn header_line(app: &WatchApp, p: &Palette) -> Line<'static> {
     }
     spans.push(Span::raw(format!(" on {host}")));
     if let Some(v) = &app.view {
+        let (n, all) = app.namespaces;
+        let scope = match (n, all) {
+            (0 | 1, _) => String::new(),
+            (n, true) => format!(" in all {n} netns"),
+            (n, false) => format!(" in {n} netns"),
+        };
+        let every = app.config.interval;
+        let cadence = match app.spacing {
+            Some(s) if s > every + std::time::Duration::from_millis(50) => format!(
+                "every {} (CPU cap; --max-cpu)",
+                human_duration_ms(s.as_millis() as u64)
+            ),
+            _ => format!("every {}", human_duration_ms(every.as_millis() as u64)),
+        };
         spans.push(Span::raw(format!(
-            ": {} TCP sockets at {} UTC, every {}",
+            ": {} TCP sockets{scope} at {} UTC, {cadence}",
             v.total.total(),
             clock(v.taken_at_unix_ms),
-            human_duration_ms(app.config.interval.as_millis() as u64),
         )));
     }
     Line::from(spans)
