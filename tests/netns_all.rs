@@ -155,6 +155,16 @@ fn check_all_reports_each_namespace_with_its_own_counts_owners_and_findings() {
     assert_eq!(f[0]["data"]["pid"], worker, "{:#}", f[0]);
     assert_eq!(f[0]["data"]["count"], 15, "{:#}", f[0]);
     assert_eq!(f[0]["netns"]["name"], leak.name());
+    // Its commands point at A: run from the host, they would look at the host otherwise.
+    let fix = f[0]["fix"].to_string();
+    assert!(
+        fix.contains(&format!("tcpdoctor sockets --netns {} ", leak.name())),
+        "{fix}"
+    );
+    assert!(
+        fix.contains(&format!("ip netns exec {} COMMAND", leak.name())),
+        "{fix}"
+    );
 
     // B: port headroom against B's own range (100), not the host's.
     let b = namespace(&v, ports.name());

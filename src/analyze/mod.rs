@@ -18,7 +18,7 @@ pub mod util;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Finding, HostSnapshot, Snapshot};
+use crate::model::{Finding, HostSnapshot, NetnsInfo, Snapshot};
 
 /// Thresholds the rules use. Every field can be set in the TOML config file (see
 /// docs/config.md); percentages are of the limit the rule compares against.
@@ -163,6 +163,42 @@ pub fn run(snapshot: &Snapshot, t: &Thresholds) -> Vec<Finding> {
     out
 }
 
+/// Fix steps are written for the namespace they run in. For a finding about another
+/// namespace: `tcpdoctor` commands get `--netns`, and a last step says how to run the
+/// others (`ss`, `sysctl`) inside it.
+fn point_commands_at(f: &mut Finding, ns: &NetnsInfo) {
+    let selector = match ns.ip_netns.first() {
+        Some(n) => n.clone(),
+        None => format!("'{}'", ns.name.replace('\'', "")),
+    };
+    let mut other_commands = false;
+    for step in &mut f.fix {
+        for cmd in [
+            "tcpdoctor sockets ",
+            "tcpdoctor states ",
+            "tcpdoctor check ",
+        ] {
+            if step.contains(cmd) {
+                *step = step.replace(cmd, &format!("{cmd}--netns {selector} "));
+            }
+        }
+        other_commands |= ["ss ", "sysctl ", "sysctl -w", "nstat"]
+            .iter()
+            .any(|c| step.contains(c));
+    }
+    if other_commands {
+        let how = match (ns.ip_netns.first(), ns.first_pid) {
+            (Some(n), _) => format!("ip netns exec {n} COMMAND"),
+            (None, Some(pid)) => format!("nsenter --net=/proc/{pid}/ns/net -- COMMAND"),
+            (None, None) => format!("nsenter --net=<a file of net:[{}]> -- COMMAND", ns.inode),
+        };
+        f.fix.push(format!(
+            "The ss and sysctl commands above act on the network namespace they run in: run them inside {} ({how}). For a container, set sysctls in its spec (Kubernetes securityContext.sysctls, docker run --sysctl); a change made with nsenter is lost when it restarts.",
+            ns.name
+        ));
+    }
+}
+
 /// Runs the rules on every namespace of `host`: namespace rules on each, host-wide
 /// rules on the primary only, then the cross-namespace rules. When more than one
 /// namespace was looked at, each namespace finding names its namespace. Worst first;
@@ -176,8 +212,11 @@ pub fn run_host(host: &HostSnapshot, t: &Thresholds) -> Vec<Finding> {
                 continue;
             }
             for mut f in (rule.check)(snap, t) {
-                if tag && rule.scope == Scope::Namespace {
-                    f.netns = snap.netns.as_ref().map(|n| n.to_ref());
+                if let (true, Scope::Namespace, Some(ns)) = (tag, rule.scope, &snap.netns) {
+                    f.netns = Some(ns.to_ref());
+                    if !ns.current {
+                        point_commands_at(&mut f, ns);
+                    }
                 }
                 out.push(f);
             }
@@ -188,4 +227,69 @@ pub fn run_host(host: &HostSnapshot, t: &Thresholds) -> Vec<Finding> {
     }
     out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{NetnsKind, Severity};
+
+    fn finding(fix: &[&str]) -> Finding {
+        Finding {
+            rule_id: "close_wait_leak",
+            netns: None,
+            severity: Severity::Warning,
+            title: "t".into(),
+            evidence: Vec::new(),
+            why: String::new(),
+            fix: fix.iter().map(|s| s.to_string()).collect(),
+            data: serde_json::Value::Null,
+        }
+    }
+
+    fn ns(ip: &[&str], pid: Option<u32>) -> NetnsInfo {
+        NetnsInfo {
+            inode: 4026532198,
+            name: "pod default/web".into(),
+            kind: NetnsKind::Container,
+            current: false,
+            container: None,
+            ip_netns: ip.iter().map(|s| s.to_string()).collect(),
+            processes: 1,
+            first_pid: pid,
+        }
+    }
+
+    #[test]
+    fn commands_of_another_namespace_say_where_to_run() {
+        let mut f = finding(&[
+            "List them: tcpdoctor sockets --state close-wait --pid 9 -i",
+            "Stopgap: ss -K state close-wait sport = :80",
+        ]);
+        point_commands_at(&mut f, &ns(&[], Some(4242)));
+        assert_eq!(
+            f.fix[0],
+            "List them: tcpdoctor sockets --netns 'pod default/web' --state close-wait --pid 9 -i"
+        );
+        assert!(
+            f.fix[2].contains("nsenter --net=/proc/4242/ns/net -- COMMAND"),
+            "{}",
+            f.fix[2]
+        );
+
+        let mut g = finding(&["sysctl -w net.ipv4.tcp_fin_timeout=30"]);
+        point_commands_at(&mut g, &ns(&["blue"], Some(1)));
+        assert!(
+            g.fix[1].contains("ip netns exec blue COMMAND"),
+            "{}",
+            g.fix[1]
+        );
+    }
+
+    #[test]
+    fn steps_without_commands_are_left_alone() {
+        let mut f = finding(&["Fix the code path that drops connections."]);
+        point_commands_at(&mut f, &ns(&[], Some(1)));
+        assert_eq!(f.fix.len(), 1);
+    }
 }
