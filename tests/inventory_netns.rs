@@ -98,6 +98,13 @@ fn states_counts_every_state_exactly_per_family_and_matches_ss() {
     ] {
         assert!(f.v4.ready.expected(state) > 0, "{state} present");
     }
+    // Both families come from one TCPDIAG_GETSOCK walk; -4 and -6 each send a
+    // SOCK_DIAG_BY_FAMILY request. The two kinds of request agree exactly.
+    let only4 = json(&f.ns.run_tcpdoctor(&["states", "-4", "--json"]));
+    let only6 = json(&f.ns.run_tcpdoctor(&["states", "-6", "--json"]));
+    assert_eq!(only4["counts"]["ipv4"], v["counts"]["ipv4"]);
+    assert_eq!(only6["counts"]["ipv6"], v["counts"]["ipv6"]);
+    assert_eq!(only4["counts"]["ipv6"]["total"], 0);
     // The /proc fallback sees the same sockets.
     let p = json(
         &f.ns

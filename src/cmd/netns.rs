@@ -205,18 +205,25 @@ pub fn select(common: &Common, default_all: bool) -> Result<Selection, CmdError>
             .iter()
             .filter(|d| Some(d.inode) != current)
             .count();
-        let hidden = if discovery.denied > 0 {
-            format!(
-                " (and the namespaces of {} processes it cannot read)",
-                discovery.denied
-            )
-        } else {
-            String::new()
+        let seen = match others {
+            0 => String::new(),
+            1 => "1 other namespace it can see".to_string(),
+            n => format!("{n} other namespaces it can see"),
+        };
+        let unseen = match discovery.denied {
+            0 => String::new(),
+            n => format!("the namespaces of {n} processes it cannot inspect"),
+        };
+        let what = match (seen.is_empty(), unseen.is_empty()) {
+            (false, false) => format!("{seen} and {unseen}"),
+            (false, true) => seen,
+            (true, false) => unseen,
+            (true, true) => "any other namespace".to_string(),
         };
         notices.push(Notice::new(
             "netns_current_only",
             format!(
-                "looked at this network namespace only: entering the other {others}{hidden} needs root (CAP_SYS_ADMIN); containers' sockets and sysctls are not in this report"
+                "looked at this network namespace only: reading {what} needs root (CAP_SYS_ADMIN); containers' sockets and sysctls are not in this report"
             ),
         ));
         return Ok(Selection::only_current(current_info(), notices));
