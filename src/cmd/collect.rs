@@ -246,6 +246,8 @@ pub fn collect_host(
         .unwrap_or_default();
 
     let mut counters = counters;
+    // With `Counters::Interval`: when each namespace's first counter reading was taken.
+    let mut first_reading_at: BTreeMap<u64, Instant> = BTreeMap::new();
     for (n, (i, part)) in read.into_iter().enumerate() {
         let info = sel.infos[i].clone();
         let NsPart {
@@ -321,11 +323,14 @@ pub fn collect_host(
         }
         if let Some((at, after)) = ns_counters {
             snap.counters = Some(match &mut counters {
-                Counters::Interval(_) => CounterSample {
-                    before: after.clone(),
-                    after,
-                    interval_ms: 0,
-                },
+                Counters::Interval(_) => {
+                    first_reading_at.insert(info.inode, at);
+                    CounterSample {
+                        before: after.clone(),
+                        after,
+                        interval_ms: 0,
+                    }
+                }
                 Counters::SincePrevious(history) => {
                     let (before, interval_ms) = match history.remove(&info.inode) {
                         Some((t, before)) => (before, at.duration_since(t).as_millis() as u64),
@@ -380,9 +385,13 @@ pub fn collect_host(
             else {
                 continue;
             };
-            if let (Some(c), Ok(Some((_, after)))) = (&mut snap.counters, a) {
+            // Each namespace's own interval: the ones read late in a big run had their
+            // first reading later than the primary's.
+            if let (Some(c), Ok(Some((at, after))), Some(first)) =
+                (&mut snap.counters, a, first_reading_at.get(&inode))
+            {
                 c.after = after;
-                c.interval_ms = started.elapsed().as_millis() as u64;
+                c.interval_ms = at.duration_since(*first).as_millis() as u64;
             }
         }
     }
