@@ -77,8 +77,9 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
         Action::Check(s) => {
             let report = cmd::check::run(&common, &s)?;
             if s.emit_sysctl {
-                let host = report.host.primary().cloned().unwrap_or_default();
-                out.write_all(analyze::sysctl_audit::emit_sysctl(&host).as_bytes())?;
+                let empty = tcpdoctor::model::Snapshot::default();
+                let host = report.host.primary().unwrap_or(&empty);
+                out.write_all(analyze::sysctl_audit::emit_sysctl(host).as_bytes())?;
             } else if s.json {
                 render::check::write_json(&mut out, &report)?;
             } else {

@@ -413,6 +413,22 @@ fn promtool() -> Option<&'static str> {
     ok.then_some("promtool")
 }
 
+/// `promtool check rules FILE` or `promtool test rules FILE` (bounded); fails the test
+/// with promtool's output unless it succeeds.
+fn promtool_rules(promtool: &str, verb: &str, file: &Path) {
+    let out = run_bounded(
+        Command::new(promtool).args([verb, "rules"]).arg(file),
+        Duration::from_secs(60),
+    )
+    .expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool {verb} rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `promtool check metrics` on the body: valid exposition, and no lint complaints.
 fn promtool_check_metrics(body: &str) {
     let Some(promtool) = promtool() else {
@@ -1096,17 +1112,7 @@ fn dashboard_queries_use_exported_metrics_and_parse() {
     }
     let file = tmp.0.join("dashboard_rules.yml");
     std::fs::write(&file, rules).expect("write rules");
-    let out = run_bounded(
-        Command::new(promtool).arg("check").arg("rules").arg(&file),
-        Duration::from_secs(60),
-    )
-    .expect("promtool");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_rules(promtool, "check", &file);
 }
 
 #[test]
@@ -1196,17 +1202,7 @@ tests:
     );
     let file = tmp.0.join("alerts_test.yml");
     std::fs::write(&file, test).expect("write test");
-    let out = run_bounded(
-        Command::new(promtool).arg("test").arg("rules").arg(&file),
-        Duration::from_secs(60),
-    )
-    .expect("promtool");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_rules(promtool, "test", &file);
 }
 
 #[test]
@@ -1256,6 +1252,8 @@ fn serve_all_namespaces_labels_each_namespace() {
     // the sockets are in another.
     let home = Netns::new("servehome");
     let other = Netns::new("serveother");
+    // 100 ephemeral ports there: its 6 clients (FIN_WAIT2) hold 6 of them.
+    other.sysctl("net.ipv4.ip_local_port_range", "40000 40099");
     let farm = other.spawn_farm(&[
         "--listen",
         "127.0.0.1:5000",
@@ -1296,6 +1294,14 @@ fn serve_all_namespaces_labels_each_namespace() {
     assert!(
         s.must("tcpdoctor_netns_read", &[]) >= 3.0,
         "host, home, other"
+    );
+    // Against that namespace's own range, not the home namespace's default one.
+    assert_eq!(
+        s.must(
+            "tcpdoctor_netns_ephemeral_ports_headroom",
+            &[("netns", other.name())]
+        ),
+        94.0
     );
     // The leak's process is in the per-process series (comm/pid only).
     let wpid = farm.ready.workers[0].pid.to_string();

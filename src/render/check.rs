@@ -5,9 +5,9 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::{state_paint, Paint, Style, JSON_SCHEMA_VERSION};
+use super::{state_paint, JsonCounts, Paint, Style, JSON_SCHEMA_VERSION};
 use crate::cmd::check::CheckReport;
-use crate::model::{Finding, Notice, Severity, StateCounts, TcpState};
+use crate::model::{Finding, Notice, Severity, Snapshot, StateCounts, TcpState};
 
 /// Evidence lines shown per finding without --verbose.
 const EVIDENCE_SHOWN: usize = 4;
@@ -48,7 +48,8 @@ pub fn write_human(
     style: Style,
     verbose: bool,
 ) -> io::Result<()> {
-    let snap = r.host.primary().cloned().unwrap_or_default();
+    let empty = Snapshot::default();
+    let snap = r.host.primary().unwrap_or(&empty);
     let total = r.host.summary().total();
     let source = snap.source.map_or("?", |s| s.name());
     let interval = snap
@@ -127,16 +128,16 @@ fn write_namespaces(
     style: Style,
     verbose: bool,
 ) -> io::Result<()> {
-    let mut rows: Vec<&crate::model::Snapshot> = r.host.namespaces.iter().collect();
+    fn name(s: &Snapshot) -> Option<&str> {
+        s.netns.as_ref().map(|n| n.name.as_str())
+    }
+    let mut rows: Vec<&Snapshot> = r.host.namespaces.iter().collect();
     rows.sort_by(|a, b| {
         b.summary
             .total()
             .total()
             .cmp(&a.summary.total().total())
-            .then_with(|| {
-                let name = |s: &crate::model::Snapshot| s.netns.as_ref().map(|n| n.name.clone());
-                name(a).cmp(&name(b))
-            })
+            .then_with(|| name(a).cmp(&name(b)))
     });
     let shown = if verbose {
         rows.len()
@@ -267,19 +268,13 @@ struct JsonNamespace<'a> {
     counts: JsonCounts,
 }
 
-#[derive(Serialize)]
-struct JsonCounts {
-    ipv4: StateCounts,
-    ipv6: StateCounts,
-    total: StateCounts,
-}
-
 pub fn status(findings: &[Finding]) -> Option<Severity> {
     findings.iter().map(|f| f.severity).max()
 }
 
 pub fn write_json(out: &mut impl Write, r: &CheckReport) -> io::Result<()> {
-    let s = r.host.primary().cloned().unwrap_or_default();
+    let empty = Snapshot::default();
+    let s = r.host.primary().unwrap_or(&empty);
     let total = r.host.summary();
     let doc = JsonReport {
         schema_version: JSON_SCHEMA_VERSION,
@@ -288,11 +283,7 @@ pub fn write_json(out: &mut impl Write, r: &CheckReport) -> io::Result<()> {
         taken_at_unix_ms: s.taken_at_unix_ms,
         source: s.source.map(|x| x.name()),
         status: status(&r.findings).map_or("ok", |v| v.name()),
-        counts: JsonCounts {
-            ipv4: total.ipv4,
-            ipv6: total.ipv6,
-            total: total.total(),
-        },
+        counts: JsonCounts::from(&total),
         counter_interval_ms: s.counters.as_ref().map(|c| c.interval_ms),
         netns_scope: if r.host.all_namespaces {
             "all"
@@ -306,11 +297,7 @@ pub fn write_json(out: &mut impl Write, r: &CheckReport) -> io::Result<()> {
             .map(|n| JsonNamespace {
                 info: n.netns.as_ref(),
                 source: n.source.map(|x| x.name()),
-                counts: JsonCounts {
-                    ipv4: n.summary.ipv4,
-                    ipv6: n.summary.ipv6,
-                    total: n.summary.total(),
-                },
+                counts: JsonCounts::from(&n.summary),
             })
             .collect(),
         findings: &r.findings,

@@ -782,6 +782,16 @@ mod tests {
     };
     use std::net::IpAddr;
 
+    /// One namespace's snapshot, no findings.
+    fn render_one(s: &Snapshot) -> String {
+        render(&Exposition {
+            host: None,
+            snapshot: Some(s),
+            findings: &[],
+            stats: stats(),
+        })
+    }
+
     fn stats() -> CollectionStats {
         CollectionStats {
             collections: 3,
@@ -881,12 +891,7 @@ mod tests {
     #[test]
     fn every_state_and_family_is_present_with_zeros() {
         let s = snapshot();
-        let text = render(&Exposition {
-            host: None,
-            snapshot: Some(&s),
-            findings: &[],
-            stats: stats(),
-        });
+        let text = render_one(&s);
         let socket_lines: Vec<_> = lines(&text)
             .into_iter()
             .filter(|l| l.starts_with("tcpdoctor_sockets{"))
@@ -900,12 +905,7 @@ mod tests {
     #[test]
     fn top_n_folds_the_rest_into_other_and_never_shows_command_lines() {
         let s = snapshot();
-        let text = render(&Exposition {
-            host: None,
-            snapshot: Some(&s),
-            findings: &[],
-            stats: stats(),
-        });
+        let text = render_one(&s);
         assert!(text
             .contains("tcpdoctor_process_close_wait_sockets{comm=\"web\\\"app\",pid=\"10\"} 5\n"));
         assert!(text.contains("tcpdoctor_process_close_wait_sockets{comm=\"db\",pid=\"11\"} 3\n"));
@@ -925,12 +925,7 @@ mod tests {
     #[test]
     fn port_and_fd_headroom_use_the_rule_math() {
         let s = snapshot();
-        let text = render(&Exposition {
-            host: None,
-            snapshot: Some(&s),
-            findings: &[],
-            stats: stats(),
-        });
+        let text = render_one(&s);
         // 100 ports in the range, 10 reserved: 90 usable, 30 used.
         assert!(text.contains("tcpdoctor_ephemeral_ports_usable 90\n"));
         assert!(text.contains("tcpdoctor_ephemeral_ports_used{local_ip=\"10.0.0.1\",destination=\"10.0.0.7:5432\"} 30\n"));
@@ -974,15 +969,17 @@ mod tests {
             !text.contains("tcpdoctor_tcp_outrsts_total"),
             "absent, not zero"
         );
-        for r in RULES {
+        for id in RULES
+            .iter()
+            .map(|r| r.id)
+            .chain(HOST_RULES.iter().map(|r| r.id))
+        {
             for sev in ["info", "warning", "critical"] {
                 assert!(
                     text.contains(&format!(
-                        "tcpdoctor_finding{{rule=\"{}\",severity=\"{sev}\"}} ",
-                        r.id
+                        "tcpdoctor_finding{{rule=\"{id}\",severity=\"{sev}\"}} "
                     )),
-                    "{} {sev}",
-                    r.id
+                    "{id} {sev}"
                 );
             }
         }
@@ -992,6 +989,68 @@ mod tests {
         assert!(text.contains("tcpdoctor_collections_total 3\n"));
         assert!(text.contains("tcpdoctor_collection_duration_seconds 0.25\n"));
         assert!(text.contains("tcpdoctor_collection_timestamp_seconds 1700000000.5\n"));
+    }
+
+    #[test]
+    fn namespaces_are_ranked_folded_and_judged_against_their_own_range() {
+        use crate::model::{NetnsInfo, NetnsKind};
+        let ns = |name: &str, established: u64, port_range: &str, used: u64| {
+            let mut s = Snapshot {
+                netns: Some(NetnsInfo {
+                    inode: name.len() as u64,
+                    name: name.into(),
+                    kind: NetnsKind::IpNetns,
+                    current: false,
+                    container: None,
+                    ip_netns: vec![name.into()],
+                    processes: 1,
+                    first_pid: Some(1),
+                }),
+                ..Snapshot::default()
+            };
+            for _ in 0..established {
+                s.summary.ipv4.add(TcpState::Established);
+            }
+            s.sysctls
+                .insert("net.ipv4.ip_local_port_range".into(), port_range.into());
+            let mut counts = StateCounts::default();
+            for _ in 0..used {
+                counts.add(TcpState::Established);
+            }
+            s.sockets.port_use.push(PortUse {
+                local_ip: ep("10.0.0.1:0").address,
+                remote: ep("10.0.0.7:5432"),
+                counts,
+                sample_owner: None,
+                usable: None,
+            });
+            s
+        };
+        let host = HostSnapshot {
+            namespaces: vec![
+                ns("a", 5, "40000 40099", 5),
+                ns("bb", 9, "32768 60999", 9),
+                ns("ccc", 2, "40000 40009", 2),
+            ],
+            all_namespaces: true,
+            missing: Vec::new(),
+        };
+        let merged = host.merged();
+        let text = render(&Exposition {
+            host: Some(&host),
+            snapshot: Some(&merged),
+            findings: &[],
+            stats: stats(), // top 2
+        });
+        assert!(text.contains("tcpdoctor_netns_read 3\n"));
+        assert!(text.contains("tcpdoctor_netns_sockets{netns=\"bb\",state=\"established\"} 9\n"));
+        assert!(text.contains("tcpdoctor_netns_sockets{netns=\"a\",state=\"established\"} 5\n"));
+        assert!(text.contains("tcpdoctor_netns_sockets{netns=\"other\",state=\"established\"} 2\n"));
+        assert!(!text.contains("netns=\"ccc\",state"));
+        // 10 - 2 and 100 - 5 are the least headroom; bb's 28232 - 9 is cut by top 2.
+        assert!(text.contains("tcpdoctor_netns_ephemeral_ports_headroom{netns=\"ccc\"} 8\n"));
+        assert!(text.contains("tcpdoctor_netns_ephemeral_ports_headroom{netns=\"a\"} 95\n"));
+        assert!(!text.contains("tcpdoctor_netns_ephemeral_ports_headroom{netns=\"bb\"}"));
     }
 
     #[test]

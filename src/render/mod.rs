@@ -79,6 +79,24 @@ pub fn state_paint(s: TcpState) -> Option<Paint> {
     }
 }
 
+/// State counts as every JSON document shows them: IPv4, IPv6 and their sum.
+#[derive(serde::Serialize)]
+pub struct JsonCounts {
+    ipv4: crate::model::StateCounts,
+    ipv6: crate::model::StateCounts,
+    total: crate::model::StateCounts,
+}
+
+impl From<&crate::model::StateSummary> for JsonCounts {
+    fn from(s: &crate::model::StateSummary) -> JsonCounts {
+        JsonCounts {
+            ipv4: s.ipv4,
+            ipv6: s.ipv6,
+            total: s.total(),
+        }
+    }
+}
+
 /// A small table kept in memory (state summaries, groups). Socket lists use a streaming
 /// renderer instead.
 pub struct Table {

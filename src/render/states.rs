@@ -4,7 +4,7 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::{state_paint, Paint, Style, Table, JSON_SCHEMA_VERSION};
+use super::{state_paint, JsonCounts, Paint, Style, Table, JSON_SCHEMA_VERSION};
 use crate::model::{
     GroupBy, GroupKey, NetnsInfo, Notice, Source, StateCounts, StateSet, StateSummary, TcpState,
 };
@@ -186,13 +186,6 @@ struct JsonNamespace<'a> {
 }
 
 #[derive(Serialize)]
-struct JsonCounts {
-    ipv4: StateCounts,
-    ipv6: StateCounts,
-    total: StateCounts,
-}
-
-#[derive(Serialize)]
 struct JsonGroups {
     by: &'static str,
     total_groups: usize,
@@ -259,11 +252,7 @@ pub fn write_json(out: &mut impl Write, r: &StatesReport) -> io::Result<()> {
         command: "states",
         source: r.source,
         states: r.states.iter().collect(),
-        counts: JsonCounts {
-            ipv4: r.summary.ipv4,
-            ipv6: r.summary.ipv6,
-            total: r.summary.total(),
-        },
+        counts: JsonCounts::from(&r.summary),
         groups,
         netns_scope: if r.netns_all { "all" } else { "selected" },
         namespaces: r
@@ -271,11 +260,7 @@ pub fn write_json(out: &mut impl Write, r: &StatesReport) -> io::Result<()> {
             .iter()
             .map(|n| JsonNamespace {
                 info: &n.info,
-                counts: JsonCounts {
-                    ipv4: n.summary.ipv4,
-                    ipv6: n.summary.ipv6,
-                    total: n.summary.total(),
-                },
+                counts: JsonCounts::from(&n.summary),
             })
             .collect(),
         notices: &r.notices,
