@@ -831,6 +831,26 @@ fn serve_in_netns_reports_the_farm_exactly_over_http() {
         ),
         tw
     );
+    // The farm's clients closed first: every TIME_WAIT is client side.
+    assert_eq!(
+        s.must("tcpdoctor_time_wait_sockets", &[("side", "client")]),
+        tw
+    );
+    assert_eq!(
+        s.must("tcpdoctor_time_wait_sockets", &[("side", "server")]),
+        0.0
+    );
+    // The farm's listener: what sockfarm saw at ready time (it accepts everything).
+    let l = &farm.ready.listeners[0];
+    let at = [("listen", l.addr.as_str())];
+    assert_eq!(
+        s.must("tcpdoctor_listener_accept_queue", &at),
+        l.queued as f64
+    );
+    assert_eq!(
+        s.must("tcpdoctor_listener_backlog", &at),
+        f64::from(l.backlog)
+    );
     let usable = s.must("tcpdoctor_ephemeral_ports_usable", &[]);
     let range = ns.read_sysctl("net.ipv4.ip_local_port_range");
     let bounds: Vec<f64> = range

@@ -110,7 +110,7 @@ fn finding_for(
     );
     let mut evidence = vec![Evidence::new("CLOSE_WAIT never accepted (inode 0)", count)];
     match listener {
-        Some(l) => evidence.push(Evidence::new(
+        Some(l) if l.backlog_known => evidence.push(Evidence::new(
             format!("listener {}", l.local),
             format!(
                 "{} of {} queued ({:.0}%{}), {}",
@@ -118,6 +118,14 @@ fn finding_for(
                 l.backlog,
                 pct(u64::from(l.accept_queue), u64::from(l.backlog.max(1))),
                 if full { ", full" } else { "" },
+                owner_label(s, l.owner)
+            ),
+        )),
+        Some(l) => evidence.push(Evidence::new(
+            format!("listener {}", l.local),
+            format!(
+                "{} queued, backlog unknown (read from /proc/net/tcp), {}",
+                l.accept_queue,
                 owner_label(s, l.owner)
             ),
         )),
@@ -265,6 +273,25 @@ mod tests {
         let f = check(&full, &Thresholds::default());
         assert_eq!(f[0].severity, Severity::Critical);
         assert_eq!(f[0].data["listener"]["full"], true);
+    }
+
+    #[test]
+    fn an_unknown_backlog_is_said_not_computed() {
+        // /proc/net/tcp shows a listener's backlog as 0: no percentage, never "full".
+        let mut s = snapshot(vec![unaccepted(8080, "10.0.0.9", 10)], 2, 0);
+        s.sockets.listeners[0].backlog_known = false;
+        let f = check(&s, &Thresholds::default());
+        let listener = f[0]
+            .evidence
+            .iter()
+            .find(|e| e.label.starts_with("listener"))
+            .expect("listener evidence");
+        assert_eq!(
+            listener.value,
+            "2 queued, backlog unknown (read from /proc/net/tcp), java (pid 42)"
+        );
+        assert_eq!(f[0].severity, Severity::Warning);
+        assert_eq!(f[0].data["listener"]["full"], false);
     }
 
     #[test]

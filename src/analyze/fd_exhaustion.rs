@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::util::{pct, process_label};
 use super::Thresholds;
-use crate::model::{Evidence, FileTable, Finding, Limit, ProcessFacts, Severity, Snapshot};
+use crate::model::{Evidence, Finding, Limit, ProcessFacts, Severity, Snapshot};
 
 pub const ID: &str = "fd_exhaustion";
 
@@ -34,17 +34,6 @@ fn severity_for(share: f64, t: &Thresholds) -> Option<Severity> {
     }
 }
 
-/// `fs.file-nr` is "allocated 0 max"; used when the collector did not fill `file_table`.
-fn file_table(s: &Snapshot) -> Option<FileTable> {
-    if let Some(ft) = s.file_table {
-        return Some(ft);
-    }
-    let mut it = s.sysctl("fs.file-nr")?.split_whitespace();
-    let allocated = it.next()?.parse().ok()?;
-    let max = it.nth(1)?.parse().ok()?;
-    Some(FileTable { allocated, max })
-}
-
 fn nr_open(s: &Snapshot) -> u64 {
     s.sysctl_i64("fs.nr_open")
         .and_then(|v| u64::try_from(v).ok())
@@ -52,7 +41,7 @@ fn nr_open(s: &Snapshot) -> u64 {
 }
 
 fn file_table_finding(s: &Snapshot, t: &Thresholds) -> Option<Finding> {
-    let ft = file_table(s)?;
+    let ft = s.file_table()?;
     if ft.max == 0 {
         return None;
     }
@@ -409,12 +398,9 @@ mod tests {
     }
 
     #[test]
-    fn host_file_table_fires_from_file_table_or_file_nr() {
+    fn host_file_table_fires_from_file_nr() {
         let mut s = snapshot(vec![proc(1, "init", 10, Limit::Value(1024))]);
-        s.file_table = Some(FileTable {
-            allocated: 9_600,
-            max: 10_000,
-        });
+        s.sysctls.insert("fs.file-nr".into(), "9600 0 10000".into());
         let f = check(&s, &Thresholds::default());
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].severity, Severity::Critical);
@@ -439,10 +425,8 @@ mod tests {
         let mut unknown = proc(12, "hidden", 5000, Limit::Value(1024));
         unknown.nofile_soft = None;
         s.processes.insert(12, unknown);
-        s.file_table = Some(FileTable {
-            allocated: 577,
-            max: 2_466_183,
-        });
+        s.sysctls
+            .insert("fs.file-nr".into(), "577 0 2466183".into());
         assert!(check(&s, &Thresholds::default()).is_empty());
         assert!(check(&Snapshot::default(), &Thresholds::default()).is_empty());
     }

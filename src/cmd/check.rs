@@ -2,8 +2,6 @@
 //! when run as root), run the rules, return the report. Collection is in
 //! [`super::collect`].
 
-use std::path::Path;
-
 use crate::analyze;
 use crate::model::{Finding, HostSnapshot};
 use crate::settings::{CheckSettings, Common};
@@ -25,16 +23,17 @@ pub fn run(common: &Common, s: &CheckSettings) -> Result<CheckReport, CmdError> 
     let host = collect_host(common, &selection, false, Counters::Interval(s.interval))?;
     let findings = analyze::run_host(&host, &s.thresholds);
     Ok(CheckReport {
-        hostname: read_trimmed(&common.proc_root.join("sys/kernel/hostname")).unwrap_or_default(),
+        hostname: hostname(common),
         host,
         findings,
     })
 }
 
-fn read_trimmed(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p)
-        .ok()
+/// This host's name (`kernel.hostname`); empty when unreadable.
+pub fn hostname(common: &Common) -> String {
+    std::fs::read_to_string(common.proc_root.join("sys/kernel/hostname"))
         .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Repeated snapshots for long-running views (`watch`, `serve`): each one's counter

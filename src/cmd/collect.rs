@@ -18,9 +18,9 @@ use crate::collect::procfs::{counters, limits, sockstat};
 use crate::collect::sockets::{self, CollectError, SocketQuery, SourcePref};
 use crate::collect::sysctl;
 use crate::model::{
-    parse_port_list, CounterSample, DigestBuilder, FileTable, HostSnapshot, KernelLogEntry, Notice,
-    Owners, ProcessFacts, Snapshot, Socket, Sockstat, Source, StateSet, TcpState,
-    HOST_WIDE_SYSCTLS, PER_NETNS_SYSCTLS,
+    parse_port_list, CounterSample, DigestBuilder, HostSnapshot, KernelLogEntry, Notice, Owners,
+    ProcessFacts, Snapshot, Socket, Sockstat, Source, StateSet, TcpState, HOST_WIDE_SYSCTLS,
+    PER_NETNS_SYSCTLS,
 };
 use crate::settings::Common;
 
@@ -33,6 +33,8 @@ use super::CmdError;
 /// pass with tcp_info is cheaper: each pass walks the whole TCP hash table, which the
 /// namespaces of a host usually share.
 const SPLIT_ABOVE: u64 = 50_000;
+
+const CONNTRACK_MAX: &str = "net.netfilter.nf_conntrack_max";
 
 /// Counter readings kept between samples, per namespace inode.
 pub type CounterHistory = BTreeMap<u64, (Instant, BTreeMap<String, i64>)>;
@@ -225,14 +227,13 @@ pub fn collect_host(
     }
 
     // Host-wide evidence, read once here.
-    let host_sysctls = sysctl::read(root, HOST_WIDE_SYSCTLS);
+    let mut host_sysctls = sysctl::read(root, HOST_WIDE_SYSCTLS);
     let mut host_missing = Vec::new();
-    let kernel_log = kernel_log(root, &mut host_missing);
+    let mut kernel_log = kernel_log(root, &mut host_missing);
+    // Every namespace's conntrack count is compared with this global limit.
+    let conntrack_max = host_sysctls.get(CONNTRACK_MAX).cloned();
 
-    let (owner_data, scan_stats): (Option<Owners>, Option<ScanStats>) = match scan {
-        Some((o, st)) => (Some(o), Some(st)),
-        None => (None, None),
-    };
+    let (owner_data, scan_stats): (Option<Owners>, Option<ScanStats>) = scan.unzip();
     // Facts only for processes in a namespace being reported (or of unknown namespace).
     let selected: Vec<u64> = read.iter().map(|(i, _)| sel.infos[*i].inode).collect();
     let replay = sel.infos.len() == 1 && sel.infos[0].inode == 0;
@@ -285,11 +286,14 @@ pub fn collect_host(
                 snap.processes.insert(pid, f);
             }
         }
+        if let Some(max) = &conntrack_max {
+            sysctls.insert(CONNTRACK_MAX.into(), max.clone());
+        }
         if primary {
-            sysctls.extend(host_sysctls.clone());
-            snap.kernel_log = kernel_log.clone();
-            snap.missing.extend(host_missing.clone());
-            if let Some(st) = scan_stats.as_ref().filter(|_| owner_data.is_some()) {
+            sysctls.extend(std::mem::take(&mut host_sysctls));
+            snap.kernel_log = kernel_log.take();
+            snap.missing.append(&mut host_missing);
+            if let Some(st) = &scan_stats {
                 if st.denied > 0 {
                     snap.missing.push(Notice::new(
                         "fd_counts_partial",
@@ -299,10 +303,7 @@ pub fn collect_host(
             }
         }
         snap.sysctls = sysctls;
-        if primary {
-            snap.file_table = file_table(&snap);
-        }
-        if let Some(st) = scan_stats.as_ref().filter(|_| owner_data.is_some()) {
+        if let Some(st) = &scan_stats {
             let unowned = snap
                 .sockets
                 .close_wait
@@ -396,21 +397,6 @@ pub fn collect_host(
         }
     }
     Ok(host)
-}
-
-fn file_table(snap: &Snapshot) -> Option<FileTable> {
-    let v = snap.sysctl("fs.file-nr")?;
-    let f: Vec<u64> = v
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    match f.as_slice() {
-        [allocated, _, max] => Some(FileTable {
-            allocated: *allocated,
-            max: *max,
-        }),
-        _ => None,
-    }
 }
 
 /// The kernel log: `/dev/kmsg` on a live host, `<proc-root>/kmsg` (one record per line)

@@ -135,16 +135,23 @@ pub fn select(common: &Common, default_all: bool) -> Result<Selection, CmdError>
         NetnsChoice::Default => default_all,
         NetnsChoice::Current => false,
         NetnsChoice::Path(p) => {
-            let inode = std::fs::metadata(p)
-                .map_err(|e| CmdError::Netns(format!("--netns '{}': {e}", p.display())))?
-                .ino();
-            let d = discovery.get(inode).cloned().unwrap_or_else(|| Discovered {
+            let m = std::fs::metadata(p)
+                .map_err(|e| CmdError::Netns(format!("--netns '{}': {e}", p.display())))?;
+            // nsfs files share one device; anything else cannot be entered.
+            let nsfs = std::fs::metadata(proc_root.join("self/ns/net")).map(|n| n.dev());
+            if nsfs.is_ok_and(|dev| dev != m.dev()) {
+                return Err(CmdError::Netns(format!(
+                    "--netns '{}' is not a network namespace file (use /run/netns/NAME or /proc/PID/ns/net)",
+                    p.display()
+                )));
+            }
+            let inode = m.ino();
+            let mut d = discovery.get(inode).cloned().unwrap_or_else(|| Discovered {
                 inode,
                 pids: Vec::new(),
                 ip_netns: Vec::new(),
                 paths: vec![p.clone()],
             });
-            let mut d = d;
             if !d.paths.contains(p) {
                 d.paths.insert(0, p.clone());
             }
@@ -152,17 +159,12 @@ pub fn select(common: &Common, default_all: bool) -> Result<Selection, CmdError>
         }
         NetnsChoice::Pid(pid) => {
             let link = proc_root.join(pid.to_string()).join("ns/net");
-            let inode = std::fs::read_link(&link)
-                .ok()
-                .and_then(|t| {
-                    netns::parse_ns_link(std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str()))
-                })
-                .ok_or_else(|| {
-                    CmdError::Netns(format!(
-                        "--netns {pid}: cannot read '{}' (no such process, or run as root)",
-                        link.display()
-                    ))
-                })?;
+            let inode = netns::ns_link_inode(&link).ok().flatten().ok_or_else(|| {
+                CmdError::Netns(format!(
+                    "--netns {pid}: cannot read '{}' (no such process, or run as root)",
+                    link.display()
+                ))
+            })?;
             let d = discovery.get(inode).cloned().unwrap_or(Discovered {
                 inode,
                 pids: vec![*pid],

@@ -54,10 +54,7 @@ pub fn run(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdErr
         };
         source.get_or_insert(report.source);
         for n in report.notices {
-            if !notices
-                .iter()
-                .any(|m| m.code == n.code && m.message == n.message)
-            {
+            if !notices.contains(&n) {
                 notices.push(n);
             }
         }

@@ -91,10 +91,7 @@ pub fn run(common: &Common, s: &StatesSettings) -> Result<StatesReport, CmdError
         };
         source.get_or_insert(part.report.source);
         for n in part.report.notices {
-            if !notices
-                .iter()
-                .any(|m| m.code == n.code && m.message == n.message)
-            {
+            if !notices.contains(&n) {
                 notices.push(n);
             }
         }

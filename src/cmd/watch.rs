@@ -40,9 +40,7 @@ pub fn run(common: &Common, s: &WatchSettings) -> Result<(), BoxError> {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
     }
     let config = WatchConfig {
-        hostname: std::fs::read_to_string(common.proc_root.join("sys/kernel/hostname"))
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default(),
+        hostname: crate::cmd::check::hostname(common),
         interval: s.interval,
         top: s.top,
         color: common.color,
@@ -84,34 +82,60 @@ fn run_headless(
     let mut app = WatchApp::new(config);
     loop {
         let tick = Instant::now();
-        let at_ms = started.elapsed().as_millis() as u64;
-        let cpu_before = process_cpu();
-        let host = sampler.sample(common)?;
-        let findings = analyze::run_host(&host, &s.thresholds);
-        let snap = host.merged();
-        app.set_namespaces(host.namespaces.len(), host.all_namespaces);
-        app.ingest(at_ms, &snap, findings);
-        view::write_sample_line(out, &app, &snap.missing)?;
+        let (sample, spacing) = take_sample(&mut sampler, common, s, started);
+        let sample = sample?;
+        app.set_namespaces(sample.namespaces.0, sample.namespaces.1);
+        app.set_spacing(spacing);
+        app.ingest(sample.at_ms, &sample.snapshot, sample.findings);
+        view::write_sample_line(out, &app, &sample.snapshot.missing)?;
         out.flush()?;
         if s.samples.is_some_and(|n| app.samples() >= n) {
             return Ok(());
         }
-        let spacing = next_sample_in(
-            s.interval,
-            process_cpu().saturating_sub(cpu_before),
-            s.cpu_budget,
-        );
-        app.set_spacing(spacing);
         if sleep_until(tick + spacing, stop) {
             return Ok(());
         }
     }
 }
 
-/// A sample as the sampling thread hands it over, or why it failed.
-/// (when, all namespaces folded, findings, (namespaces read, all of them), the spacing
-/// of samples in effect).
-type SampleMsg = Result<(u64, Snapshot, Vec<Finding>, (usize, bool), Duration), String>;
+/// One sample as the views use it.
+struct Sample {
+    /// Milliseconds since watching started.
+    at_ms: u64,
+    /// Every namespace folded into one.
+    snapshot: Snapshot,
+    findings: Vec<Finding>,
+    /// (namespaces read, whether that is all of them).
+    namespaces: (usize, bool),
+}
+
+/// Collects and analyzes one sample; also returns when the next one should start
+/// (after the interval, or later to stay within the CPU budget).
+fn take_sample(
+    sampler: &mut Sampler,
+    common: &Common,
+    s: &WatchSettings,
+    started: Instant,
+) -> (Result<Sample, super::CmdError>, Duration) {
+    let at_ms = started.elapsed().as_millis() as u64;
+    let cpu_before = process_cpu();
+    let sample = sampler.sample(common).map(|host| Sample {
+        at_ms,
+        findings: analyze::run_host(&host, &s.thresholds),
+        namespaces: (host.namespaces.len(), host.all_namespaces),
+        snapshot: host.merged(),
+    });
+    let spacing = next_sample_in(
+        s.interval,
+        process_cpu().saturating_sub(cpu_before),
+        s.cpu_budget,
+    );
+    (sample, spacing)
+}
+
+/// A sample as the sampling thread hands it over with the spacing of samples it set, or
+/// why it failed.
+type SampleMsg = Result<(Sample, Duration), String>;
 
 /// CPU time this process has used so far (all threads).
 fn process_cpu() -> Duration {
@@ -150,21 +174,9 @@ fn sampling_loop(
     loop {
         let tick = Instant::now();
         if !paused.load(Ordering::Relaxed) {
-            let at_ms = started.elapsed().as_millis() as u64;
-            let cpu_before = process_cpu();
-            let msg = match sampler.sample(&common) {
-                Ok(host) => {
-                    let findings = analyze::run_host(&host, &s.thresholds);
-                    let scope = (host.namespaces.len(), host.all_namespaces);
-                    Ok((at_ms, host.merged(), findings, scope, spacing))
-                }
-                Err(e) => Err(e.to_string()),
-            };
-            spacing = next_sample_in(
-                s.interval,
-                process_cpu().saturating_sub(cpu_before),
-                s.cpu_budget,
-            );
+            let (sample, next) = take_sample(&mut sampler, &common, &s, started);
+            spacing = next;
+            let msg = sample.map(|v| (v, spacing)).map_err(|e| e.to_string());
             if tx.send(msg).is_err() {
                 return;
             }
@@ -246,10 +258,10 @@ fn ui_loop(
     loop {
         loop {
             match rx.try_recv() {
-                Ok(Ok((at_ms, snap, findings, (n, all), spacing))) => {
-                    app.set_namespaces(n, all);
+                Ok(Ok((sample, spacing))) => {
+                    app.set_namespaces(sample.namespaces.0, sample.namespaces.1);
                     app.set_spacing(spacing);
-                    dirty |= app.ingest(at_ms, &snap, findings);
+                    dirty |= app.ingest(sample.at_ms, &sample.snapshot, sample.findings);
                 }
                 Ok(Err(e)) => {
                     app.record_error(e);

@@ -57,7 +57,9 @@ pub fn parse_ns_link(link: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-fn ns_link_inode(path: &Path) -> io::Result<Option<u64>> {
+/// The namespace a link such as `/proc/PID/ns/net` points to; `Ok(None)` when the link
+/// is not a network namespace.
+pub fn ns_link_inode(path: &Path) -> io::Result<Option<u64>> {
     let target = std::fs::read_link(path)?;
     Ok(parse_ns_link(target.as_os_str().as_bytes()))
 }

@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::netlink::{DumpError, DumpRequest, DumpStats, ParseError, SockDiag};
 use super::procfs::net_tcp;
@@ -58,6 +59,10 @@ pub struct StreamReport {
     pub notices: Vec<Notice>,
 }
 
+/// Set once the kernel refused the both-families request (`TCPDIAG_GETSOCK`), so later
+/// dumps go straight to one request per family.
+static BOTH_REFUSED: AtomicBool = AtomicBool::new(false);
+
 /// Reads every socket that matches `query` and passes it to `visit`, family by family.
 pub fn stream<F: FnMut(&Socket)>(
     query: &SocketQuery,
@@ -89,7 +94,7 @@ pub fn stream<F: FnMut(&Socket)>(
     let mut stats = DumpStats::default();
     // Both families: one walk of the hash table with the older request when the kernel
     // takes it, else one walk per family.
-    let both = query.ipv4 && query.ipv6;
+    let both = query.ipv4 && query.ipv6 && !BOTH_REFUSED.load(Ordering::Relaxed);
     let mut walked = false;
     if both {
         let req = DumpRequest {
@@ -97,11 +102,11 @@ pub fn stream<F: FnMut(&Socket)>(
             states: query.states,
             tcp_info: query.tcp_info,
         };
-        let before = stats.sockets;
         match diag.dump(&req, &mut stats, &mut visit) {
             Ok(()) => walked = true,
-            // Refused before any socket came: ask per family instead.
-            Err(DumpError::Parse(ParseError::Kernel { .. })) if stats.sockets == before => {
+            // Refused before any socket came: ask per family, now and from now on.
+            Err(DumpError::Parse(ParseError::Kernel { .. })) if stats.sockets == 0 => {
+                BOTH_REFUSED.store(true, Ordering::Relaxed);
                 diag = SockDiag::open()?;
             }
             Err(e) => return Err(e.into()),

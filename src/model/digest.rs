@@ -199,9 +199,7 @@ impl DigestBuilder {
                 .cmp(&a.counts.total())
                 .then((a.local_ip, a.remote).cmp(&(b.local_ip, b.remote)))
         });
-        // Destinations with a handful of connections cannot be near exhaustion; keep the
-        // list short so the report and its JSON stay bounded.
-        port_use.truncate(200);
+        port_use.truncate(super::snapshot::PORT_USE_KEPT);
         self.listeners
             .sort_by_key(|l| (l.local.port, l.local.address));
         (

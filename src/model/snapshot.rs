@@ -9,6 +9,10 @@ use serde::Serialize;
 
 use super::{Endpoint, NetnsInfo, Notice, Owner, Source, StateCounts, StateSummary};
 
+/// Destinations kept in [`SocketDigest::port_use`]: a handful of connections cannot be
+/// near exhaustion, and the report and its JSON stay bounded.
+pub const PORT_USE_KEPT: usize = 200;
+
 /// Sysctls that live in each network namespace (6.12 `ipv4_net_table`,
 /// `sysctl_net_core.c`, netfilter's per-netns conntrack table): a new namespace starts
 /// from the kernel default for each, not from the host's value. Everything else
@@ -229,7 +233,6 @@ pub struct Snapshot {
     /// (or could not be read) here.
     pub sysctls: BTreeMap<String, String>,
     pub counters: Option<CounterSample>,
-    pub file_table: Option<FileTable>,
     pub sockstat: Option<Sockstat>,
     /// `None`: the kernel log could not be read (see `missing`).
     pub kernel_log: Option<Vec<KernelLogEntry>>,
@@ -255,15 +258,6 @@ pub struct HostSnapshot {
 }
 
 impl HostSnapshot {
-    /// A run that looked at one namespace.
-    pub fn single(snapshot: Snapshot) -> HostSnapshot {
-        HostSnapshot {
-            namespaces: vec![snapshot],
-            all_namespaces: false,
-            missing: Vec::new(),
-        }
-    }
-
     pub fn primary(&self) -> Option<&Snapshot> {
         self.namespaces.first()
     }
@@ -280,8 +274,10 @@ impl HostSnapshot {
 
     /// All namespaces folded into one snapshot, for views that show the host as a whole
     /// (`watch`, the process and destination series of `serve`): counts, CLOSE_WAIT and
-    /// listener records, TIME_WAIT and port-use tables and processes are combined, and
-    /// counters summed; sysctls, the kernel log and the file table are the primary's.
+    /// listener records, TIME_WAIT tables and processes are combined; port use keeps,
+    /// per destination, the namespace where it is tightest; counters are summed over the
+    /// namespaces that have a rate; sysctls, the kernel log and the file table are the
+    /// primary's.
     pub fn merged(&self) -> Snapshot {
         let Some(primary) = self.primary() else {
             return Snapshot::default();
@@ -296,7 +292,6 @@ impl HostSnapshot {
             source: primary.source,
             summary: self.summary(),
             sysctls: primary.sysctls.clone(),
-            file_table: primary.file_table,
             kernel_log: primary.kernel_log.clone(),
             missing: self.all_missing(),
             owners_known: primary.owners_known,
@@ -304,11 +299,35 @@ impl HostSnapshot {
         };
         let mut sockstat: Option<Sockstat> = None;
         let mut counters: Option<CounterSample> = None;
+        // A namespace sampled for the first time has no rate yet: leave it out of the
+        // summed counters unless no namespace has one (the first sample).
+        let rated = |c: &CounterSample| {
+            c.interval_ms > 0
+                || self
+                    .namespaces
+                    .iter()
+                    .all(|s| s.counters.as_ref().is_none_or(|c| c.interval_ms == 0))
+        };
+        // Each namespace has its own ports: one row per destination, the namespace where
+        // it is tightest (not a sum, which would count ports of different tables).
+        let mut port_use: BTreeMap<(IpAddr, Endpoint), PortUse> = BTreeMap::new();
+        let headroom = |p: &PortUse| {
+            p.usable
+                .unwrap_or(u64::MAX)
+                .saturating_sub(p.counts.total())
+        };
         for s in &self.namespaces {
             let d = &s.sockets;
             m.sockets.close_wait.extend_from_slice(&d.close_wait);
             m.sockets.listeners.extend_from_slice(&d.listeners);
-            m.sockets.port_use.extend(d.port_use.iter().cloned());
+            for p in &d.port_use {
+                match port_use.get(&(p.local_ip, p.remote)) {
+                    Some(old) if headroom(old) <= headroom(p) => {}
+                    _ => {
+                        port_use.insert((p.local_ip, p.remote), p.clone());
+                    }
+                }
+            }
             let tw = &mut m.sockets.time_wait;
             tw.server_side += d.time_wait.server_side;
             tw.client_side += d.time_wait.client_side;
@@ -328,16 +347,16 @@ impl HostSnapshot {
                 m.processes.entry(*pid).or_insert_with(|| p.clone());
             }
             if let Some(st) = s.sockstat {
+                // orphan, alloc and memory are host-wide: the first namespace's.
                 let t = sockstat.get_or_insert(Sockstat {
-                    orphan: st.orphan,
-                    mem_pages: st.mem_pages,
-                    ..Sockstat::default()
+                    inuse: 0,
+                    tw: 0,
+                    ..st
                 });
                 t.inuse += st.inuse;
                 t.tw += st.tw;
-                t.alloc += st.alloc;
             }
-            if let Some(c) = &s.counters {
+            if let Some(c) = s.counters.as_ref().filter(|c| rated(c)) {
                 let t = counters.get_or_insert_with(|| CounterSample {
                     interval_ms: c.interval_ms,
                     ..CounterSample::default()
@@ -350,12 +369,14 @@ impl HostSnapshot {
                 }
             }
         }
+        m.sockets.port_use = port_use.into_values().collect();
         m.sockets.port_use.sort_by(|a, b| {
             b.counts
                 .total()
                 .cmp(&a.counts.total())
                 .then((a.local_ip, a.remote).cmp(&(b.local_ip, b.remote)))
         });
+        m.sockets.port_use.truncate(PORT_USE_KEPT);
         m.sockstat = sockstat;
         m.counters = counters;
         m
@@ -389,6 +410,15 @@ impl Snapshot {
     /// A sysctl that holds one integer.
     pub fn sysctl_i64(&self, key: &str) -> Option<i64> {
         self.sysctl(key)?.trim().parse().ok()
+    }
+
+    /// The system-wide file table from `fs.file-nr` ("allocated 0 max"); only the
+    /// snapshot that carries host-wide evidence has it.
+    pub fn file_table(&self) -> Option<FileTable> {
+        let mut it = self.sysctl("fs.file-nr")?.split_whitespace();
+        let allocated = it.next()?.parse().ok()?;
+        let max = it.nth(1)?.parse().ok()?;
+        Some(FileTable { allocated, max })
     }
 
     /// `ip_local_port_range` as (low, high).
@@ -469,6 +499,65 @@ mod tests {
             vec![(8080, 8080), (9000, 9010)]
         );
         assert_eq!(parse_port_list("x,5-3,70000,7"), vec![(7, 7)]);
+    }
+
+    #[test]
+    fn merging_namespaces_keeps_one_row_per_destination_and_rated_counters() {
+        let ns = |used: u64, usable: u64, overflows: (i64, i64), interval_ms: u64| {
+            let mut s = Snapshot::default();
+            let mut counts = StateCounts::default();
+            for _ in 0..used {
+                counts.add(crate::model::TcpState::Established);
+            }
+            s.sockets.port_use.push(PortUse {
+                local_ip: "127.0.0.1".parse().expect("ip"),
+                remote: Endpoint::new("127.0.0.1".parse().expect("ip"), 6379),
+                counts,
+                sample_owner: None,
+                usable: Some(usable),
+            });
+            s.sockstat = Some(Sockstat {
+                inuse: used,
+                orphan: 3,
+                tw: 1,
+                alloc: 50,
+                mem_pages: 9,
+            });
+            let mut c = CounterSample {
+                interval_ms,
+                ..CounterSample::default()
+            };
+            c.before
+                .insert("TcpExt.ListenOverflows".into(), overflows.0);
+            c.after.insert("TcpExt.ListenOverflows".into(), overflows.1);
+            s.counters = Some(c);
+            s
+        };
+        let host = HostSnapshot {
+            namespaces: vec![
+                ns(10, 28_232, (0, 10), 2000),
+                // Same destination, its own 100-port range: the tightest.
+                ns(60, 100, (5, 25), 2000),
+                // First seen in this sample: no rate yet.
+                ns(1, 28_232, (900, 900), 0),
+            ],
+            all_namespaces: true,
+            missing: Vec::new(),
+        };
+        let m = host.merged();
+        assert_eq!(m.sockets.port_use.len(), 1);
+        assert_eq!(m.sockets.port_use[0].counts.total(), 60);
+        assert_eq!(m.sockets.port_use[0].usable, Some(100));
+        let st = m.sockstat.expect("sockstat");
+        assert_eq!((st.inuse, st.tw), (71, 3), "per namespace: summed");
+        assert_eq!(
+            (st.orphan, st.alloc, st.mem_pages),
+            (3, 50, 9),
+            "host-wide: once"
+        );
+        let c = m.counters.expect("counters");
+        assert_eq!(c.delta("TcpExt.ListenOverflows"), Some(30));
+        assert_eq!(c.rate("TcpExt.ListenOverflows"), Some(15.0));
     }
 
     #[test]

@@ -97,11 +97,6 @@ impl GroupedCounts {
         }
     }
 
-    /// Counts `n` sockets in `state` under `key` without a socket at hand.
-    pub fn add_counts(&mut self, key: GroupKey, counts: &StateCounts) {
-        self.groups.entry(key).or_default().merge(counts);
-    }
-
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()
     }

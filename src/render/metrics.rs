@@ -252,7 +252,10 @@ pub fn render(e: &Exposition<'_>) -> String {
         ephemeral_ports(&mut t, s, top);
         file_descriptors(&mut t, s, top);
         listeners(&mut t, s, top);
-        counters(&mut t, s);
+        // Counters of one namespace only (tcpdoctor's own, the primary): a sum over
+        // namespaces would go down whenever a container exits, which Prometheus reads
+        // as a counter reset.
+        counters(&mut t, e.host.and_then(HostSnapshot::primary).unwrap_or(s));
         findings(&mut t, e.findings);
     }
     t.buf
@@ -381,15 +384,34 @@ fn namespaces(t: &mut Text, h: &HostSnapshot, top: usize) {
         "Network namespaces read in this collection (1 when only tcpdoctor's own was read).",
         h.namespaces.len() as u64,
     );
-    let name_of = |s: &Snapshot| {
-        s.netns
-            .as_ref()
-            .map_or("host".to_string(), |n| n.name.clone())
-    };
+    // One label per namespace. Names can repeat (several "(unnamed)"): those get their
+    // inode too, so no two series share a label set.
+    let names: Vec<String> = h
+        .namespaces
+        .iter()
+        .map(|s| {
+            s.netns
+                .as_ref()
+                .map_or("host".to_string(), |n| n.name.clone())
+        })
+        .collect();
+    let labels: Vec<String> = h
+        .namespaces
+        .iter()
+        .zip(&names)
+        .map(|(s, name)| match &s.netns {
+            Some(n) if names.iter().filter(|x| *x == name).count() > 1 => {
+                format!("{name} net:[{}]", n.inode)
+            }
+            _ => name.clone(),
+        })
+        .collect();
+
     let (rows, _) = rank(
         h.namespaces
             .iter()
-            .map(|s| (name_of(s), s.summary.total().total())),
+            .enumerate()
+            .map(|(i, s)| (i, s.summary.total().total())),
         top,
     );
     let sockets = "tcpdoctor_netns_sockets";
@@ -399,21 +421,17 @@ fn namespaces(t: &mut Text, h: &HostSnapshot, top: usize) {
         "TCP sockets by state in the N network namespaces with the most sockets (netns: container, pod, ip netns name or first process); \"other\" folds the rest.",
     );
     let mut other = crate::model::StateCounts::default();
-    for s in &h.namespaces {
-        let name = name_of(s);
-        if !rows.iter().any(|(n, _)| *n == name) {
+    for (i, s) in h.namespaces.iter().enumerate() {
+        if !rows.iter().any(|(r, _)| *r == i) {
             other.merge(&s.summary.total());
         }
     }
-    for (name, _) in &rows {
-        let mut c = crate::model::StateCounts::default();
-        for s in h.namespaces.iter().filter(|s| name_of(s) == *name) {
-            c.merge(&s.summary.total());
-        }
+    for (i, _) in &rows {
+        let c = h.namespaces[*i].summary.total();
         for st in TcpState::ALL {
             t.sample(
                 sockets,
-                &[("netns", name), ("state", &state_label(st))],
+                &[("netns", &labels[*i]), ("state", &state_label(st))],
                 c.get(st),
             );
         }
@@ -427,17 +445,18 @@ fn namespaces(t: &mut Text, h: &HostSnapshot, top: usize) {
     }
 
     let headroom = "tcpdoctor_netns_ephemeral_ports_headroom";
-    let mut tight: Vec<(u64, String)> = h
+    let mut tight: Vec<(u64, &str)> = h
         .namespaces
         .iter()
-        .filter_map(|s| {
+        .zip(&labels)
+        .filter_map(|(s, label)| {
             let usable = usable_ephemeral_ports(s);
             s.sockets
                 .port_use
                 .iter()
                 .map(|p| p.usable.unwrap_or(usable).saturating_sub(p.counts.total()))
                 .min()
-                .map(|left| (left, name_of(s)))
+                .map(|left| (left, label.as_str()))
         })
         .collect();
     tight.sort();
@@ -447,8 +466,8 @@ fn namespaces(t: &mut Text, h: &HostSnapshot, top: usize) {
         Kind::Gauge,
         "Ephemeral ports left towards the tightest destination of each network namespace, for the N namespaces with the least (absent: no outgoing connections).",
     );
-    for (left, name) in &tight {
-        t.sample(headroom, &[("netns", name)], *left);
+    for (left, label) in &tight {
+        t.sample(headroom, &[("netns", label)], *left);
     }
 }
 
@@ -618,7 +637,7 @@ fn ephemeral_ports(t: &mut Text, s: &Snapshot, top: usize) {
 }
 
 fn file_descriptors(t: &mut Text, s: &Snapshot, top: usize) {
-    if let Some(ft) = s.file_table {
+    if let Some(ft) = s.file_table() {
         t.single(
             "tcpdoctor_file_table_allocated",
             Kind::Gauge,
@@ -777,8 +796,7 @@ fn findings(t: &mut Text, found: &[Finding]) {
 mod tests {
     use super::*;
     use crate::model::{
-        CloseWaitSocket, CounterSample, Endpoint, FileTable, Owner, PortUse, ProcessFacts,
-        StateCounts,
+        CloseWaitSocket, CounterSample, Endpoint, Owner, PortUse, ProcessFacts, StateCounts,
     };
     use std::net::IpAddr;
 
@@ -872,10 +890,8 @@ mod tests {
             .time_wait
             .by_destination
             .insert(ep("10.0.0.7:5432"), 30);
-        s.file_table = Some(FileTable {
-            allocated: 1000,
-            max: 9_223_372_036_854_775_807,
-        });
+        s.sysctls
+            .insert("fs.file-nr".into(), "1000 0 9223372036854775807".into());
         let mut c = CounterSample::default();
         c.after.insert("TcpExt.ListenOverflows".into(), 7);
         c.after.insert("Tcp.ActiveOpens".into(), 100);
@@ -1022,7 +1038,8 @@ mod tests {
                 remote: ep("10.0.0.7:5432"),
                 counts,
                 sample_owner: None,
-                usable: None,
+                // As the digest fills it from the namespace's own range.
+                usable: s.port_range().map(|r| crate::model::usable_ports(r, &[])),
             });
             s
         };
@@ -1051,6 +1068,63 @@ mod tests {
         assert!(text.contains("tcpdoctor_netns_ephemeral_ports_headroom{netns=\"ccc\"} 8\n"));
         assert!(text.contains("tcpdoctor_netns_ephemeral_ports_headroom{netns=\"a\"} 95\n"));
         assert!(!text.contains("tcpdoctor_netns_ephemeral_ports_headroom{netns=\"bb\"}"));
+        // The three namespaces share one destination: one series for it (the tightest
+        // namespace's), not one per namespace.
+        assert_unique_series(&text);
+        assert!(text.contains(
+            "tcpdoctor_ephemeral_ports_headroom{local_ip=\"10.0.0.1\",destination=\"10.0.0.7:5432\"} 8\n"
+        ));
+
+        // Two namespaces with one name: each label gets its inode.
+        let mut twins = host.clone();
+        for s in &mut twins.namespaces[1..] {
+            if let Some(n) = &mut s.netns {
+                n.name = "(unnamed)".into();
+            }
+        }
+        let text = render(&Exposition {
+            host: Some(&twins),
+            snapshot: Some(&twins.merged()),
+            findings: &[],
+            stats: stats(),
+        });
+        assert_unique_series(&text);
+        assert!(text.contains("netns=\"(unnamed) net:[2]\""), "{text}");
+    }
+
+    /// No two samples of one exposition share a name and label set.
+    fn assert_unique_series(text: &str) {
+        let mut seen = std::collections::BTreeSet::new();
+        for l in lines(text).into_iter().filter(|l| !l.starts_with('#')) {
+            let series = l.rsplit_once(' ').map_or(l, |(k, _)| k);
+            assert!(seen.insert(series.to_string()), "twice: {series}");
+        }
+    }
+
+    #[test]
+    fn kernel_counters_come_from_the_primary_namespace_only() {
+        let mut a = snapshot();
+        let mut b = snapshot();
+        for (s, v) in [(&mut a, 7), (&mut b, 1000)] {
+            let c = s.counters.get_or_insert_with(CounterSample::default);
+            c.after.insert("TcpExt.ListenOverflows".into(), v);
+        }
+        let host = HostSnapshot {
+            namespaces: vec![a, b],
+            all_namespaces: true,
+            missing: Vec::new(),
+        };
+        let text = render(&Exposition {
+            host: Some(&host),
+            snapshot: Some(&host.merged()),
+            findings: &[],
+            stats: stats(),
+        });
+        // Not 1007: a sum would drop when the second namespace goes away.
+        assert!(
+            text.contains("tcpdoctor_tcpext_listenoverflows_total 7\n"),
+            "{text}"
+        );
     }
 
     #[test]

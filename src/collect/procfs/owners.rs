@@ -284,7 +284,9 @@ fn scan_shard(
         out.fd_counts.push(ProcessFds {
             pid,
             open_fds: fds,
-            netns: netns_inode(&pid_dir.join("ns/net")),
+            netns: crate::collect::netns::ns_link_inode(&pid_dir.join("ns/net"))
+                .ok()
+                .flatten(),
         });
         if out.found.len() > before {
             out.processes.push(read_process(&pid_dir, pid, fds));
@@ -322,18 +324,6 @@ pub fn read_process(pid_dir: &Path, pid: u32, open_fds: u64) -> Process {
         cmdline,
         open_fds,
     }
-}
-
-/// The inode of a namespace link (`net:[4026531840]`), e.g. `/proc/PID/ns/net`.
-pub fn netns_inode(link: &Path) -> Option<u64> {
-    let target = std::fs::read_link(link).ok()?;
-    let digits = target
-        .as_os_str()
-        .as_bytes()
-        .strip_prefix(b"net:[")?
-        .strip_suffix(b"]")?
-        .to_vec();
-    parse_u64(&digits)
 }
 
 /// `socket:[12345]` -> 12345.
