@@ -71,7 +71,6 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
     };
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(256 * 1024, stdout.lock());
-    let mut err = io::stderr().lock();
     let mut code = exit::OK;
     match action {
         Action::Check(s) => {
@@ -99,9 +98,8 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
             return Ok(exit::OK);
         }
         Action::Serve(s) => {
-            // The server logs from its worker threads: release stdout and stderr.
+            // The server logs from its worker threads: release stdout.
             drop(out);
-            drop(err);
             cmd::serve::run(&common, &s)?;
             return Ok(exit::OK);
         }
@@ -112,7 +110,7 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
             } else {
                 render::states::write_human(&mut out, &report, style)?;
                 out.flush()?;
-                render::write_notices(&mut err, &report.notices, err_style)?;
+                render::write_notices(&mut io::stderr().lock(), &report.notices, err_style)?;
             }
         }
         Action::Sockets(s) => {
@@ -122,6 +120,9 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
             } else {
                 render::sockets::write_human(&mut out, &report, style)?;
                 out.flush()?;
+                // stderr is locked only here, after collection: worker threads may write
+                // to it while a command runs (TCPDOCTOR_DEBUG).
+                let mut err = io::stderr().lock();
                 render::sockets::write_summary_line(&mut err, &report)?;
                 render::write_notices(&mut err, &report.notices, err_style)?;
             }

@@ -43,6 +43,7 @@ pub fn hostname(common: &Common) -> String {
 pub struct Sampler {
     history: CounterHistory,
     by_process: bool,
+    containers: netns::ContainerCache,
 }
 
 impl Sampler {
@@ -60,7 +61,7 @@ impl Sampler {
     /// Collects a snapshot of every selected namespace. The first sample's counter
     /// deltas are zero (nothing to compare).
     pub fn sample(&mut self, common: &Common) -> Result<HostSnapshot, CmdError> {
-        let selection = netns::select(common, true)?;
+        let selection = netns::select_cached(common, true, &mut self.containers)?;
         collect_host(
             common,
             &selection,

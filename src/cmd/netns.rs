@@ -1,5 +1,7 @@
 //! Which network namespaces a command reads (`--netns`), and what each is called.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -103,6 +105,21 @@ fn bare_current(inode: u64) -> NetnsInfo {
 /// Resolves `--netns` for a command. `default_all`: what no `--netns` means (all for
 /// check/watch/serve, current for states/sockets).
 pub fn select(common: &Common, default_all: bool) -> Result<Selection, CmdError> {
+    select_cached(common, default_all, &mut ContainerCache::default())
+}
+
+/// The container of each namespace seen so far, by inode. A namespace keeps its
+/// container for life, so repeated selections (`watch`, `serve`) identify each one
+/// once instead of re-reading cgroups and runtime state every sample.
+#[derive(Debug, Default)]
+pub struct ContainerCache(BTreeMap<u64, Option<Container>>);
+
+/// [`select`], reusing and updating `cache`.
+pub fn select_cached(
+    common: &Common,
+    default_all: bool,
+    cache: &mut ContainerCache,
+) -> Result<Selection, CmdError> {
     let proc_root = common.proc_root.as_path();
     let live = proc_root == Path::new("/proc");
     let mut notices = Vec::new();
@@ -122,7 +139,18 @@ pub fn select(common: &Common, default_all: bool) -> Result<Selection, CmdError>
     let current = discovery.current;
     let privileged = can_enter_namespaces(proc_root);
     let roots = RuntimeRoots::host();
-    let info_of = |d: &Discovered| describe(proc_root, d, current, &roots);
+    // Forget namespaces that are gone; identify new ones on first sight.
+    cache.0.retain(|inode, _| discovery.get(*inode).is_some());
+    let cache = RefCell::new(cache);
+    let info_of = |d: &Discovered| {
+        let known = cache.borrow().0.get(&d.inode).cloned();
+        let container = known.unwrap_or_else(|| {
+            let c = identify(proc_root, d, &roots);
+            cache.borrow_mut().0.insert(d.inode, c.clone());
+            c
+        });
+        describe(proc_root, d, current, container)
+    };
     let current_info = || -> NetnsInfo {
         match current.and_then(|c| discovery.get(c)) {
             Some(d) => info_of(d),
@@ -323,16 +351,10 @@ fn name_matches(info: &NetnsInfo, name: &str) -> bool {
 
 /// Names a namespace: container or pod from its processes' cgroups, else its ip netns
 /// name, else "host" for the current one, else its first process.
-fn describe(
-    proc_root: &Path,
-    d: &Discovered,
-    current: Option<u64>,
-    roots: &RuntimeRoots,
-) -> NetnsInfo {
-    let is_current = Some(d.inode) == current;
-    // The first few processes: in a pod the first is usually the sandbox ("pause").
-    let container: Option<Container> = d
-        .pids
+/// The container or pod that owns a namespace, from the cgroups of its first processes
+/// (in a pod the first is usually the sandbox, "pause").
+fn identify(proc_root: &Path, d: &Discovered, roots: &RuntimeRoots) -> Option<Container> {
+    d.pids
         .iter()
         .take(3)
         .find_map(|pid| cgroup::identify(proc_root, *pid, roots))
@@ -342,7 +364,16 @@ fn describe(
                 c.name = None;
             }
             c
-        });
+        })
+}
+
+fn describe(
+    proc_root: &Path,
+    d: &Discovered,
+    current: Option<u64>,
+    container: Option<Container>,
+) -> NetnsInfo {
+    let is_current = Some(d.inode) == current;
     let first_pid = d.pids.first().copied();
     let comm = first_pid.and_then(|pid| {
         std::fs::read_to_string(proc_root.join(pid.to_string()).join("comm"))
@@ -430,6 +461,40 @@ mod tests {
             "{}",
             sel.notices[0].message
         );
+    }
+
+    #[test]
+    fn containers_are_identified_once_per_namespace_and_forgotten_when_gone() {
+        use crate::collect::sockets::SourcePref;
+        use crate::model::Runtime;
+        let common = Common {
+            source: SourcePref::Auto,
+            proc_root: "/proc".into(),
+            color: false,
+            threads: 1,
+            netns: NetnsChoice::Current,
+        };
+        let current = netns::discover(Path::new("/proc"), Path::new("/run/netns"))
+            .current
+            .expect("own namespace");
+        let mut cache = ContainerCache::default();
+        // What an earlier sample found for our namespace, and a namespace since gone.
+        let seen = Container {
+            runtime: Runtime::Docker,
+            id: "4f9e2c1a0b3d".repeat(5) + "abcd",
+            name: Some("redis".into()),
+            pod: None,
+        };
+        cache.0.insert(current, Some(seen.clone()));
+        cache.0.insert(1, None);
+        let sel = select_cached(&common, false, &mut cache).expect("select");
+        assert_eq!(
+            sel.infos[0].name, "docker redis",
+            "from the cache, not re-read"
+        );
+        assert_eq!(sel.infos[0].container.as_ref(), Some(&seen));
+        assert!(!cache.0.contains_key(&1));
+        assert!(cache.0.contains_key(&current));
     }
 
     #[test]

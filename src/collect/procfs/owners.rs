@@ -162,16 +162,9 @@ fn bpf_worthwhile(proc_root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// One `TCPDOCTOR_DEBUG` line on stderr. Written to a duplicate of fd 2, not through
-/// `eprintln!`: the scan runs on a worker thread while main may hold the stderr lock
-/// for the whole command, and `eprintln!` would wait for it forever.
+/// One `TCPDOCTOR_DEBUG` line on stderr.
 fn debug_line(msg: &str) {
-    use std::io::Write;
-    use std::os::fd::AsFd;
-    if let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() {
-        let _ =
-            std::fs::File::from(fd).write_all(format!("tcpdoctor: owner scan: {msg}\n").as_bytes());
-    }
+    eprintln!("tcpdoctor: owner scan: {msg}");
 }
 
 /// The /proc pass: every process under `proc_root`, split over `threads` threads.
