@@ -33,7 +33,7 @@ pub fn check(s: &Snapshot, _t: &Thresholds) -> Vec<Finding> {
         .into_iter()
         .map(|((ip, port), sockets)| {
             let listener = listener_for(s, ip, port);
-            let full = listener.is_some_and(queue_full);
+            let full = listener.is_some_and(ListenerSocket::is_full);
             (
                 full,
                 sockets.len(),
@@ -60,10 +60,6 @@ fn listener_for(s: &Snapshot, ip: IpAddr, port: u16) -> Option<&ListenerSocket> 
         .or_else(|| on_port().find(|l| l.local.address.is_unspecified()))
 }
 
-fn queue_full(l: &ListenerSocket) -> bool {
-    l.backlog_known && l.accept_queue > 0 && l.accept_queue >= l.backlog
-}
-
 fn finding_for(
     s: &Snapshot,
     ip: IpAddr,
@@ -73,7 +69,7 @@ fn finding_for(
 ) -> Finding {
     let local = Endpoint::new(ip, port);
     let count = sockets.len() as u64;
-    let full = listener.is_some_and(queue_full);
+    let full = listener.is_some_and(ListenerSocket::is_full);
     let severity = if full {
         Severity::Critical
     } else {
@@ -185,7 +181,7 @@ fn finding_for(
                 "port": l.local.port,
                 "accept_queue": l.accept_queue,
                 "backlog": l.backlog,
-                "full": queue_full(l),
+                "full": l.is_full(),
                 "pid": l.owner.map(|o| o.pid),
                 "comm": l.owner.and_then(|o| s.process(o.pid)).map(|p| p.comm.clone()),
             })),

@@ -10,18 +10,14 @@ use std::net::IpAddr;
 
 use serde_json::json;
 
-use super::util::{counter, counter_interval_ms, owner_label, pct, TIME_WAIT_S};
+use super::util::{
+    counter, counter_interval_ms, owner_label, pct, unreserved_listeners_in, widened_port_range,
+    PORT_RANGE_DEFAULT, TIME_WAIT_S,
+};
 use super::Thresholds;
 use crate::model::{parse_port_list, Evidence, Finding, PortUse, Severity, Snapshot, TcpState};
 
 pub const ID: &str = "ephemeral_port_exhaustion";
-
-/// The kernel's default `ip_local_port_range` (since 4.2), assumed when it is not visible.
-const DEFAULT_RANGE: (u16, u16) = (32768, 60999);
-
-/// The range suggested when widening: even start, odd end (the kernel prefers different
-/// parity), clear of the well-known and most registered service ports below 15000.
-const WIDE_RANGE: (u16, u16) = (15000, 64999);
 
 /// Destinations shown in the evidence.
 const TOP: usize = 5;
@@ -34,7 +30,7 @@ pub use crate::model::usable_ports;
 /// with it.
 pub fn usable_ephemeral_ports(s: &Snapshot) -> u64 {
     let reserved = parse_port_list(s.sysctl("net.ipv4.ip_local_reserved_ports").unwrap_or(""));
-    usable_ports(s.port_range().unwrap_or(DEFAULT_RANGE), &reserved)
+    usable_ports(s.port_range().unwrap_or(PORT_RANGE_DEFAULT), &reserved)
 }
 
 /// What the numbers are for one destination.
@@ -56,7 +52,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
         return Vec::new();
     }
     let range_seen = s.port_range();
-    let range = range_seen.unwrap_or(DEFAULT_RANGE);
+    let range = range_seen.unwrap_or(PORT_RANGE_DEFAULT);
     let reserved_text = s.sysctl("net.ipv4.ip_local_reserved_ports").unwrap_or("");
     let reserved = parse_port_list(reserved_text);
     let range_size = u64::from(range.1 - range.0) + 1;
@@ -161,7 +157,9 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
             "sockets other than TIME_WAIT where tcp_tw_reuse applies (their TIME_WAIT ports can be taken over)",
         ));
     }
-    let listeners_in_range = listening_ports_within(s, range, &reserved);
+    let listeners_in_range = unreserved_listeners_in(s, range.0, range.1)
+        .into_keys()
+        .collect::<Vec<u16>>();
     if !listeners_in_range.is_empty() {
         evidence.push(Evidence::new(
             "listening ports inside the range, not reserved",
@@ -173,15 +171,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
         "Each outgoing connection takes a local port from ip_local_port_range that only has to be unique for its (source IP, destination IP, destination port), so this host has {usable} ports for every such pair. A port stays taken while the connection is open and for 60 s more in TIME_WAIT when this host closes first, so one destination absorbs at most ~{max_new_per_s:.0} new connections per second. Once none is left, connect() fails at once with EADDRNOTAVAIL (\"Cannot assign requested address\") without sending a SYN, so Tcp.AttemptFails (attempts that failed after the SYN) does not count it: look for that error in the logs of {worst_who}."
     );
 
-    let fix = fix(
-        s,
-        worst,
-        range,
-        reserved_text,
-        &reserved,
-        tw_reuse,
-        timestamps,
-    );
+    let fix = fix(s, worst, range, reserved_text, tw_reuse, timestamps);
 
     vec![Finding {
         rule_id: ID,
@@ -284,20 +274,6 @@ fn state_breakdown(e: &PortUse) -> String {
 
 /// Local listening ports inside `range` that are not reserved (connect() skips ports a
 /// bind() holds, and a service started later may find its port taken).
-fn listening_ports_within(s: &Snapshot, range: (u16, u16), reserved: &[(u16, u16)]) -> Vec<u16> {
-    let mut ports: Vec<u16> = s
-        .sockets
-        .listeners
-        .iter()
-        .map(|l| l.local.port)
-        .filter(|p| (range.0..=range.1).contains(p))
-        .filter(|p| !reserved.iter().any(|(a, b)| (*a..=*b).contains(p)))
-        .collect();
-    ports.sort_unstable();
-    ports.dedup();
-    ports
-}
-
 fn join_ports(ports: &[u16]) -> String {
     ports
         .iter()
@@ -311,7 +287,6 @@ fn fix(
     worst: &DestinationUse,
     range: (u16, u16),
     reserved_text: &str,
-    reserved: &[(u16, u16)],
     tw_reuse: Option<i64>,
     timestamps: Option<i64>,
 ) -> Vec<String> {
@@ -325,13 +300,9 @@ fn fix(
         "Spread the load: ports run out per (source IP, destination IP, destination port), so another source IP on this host, or another destination IP or port for the same service (more backend listeners), adds a full range each.".to_string(),
         "If the application binds a source IP before connect(), set IP_BIND_ADDRESS_NO_PORT on the socket (Linux 4.2+): without it bind(ip, 0) takes a port for all destinations and fails with EADDRINUSE long before any one destination is full.".to_string(),
     ];
-    if range.0 > WIDE_RANGE.0 || range.1 < WIDE_RANGE.1 {
-        let lo = range.0.min(WIDE_RANGE.0);
-        let mut hi = range.1.max(WIDE_RANGE.1);
-        if lo % 2 == hi % 2 && hi > lo {
-            hi -= 1;
-        }
-        let in_new: Vec<u16> = listening_ports_within(s, (lo, hi), reserved);
+    let (lo, hi) = widened_port_range(range);
+    if (lo, hi) != range {
+        let in_new: Vec<u16> = unreserved_listeners_in(s, lo, hi).into_keys().collect();
         let reserve = match (reserved_text.trim(), in_new.is_empty()) {
             (_, true) => "and list any service port inside it in net.ipv4.ip_local_reserved_ports".to_string(),
             ("", false) => format!(
@@ -465,7 +436,8 @@ mod tests {
     fn wider_range_suggestion_reserves_listening_ports_inside_it() {
         let mut s = snapshot(vec![port_use("10.0.0.5", 5432, counts(0, 27_000))]);
         s.sockets.listeners.push(ListenerSocket {
-            local: Endpoint::new("0.0.0.0".parse().expect("ip"), 20000),
+            // Outside today's range, inside the widened one.
+            local: Endpoint::new("0.0.0.0".parse().expect("ip"), 62000),
             accept_queue: 0,
             backlog: 511,
             backlog_known: true,
@@ -476,9 +448,9 @@ mod tests {
         assert!(
             f[0].fix
                 .iter()
-                .any(|l| l.contains("ip_local_port_range=\"15000 64999\"")
+                .any(|l| l.contains("ip_local_port_range=\"32768 65535\"")
                     && l.contains(
-                        "ip_local_reserved_ports=8080,40000-40999,50000,49990-50010,20000"
+                        "ip_local_reserved_ports=8080,40000-40999,50000,49990-50010,62000"
                     )),
             "{:?}",
             f[0].fix

@@ -8,7 +8,7 @@
 
 use serde_json::json;
 
-use super::util::{counter, counter_interval_ms, owner_label, pct, CounterReading};
+use super::util::{counter, counter_interval_ms, owner_label, CounterReading};
 use super::Thresholds;
 use crate::model::{Evidence, Finding, ListenerSocket, Severity, Snapshot};
 
@@ -24,25 +24,6 @@ struct Backed<'a> {
     full: bool,
 }
 
-/// The kernel drops when the queue holds more than `backlog` (sk_acceptq_is_full());
-/// `ss` can show backlog + 1. Reaching the backlog is treated as full.
-fn queue_state(l: &ListenerSocket) -> (f64, bool) {
-    if !l.backlog_known {
-        return (0.0, false);
-    }
-    let full = l.accept_queue > 0 && l.accept_queue >= l.backlog;
-    let used = if l.backlog == 0 {
-        if full {
-            100.0
-        } else {
-            0.0
-        }
-    } else {
-        pct(u64::from(l.accept_queue), u64::from(l.backlog))
-    };
-    (used, full)
-}
-
 pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
     let overflows = counter(s, "TcpExt.ListenOverflows");
     let drops = counter(s, "TcpExt.ListenDrops");
@@ -53,7 +34,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
         .listeners
         .iter()
         .filter_map(|l| {
-            let (used_pct, full) = queue_state(l);
+            let (used_pct, full) = (l.fill_pct().unwrap_or(0.0), l.is_full());
             (full || used_pct >= t.accept_queue_warn_pct).then_some(Backed {
                 listener: l,
                 used_pct,

@@ -3,11 +3,14 @@
 //! what was found into a proposed /etc/sysctl.d file. Reads only the snapshot; writes
 //! nothing anywhere.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde_json::{json, Map, Value};
 
-use super::util::{owner_label, pct};
+use super::util::{
+    owner_label, pct, tw_buckets_default, unreserved_listeners_in, widened_port_range,
+    PORT_RANGE_DEFAULT, PORT_RANGE_FLOOR,
+};
 use super::Thresholds;
 use crate::model::{parse_port_list, Evidence, Finding, Severity, Snapshot, TcpState};
 
@@ -19,10 +22,6 @@ const KEEPALIVE_TIME_DEFAULT: i64 = 7200;
 const SYN_RETRIES_DEFAULT: i64 = 6;
 const SYNACK_RETRIES_DEFAULT: i64 = 5;
 const SOMAXCONN_DEFAULT: i64 = 4096;
-const PORT_RANGE_DEFAULT: (u16, u16) = (32768, 60999);
-/// Where a widened ephemeral range should start at the lowest: most services listen
-/// below it.
-const PORT_RANGE_FLOOR: u16 = 10000;
 
 /// Knobs that live in each network namespace; a new namespace starts from the kernel
 /// default for each.
@@ -195,11 +194,6 @@ fn timestamps(s: &Snapshot) -> Option<Problem> {
 
 /// The kernel default for tcp_max_tw_buckets: half the established hash. A negative
 /// tcp_ehash_entries means a namespace sharing the host's table of that size.
-fn tw_buckets_default(s: &Snapshot) -> Option<u64> {
-    let ehash = s.sysctl_i64("net.ipv4.tcp_ehash_entries")?.unsigned_abs();
-    (ehash > 0).then_some(ehash / 2)
-}
-
 fn max_tw_buckets(s: &Snapshot) -> Option<Problem> {
     let v = u64::try_from(s.sysctl_i64("net.ipv4.tcp_max_tw_buckets")?).ok()?;
     // Without tcp_ehash_entries the default (memory-dependent) is unknown: say nothing.
@@ -356,30 +350,6 @@ fn abort_on_overflow(s: &Snapshot) -> Option<Problem> {
     p.fix.push("If the accept queue really overflows, raise the application's listen backlog together with net.core.somaxconn and make it accept faster (see listen_overflow).".into());
     p.data.insert("listen_overflows".into(), json!(overflows));
     Some(p)
-}
-
-/// Listening ports inside the ephemeral range and not reserved, with one owner each.
-fn unreserved_listeners_in(s: &Snapshot, lo: u16, hi: u16) -> BTreeMap<u16, String> {
-    let reserved = s
-        .sysctl("net.ipv4.ip_local_reserved_ports")
-        .map(parse_port_list)
-        .unwrap_or_default();
-    let mut out = BTreeMap::new();
-    for l in &s.sockets.listeners {
-        let port = l.local.port;
-        if port < lo || port > hi || reserved.iter().any(|(a, b)| (*a..=*b).contains(&port)) {
-            continue;
-        }
-        let label = owner_label(s, l.owner);
-        out.entry(port)
-            .and_modify(|e: &mut String| {
-                if e == "unknown process" {
-                    e.clone_from(&label);
-                }
-            })
-            .or_insert(label);
-    }
-    out
 }
 
 fn port_range_overlap(s: &Snapshot) -> Option<Problem> {
@@ -777,10 +747,7 @@ fn emit_port_range(
     let badly_chosen = lo % 2 == hi % 2 || lo < PORT_RANGE_FLOOR;
     let (mut nlo, mut nhi) = (lo, hi);
     if outgoing || badly_chosen {
-        // Start no lower than the floor (service ports live below it) and no higher than
-        // the default start; end at 65535. Even start + odd end = different parity.
-        nlo = lo.clamp(PORT_RANGE_FLOOR, PORT_RANGE_DEFAULT.0) & !1;
-        nhi = u16::MAX;
+        (nlo, nhi) = widened_port_range((lo, hi));
     }
     if (nlo, nhi) != (lo, hi) {
         let mut comment = vec![format!(

@@ -13,7 +13,10 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::util::{counter, counter_interval_ms, pct, per_second_over_time_wait, CounterReading};
+use super::util::{
+    counter, counter_interval_ms, pct, per_second_over_time_wait, tw_buckets_default,
+    CounterReading,
+};
 use super::Thresholds;
 use crate::model::{Evidence, Finding, Severity, Snapshot, TcpState};
 
@@ -79,12 +82,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
         .sysctl_i64("net.ipv4.tcp_max_tw_buckets")
         .and_then(|v| u64::try_from(v).ok());
     let share = limit.filter(|l| *l > 0).map(|l| pct(buckets_used, l));
-    // Kernel default: half the established hash (tcp_set_hashinfo()); a negative
-    // tcp_ehash_entries means a netns sharing the host's table, same size.
-    let default_limit = s
-        .sysctl_i64("net.ipv4.tcp_ehash_entries")
-        .map(|e| e.unsigned_abs() / 2)
-        .filter(|d| *d > 0);
+    let default_limit = tw_buckets_default(s);
     let lowered = matches!((limit, default_limit), (Some(l), Some(d)) if l < d);
     let overflow = counter(s, "TcpExt.TCPTimeWaitOverflow");
     let interval_ms = counter_interval_ms(s);

@@ -1,6 +1,8 @@
 //! Small helpers shared by rules: percentages, process labels.
 
-use crate::model::{Owner, Snapshot};
+use std::collections::BTreeMap;
+
+use crate::model::{parse_port_list, Owner, Snapshot};
 
 /// `part` as a percentage of `whole` (0 when `whole` is 0).
 pub fn pct(part: u64, whole: u64) -> f64 {
@@ -120,9 +122,65 @@ pub fn sorted_counts<K: Ord>(pairs: impl IntoIterator<Item = (K, u64)>) -> Vec<(
     v
 }
 
+/// Listening ports inside the ephemeral range and not reserved, with one owner each.
+pub fn unreserved_listeners_in(s: &Snapshot, lo: u16, hi: u16) -> BTreeMap<u16, String> {
+    let reserved = s
+        .sysctl("net.ipv4.ip_local_reserved_ports")
+        .map(parse_port_list)
+        .unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for l in &s.sockets.listeners {
+        let port = l.local.port;
+        if port < lo || port > hi || reserved.iter().any(|(a, b)| (*a..=*b).contains(&port)) {
+            continue;
+        }
+        let label = owner_label(s, l.owner);
+        out.entry(port)
+            .and_modify(|e: &mut String| {
+                if e == "unknown process" {
+                    e.clone_from(&label);
+                }
+            })
+            .or_insert(label);
+    }
+    out
+}
+
+/// The kernel's default tcp_max_tw_buckets: half the established hash
+/// (`tcp_set_hashinfo()`); a negative tcp_ehash_entries means a namespace sharing the
+/// host's table, same size. `None` when unknown.
+pub fn tw_buckets_default(s: &Snapshot) -> Option<u64> {
+    let ehash = s.sysctl_i64("net.ipv4.tcp_ehash_entries")?.unsigned_abs();
+    (ehash > 0).then_some(ehash / 2)
+}
+
+/// The kernel's default `ip_local_port_range` (since 4.2), assumed when it is not visible.
+pub const PORT_RANGE_DEFAULT: (u16, u16) = (32768, 60999);
+
+/// Where a widened ephemeral range should start at the lowest: most services listen
+/// below it.
+pub const PORT_RANGE_FLOOR: u16 = 10000;
+
+/// The `ip_local_port_range` tcpdoctor proposes instead of `current` when more ports are
+/// needed: start no lower than the floor and no higher than the default start, made even;
+/// end at 65535. Even start and odd end: the different parity the kernel prefers.
+pub fn widened_port_range(current: (u16, u16)) -> (u16, u16) {
+    (
+        current.0.clamp(PORT_RANGE_FLOOR, PORT_RANGE_DEFAULT.0) & !1,
+        u16::MAX,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn widened_ranges_start_between_floor_and_default_with_different_parity() {
+        assert_eq!(widened_port_range((32768, 60999)), (32768, 65535));
+        assert_eq!(widened_port_range((1024, 65535)), (10000, 65535));
+        assert_eq!(widened_port_range((15001, 64999)), (15000, 65535));
+    }
 
     #[test]
     fn top_counts_orders_by_count_then_value() {

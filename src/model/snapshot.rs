@@ -116,6 +116,32 @@ pub struct ListenerSocket {
     pub owner: Option<Owner>,
 }
 
+impl ListenerSocket {
+    /// Whether the accept queue is full. The kernel drops when it holds more than the
+    /// backlog (sk_acceptq_is_full()); `ss` can show backlog + 1, and reaching the
+    /// backlog is treated as full. Never full when the backlog is unknown.
+    pub fn is_full(&self) -> bool {
+        self.backlog_known && self.accept_queue > 0 && self.accept_queue >= self.backlog
+    }
+
+    /// The accept queue as a percentage of the backlog (100 for a full zero backlog);
+    /// `None` when the backlog is unknown.
+    pub fn fill_pct(&self) -> Option<f64> {
+        if !self.backlog_known {
+            return None;
+        }
+        Some(if self.backlog == 0 {
+            if self.is_full() {
+                100.0
+            } else {
+                0.0
+            }
+        } else {
+            f64::from(self.accept_queue) * 100.0 / f64::from(self.backlog)
+        })
+    }
+}
+
 /// Sockets that hold a local port from ip_local_port_range towards one destination.
 /// Ephemeral ports are unique per (source ip, destination ip, destination port).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
