@@ -679,3 +679,26 @@ fn header_shows_when_the_cpu_cap_spaces_samples_out() {
         .to_string();
     assert!(line.contains("(CPU cap; --max-cpu)"), "{line}");
 }
+
+#[test]
+fn headless_lines_name_a_process_whose_close_wait_fell_to_zero() {
+    let mut app = app_after(2);
+    // nginx (5151) closed its 3 CLOSE_WAIT sockets but still runs: its trend stays,
+    // with its name.
+    let mut s = sample(2);
+    s.sockets
+        .close_wait
+        .retain(|c| c.owner.map(|o| o.pid) != Some(5151));
+    app.ingest(2 * STEP_MS, &s, findings());
+    let mut out = Vec::new();
+    tcpdoctor::render::watch::write_sample_line(&mut out, &app, &[]).expect("line");
+    let line: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    let nginx = line["close_wait"]
+        .as_array()
+        .expect("close_wait")
+        .iter()
+        .find(|t| t["pid"] == 5151)
+        .unwrap_or_else(|| panic!("nginx trend kept: {line:#}"));
+    assert_eq!(nginx["current"], 0);
+    assert_eq!(nginx["comm"], "nginx");
+}

@@ -44,6 +44,8 @@ pub fn run(common: &Common, s: &WatchSettings) -> Result<(), BoxError> {
         interval: s.interval,
         top: s.top,
         color: common.color,
+        port_warn_pct: s.thresholds.port_warn_pct,
+        port_critical_pct: s.thresholds.port_critical_pct,
         ..WatchConfig::default()
     };
     if s.headless {

@@ -95,16 +95,23 @@ pub struct WatchConfig {
     pub top: usize,
     pub color: bool,
     pub trend: TrendConfig,
+    /// Port use (% of the usable range) drawn as a warning and as critical: the
+    /// `port_warn_pct` and `port_critical_pct` thresholds of the rules.
+    pub port_warn_pct: f64,
+    pub port_critical_pct: f64,
 }
 
 impl Default for WatchConfig {
     fn default() -> Self {
+        let t = crate::analyze::Thresholds::default();
         WatchConfig {
             hostname: String::new(),
             interval: Duration::from_secs(2),
             top: 10,
             color: true,
             trend: TrendConfig::default(),
+            port_warn_pct: t.port_warn_pct,
+            port_critical_pct: t.port_critical_pct,
         }
     }
 }
@@ -182,6 +189,8 @@ pub struct WatchApp {
     pub(super) namespaces: (usize, bool),
     /// See [`WatchApp::set_spacing`]; `None`: the configured interval.
     pub(super) spacing: Option<std::time::Duration>,
+    /// Process names of the tracked trends, by pid.
+    comms: BTreeMap<u32, String>,
     pub(super) sort: SortKey,
     pub(super) filter: String,
     pub(super) editing_filter: bool,
@@ -203,6 +212,7 @@ impl WatchApp {
             paused: false,
             namespaces: (1, false),
             spacing: None,
+            comms: BTreeMap::new(),
             sort: SortKey::CloseWait,
             filter: String::new(),
             editing_filter: false,
@@ -254,6 +264,14 @@ impl WatchApp {
         }
         self.trend
             .observe(at_ms, &counts, |pid| snap.processes.contains_key(&pid));
+        // Names of every tracked pid, also once its CLOSE_WAIT count fell to zero.
+        let tracked: Vec<u32> = self.trend.trends().iter().map(|t| t.pid).collect();
+        self.comms.retain(|pid, _| tracked.contains(pid));
+        for pid in tracked {
+            if let Some(p) = snap.process(pid) {
+                self.comms.insert(pid, p.comm.clone());
+            }
+        }
         let mut processes: Vec<ProcessRow> = counts
             .iter()
             .map(|(pid, n)| ProcessRow {
@@ -494,6 +512,11 @@ impl WatchApp {
     /// Index of the selected finding.
     pub fn selected(&self) -> usize {
         self.selected
+    }
+
+    /// The name of a process whose CLOSE_WAIT trend is tracked.
+    pub fn comm(&self, pid: u32) -> Option<&str> {
+        self.comms.get(&pid).map(String::as_str)
     }
 
     /// Every tracked CLOSE_WAIT trend, pid order.

@@ -495,9 +495,9 @@ fn draw_ports(frame: &mut Frame, app: &WatchApp, area: Rect, p: &Palette) {
         .iter()
         .take(shown)
         .map(|r| {
-            let style = if r.used_pct >= 80.0 {
+            let style = if r.used_pct >= app.config.port_critical_pct {
                 p.fg(Color::Red).add_modifier(Modifier::BOLD)
-            } else if r.used_pct >= 50.0 {
+            } else if r.used_pct >= app.config.port_warn_pct {
                 p.fg(Color::Yellow)
             } else {
                 Style::new()

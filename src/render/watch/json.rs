@@ -57,12 +57,6 @@ pub fn write_sample_line(
     let Some(v) = app.view() else {
         return Ok(());
     };
-    let comm_of = |pid: u32| {
-        v.processes
-            .iter()
-            .find(|p| p.pid == pid)
-            .map(|p| p.comm.as_str())
-    };
     let line = SampleLine {
         schema_version: JSON_SCHEMA_VERSION,
         command: "watch",
@@ -80,7 +74,7 @@ pub fn write_sample_line(
             .trends()
             .into_iter()
             .map(|t| TrendLine {
-                comm: comm_of(t.pid),
+                comm: app.comm(t.pid),
                 trend: t,
             })
             .collect(),
