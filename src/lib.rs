@@ -7,6 +7,7 @@ pub mod analyze;
 pub mod cli;
 pub mod cmd;
 pub mod collect;
+pub mod live;
 pub mod model;
 pub mod render;
 pub mod settings;

@@ -94,13 +94,13 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
         }
         Action::Watch(s) => {
             drop(out);
-            cmd::watch::run(&common, &s)?;
+            tcpdoctor::live::watch::run(&common, &s)?;
             return Ok(exit::OK);
         }
         Action::Serve(s) => {
             // The server logs from its worker threads: release stdout.
             drop(out);
-            cmd::serve::run(&common, &s)?;
+            tcpdoctor::live::serve::run(&common, &s)?;
             return Ok(exit::OK);
         }
         Action::States(s) => {

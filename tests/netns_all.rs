@@ -44,7 +44,7 @@ fn findings_in<'a>(v: &'a Value, inode: &Value, rule: &str) -> Vec<&'a Value> {
         .as_array()
         .expect("findings")
         .iter()
-        .filter(|f| f["rule_id"] == rule && f["netns"]["inode"] == *inode)
+        .filter(|f| f["rule_id"] == rule && f["namespaces"][0]["inode"] == *inode)
         .collect()
 }
 
@@ -154,7 +154,7 @@ fn check_all_reports_each_namespace_with_its_own_counts_owners_and_findings() {
     let worker = leak_farm.ready.workers[0].pid;
     assert_eq!(f[0]["data"]["pid"], worker, "{:#}", f[0]);
     assert_eq!(f[0]["data"]["count"], 15, "{:#}", f[0]);
-    assert_eq!(f[0]["netns"]["name"], leak.name());
+    assert_eq!(f[0]["namespaces"][0]["name"], leak.name());
     // Its commands point at A: run from the host, they would look at the host otherwise.
     let fix = f[0]["fix"].to_string();
     assert!(
@@ -162,7 +162,7 @@ fn check_all_reports_each_namespace_with_its_own_counts_owners_and_findings() {
         "{fix}"
     );
     assert!(
-        fix.contains(&format!("ip netns exec {} COMMAND", leak.name())),
+        fix.contains(&format!("ip netns exec {} ss -K", leak.name())),
         "{fix}"
     );
 
@@ -208,7 +208,7 @@ fn check_all_reports_each_namespace_with_its_own_counts_owners_and_findings() {
         .as_array()
         .expect("findings")
         .iter()
-        .filter(|f| f["netns"]["inode"] == c["inode"])
+        .filter(|f| f["namespaces"][0]["inode"] == c["inode"])
         .collect();
     assert!(about_c.is_empty(), "{about_c:#?}");
     assert!(code == 1 || code == 2, "warnings at least: {code}");

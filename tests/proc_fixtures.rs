@@ -149,7 +149,7 @@ fn cli_states_replays_captured_host_exactly() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(v["schema_version"], 1);
+    assert_eq!(v["schema_version"], 2);
     assert_eq!(v["source"], "proc");
     let c = &v["counts"];
     let expect4 = [

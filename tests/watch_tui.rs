@@ -14,8 +14,8 @@ use serde_json::json;
 
 use tcpdoctor::analyze::{self, Thresholds};
 use tcpdoctor::model::{
-    CloseWaitSocket, CounterSample, Endpoint, Evidence, Finding, Owner, PortUse, ProcessFacts,
-    Severity, Snapshot, StateCounts, TcpState,
+    CloseWaitSocket, CounterSample, Endpoint, Evidence, Finding, FixStep, Nature, Owner, PortUse,
+    ProcessFacts, Severity, Snapshot, StateCounts, TcpState,
 };
 use tcpdoctor::render::watch::{draw, Key, Overlay, SortKey, WatchApp, WatchConfig};
 
@@ -101,14 +101,14 @@ fn sample(i: u64) -> Snapshot {
                 (TcpState::Established, 20_000),
             ]),
             sample_owner: Some(Owner { pid: 6000, fd: 3 }),
-            usable: None,
+            usable: 28_232,
         },
         PortUse {
             local_ip: ip("10.0.0.1"),
             remote: ep("10.0.0.7", 6379),
             counts: counts(&[(TcpState::TimeWait, 60), (TcpState::Established, 4)]),
             sample_owner: Some(Owner { pid: 5151, fd: 9 }),
-            usable: None,
+            usable: 28_232,
         },
     ];
     s.sysctls
@@ -138,7 +138,9 @@ fn findings() -> Vec<Finding> {
     vec![
         Finding {
             rule_id: "ephemeral_port_exhaustion",
-            netns: None,
+            namespaces: Vec::new(),
+            nature: Nature::Live,
+            proposed: Vec::new(),
             severity: Severity::Critical,
             title: "Ephemeral ports towards 10.0.0.5:5432 from 10.0.0.1 at 80%: 22200 of 28232 used"
                 .to_string(),
@@ -149,24 +151,34 @@ fn findings() -> Vec<Finding> {
             why: "Each outgoing connection takes a local port that only has to be unique per destination."
                 .to_string(),
             fix: vec![
-                "Reuse connections (keep-alive, a pool).".to_string(),
-                "Widen the range: sysctl -w net.ipv4.ip_local_port_range=\"15000 64999\"".to_string(),
+                FixStep::say("Reuse connections (keep-alive, a pool)."),
+                FixStep::run(
+                    "Widen the range",
+                    "sysctl -w net.ipv4.ip_local_port_range=\"15000 64999\"",
+                ),
             ],
             data: json!({}),
         },
         Finding {
             rule_id: "close_wait_leak",
-            netns: None,
+            namespaces: Vec::new(),
+            nature: Nature::Live,
+            proposed: Vec::new(),
             severity: Severity::Warning,
             title: "api-server (pid 4242) leaks CLOSE_WAIT: 30 sockets, oldest idle 40.0s".to_string(),
             evidence: vec![Evidence::new("CLOSE_WAIT sockets", "30")],
             why: "The peer closed its side and api-server never called close().".to_string(),
-            fix: vec!["List them: tcpdoctor sockets --state close-wait --pid 4242 -i".to_string()],
+            fix: vec![FixStep::run(
+                "List them",
+                "tcpdoctor sockets --state close-wait --pid 4242 -i",
+            )],
             data: json!({}),
         },
         Finding {
             rule_id: "sysctl_audit",
-            netns: None,
+            namespaces: Vec::new(),
+            nature: Nature::Live,
+            proposed: Vec::new(),
             severity: Severity::Info,
             title: "tcp_fin_timeout is 30: it does not shorten TIME_WAIT".to_string(),
             evidence: vec![],
@@ -649,10 +661,10 @@ fn header_says_how_many_namespaces_the_samples_cover() {
 fn findings_name_their_namespace() {
     let mut app = WatchApp::new(config());
     let mut f = findings();
-    f[0].netns = Some(tcpdoctor::model::NetnsRef {
+    f[0].namespaces = vec![tcpdoctor::model::NetnsRef {
         inode: 4026532198,
         name: "pod default/web".into(),
-    });
+    }];
     app.ingest(0, &sample(0), f);
     let screen = render(&app, 120, 40);
     assert!(screen.contains("[pod default/web]"), "{screen}");

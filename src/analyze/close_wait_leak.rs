@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::util::{pct, process_label, top_counts};
 use super::Thresholds;
-use crate::model::{CloseWaitSocket, Evidence, Finding, Severity, Snapshot};
+use crate::model::{CloseWaitSocket, Evidence, Finding, FixStep, Nature, Severity, Snapshot};
 
 pub const ID: &str = "close_wait_leak";
 
@@ -78,7 +78,7 @@ fn finding_for(s: &Snapshot, t: &Thresholds, pid: Option<u32>, leak: &Leak) -> O
     if let Some(ms) = oldest_ms {
         evidence.push(Evidence::new(
             "oldest (peer last heard)",
-            crate::render::human_duration_ms(u64::from(ms)),
+            crate::model::units::human_duration_ms(u64::from(ms)),
         ));
     }
     evidence.push(Evidence::new(
@@ -115,11 +115,14 @@ fn finding_for(s: &Snapshot, t: &Thresholds, pid: Option<u32>, leak: &Leak) -> O
         "The peer closed its side (FIN received) and {who} never called close() on these sockets. The kernel has no timer for CLOSE_WAIT: no sysctl, keepalive or timeout ends it; each one holds a file descriptor until the process closes it or exits. {recv_hint}"
     );
     let pid_arg = pid.map_or(String::new(), |p| format!(" --pid {p}"));
-    let mut fix = vec![
-        format!("List them: tcpdoctor sockets --state close-wait{pid_arg} -i"),
-        "Fix the code path that drops connections without close(): close in a finally/defer/with block on every path, errors included.".to_string(),
-        "Pooled HTTP clients: evict idle and expired connections (e.g. Apache HttpClient evictIdleConnections, Go http.Transport IdleConnTimeout) and always consume or close response bodies (Go resp.Body.Close(), Python `with requests.get(...)`, release the entity in Java).".to_string(),
-        "Keep-alive agents (Node.js and similar): set a free-socket / idle timeout shorter than the server's keep-alive timeout so the client closes first.".to_string(),
+    let mut fix: Vec<FixStep> = vec![
+        FixStep::run(
+            "List them",
+            format!("tcpdoctor sockets --state close-wait{pid_arg} -i"),
+        ),
+        FixStep::say("Fix the code path that drops connections without close(): close in a finally/defer/with block on every path, errors included."),
+        FixStep::say("Pooled HTTP clients: evict idle and expired connections (e.g. Apache HttpClient evictIdleConnections, Go http.Transport IdleConnTimeout) and always consume or close response bodies (Go resp.Body.Close(), Python `with requests.get(...)`, release the entity in Java)."),
+        FixStep::say("Keep-alive agents (Node.js and similar): set a free-socket / idle timeout shorter than the server's keep-alive timeout so the client closes first."),
     ];
     // The ss -K filter that covers the most of these sockets.
     let selector = match (local_ports.first(), remotes.first()) {
@@ -130,25 +133,28 @@ fn finding_for(s: &Snapshot, t: &Thresholds, pid: Option<u32>, leak: &Leak) -> O
         _ => None,
     };
     if let Some(sel) = selector {
-        fix.push(format!(
-            "Stopgap only: ss -K state close-wait {sel} destroys the sockets (needs CONFIG_INET_DIAG_DESTROY and CAP_NET_ADMIN); the process still holds the leaked descriptors, so restart it to get them back."
+        fix.push(FixStep::run(
+            "Stopgap only: destroy the sockets (needs CONFIG_INET_DIAG_DESTROY and CAP_NET_ADMIN); the process still holds the leaked descriptors, so restart it to get them back",
+            format!("ss -K state close-wait {sel}"),
         ));
     }
     let title = match oldest_ms {
         Some(ms) => format!(
             "{who} leaks CLOSE_WAIT: {count} sockets, oldest idle {}",
-            crate::render::human_duration_ms(u64::from(ms))
+            crate::model::units::human_duration_ms(u64::from(ms))
         ),
         None => format!("{who} leaks CLOSE_WAIT: {count} sockets"),
     };
     Some(Finding {
         rule_id: ID,
-        netns: None,
+        namespaces: Vec::new(),
+        nature: Nature::Live,
         severity,
         title,
         evidence,
         why,
         fix,
+        proposed: Vec::new(),
         data: json!({
             "pid": pid,
             "comm": proc_facts.map(|p| p.comm.clone()),
@@ -222,7 +228,7 @@ mod tests {
         assert!(
             f[0].fix
                 .iter()
-                .any(|l| l.contains("ss -K state close-wait sport = :41000")),
+                .any(|l| l.mentions("ss -K state close-wait sport = :41000")),
             "{:?}",
             f[0].fix
         );
@@ -243,7 +249,7 @@ mod tests {
         assert!(
             f[0].fix
                 .iter()
-                .any(|l| l.contains("ss -K state close-wait dst 10.0.0.2 dport = :5432")),
+                .any(|l| l.mentions("ss -K state close-wait dst 10.0.0.2 dport = :5432")),
             "{:?}",
             f[0].fix
         );

@@ -13,7 +13,8 @@ use serde_json::json;
 use super::util::{owner_label, pct};
 use super::Thresholds;
 use crate::model::{
-    CloseWaitSocket, Endpoint, Evidence, Finding, ListenerSocket, Severity, Snapshot,
+    CloseWaitSocket, Endpoint, Evidence, Finding, FixStep, ListenerSocket, Nature, Severity,
+    Snapshot,
 };
 
 pub const ID: &str = "close_wait_unaccepted";
@@ -133,7 +134,7 @@ fn finding_for(
     if let Some(ms) = oldest_ms {
         evidence.push(Evidence::new(
             "oldest (client last heard)",
-            crate::render::human_duration_ms(u64::from(ms)),
+            crate::model::units::human_duration_ms(u64::from(ms)),
         ));
     }
     for (peer, n) in &peers {
@@ -165,12 +166,14 @@ fn finding_for(
 
     Finding {
         rule_id: ID,
-        netns: None,
+        namespaces: Vec::new(),
+        nature: Nature::Live,
         severity,
         title,
         evidence,
         why,
-        fix,
+        fix: fix.into_iter().map(FixStep::from).collect(),
+        proposed: Vec::new(),
         data: json!({
             "local_address": ip.to_string(),
             "local_port": port,
@@ -255,7 +258,7 @@ mod tests {
         assert_eq!(f.data["listener"]["pid"], 42);
         assert_eq!(f.data["peers"][0]["address"], "10.0.0.9");
         assert_eq!(f.data["peers"][0]["count"], 3);
-        assert!(f.fix.iter().any(|l| l.contains("jstack 42")));
+        assert!(f.fix.iter().any(|l| l.mentions("jstack 42")));
     }
 
     #[test]

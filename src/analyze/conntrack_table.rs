@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::util::pct;
 use super::Thresholds;
-use crate::model::{Evidence, Finding, Severity, Snapshot, TcpState};
+use crate::model::{Evidence, Finding, FixStep, Nature, Severity, Snapshot, TcpState};
 
 pub const ID: &str = "conntrack_table";
 
@@ -125,12 +125,14 @@ fn finding(s: &Snapshot, t: &Thresholds) -> Option<Finding> {
     }
     Some(Finding {
         rule_id: ID,
-        netns: None,
+        namespaces: Vec::new(),
+        nature: Nature::Live,
         severity,
         title,
         evidence,
         why,
-        fix,
+        fix: fix.into_iter().map(FixStep::from).collect(),
+        proposed: Vec::new(),
         data: json!({
             "count": count,
             "max": max,
@@ -179,8 +181,8 @@ mod tests {
         assert!(f[0]
             .fix
             .iter()
-            .any(|l| l.contains("tcp dport 8080 notrack")));
-        assert!(f[0].fix.iter().any(|l| l.contains("-j NOTRACK")));
+            .any(|l| l.mentions("tcp dport 8080 notrack")));
+        assert!(f[0].fix.iter().any(|l| l.mentions("-j NOTRACK")));
         assert!(f[0].why.contains("never change a socket's state"));
 
         let critical = snapshot("260000", "262144");

@@ -12,26 +12,16 @@ use serde_json::json;
 
 use super::util::{
     counter, counter_interval_ms, owner_label, pct, unreserved_listeners_in, widened_port_range,
-    PORT_RANGE_DEFAULT, TIME_WAIT_S,
 };
 use super::Thresholds;
-use crate::model::{parse_port_list, Evidence, Finding, PortUse, Severity, Snapshot, TcpState};
+use crate::model::{
+    Evidence, Finding, FixStep, Nature, PortRange, PortUse, Severity, Snapshot, TcpState,
+};
 
 pub const ID: &str = "ephemeral_port_exhaustion";
 
 /// Destinations shown in the evidence.
 const TOP: usize = 5;
-
-pub use crate::model::usable_ports;
-
-/// Local ports connect() may use towards one destination on this host: the
-/// `ip_local_port_range` (the kernel default when not visible) minus the reserved ports
-/// inside it. The same number this rule judges against; `watch` and `serve` show headroom
-/// with it.
-pub fn usable_ephemeral_ports(s: &Snapshot) -> u64 {
-    let reserved = parse_port_list(s.sysctl("net.ipv4.ip_local_reserved_ports").unwrap_or(""));
-    usable_ports(s.port_range().unwrap_or(PORT_RANGE_DEFAULT), &reserved)
-}
 
 /// What the numbers are for one destination.
 struct DestinationUse<'a> {
@@ -51,12 +41,11 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
     if s.sockets.port_use.is_empty() {
         return Vec::new();
     }
-    let range_seen = s.port_range();
-    let range = range_seen.unwrap_or(PORT_RANGE_DEFAULT);
+    let ports = s.ephemeral_ports();
+    let range = ports.range;
     let reserved_text = s.sysctl("net.ipv4.ip_local_reserved_ports").unwrap_or("");
-    let reserved = parse_port_list(reserved_text);
-    let range_size = u64::from(range.1 - range.0) + 1;
-    let usable = usable_ports(range, &reserved);
+    let usable = ports.usable();
+    let time_wait_s = s.time_wait_len_s();
     let tw_reuse = s.sysctl_i64("net.ipv4.tcp_tw_reuse");
     let timestamps = s.sysctl_i64("net.ipv4.tcp_timestamps");
 
@@ -79,7 +68,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
     let severity = worst.severity;
     let attempt_fails = counter(s, "Tcp.AttemptFails");
     let interval_ms = counter_interval_ms(s);
-    let max_new_per_s = usable as f64 / TIME_WAIT_S as f64;
+    let max_new_per_s = usable as f64 / time_wait_s as f64;
 
     let worst_who = owner_label(s, worst.entry.sample_owner);
     let more = match flagged.len() {
@@ -100,14 +89,14 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
         "usable ephemeral ports per destination",
         format!(
             "{usable} (ip_local_port_range {}-{}{}, {} reserved inside)",
-            range.0,
-            range.1,
-            if range_seen.is_none() {
+            range.low,
+            range.high,
+            if !ports.range_seen {
                 " assumed: not visible"
             } else {
                 ""
             },
-            range_size - usable
+            ports.reserved_inside()
         ),
     )];
     for d in flagged.iter().take(TOP) {
@@ -131,7 +120,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
         format!("closing rate towards {}", worst.entry.remote),
         format!(
             "~{:.1}/s ({} in TIME_WAIT)",
-            worst.time_wait as f64 / TIME_WAIT_S as f64,
+            worst.time_wait as f64 / time_wait_s as f64,
             worst.time_wait
         ),
     ));
@@ -157,7 +146,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
             "sockets other than TIME_WAIT where tcp_tw_reuse applies (their TIME_WAIT ports can be taken over)",
         ));
     }
-    let listeners_in_range = unreserved_listeners_in(s, range.0, range.1)
+    let listeners_in_range = unreserved_listeners_in(s, range)
         .into_keys()
         .collect::<Vec<u16>>();
     if !listeners_in_range.is_empty() {
@@ -175,16 +164,18 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
 
     vec![Finding {
         rule_id: ID,
-        netns: None,
+        namespaces: Vec::new(),
+        nature: Nature::Live,
         severity,
         title,
         evidence,
         why,
-        fix,
+        fix: fix.into_iter().map(FixStep::from).collect(),
+        proposed: Vec::new(),
         data: json!({
-            "port_range": [range.0, range.1],
-            "port_range_assumed": range_seen.is_none(),
-            "reserved_in_range": range_size - usable,
+            "port_range": [range.low, range.high],
+            "port_range_assumed": !ports.range_seen,
+            "reserved_in_range": ports.reserved_inside(),
             "usable": usable,
             "max_new_per_s": (max_new_per_s * 100.0).round() / 100.0,
             "tcp_tw_reuse": tw_reuse,
@@ -285,7 +276,7 @@ fn join_ports(ports: &[u16]) -> String {
 fn fix(
     s: &Snapshot,
     worst: &DestinationUse,
-    range: (u16, u16),
+    range: PortRange,
     reserved_text: &str,
     tw_reuse: Option<i64>,
     timestamps: Option<i64>,
@@ -300,9 +291,10 @@ fn fix(
         "Spread the load: ports run out per (source IP, destination IP, destination port), so another source IP on this host, or another destination IP or port for the same service (more backend listeners), adds a full range each.".to_string(),
         "If the application binds a source IP before connect(), set IP_BIND_ADDRESS_NO_PORT on the socket (Linux 4.2+): without it bind(ip, 0) takes a port for all destinations and fails with EADDRINUSE long before any one destination is full.".to_string(),
     ];
-    let (lo, hi) = widened_port_range(range);
-    if (lo, hi) != range {
-        let in_new: Vec<u16> = unreserved_listeners_in(s, lo, hi).into_keys().collect();
+    let wide = widened_port_range(range);
+    let (lo, hi) = (wide.low, wide.high);
+    if wide != range {
+        let in_new: Vec<u16> = unreserved_listeners_in(s, wide).into_keys().collect();
         let reserve = match (reserved_text.trim(), in_new.is_empty()) {
             (_, true) => "and list any service port inside it in net.ipv4.ip_local_reserved_ports".to_string(),
             ("", false) => format!(
@@ -351,7 +343,7 @@ mod tests {
             remote: Endpoint::new(remote.parse().expect("ip"), port),
             counts: c,
             sample_owner: Some(Owner { pid: 42, fd: 7 }),
-            usable: None,
+            usable: 28_232,
         }
     }
 
@@ -383,16 +375,16 @@ mod tests {
 
     #[test]
     fn usable_ports_subtract_reserved_inside_only_once() {
-        assert_eq!(usable_ports((32768, 60999), &[]), 28232);
+        let usable = |r: &str, res: &str| {
+            crate::model::EphemeralPorts::from_sysctls(Some(r), Some(res)).usable()
+        };
+        assert_eq!(usable("32768 60999", ""), 28232);
         assert_eq!(
-            usable_ports(
-                (32768, 60999),
-                &[(8080, 8080), (40000, 40999), (50000, 50000), (49990, 50010)]
-            ),
+            usable("32768 60999", "8080,40000-40999,50000,49990-50010"),
             28232 - 1000 - 21
         );
-        assert_eq!(usable_ports((100, 200), &[(50, 150), (140, 160)]), 40);
-        assert_eq!(usable_ports((100, 100), &[(100, 100)]), 0);
+        assert_eq!(usable("100 200", "50-150,140-160"), 40);
+        assert_eq!(usable("100 100", "100"), 0);
     }
 
     #[test]
@@ -428,8 +420,8 @@ mod tests {
              3000 left (crawler (pid 42)); 1 more destinations near the limit"
         );
         assert!(f.why.contains("EADDRNOTAVAIL"));
-        assert!(f.fix.iter().any(|l| l.contains("IP_BIND_ADDRESS_NO_PORT")));
-        assert!(f.fix.iter().any(|l| l.contains("tcp_tw_reuse=1")));
+        assert!(f.fix.iter().any(|l| l.mentions("IP_BIND_ADDRESS_NO_PORT")));
+        assert!(f.fix.iter().any(|l| l.mentions("tcp_tw_reuse=1")));
     }
 
     #[test]
@@ -448,8 +440,8 @@ mod tests {
         assert!(
             f[0].fix
                 .iter()
-                .any(|l| l.contains("ip_local_port_range=\"32768 65535\"")
-                    && l.contains(
+                .any(|l| l.mentions("ip_local_port_range=\"32768 65535\"")
+                    && l.mentions(
                         "ip_local_reserved_ports=8080,40000-40999,50000,49990-50010,62000"
                     )),
             "{:?}",

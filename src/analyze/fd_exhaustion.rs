@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::util::{pct, process_label};
 use super::Thresholds;
-use crate::model::{Evidence, Finding, Limit, ProcessFacts, Severity, Snapshot};
+use crate::model::{Evidence, Finding, FixStep, Limit, Nature, ProcessFacts, Severity, Snapshot};
 
 pub const ID: &str = "fd_exhaustion";
 
@@ -82,7 +82,8 @@ fn file_table_finding(s: &Snapshot, t: &Thresholds) -> Option<Finding> {
     ];
     Some(Finding {
         rule_id: ID,
-        netns: None,
+        namespaces: Vec::new(),
+        nature: Nature::Live,
         severity,
         title: format!(
             "host file table {share:.1}% full: {} of fs.file-max {} allocated",
@@ -90,7 +91,8 @@ fn file_table_finding(s: &Snapshot, t: &Thresholds) -> Option<Finding> {
         ),
         evidence,
         why,
-        fix,
+        fix: fix.into_iter().map(FixStep::from).collect(),
+        proposed: Vec::new(),
         data: json!({
             "scope": "system",
             "allocated": ft.allocated,
@@ -287,12 +289,14 @@ fn group_finding(s: &Snapshot, group: &[Offender]) -> Option<Finding> {
 
     Some(Finding {
         rule_id: ID,
-        netns: None,
+        namespaces: Vec::new(),
+        nature: Nature::Live,
         severity,
         title,
         evidence,
         why,
-        fix,
+        fix: fix.into_iter().map(FixStep::from).collect(),
+        proposed: Vec::new(),
         data: json!({
             "scope": "process",
             "comm": worst.p.comm,
@@ -371,8 +375,8 @@ mod tests {
         assert!(f[0]
             .fix
             .iter()
-            .any(|l| l.contains("for p in 10 11; do prlimit --pid $p --nofile=65536:524288")));
-        assert!(f[0].fix.iter().any(|l| l.contains("LimitNOFILE=65536")));
+            .any(|l| l.mentions("for p in 10 11; do prlimit --pid $p --nofile=65536:524288")));
+        assert!(f[0].fix.iter().any(|l| l.mentions("LimitNOFILE=65536")));
         assert_eq!(f[1].severity, Severity::Warning);
         assert_eq!(f[1].data["worst_pid"], 20);
         assert!(f[1].title.starts_with("java (pid 20)"), "{}", f[1].title);
@@ -394,7 +398,7 @@ mod tests {
         let f = check(&s, &Thresholds::default());
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].data["close_wait"], 600);
-        assert!(f[0].fix[0].contains("tcpdoctor sockets --pid 42 --state close-wait"));
+        assert!(f[0].fix[0].mentions("tcpdoctor sockets --pid 42 --state close-wait"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::json;
 
 use super::Thresholds;
-use crate::model::{Evidence, Finding, KernelLogEntry, Severity, Snapshot};
+use crate::model::{Evidence, Finding, FixStep, KernelLogEntry, Nature, Severity, Snapshot};
 
 pub const ID: &str = "kernel_log";
 
@@ -229,7 +229,7 @@ fn finding(key: &Key, v: &Seen) -> Finding {
             "last printed",
             format!(
                 "{} after boot",
-                crate::render::human_duration_ms(v.last_seen_s.saturating_mul(1000))
+                crate::model::units::human_duration_ms(v.last_seen_s.saturating_mul(1000))
             ),
         ),
         Evidence::new("explains", kind.related_rule()),
@@ -239,12 +239,14 @@ fn finding(key: &Key, v: &Seen) -> Finding {
     }
     Finding {
         rule_id: ID,
-        netns: None,
+        namespaces: Vec::new(),
+        nature: Nature::Live,
         severity,
         title,
         evidence,
         why,
-        fix,
+        fix: fix.into_iter().map(FixStep::from).collect(),
+        proposed: Vec::new(),
         data: json!({
             "kind": kind.name(),
             "pattern": kind.needle(),

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::util::{counter, counter_interval_ms, owner_label, CounterReading};
 use super::Thresholds;
-use crate::model::{Evidence, Finding, ListenerSocket, Severity, Snapshot};
+use crate::model::{Evidence, Finding, FixStep, ListenerSocket, Nature, Severity, Snapshot};
 
 pub const ID: &str = "listen_overflow";
 
@@ -112,12 +112,14 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
 
     vec![Finding {
         rule_id: ID,
-        netns: None,
+        namespaces: Vec::new(),
+        nature: Nature::Live,
         severity,
         title,
         evidence,
         why,
-        fix,
+        fix: fix.into_iter().map(FixStep::from).collect(),
+        proposed: Vec::new(),
         data: json!({
             "listen_overflows": overflows.json(),
             "listen_drops": drops.json(),
@@ -146,7 +148,7 @@ fn title(
     interval_ms: Option<u64>,
 ) -> String {
     let window = interval_ms
-        .map(|ms| format!(" in {}", crate::render::human_duration_ms(ms)))
+        .map(|ms| format!(" in {}", crate::model::units::human_duration_ms(ms)))
         .unwrap_or_default();
     let dropping = match (overflows.delta, overflows.rate) {
         (Some(d), Some(r)) if d > 0 => format!("; {d} connections dropped{window} ({r:.1}/s)"),
@@ -314,10 +316,10 @@ mod tests {
         assert_eq!(f.data["listeners"][0]["port"], 443);
         assert_eq!(f.data["listeners"][0]["full"], true);
         assert_eq!(f.data["listeners"][0]["comm"], "nginx");
-        assert!(f.fix.iter().any(|l| l.contains("listen 443 backlog=4096;")
-            && l.contains("application asked for 511")
-            && l.contains("somaxconn (4096) already allows that")));
-        assert!(f.fix.iter().any(|l| l.contains("tcp_max_syn_backlog")));
+        assert!(f.fix.iter().any(|l| l.mentions("listen 443 backlog=4096;")
+            && l.mentions("application asked for 511")
+            && l.mentions("somaxconn (4096) already allows that")));
+        assert!(f.fix.iter().any(|l| l.mentions("tcp_max_syn_backlog")));
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod util;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Finding, HostSnapshot, NetnsInfo, Snapshot};
+use crate::model::{Finding, FixStep, HostSnapshot, NetnsInfo, Snapshot};
 
 /// Thresholds the rules use. Every field can be set in the TOML config file (see
 /// docs/config.md); percentages are of the limit the rule compares against.
@@ -158,44 +158,58 @@ pub const HOST_RULES: &[HostRule] = &[HostRule {
 /// Runs every rule on one snapshot; findings come back worst first, then in rule order.
 pub fn run(snapshot: &Snapshot, t: &Thresholds) -> Vec<Finding> {
     let mut out: Vec<Finding> = RULES.iter().flat_map(|r| (r.check)(snapshot, t)).collect();
-    // Stable sort keeps rule order within one severity.
-    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    // Stable sort keeps rule order within one rank.
+    out.sort_by_key(Finding::rank);
     out
 }
 
 /// Fix steps are written for the namespace they run in. For a finding about another
-/// namespace: `tcpdoctor` commands get `--netns`, and a last step says how to run the
-/// others (`ss`, `sysctl`) inside it.
-fn point_commands_at(f: &mut Finding, ns: &NetnsInfo) {
+/// namespace each command is pointed at it, so that it works pasted into the user's
+/// shell: `tcpdoctor` commands get `--netns`, others run inside it through
+/// `ip netns exec NAME` or `nsenter -t PID -n`. Steps whose commands are still in
+/// their prose (not in `command`) get one closing step saying where to run them.
+pub fn point_commands_at(f: &mut Finding, ns: &NetnsInfo) {
     let selector = match ns.ip_netns.first() {
         Some(n) => n.clone(),
+        None if ns.first_pid.is_some() && ns.kind != crate::model::NetnsKind::Container => {
+            ns.first_pid.map(|p| p.to_string()).unwrap_or_default()
+        }
         None => format!("'{}'", ns.name.replace('\'', "")),
     };
-    let mut other_commands = false;
+    let enter = match (ns.ip_netns.first(), ns.first_pid) {
+        (Some(n), _) => Some(format!("ip netns exec {n}")),
+        (None, Some(pid)) => Some(format!("nsenter -t {pid} -n")),
+        (None, None) => None,
+    };
+    let mut prose_commands = false;
     for step in &mut f.fix {
-        for cmd in [
-            "tcpdoctor sockets ",
-            "tcpdoctor states ",
-            "tcpdoctor check ",
-        ] {
-            if step.contains(cmd) {
-                *step = step.replace(cmd, &format!("{cmd}--netns {selector} "));
+        if let Some(cmd) = &mut step.command {
+            if let Some(rest) = cmd.strip_prefix("tcpdoctor ") {
+                let (sub, args) = rest.split_once(' ').unwrap_or((rest, ""));
+                *cmd = format!("tcpdoctor {sub} --netns {selector} {args}")
+                    .trim_end()
+                    .to_string();
+            } else {
+                match &enter {
+                    Some(e) => *cmd = format!("{e} {cmd}"),
+                    None => *cmd = format!("nsenter --net=<a file of net:[{}]> {cmd}", ns.inode),
+                }
             }
+        } else {
+            prose_commands |= ["ss ", "sysctl -w", "nstat"]
+                .iter()
+                .any(|c| step.text.contains(c));
         }
-        other_commands |= ["ss ", "sysctl ", "sysctl -w", "nstat"]
-            .iter()
-            .any(|c| step.contains(c));
     }
-    if other_commands {
-        let how = match (ns.ip_netns.first(), ns.first_pid) {
-            (Some(n), _) => format!("ip netns exec {n} COMMAND"),
-            (None, Some(pid)) => format!("nsenter --net=/proc/{pid}/ns/net -- COMMAND"),
-            (None, None) => format!("nsenter --net=<a file of net:[{}]> -- COMMAND", ns.inode),
+    if prose_commands {
+        let how = match &enter {
+            Some(e) => format!("{e} COMMAND"),
+            None => format!("nsenter --net=<a file of net:[{}]> COMMAND", ns.inode),
         };
-        f.fix.push(format!(
+        f.fix.push(FixStep::say(format!(
             "The ss and sysctl commands above act on the network namespace they run in: run them inside {} ({how}). For a container, set sysctls in its spec (Kubernetes securityContext.sysctls, docker run --sysctl); a change made with nsenter is lost when it restarts.",
             ns.name
-        ));
+        )));
     }
 }
 
@@ -204,7 +218,7 @@ fn point_commands_at(f: &mut Finding, ns: &NetnsInfo) {
 /// namespace was looked at, each namespace finding names its namespace. Worst first;
 /// within a severity, by namespace order, then rule order.
 pub fn run_host(host: &HostSnapshot, t: &Thresholds) -> Vec<Finding> {
-    let tag = host.namespaces.len() > 1 || host.all_namespaces;
+    let several = host.namespaces.len() > 1 || host.all_namespaces;
     let mut out = Vec::new();
     for (i, snap) in host.namespaces.iter().enumerate() {
         for rule in RULES {
@@ -212,8 +226,12 @@ pub fn run_host(host: &HostSnapshot, t: &Thresholds) -> Vec<Finding> {
                 continue;
             }
             for mut f in (rule.check)(snap, t) {
-                if let (true, Scope::Namespace, Some(ns)) = (tag, rule.scope, &snap.netns) {
-                    f.netns = Some(ns.to_ref());
+                if let (Scope::Namespace, Some(ns)) = (rule.scope, &snap.netns) {
+                    // Name the namespace when there are several, or when it is not
+                    // the one tcpdoctor runs in; point commands at it in that case.
+                    if several || !ns.current {
+                        f.namespaces = vec![ns.to_ref()];
+                    }
                     if !ns.current {
                         point_commands_at(&mut f, ns);
                     }
@@ -225,26 +243,25 @@ pub fn run_host(host: &HostSnapshot, t: &Thresholds) -> Vec<Finding> {
     for rule in HOST_RULES {
         out.extend((rule.check)(host, t));
     }
-    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    out.sort_by_key(Finding::rank);
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{NetnsKind, Severity};
+    use crate::model::{Nature, NetnsKind, Severity};
 
     fn finding(fix: &[&str]) -> Finding {
-        Finding {
-            rule_id: "close_wait_leak",
-            netns: None,
-            severity: Severity::Warning,
-            title: "t".into(),
-            evidence: Vec::new(),
-            why: String::new(),
-            fix: fix.iter().map(|s| s.to_string()).collect(),
-            data: serde_json::Value::Null,
-        }
+        let mut f = Finding::new("close_wait_leak", Severity::Warning, Nature::Live, "t");
+        f.fix = fix
+            .iter()
+            .map(|s| match s.split_once(": ") {
+                Some((text, cmd)) => FixStep::run(text, cmd),
+                None => FixStep::say(*s),
+            })
+            .collect();
+        f
     }
 
     fn ns(ip: &[&str], pid: Option<u32>) -> NetnsInfo {
@@ -268,21 +285,27 @@ mod tests {
         ]);
         point_commands_at(&mut f, &ns(&[], Some(4242)));
         assert_eq!(
-            f.fix[0],
-            "List them: tcpdoctor sockets --netns 'pod default/web' --state close-wait --pid 9 -i"
+            f.fix[0].command.as_deref(),
+            Some("tcpdoctor sockets --netns 'pod default/web' --state close-wait --pid 9 -i")
         );
-        assert!(
-            f.fix[2].contains("nsenter --net=/proc/4242/ns/net -- COMMAND"),
-            "{}",
-            f.fix[2]
+        assert_eq!(
+            f.fix[1].command.as_deref(),
+            Some("nsenter -t 4242 -n ss -K state close-wait sport = :80")
         );
+        assert_eq!(f.fix.len(), 2, "every command is pointed: no closing note");
 
-        let mut g = finding(&["sysctl -w net.ipv4.tcp_fin_timeout=30"]);
+        let mut g = finding(&["Set: sysctl -w net.ipv4.tcp_fin_timeout=30"]);
         point_commands_at(&mut g, &ns(&["blue"], Some(1)));
+        assert_eq!(
+            g.fix[0].command.as_deref(),
+            Some("ip netns exec blue sysctl -w net.ipv4.tcp_fin_timeout=30")
+        );
+        let mut h = finding(&["then run ss -tan in it"]);
+        point_commands_at(&mut h, &ns(&["blue"], Some(1)));
         assert!(
-            g.fix[1].contains("ip netns exec blue COMMAND"),
+            h.fix[1].text.contains("ip netns exec blue COMMAND"),
             "{}",
-            g.fix[1]
+            h.fix[1].text
         );
     }
 

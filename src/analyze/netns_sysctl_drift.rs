@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::json;
 
 use super::Thresholds;
-use crate::model::{Evidence, Finding, HostSnapshot, NetnsKind, Severity};
+use crate::model::{Evidence, Finding, FixStep, HostSnapshot, Nature, NetnsKind, Severity};
 
 pub const ID: &str = "netns_sysctl_drift";
 
@@ -85,7 +85,8 @@ pub fn check(h: &HostSnapshot, _t: &Thresholds) -> Vec<Finding> {
         }
         out.push(Finding {
             rule_id: ID,
-            netns: None,
+            namespaces: Vec::new(),
+            nature: Nature::Config,
             severity: Severity::Info,
             title: format!(
                 "{n} network namespaces do not use the host's {short} ({host_value})"
@@ -94,12 +95,14 @@ pub fn check(h: &HostSnapshot, _t: &Thresholds) -> Vec<Finding> {
             why: format!(
                 "{key} is set per network namespace. A container's namespace starts from the kernel default, not from the host's value, and /etc/sysctl.conf or /etc/sysctl.d on the host only set the host's own namespace. Tuning that fixed the host does not apply to these containers."
             ),
+            proposed: Vec::new(),
             fix: vec![
-                format!(
+                FixStep::say(format!(
                     "If the host value is the one you want, set it for each container: Kubernetes pod securityContext.sysctls (name: {key}), docker run --sysctl {key}=..., podman run --sysctl."
-                ),
-                format!(
-                    "Check one: nsenter -t <pid of a process in it> -n sysctl {key}"
+                )),
+                FixStep::run(
+                    "Check one",
+                    format!("nsenter -t <pid of a process in it> -n sysctl {key}"),
                 ),
             ],
             data: json!({"sysctl": key, "host": host_value, "differing": data_values}),

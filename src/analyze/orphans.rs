@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::util::{counter, counter_interval_ms, pct};
 use super::Thresholds;
-use crate::model::{Evidence, Finding, Severity, Snapshot, TcpState};
+use crate::model::{Evidence, Finding, FixStep, Nature, Severity, Snapshot, TcpState};
 
 pub const ID: &str = "orphans";
 
@@ -84,7 +84,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
 
     let title = if abort.rising() {
         let window = interval_ms
-            .map(|ms| format!(" in {}", crate::render::human_duration_ms(ms)))
+            .map(|ms| format!(" in {}", crate::model::units::human_duration_ms(ms)))
             .unwrap_or_default();
         format!(
             "Orphaned sockets being reset for lack of memory: {}{window} (TCPAbortOnMemory); {orphans} orphans",
@@ -202,12 +202,14 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
 
     vec![Finding {
         rule_id: ID,
-        netns: None,
+        namespaces: Vec::new(),
+        nature: Nature::Live,
         severity,
         title,
         evidence,
         why,
-        fix,
+        fix: fix.into_iter().map(FixStep::from).collect(),
+        proposed: Vec::new(),
         data: json!({
             "orphans": orphans,
             "orphans_source": source,
@@ -275,7 +277,7 @@ mod tests {
         assert!(f
             .fix
             .iter()
-            .any(|l| l.contains("tcp_orphan_retries=3") && l.contains("now 0, i.e. 8")));
+            .any(|l| l.mentions("tcp_orphan_retries=3") && l.mentions("now 0, i.e. 8")));
     }
 
     #[test]

@@ -8,20 +8,19 @@ use std::collections::BTreeSet;
 use serde_json::{json, Map, Value};
 
 use super::util::{
-    owner_label, pct, tw_buckets_default, unreserved_listeners_in, widened_port_range,
-    PORT_RANGE_DEFAULT, PORT_RANGE_FLOOR,
+    owner_label, pct, unreserved_listeners_in, widened_port_range, PORT_RANGE_FLOOR,
 };
 use super::Thresholds;
-use crate::model::{parse_port_list, Evidence, Finding, Severity, Snapshot, TcpState};
+use crate::model::kernel::{defaults, parse_port_list};
+use crate::model::{Evidence, Finding, FixStep, Nature, PortRange, Severity, Snapshot, TcpState};
 
 pub const ID: &str = "sysctl_audit";
 
-/// Kernel defaults (ip-sysctl.rst of 6.12, and the live 6.18 values in kernel-facts.md).
-const FIN_TIMEOUT_DEFAULT: i64 = 60;
-const KEEPALIVE_TIME_DEFAULT: i64 = 7200;
-const SYN_RETRIES_DEFAULT: i64 = 6;
-const SYNACK_RETRIES_DEFAULT: i64 = 5;
-const SOMAXCONN_DEFAULT: i64 = 4096;
+const FIN_TIMEOUT_DEFAULT: i64 = defaults::FIN_TIMEOUT_S;
+const KEEPALIVE_TIME_DEFAULT: i64 = defaults::KEEPALIVE_TIME_S;
+const SYN_RETRIES_DEFAULT: i64 = defaults::SYN_RETRIES;
+const SYNACK_RETRIES_DEFAULT: i64 = defaults::SYNACK_RETRIES;
+const SOMAXCONN_DEFAULT: i64 = defaults::SOMAXCONN;
 
 /// Knobs that live in each network namespace; a new namespace starts from the kernel
 /// default for each.
@@ -107,12 +106,14 @@ impl Problem {
         data.extend(self.data);
         Finding {
             rule_id: ID,
-            netns: None,
+            namespaces: Vec::new(),
+            nature: Nature::Config,
             severity: self.severity,
             title: self.title,
             evidence,
             why: self.why,
-            fix,
+            fix: fix.into_iter().map(FixStep::from).collect(),
+            proposed: Vec::new(),
             data: Value::Object(data),
         }
     }
@@ -197,7 +198,7 @@ fn timestamps(s: &Snapshot) -> Option<Problem> {
 fn max_tw_buckets(s: &Snapshot) -> Option<Problem> {
     let v = u64::try_from(s.sysctl_i64("net.ipv4.tcp_max_tw_buckets")?).ok()?;
     // Without tcp_ehash_entries the default (memory-dependent) is unknown: say nothing.
-    let default = tw_buckets_default(s)?;
+    let default = s.tw_buckets_default()?;
     if v >= default {
         return None;
     }
@@ -353,20 +354,24 @@ fn abort_on_overflow(s: &Snapshot) -> Option<Problem> {
 }
 
 fn port_range_overlap(s: &Snapshot) -> Option<Problem> {
-    let (lo, hi) = s.port_range()?;
-    let inside = unreserved_listeners_in(s, lo, hi);
+    let PortRange { low: lo, high: hi } = s.port_range()?;
+    let inside = unreserved_listeners_in(s, PortRange { low: lo, high: hi });
     if inside.is_empty() {
         return None;
     }
     // A range that starts below the default was widened by hand and now covers service
     // ports; inside the default range a listener often got its port from bind(0).
-    let severity = if lo < PORT_RANGE_DEFAULT.0 {
+    let severity = if lo < PortRange::KERNEL_DEFAULT.low {
         Severity::Warning
     } else {
         Severity::Info
     };
     let mut p = Problem::new(s, "net.ipv4.ip_local_port_range", severity);
-    p.default = Some(format!("{} {}", PORT_RANGE_DEFAULT.0, PORT_RANGE_DEFAULT.1));
+    p.default = Some(format!(
+        "{} {}",
+        PortRange::KERNEL_DEFAULT.low,
+        PortRange::KERNEL_DEFAULT.high
+    ));
     for (port, who) in inside.iter().take(10) {
         p.evidence.push(Evidence::new(
             "listening inside the range",
@@ -405,7 +410,7 @@ fn port_range_overlap(s: &Snapshot) -> Option<Problem> {
 }
 
 fn port_range_parity(s: &Snapshot) -> Option<Problem> {
-    let (lo, hi) = s.port_range()?;
+    let PortRange { low: lo, high: hi } = s.port_range()?;
     if lo % 2 != hi % 2 {
         return None;
     }
@@ -417,7 +422,11 @@ fn port_range_parity(s: &Snapshot) -> Option<Problem> {
         (lo, hi - 1)
     };
     let mut p = Problem::new(s, "net.ipv4.ip_local_port_range", Severity::Info);
-    p.default = Some(format!("{} {}", PORT_RANGE_DEFAULT.0, PORT_RANGE_DEFAULT.1));
+    p.default = Some(format!(
+        "{} {}",
+        PortRange::KERNEL_DEFAULT.low,
+        PortRange::KERNEL_DEFAULT.high
+    ));
     p.title = format!("ip_local_port_range {lo}-{hi}: start and end have the same parity");
     p.why = "Since 4.2 the kernel splits the range by parity: connect() starts with ports of the start's parity and bind(0) with the other, so the two compete less for the same ports. The kernel documentation asks for a start and end of different parity and prints a warning when they are not; it is a sign of a hand-edited range rather than a failure.".into();
     p.fix.push(format!(
@@ -622,7 +631,7 @@ pub fn emit_sysctl(s: &Snapshot) -> String {
     }
     if let (Some(v), Some(default)) = (
         s.sysctl_i64("net.ipv4.tcp_max_tw_buckets"),
-        tw_buckets_default(s),
+        s.tw_buckets_default(),
     ) {
         if v >= 0 && (v as u64) < default {
             add(
@@ -740,14 +749,15 @@ fn emit_port_range(
     out: &mut String,
     add: &mut impl FnMut(&mut String, &[String], String),
 ) {
-    let Some((lo, hi)) = s.port_range() else {
+    let Some(PortRange { low: lo, high: hi }) = s.port_range() else {
         return;
     };
     let outgoing = s.sockets.time_wait.client_side > 0 || !s.sockets.port_use.is_empty();
     let badly_chosen = lo % 2 == hi % 2 || lo < PORT_RANGE_FLOOR;
     let (mut nlo, mut nhi) = (lo, hi);
     if outgoing || badly_chosen {
-        (nlo, nhi) = widened_port_range((lo, hi));
+        let w = widened_port_range(PortRange { low: lo, high: hi });
+        (nlo, nhi) = (w.low, w.high);
     }
     if (nlo, nhi) != (lo, hi) {
         let mut comment = vec![format!(
@@ -767,7 +777,13 @@ fn emit_port_range(
             format!("net.ipv4.ip_local_port_range = {nlo} {nhi}"),
         );
     }
-    let inside = unreserved_listeners_in(s, nlo, nhi);
+    let inside = unreserved_listeners_in(
+        s,
+        PortRange {
+            low: nlo,
+            high: nhi,
+        },
+    );
     if !inside.is_empty() {
         let ports: Vec<u16> = inside.keys().copied().collect();
         let names: Vec<String> = inside
@@ -952,8 +968,8 @@ mod tests {
 
         let recycle = by_key(&f, "net.ipv4.tcp_tw_recycle")[0];
         assert_eq!(recycle.severity, Severity::Warning);
-        assert!(recycle.fix.iter().any(|l| l.contains("/etc/sysctl.d")));
-        assert!(sc.fix.iter().any(|l| l.contains("per network namespace")));
+        assert!(recycle.fix.iter().any(|l| l.mentions("/etc/sysctl.d")));
+        assert!(sc.fix.iter().any(|l| l.mentions("per network namespace")));
     }
 
     #[test]

@@ -13,12 +13,9 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::util::{
-    counter, counter_interval_ms, pct, per_second_over_time_wait, tw_buckets_default,
-    CounterReading,
-};
+use super::util::{counter, counter_interval_ms, pct, per_second_over_time_wait, CounterReading};
 use super::Thresholds;
-use crate::model::{Evidence, Finding, Severity, Snapshot, TcpState};
+use crate::model::{Evidence, Finding, FixStep, Nature, Severity, Snapshot, TcpState};
 
 pub const ID: &str = "time_wait_pressure";
 
@@ -70,6 +67,7 @@ struct Measured {
     interval_ms: Option<u64>,
     closer: Closer,
     severity: Severity,
+    closes_per_s: f64,
 }
 
 pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
@@ -82,7 +80,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
         .sysctl_i64("net.ipv4.tcp_max_tw_buckets")
         .and_then(|v| u64::try_from(v).ok());
     let share = limit.filter(|l| *l > 0).map(|l| pct(buckets_used, l));
-    let default_limit = tw_buckets_default(s);
+    let default_limit = s.tw_buckets_default();
     let lowered = matches!((limit, default_limit), (Some(l), Some(d)) if l < d);
     let overflow = counter(s, "TcpExt.TCPTimeWaitOverflow");
     let interval_ms = counter_interval_ms(s);
@@ -99,7 +97,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
 
     let digest = &s.sockets.time_wait;
     let closer = closer_of(digest.server_side, digest.client_side);
-    let closes_per_s = per_second_over_time_wait(time_wait);
+    let closes_per_s = per_second_over_time_wait(s, time_wait);
     let listen_ports = top(&digest.by_listen_port);
     let destinations = top(&digest.by_destination);
     let peers = top(&digest.by_peer);
@@ -115,6 +113,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
         interval_ms,
         closer,
         severity,
+        closes_per_s,
     };
     let title = title(&m);
 
@@ -160,12 +159,12 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
     let port_rows = listen_ports.iter().map(|(port, n)| {
         Evidence::new(
             format!("server side, listening port {port}"),
-            count_and_rate(*n),
+            count_and_rate(s, *n),
         )
     });
-    let dest_rows = destinations
-        .iter()
-        .map(|(dst, n)| Evidence::new(format!("client side, towards {dst}"), count_and_rate(*n)));
+    let dest_rows = destinations.iter().map(|(dst, n)| {
+        Evidence::new(format!("client side, towards {dst}"), count_and_rate(s, *n))
+    });
     // The side that closes first most comes first.
     if closer == Closer::Client {
         evidence.extend(dest_rows.chain(port_rows));
@@ -173,7 +172,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
         evidence.extend(port_rows.chain(dest_rows));
     }
     for (ip, n) in &peers {
-        evidence.push(Evidence::new(format!("peer {ip}"), count_and_rate(*n)));
+        evidence.push(Evidence::new(format!("peer {ip}"), count_and_rate(s, *n)));
     }
 
     let why = why(&m);
@@ -181,12 +180,14 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
 
     vec![Finding {
         rule_id: ID,
-        netns: None,
+        namespaces: Vec::new(),
+        nature: Nature::Live,
         severity,
         title,
         evidence,
         why,
-        fix,
+        fix: fix.into_iter().map(FixStep::from).collect(),
+        proposed: Vec::new(),
         data: json!({
             "time_wait": time_wait,
             "sockstat_tw": sockstat_tw,
@@ -202,15 +203,15 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
             "server_side": digest.server_side,
             "client_side": digest.client_side,
             "top_listen_ports": listen_ports.iter().map(|(port, n)| json!({
-                "port": port, "count": n, "per_s": round2(per_second_over_time_wait(*n)),
+                "port": port, "count": n, "per_s": round2(per_second_over_time_wait(s, *n)),
             })).collect::<Vec<_>>(),
             "top_destinations": destinations.iter().map(|(dst, n)| json!({
                 "address": dst.canonical_ip().to_string(), "port": dst.port, "count": n,
-                "per_s": round2(per_second_over_time_wait(*n)),
+                "per_s": round2(per_second_over_time_wait(s, *n)),
             })).collect::<Vec<_>>(),
             "top_peers": peers.iter().map(|(ip, n)| json!({
                 "address": ip.to_string(), "count": n,
-                "per_s": round2(per_second_over_time_wait(*n)),
+                "per_s": round2(per_second_over_time_wait(s, *n)),
             })).collect::<Vec<_>>(),
         }),
     }]
@@ -236,8 +237,8 @@ fn top<K: Ord + Copy>(map: &BTreeMap<K, u64>) -> Vec<(K, u64)> {
     v
 }
 
-fn count_and_rate(n: u64) -> String {
-    format!("{n} (~{:.1}/s)", per_second_over_time_wait(n))
+fn count_and_rate(s: &Snapshot, n: u64) -> String {
+    format!("{n} (~{:.1}/s)", per_second_over_time_wait(s, n))
 }
 
 fn round2(x: f64) -> f64 {
@@ -263,7 +264,7 @@ fn title(m: &Measured) -> String {
     };
     if overflow.rising() {
         let window = interval_ms
-            .map(|ms| format!(" in {}", crate::render::human_duration_ms(ms)))
+            .map(|ms| format!(" in {}", crate::model::units::human_duration_ms(ms)))
             .unwrap_or_default();
         let of = match limit {
             Some(l) => format!("{used} of tcp_max_tw_buckets {l} in use"),
@@ -284,14 +285,14 @@ fn title(m: &Measured) -> String {
         ),
         _ => format!(
             "{time_wait} TIME_WAIT sockets: ~{:.0} connections/s closed first by this host{side}",
-            per_second_over_time_wait(time_wait)
+            m.closes_per_s
         ),
     }
 }
 
 fn why(m: &Measured) -> String {
     let (time_wait, closer, overflow) = (m.time_wait, m.closer, &m.overflow);
-    let closes_per_s = per_second_over_time_wait(time_wait);
+    let closes_per_s = m.closes_per_s;
     let mut why = format!(
         "The side that closes a TCP connection first keeps it in TIME_WAIT for a fixed 60 s (TCP_TIMEWAIT_LEN; no sysctl shortens it on upstream kernels), so {time_wait} entries mean about {closes_per_s:.0} connections per second closed first by this host."
     );
@@ -413,15 +414,15 @@ mod tests {
         assert_eq!(f.data["top_destinations"][0]["count"], 90_000);
         assert_eq!(f.data["top_destinations"][0]["per_s"], 1500.0);
         assert_eq!(f.evidence[f.evidence.len() - 1].label, "peer 10.0.0.5");
-        assert!(f.fix.iter().any(|l| l.contains("keepalive 32;")
-            && l.contains("proxy_set_header Connection \"\";")
-            && l.contains("1.29.7")));
-        assert!(f.fix.iter().any(|l| l.contains("tcp_tw_recycle")));
-        assert!(f.fix.iter().any(|l| l.contains("tcp_fin_timeout")));
+        assert!(f.fix.iter().any(|l| l.mentions("keepalive 32;")
+            && l.mentions("proxy_set_header Connection \"\";")
+            && l.mentions("1.29.7")));
+        assert!(f.fix.iter().any(|l| l.mentions("tcp_tw_recycle")));
+        assert!(f.fix.iter().any(|l| l.mentions("tcp_fin_timeout")));
         assert!(f
             .fix
             .iter()
-            .any(|l| l.contains("tcp_max_tw_buckets=262144")));
+            .any(|l| l.mentions("tcp_max_tw_buckets=262144")));
     }
 
     #[test]
@@ -445,7 +446,7 @@ mod tests {
         assert_eq!(f[0].data["closer"], "server");
         assert_eq!(f[0].data["limit_lowered"], true);
         assert_eq!(f[0].data["default_max_tw_buckets"], 131_072);
-        assert!(f[0].fix[0].contains("Connection: close"));
+        assert!(f[0].fix[0].mentions("Connection: close"));
     }
 
     #[test]

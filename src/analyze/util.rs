@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{parse_port_list, Owner, Snapshot};
+use crate::model::{Owner, PortRange, Snapshot};
+
+pub use crate::model::rank::{sorted_counts, tally as top_counts};
 
 /// `part` as a percentage of `whole` (0 when `whole` is 0).
 pub fn pct(part: u64, whole: u64) -> f64 {
@@ -29,13 +31,10 @@ pub fn owner_label(s: &Snapshot, owner: Option<Owner>) -> String {
     }
 }
 
-/// How long a TIME_WAIT entry lives on upstream Linux: `TCP_TIMEWAIT_LEN` (60 * HZ) in
-/// include/net/tcp.h; no sysctl changes it. Turns a TIME_WAIT count into a closing rate.
-pub const TIME_WAIT_S: u64 = 60;
-
-/// Connections per second implied by `count` TIME_WAIT entries (each lives 60 s).
-pub fn per_second_over_time_wait(count: u64) -> f64 {
-    count as f64 / TIME_WAIT_S as f64
+/// Connections per second implied by `count` TIME_WAIT entries in `s`'s namespace:
+/// each lives [`Snapshot::time_wait_len_s`].
+pub fn per_second_over_time_wait(s: &Snapshot, count: u64) -> f64 {
+    count as f64 / s.time_wait_len_s() as f64
 }
 
 /// One kernel counter as rules report it: the value since boot, its growth between the
@@ -68,7 +67,7 @@ impl CounterReading {
         let mut parts = Vec::new();
         if let Some(d) = self.delta {
             let window = interval_ms
-                .map(|ms| format!(" in {}", crate::render::human_duration_ms(ms)))
+                .map(|ms| format!(" in {}", crate::model::units::human_duration_ms(ms)))
                 .unwrap_or_default();
             match self.rate {
                 Some(r) => parts.push(format!("+{d}{window} ({r:.1}/s)")),
@@ -106,32 +105,13 @@ pub fn counter_interval_ms(s: &Snapshot) -> Option<u64> {
         .filter(|ms| *ms > 0)
 }
 
-/// Distinct values with how often each occurs, biggest count first, ties by value.
-pub fn top_counts<K: Ord + Copy>(items: impl IntoIterator<Item = K>) -> Vec<(K, u64)> {
-    let mut m: std::collections::BTreeMap<K, u64> = std::collections::BTreeMap::new();
-    for k in items {
-        *m.entry(k).or_default() += 1;
-    }
-    sorted_counts(m)
-}
-
-/// (key, count) pairs, biggest count first, ties by key.
-pub fn sorted_counts<K: Ord>(pairs: impl IntoIterator<Item = (K, u64)>) -> Vec<(K, u64)> {
-    let mut v: Vec<(K, u64)> = pairs.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    v
-}
-
 /// Listening ports inside the ephemeral range and not reserved, with one owner each.
-pub fn unreserved_listeners_in(s: &Snapshot, lo: u16, hi: u16) -> BTreeMap<u16, String> {
-    let reserved = s
-        .sysctl("net.ipv4.ip_local_reserved_ports")
-        .map(parse_port_list)
-        .unwrap_or_default();
+pub fn unreserved_listeners_in(s: &Snapshot, range: PortRange) -> BTreeMap<u16, String> {
+    let ports = s.ephemeral_ports();
     let mut out = BTreeMap::new();
     for l in &s.sockets.listeners {
         let port = l.local.port;
-        if port < lo || port > hi || reserved.iter().any(|(a, b)| (*a..=*b).contains(&port)) {
+        if !range.contains(port) || ports.is_reserved(port) {
             continue;
         }
         let label = owner_label(s, l.owner);
@@ -146,17 +126,6 @@ pub fn unreserved_listeners_in(s: &Snapshot, lo: u16, hi: u16) -> BTreeMap<u16, 
     out
 }
 
-/// The kernel's default tcp_max_tw_buckets: half the established hash
-/// (`tcp_set_hashinfo()`); a negative tcp_ehash_entries means a namespace sharing the
-/// host's table, same size. `None` when unknown.
-pub fn tw_buckets_default(s: &Snapshot) -> Option<u64> {
-    let ehash = s.sysctl_i64("net.ipv4.tcp_ehash_entries")?.unsigned_abs();
-    (ehash > 0).then_some(ehash / 2)
-}
-
-/// The kernel's default `ip_local_port_range` (since 4.2), assumed when it is not visible.
-pub const PORT_RANGE_DEFAULT: (u16, u16) = (32768, 60999);
-
 /// Where a widened ephemeral range should start at the lowest: most services listen
 /// below it.
 pub const PORT_RANGE_FLOOR: u16 = 10000;
@@ -164,11 +133,14 @@ pub const PORT_RANGE_FLOOR: u16 = 10000;
 /// The `ip_local_port_range` tcpdoctor proposes instead of `current` when more ports are
 /// needed: start no lower than the floor and no higher than the default start, made even;
 /// end at 65535. Even start and odd end: the different parity the kernel prefers.
-pub fn widened_port_range(current: (u16, u16)) -> (u16, u16) {
-    (
-        current.0.clamp(PORT_RANGE_FLOOR, PORT_RANGE_DEFAULT.0) & !1,
-        u16::MAX,
-    )
+pub fn widened_port_range(current: PortRange) -> PortRange {
+    PortRange {
+        low: current
+            .low
+            .clamp(PORT_RANGE_FLOOR, PortRange::KERNEL_DEFAULT.low)
+            & !1,
+        high: u16::MAX,
+    }
 }
 
 #[cfg(test)]
@@ -177,15 +149,13 @@ mod tests {
 
     #[test]
     fn widened_ranges_start_between_floor_and_default_with_different_parity() {
-        assert_eq!(widened_port_range((32768, 60999)), (32768, 65535));
-        assert_eq!(widened_port_range((1024, 65535)), (10000, 65535));
-        assert_eq!(widened_port_range((15001, 64999)), (15000, 65535));
-    }
-
-    #[test]
-    fn top_counts_orders_by_count_then_value() {
-        assert_eq!(top_counts([3, 1, 3, 2, 1, 3]), vec![(3, 3), (1, 2), (2, 1)]);
-        assert_eq!(top_counts(Vec::<u16>::new()), vec![]);
+        let w = |low, high| {
+            let r = widened_port_range(PortRange { low, high });
+            (r.low, r.high)
+        };
+        assert_eq!(w(32768, 60999), (32768, 65535));
+        assert_eq!(w(1024, 65535), (10000, 65535));
+        assert_eq!(w(15001, 64999), (15000, 65535));
     }
 
     #[test]
@@ -215,6 +185,6 @@ mod tests {
             "+10 in 2.0s (5.0/s), 110 since boot"
         );
         assert_eq!(r.json()["per_s"], 5.0);
-        assert_eq!(per_second_over_time_wait(600), 10.0);
+        assert_eq!(per_second_over_time_wait(&s, 600), 10.0);
     }
 }

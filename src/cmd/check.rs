@@ -3,37 +3,22 @@
 //! [`super::collect`].
 
 use crate::analyze;
-use crate::model::{Finding, HostSnapshot};
+use crate::model::{CheckReport, HostSnapshot};
 use crate::settings::{CheckSettings, Common};
 
 use super::collect::{collect_host, CounterHistory, Counters};
 use super::netns;
 use super::CmdError;
 
-/// What `check` shows.
-#[derive(Debug, Clone)]
-pub struct CheckReport {
-    pub hostname: String,
-    pub host: HostSnapshot,
-    pub findings: Vec<Finding>,
-}
-
 pub fn run(common: &Common, s: &CheckSettings) -> Result<CheckReport, CmdError> {
     let selection = netns::select(common, true)?;
     let host = collect_host(common, &selection, false, Counters::Interval(s.interval))?;
     let findings = analyze::run_host(&host, &s.thresholds);
     Ok(CheckReport {
-        hostname: hostname(common),
+        hostname: crate::collect::sysctl::hostname(&common.proc_root),
         host,
         findings,
     })
-}
-
-/// This host's name (`kernel.hostname`); empty when unreadable.
-pub fn hostname(common: &Common) -> String {
-    std::fs::read_to_string(common.proc_root.join("sys/kernel/hostname"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }
 
 /// Repeated snapshots for long-running views (`watch`, `serve`): each one's counter

@@ -18,9 +18,9 @@ use crate::collect::procfs::{counters, limits, sockstat};
 use crate::collect::sockets::{self, CollectError, SocketQuery, SourcePref};
 use crate::collect::sysctl;
 use crate::model::{
-    parse_port_list, CounterSample, DigestBuilder, HostSnapshot, KernelLogEntry, Notice, Owners,
-    ProcessFacts, Snapshot, Socket, Sockstat, Source, StateSet, TcpState, HOST_WIDE_SYSCTLS,
-    PER_NETNS_SYSCTLS,
+    CounterSample, DigestBuilder, EphemeralPorts, HostSnapshot, KernelLogEntry, Notice, NoticeCode,
+    Owners, ProcessFacts, Snapshot, Socket, Sockstat, Source, StateSet, TcpState,
+    HOST_WIDE_SYSCTLS, PER_NETNS_SYSCTLS,
 };
 use crate::settings::Common;
 
@@ -69,7 +69,7 @@ pub fn read_counters(net_root: &Path, missing: &mut Vec<Notice>) -> Option<BTree
                 all.extend(m);
                 if let Some(e) = errors.first() {
                     missing.push(Notice::new(
-                        "counters_partial",
+                        NoticeCode::CountersPartial,
                         format!(
                             "'{}': {} malformed lines skipped ({e})",
                             path.display(),
@@ -79,7 +79,7 @@ pub fn read_counters(net_root: &Path, missing: &mut Vec<Notice>) -> Option<BTree
                 }
             }
             Err(e) => missing.push(Notice::new(
-                "counters_unavailable",
+                NoticeCode::CountersUnavailable,
                 format!("cannot read '{}': {e}", path.display()),
             )),
         }
@@ -100,14 +100,15 @@ fn collect_ns(
         .ok()
         .and_then(|t| sockstat::parse_tcp(&t));
 
-    let port_range = sysctls
-        .get("net.ipv4.ip_local_port_range")
-        .and_then(|v| crate::model::parse_port_range(v));
-    let reserved = sysctls
-        .get("net.ipv4.ip_local_reserved_ports")
-        .map(|v| parse_port_list(v))
-        .unwrap_or_default();
-    let mut builder = DigestBuilder::new(port_range, reserved);
+    let ports = EphemeralPorts::from_sysctls(
+        sysctls
+            .get("net.ipv4.ip_local_port_range")
+            .map(String::as_str),
+        sysctls
+            .get("net.ipv4.ip_local_reserved_ports")
+            .map(String::as_str),
+    );
+    let mut builder = DigestBuilder::new(ports);
     if by_process {
         builder = builder.count_by_process();
     }
@@ -157,7 +158,7 @@ fn collect_ns(
                 reports.push(r);
             }
             Err(_) => notices.push(Notice::new(
-                "close_wait_unavailable",
+                NoticeCode::CloseWaitUnavailable,
                 "reading CLOSE_WAIT sockets failed (internal error); they are not in this report",
             )),
         }
@@ -175,7 +176,7 @@ fn collect_ns(
         notices.extend(
             r.notices
                 .into_iter()
-                .filter(|n| i == 0 || n.code != "netlink_unavailable"),
+                .filter(|n| i == 0 || n.code != NoticeCode::NetlinkUnavailable),
         );
     }
     Ok(NsPart {
@@ -296,7 +297,7 @@ pub fn collect_host(
             if let Some(st) = &scan_stats {
                 if st.denied > 0 {
                     snap.missing.push(Notice::new(
-                        "fd_counts_partial",
+                        NoticeCode::FdCountsPartial,
                         format!("descriptor counts of {} processes could not be read (run as root to check every process against its limit)", st.denied),
                     ));
                 }
@@ -426,7 +427,7 @@ fn kernel_log(proc_root: &Path, missing: &mut Vec<Notice>) -> Option<Vec<KernelL
                 ""
             };
             missing.push(Notice::new(
-                "kernel_log_unavailable",
+                NoticeCode::KernelLogUnavailable,
                 format!("cannot read the kernel log '{}': {e}{hint}", path.display()),
             ));
             return None;

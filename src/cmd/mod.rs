@@ -4,10 +4,8 @@
 pub mod check;
 pub mod collect;
 pub mod netns;
-pub mod serve;
 pub mod sockets;
 pub mod states;
-pub mod watch;
 
 use crate::collect::sockets::CollectError;
 

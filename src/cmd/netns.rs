@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::collect::cgroup::{self, RuntimeRoots};
 use crate::collect::netns::{self, Discovered, NetnsError, NetnsHandle, Target};
 use crate::collect::sockets::CollectError;
-use crate::model::{name_namespace, Container, NetnsInfo, NetnsKind, Notice};
+use crate::model::{name_namespace, Container, NetnsInfo, NetnsKind, Notice, NoticeCode};
 use crate::settings::{Common, NetnsChoice};
 
 use super::CmdError;
@@ -66,7 +66,7 @@ pub fn take<R>(
         Err(e) => e.to_string(),
     };
     notices.push(Notice::new(
-        "netns_unreadable",
+        NoticeCode::NetnsUnreadable,
         format!("netns {} (net:[{}]) skipped: {why}", info.name, info.inode),
     ));
     Ok(None)
@@ -128,7 +128,7 @@ pub fn select_cached(
         // A replayed capture has one namespace and nothing to enter.
         if !matches!(common.netns, NetnsChoice::Default | NetnsChoice::Current) {
             notices.push(Notice::new(
-                "netns_replay",
+                NoticeCode::NetnsReplay,
                 "--netns is ignored with --proc-root: a captured folder holds one namespace",
             ));
         }
@@ -251,7 +251,7 @@ pub fn select_cached(
             (true, true) => "any other namespace".to_string(),
         };
         notices.push(Notice::new(
-            "netns_current_only",
+            NoticeCode::NetnsCurrentOnly,
             format!(
                 "looked at this network namespace only: reading {what} needs root (CAP_SYS_ADMIN); containers' sockets and sysctls are not in this report"
             ),
@@ -294,7 +294,7 @@ fn open_all(
         match NetnsHandle::open(d) {
             Ok(h) => rest.push((info.clone(), Some(h))),
             Err(e) => notices.push(Notice::new(
-                "netns_unreadable",
+                NoticeCode::NetnsUnreadable,
                 format!("netns {} (net:[{}]) skipped: {e}", info.name, d.inode),
             )),
         }
@@ -454,7 +454,7 @@ mod tests {
         assert_eq!(sel.infos.len(), 1, "the other one is still read");
         assert_eq!(sel.infos[0].name, "stay");
         assert_eq!(sel.notices.len(), 1);
-        assert_eq!(sel.notices[0].code, "netns_unreadable");
+        assert_eq!(sel.notices[0].code, NoticeCode::NetnsUnreadable);
         assert!(
             sel.notices[0].message.contains("gone")
                 && sel.notices[0].message.contains("no longer exists"),

@@ -7,8 +7,7 @@
 use crate::collect::netns;
 use crate::collect::procfs::owners::{self, Wanted};
 use crate::collect::sockets::{self, SocketQuery};
-use crate::model::{Notice, Socket, Source};
-use crate::render::sockets::SocketsReport;
+use crate::model::{Notice, Socket, SocketsReport, Source};
 use crate::settings::{Common, SocketsSettings};
 
 use super::netns::{select, take};

@@ -6,9 +6,9 @@ use crate::collect::netns;
 use crate::collect::procfs::owners::{self, Wanted};
 use crate::collect::sockets::{self, SocketQuery, StreamReport};
 use crate::model::{
-    GroupBy, GroupKey, GroupedCounts, Notice, Owners, Source, StateCounts, StateSummary,
+    GroupBy, GroupKey, GroupRow, GroupedCounts, Groups, NamespaceCounts, Notice, Owners, Source,
+    StateCounts, StateSummary, StatesReport,
 };
-use crate::render::states::{GroupRow, Groups, NamespaceCounts, StatesReport};
 use crate::settings::{Common, StatesSettings};
 
 use super::netns::{select, take};

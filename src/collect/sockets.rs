@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::netlink::{DumpError, DumpRequest, DumpStats, ParseError, SockDiag};
 use super::procfs::net_tcp;
-use crate::model::{Family, Notice, Socket, Source, StateSet};
+use crate::model::{Family, Notice, NoticeCode, Socket, Source, StateSet};
 
 /// Where the user wants sockets read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +77,7 @@ pub fn stream<F: FnMut(&Socket)>(
             Ok(d) => Some(d),
             Err(e) => {
                 notices.push(Notice::new(
-                    "netlink_unavailable",
+                    NoticeCode::NetlinkUnavailable,
                     format!("{e}; read /proc/net/tcp and tcp6 instead (timers in 10 ms steps, no tcp_info)"),
                 ));
                 None
@@ -124,13 +124,13 @@ pub fn stream<F: FnMut(&Socket)>(
     }
     if stats.skipped > 0 {
         notices.push(Notice::new(
-            "records_skipped",
+            NoticeCode::RecordsSkipped,
             format!("skipped {} sock_diag records the parser did not understand (unknown state or family, or too short)", stats.skipped),
         ));
     }
     if stats.bad_attributes > 0 {
         notices.push(Notice::new(
-            "attributes_skipped",
+            NoticeCode::AttributesSkipped,
             format!(
                 "ignored {} malformed sock_diag attributes; tcp_info is missing for those sockets",
                 stats.bad_attributes
@@ -139,7 +139,7 @@ pub fn stream<F: FnMut(&Socket)>(
     }
     if stats.interrupted {
         notices.push(Notice::new(
-            "dump_interrupted",
+            NoticeCode::DumpInterrupted,
             "the socket table changed while it was read (NLM_F_DUMP_INTR): a few sockets may be missing or counted twice",
         ));
     }
@@ -157,7 +157,7 @@ fn stream_proc<F: FnMut(&Socket)>(
 ) -> Result<(), CollectError> {
     if query.tcp_info {
         notices.push(Notice::new(
-            "tcp_info_unavailable",
+            NoticeCode::TcpInfoUnavailable,
             "/proc/net/tcp carries no tcp_info: lastrcv, lastack and rtt are unknown",
         ));
     }
@@ -172,7 +172,7 @@ fn stream_proc<F: FnMut(&Socket)>(
             // A kernel without IPv6 has no tcp6: that is zero IPv6 sockets, not an error.
             Err(e) if family == Family::V6 && e.kind() == std::io::ErrorKind::NotFound => {
                 notices.push(Notice::new(
-                    "ipv6_unavailable",
+                    NoticeCode::Ipv6Unavailable,
                     format!(
                         "'{}' does not exist: IPv6 is not enabled here",
                         path.display()
@@ -194,7 +194,7 @@ fn stream_proc<F: FnMut(&Socket)>(
         })?;
         if let Some((line, err)) = &stats.first_error {
             notices.push(Notice::new(
-                "records_skipped",
+                NoticeCode::RecordsSkipped,
                 format!(
                     "skipped {} unreadable lines in '{}' (first at line {line}: {err})",
                     stats.skipped,

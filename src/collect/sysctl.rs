@@ -20,6 +20,13 @@ pub fn read(proc_root: &Path, keys: &[&str]) -> BTreeMap<String, String> {
     out
 }
 
+/// The host's name (`kernel.hostname`); empty when unreadable.
+pub fn hostname(proc_root: &Path) -> String {
+    std::fs::read_to_string(proc_root.join("sys/kernel/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{
-    CloseWaitSocket, Endpoint, ListenerSocket, Owner, PortUse, Socket, SocketDigest, StateCounts,
-    StateSummary, TcpState,
+    kernel::EphemeralPorts, CloseWaitSocket, Endpoint, ListenerSocket, Owner, PortUse, Socket,
+    SocketDigest, StateCounts, StateSummary, TcpState,
 };
 
 /// Feed listeners and CLOSE_WAIT sockets with [`add_first_pass`](Self::add_first_pass)
@@ -16,8 +16,7 @@ use super::{
 /// [`add`](Self::add), then [`finish`](Self::finish).
 #[derive(Debug, Default)]
 pub struct DigestBuilder {
-    port_range: Option<(u16, u16)>,
-    reserved: Vec<(u16, u16)>,
+    ports: EphemeralPorts,
     listen_ports: FxHashSet<u16>,
     summary: StateSummary,
     close_wait: Vec<CloseWaitSocket>,
@@ -32,11 +31,10 @@ pub struct DigestBuilder {
 }
 
 impl DigestBuilder {
-    /// `port_range`: ip_local_port_range; `reserved`: ip_local_reserved_ports.
-    pub fn new(port_range: Option<(u16, u16)>, reserved: Vec<(u16, u16)>) -> DigestBuilder {
+    /// `ports`: the namespace's ephemeral range and reserved ports.
+    pub fn new(ports: EphemeralPorts) -> DigestBuilder {
         DigestBuilder {
-            port_range,
-            reserved,
+            ports,
             ..DigestBuilder::default()
         }
     }
@@ -123,12 +121,7 @@ impl DigestBuilder {
     }
 
     fn is_ephemeral(&self, port: u16) -> bool {
-        let Some((lo, hi)) = self.port_range else {
-            return false;
-        };
-        (lo..=hi).contains(&port)
-            && !self.listen_ports.contains(&port)
-            && !self.reserved.iter().any(|(a, b)| (*a..=*b).contains(&port))
+        self.ports.is_ephemeral(port) && !self.listen_ports.contains(&port)
     }
 
     fn count_port_use(&mut self, state: TcpState, local: Endpoint, remote: Endpoint, inode: u64) {
@@ -179,9 +172,7 @@ impl DigestBuilder {
         for l in &mut self.listeners {
             l.owner = resolve(l.inode);
         }
-        let usable = self
-            .port_range
-            .map(|r| super::usable_ports(r, &self.reserved));
+        let usable = self.ports.usable();
         let mut port_use: Vec<PortUse> = self
             .port_use
             .into_iter()
@@ -240,7 +231,10 @@ mod tests {
 
     #[test]
     fn classifies_time_wait_and_counts_ports_per_destination() {
-        let mut b = DigestBuilder::new(Some((32768, 60999)), vec![(40000, 40000)]);
+        let mut b = DigestBuilder::new(EphemeralPorts::from_sysctls(
+            Some("32768 60999"),
+            Some("40000"),
+        ));
         b.add_first_pass(&sock(TcpState::Listen, "10.0.0.1:8080", "0.0.0.0:0", 5));
         // Server side TIME_WAIT (local port is the listener).
         b.add(&sock(
@@ -290,7 +284,7 @@ mod tests {
 
     #[test]
     fn close_wait_idle_is_the_smaller_of_lastrcv_and_lastack() {
-        let mut b = DigestBuilder::new(None, vec![]);
+        let mut b = DigestBuilder::new(EphemeralPorts::default());
         let mut s = sock(TcpState::CloseWait, "10.0.0.1:8080", "10.0.0.9:50000", 9);
         s.tcp_info = Some(TcpInfo {
             last_data_recv_ms: Some(9000),
@@ -306,7 +300,7 @@ mod tests {
 
     #[test]
     fn counts_sockets_per_process_only_when_asked() {
-        let mut b = DigestBuilder::new(None, vec![]).count_by_process();
+        let mut b = DigestBuilder::new(EphemeralPorts::default()).count_by_process();
         b.add_first_pass(&sock(TcpState::CloseWait, "10.0.0.1:8080", "10.0.0.9:1", 9));
         b.add(&sock(
             TcpState::Established,

@@ -1,32 +1,40 @@
 //! Plain data that flows from `collect` to `analyze` and `render`.
 //!
 //! Nothing here touches the OS. Types are small, `Copy` where possible, and serialise
-//! to the JSON schema documented in `docs/json.md`.
+//! to the JSON schema documented in `docs/json.md`. Kernel facts and the numbers
+//! derived from them live here too ([`kernel`]), so that every consumer computes them
+//! the same way.
 
 mod container;
 mod digest;
 mod filter;
 mod finding;
+pub mod kernel;
 mod netns;
 mod notice;
 mod process;
+pub mod rank;
+mod report;
 mod snapshot;
 mod socket;
 mod state;
 mod summary;
+pub mod units;
 
-pub use notice::{Notice, Source};
+pub use notice::{Notice, NoticeCode, Source};
 pub use process::{Owner, Owners, Process, ProcessFds, SocketOwnerMap};
 
 pub use container::{Container, Pod, Runtime};
 pub use digest::DigestBuilder;
 pub use filter::{AddrFilter, BadAddrFilter, SocketFilter};
-pub use finding::{Evidence, Finding, Severity};
+pub use finding::{Evidence, Finding, FixStep, Nature, Severity, SysctlChange};
+pub use kernel::{EphemeralPorts, PortRange};
 pub use netns::{name_namespace, NetnsInfo, NetnsKind, NetnsRef};
+pub use report::{CheckReport, GroupRow, Groups, NamespaceCounts, SocketsReport, StatesReport};
 pub use snapshot::{
-    parse_port_list, parse_port_range, usable_ports, CloseWaitSocket, CounterSample, FileTable,
-    HostSnapshot, KernelLogEntry, Limit, ListenerSocket, PortUse, ProcessFacts, Snapshot,
-    SocketDigest, Sockstat, TimeWaitDigest, HOST_WIDE_SYSCTLS, PER_NETNS_SYSCTLS,
+    CloseWaitSocket, CounterSample, FileTable, HostSnapshot, KernelLogEntry, Limit, ListenerSocket,
+    PortUse, ProcessFacts, Snapshot, SocketDigest, Sockstat, TimeWaitDigest, HOST_WIDE_SYSCTLS,
+    PER_NETNS_SYSCTLS,
 };
 pub use socket::{Endpoint, Family, Socket, TcpInfo, Timer, TimerKind};
 pub use state::{StateCounts, StateSet, TcpState};

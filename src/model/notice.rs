@@ -2,16 +2,120 @@
 
 use serde::Serialize;
 
+/// What a [`Notice`] is about. The codes are public: they appear in JSON and in the
+/// exporter's `tcpdoctor_partial_data_notices{code}`, so a code never changes meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeCode {
+    /// sock_diag refused: sockets came from /proc/net/tcp{,6}.
+    NetlinkUnavailable,
+    /// IPv6 sockets could not be read (no IPv6 in this kernel or namespace).
+    Ipv6Unavailable,
+    /// The kernel gave no tcp_info for some sockets (ages unknown).
+    TcpInfoUnavailable,
+    /// The kernel interrupted a dump because the table changed under it.
+    DumpInterrupted,
+    /// Malformed records were skipped.
+    RecordsSkipped,
+    /// Unknown or malformed netlink attributes were skipped.
+    AttributesSkipped,
+    /// Some sockets' owners could not be seen (permission, exited processes).
+    OwnersPartial,
+    /// Some processes' descriptor counts could not be read.
+    FdCountsPartial,
+    /// /proc/net/{netstat,snmp} could not be read.
+    CountersUnavailable,
+    /// /proc/net/{netstat,snmp} had malformed lines.
+    CountersPartial,
+    /// The kernel log could not be read.
+    KernelLogUnavailable,
+    /// The CLOSE_WAIT pass failed.
+    CloseWaitUnavailable,
+    /// Only the current network namespace was read (no privilege for the others).
+    NetnsCurrentOnly,
+    /// A network namespace could not be read.
+    NetnsUnreadable,
+    /// `--netns` does not apply to a replayed capture.
+    NetnsReplay,
+    /// A replayed capture lacks some evidence a live run reads.
+    ReplayMissing,
+}
+
+impl NoticeCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeCode::NetlinkUnavailable => "netlink_unavailable",
+            NoticeCode::Ipv6Unavailable => "ipv6_unavailable",
+            NoticeCode::TcpInfoUnavailable => "tcp_info_unavailable",
+            NoticeCode::DumpInterrupted => "dump_interrupted",
+            NoticeCode::RecordsSkipped => "records_skipped",
+            NoticeCode::AttributesSkipped => "attributes_skipped",
+            NoticeCode::OwnersPartial => "owners_partial",
+            NoticeCode::FdCountsPartial => "fd_counts_partial",
+            NoticeCode::CountersUnavailable => "counters_unavailable",
+            NoticeCode::CountersPartial => "counters_partial",
+            NoticeCode::KernelLogUnavailable => "kernel_log_unavailable",
+            NoticeCode::CloseWaitUnavailable => "close_wait_unavailable",
+            NoticeCode::NetnsCurrentOnly => "netns_current_only",
+            NoticeCode::NetnsUnreadable => "netns_unreadable",
+            NoticeCode::NetnsReplay => "netns_replay",
+            NoticeCode::ReplayMissing => "replay_missing",
+        }
+    }
+
+    /// Every code, for the exporter's series and the docs.
+    pub const ALL: [NoticeCode; 16] = [
+        NoticeCode::NetlinkUnavailable,
+        NoticeCode::Ipv6Unavailable,
+        NoticeCode::TcpInfoUnavailable,
+        NoticeCode::DumpInterrupted,
+        NoticeCode::RecordsSkipped,
+        NoticeCode::AttributesSkipped,
+        NoticeCode::OwnersPartial,
+        NoticeCode::FdCountsPartial,
+        NoticeCode::CountersUnavailable,
+        NoticeCode::CountersPartial,
+        NoticeCode::KernelLogUnavailable,
+        NoticeCode::CloseWaitUnavailable,
+        NoticeCode::NetnsCurrentOnly,
+        NoticeCode::NetnsUnreadable,
+        NoticeCode::NetnsReplay,
+        NoticeCode::ReplayMissing,
+    ];
+
+    /// Whether a report with this notice may have missed a problem: sockets, owners,
+    /// namespaces or evidence that rules judge were not seen. (A missing IPv6 stack or
+    /// a skipped attribute does not hide a problem.)
+    pub fn hides_problems(self) -> bool {
+        matches!(
+            self,
+            NoticeCode::OwnersPartial
+                | NoticeCode::FdCountsPartial
+                | NoticeCode::CountersUnavailable
+                | NoticeCode::KernelLogUnavailable
+                | NoticeCode::CloseWaitUnavailable
+                | NoticeCode::NetnsCurrentOnly
+                | NoticeCode::NetnsUnreadable
+                | NoticeCode::ReplayMissing
+        )
+    }
+}
+
+impl std::fmt::Display for NoticeCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A stable code plus a sentence for humans. Reports carry these instead of failing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Notice {
-    /// Stable identifier, e.g. `owners_partial`, `netlink_unavailable`.
-    pub code: &'static str,
+    pub code: NoticeCode,
     pub message: String,
 }
 
 impl Notice {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Notice {
+    pub fn new(code: NoticeCode, message: impl Into<String>) -> Notice {
         Notice {
             code,
             message: message.into(),
@@ -34,6 +138,21 @@ impl Source {
         match self {
             Source::Netlink => "netlink",
             Source::Proc => "proc",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_serialize_as_their_public_names() {
+        for c in NoticeCode::ALL {
+            assert_eq!(
+                serde_json::to_value(c).expect("json"),
+                serde_json::Value::String(c.as_str().to_string())
+            );
         }
     }
 }

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use super::kernel::{self, EphemeralPorts, PortRange};
 use super::{Endpoint, NetnsInfo, Notice, Owner, Source, StateCounts, StateSummary};
 
 /// Destinations kept in [`SocketDigest::port_use`]: a handful of connections cannot be
@@ -37,6 +38,8 @@ pub const PER_NETNS_SYSCTLS: &[&str] = &[
     "net.ipv4.tcp_keepalive_probes",
     "net.ipv4.tcp_rfc1337",
     "net.ipv4.tcp_ehash_entries",
+    // Vendor kernels only (Alibaba Cloud Linux): the TIME_WAIT length.
+    "net.ipv4.tcp_tw_timeout",
     "net.ipv4.ip_local_port_range",
     "net.ipv4.ip_local_reserved_ports",
     "net.ipv4.ip_autobind_reuse",
@@ -152,8 +155,20 @@ pub struct PortUse {
     /// One owning process of these connections, to say who makes them.
     pub sample_owner: Option<Owner>,
     /// Ports connect() may use towards this destination in its namespace
-    /// ([`usable_ports`] of that namespace's range); `None` when the range was unknown.
-    pub usable: Option<u64>,
+    /// ([`EphemeralPorts::usable`] of that namespace).
+    pub usable: u64,
+}
+
+impl PortUse {
+    /// Local ports this destination holds: every state counts, TIME_WAIT included.
+    pub fn used(&self) -> u64 {
+        self.counts.total()
+    }
+
+    /// Ports still free towards this destination.
+    pub fn headroom(&self) -> u64 {
+        self.usable.saturating_sub(self.used())
+    }
 }
 
 /// TIME_WAIT sockets, split by who closed first.
@@ -337,11 +352,7 @@ impl HostSnapshot {
         // Each namespace has its own ports: one row per destination, the namespace where
         // it is tightest (not a sum, which would count ports of different tables).
         let mut port_use: BTreeMap<(IpAddr, Endpoint), PortUse> = BTreeMap::new();
-        let headroom = |p: &PortUse| {
-            p.usable
-                .unwrap_or(u64::MAX)
-                .saturating_sub(p.counts.total())
-        };
+        let headroom = PortUse::headroom;
         for s in &self.namespaces {
             let d = &s.sockets;
             m.sockets.close_wait.extend_from_slice(&d.close_wait);
@@ -447,9 +458,43 @@ impl Snapshot {
         Some(FileTable { allocated, max })
     }
 
-    /// `ip_local_port_range` as (low, high).
-    pub fn port_range(&self) -> Option<(u16, u16)> {
-        parse_port_range(self.sysctl("net.ipv4.ip_local_port_range")?)
+    /// `ip_local_port_range` as this namespace has it; `None` when not visible.
+    pub fn port_range(&self) -> Option<PortRange> {
+        PortRange::parse(self.sysctl("net.ipv4.ip_local_port_range")?)
+    }
+
+    /// The ports connect() may use towards each destination in this namespace (the
+    /// kernel default range when the namespace's is not visible). The one source of
+    /// "usable ports" and headroom for rules, metrics and `watch`.
+    pub fn ephemeral_ports(&self) -> EphemeralPorts {
+        EphemeralPorts::from_sysctls(
+            self.sysctl("net.ipv4.ip_local_port_range"),
+            self.sysctl("net.ipv4.ip_local_reserved_ports"),
+        )
+    }
+
+    /// How long TIME_WAIT lasts here, in seconds: the vendor `tcp_tw_timeout` where a
+    /// kernel has one, else the fixed 60 s of upstream Linux.
+    pub fn time_wait_len_s(&self) -> u64 {
+        self.sysctl_i64(kernel::VENDOR_TIME_WAIT_SYSCTL)
+            .and_then(|v| u64::try_from(v).ok())
+            .filter(|v| *v > 0)
+            .unwrap_or(kernel::TIME_WAIT_LEN_S)
+    }
+
+    /// The kernel default of `tcp_max_tw_buckets` for this namespace's hash table.
+    pub fn tw_buckets_default(&self) -> Option<u64> {
+        kernel::tw_buckets_default(self.sysctl_i64("net.ipv4.tcp_ehash_entries"))
+    }
+
+    /// Whether connect() may reuse a TIME_WAIT port from `local` towards `remote` here.
+    pub fn tw_reuse_applies(&self, local: IpAddr, remote: IpAddr) -> bool {
+        kernel::tw_reuse_applies(
+            self.sysctl_i64("net.ipv4.tcp_tw_reuse"),
+            self.sysctl_i64("net.ipv4.tcp_timestamps"),
+            local,
+            remote,
+        )
     }
 
     pub fn process(&self, pid: u32) -> Option<&ProcessFacts> {
@@ -457,75 +502,9 @@ impl Snapshot {
     }
 }
 
-/// Ports in `range` (inclusive) that connect() may pick: all of them minus the reserved
-/// ones inside it. Overlapping reserved ranges are counted once.
-pub fn usable_ports(range: (u16, u16), reserved: &[(u16, u16)]) -> u64 {
-    let (lo, hi) = (u32::from(range.0), u32::from(range.1));
-    if lo > hi {
-        return 0;
-    }
-    let mut clipped: Vec<(u32, u32)> = reserved
-        .iter()
-        .map(|(a, b)| (u32::from(*a).max(lo), u32::from(*b).min(hi)))
-        .filter(|(a, b)| a <= b)
-        .collect();
-    clipped.sort_unstable();
-    let mut reserved_inside = 0u64;
-    let mut covered_to: Option<u32> = None;
-    for (a, b) in clipped {
-        let start = match covered_to {
-            Some(c) if c >= b => continue,
-            Some(c) if c >= a => c + 1,
-            _ => a,
-        };
-        reserved_inside += u64::from(b - start + 1);
-        covered_to = Some(b);
-    }
-    u64::from(hi - lo + 1) - reserved_inside
-}
-
-/// Parses `ip_local_port_range` ("32768 60999") into (low, high).
-pub fn parse_port_range(v: &str) -> Option<(u16, u16)> {
-    let mut it = v.split_whitespace().map(|p| p.parse::<u16>());
-    match (it.next(), it.next()) {
-        (Some(Ok(lo)), Some(Ok(hi))) if lo <= hi => Some((lo, hi)),
-        _ => None,
-    }
-}
-
-/// Parses `ip_local_reserved_ports` ("8080,9000-9010", possibly empty) into inclusive
-/// ranges. Malformed parts are ignored.
-pub fn parse_port_list(s: &str) -> Vec<(u16, u16)> {
-    s.split(',')
-        .filter_map(|part| {
-            let part = part.trim();
-            if part.is_empty() {
-                return None;
-            }
-            match part.split_once('-') {
-                Some((a, b)) => {
-                    let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
-                    (a <= b).then_some((a, b))
-                }
-                None => part.parse().ok().map(|p| (p, p)),
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reserved_port_lists() {
-        assert_eq!(parse_port_list(""), vec![]);
-        assert_eq!(
-            parse_port_list("8080,9000-9010"),
-            vec![(8080, 8080), (9000, 9010)]
-        );
-        assert_eq!(parse_port_list("x,5-3,70000,7"), vec![(7, 7)]);
-    }
 
     #[test]
     fn merging_namespaces_keeps_one_row_per_destination_and_rated_counters() {
@@ -540,7 +519,7 @@ mod tests {
                 remote: Endpoint::new("127.0.0.1".parse().expect("ip"), 6379),
                 counts,
                 sample_owner: None,
-                usable: Some(usable),
+                usable,
             });
             s.sockstat = Some(Sockstat {
                 inuse: used,
@@ -573,7 +552,7 @@ mod tests {
         let m = host.merged();
         assert_eq!(m.sockets.port_use.len(), 1);
         assert_eq!(m.sockets.port_use[0].counts.total(), 60);
-        assert_eq!(m.sockets.port_use[0].usable, Some(100));
+        assert_eq!(m.sockets.port_use[0].usable, 100);
         let st = m.sockstat.expect("sockstat");
         assert_eq!((st.inuse, st.tw), (71, 3), "per namespace: summed");
         assert_eq!(
@@ -597,16 +576,5 @@ mod tests {
         assert_eq!(c.delta("TcpExt.ListenOverflows"), Some(5));
         assert_eq!(c.rate("TcpExt.ListenOverflows"), Some(10.0));
         assert_eq!(c.delta("TcpExt.Missing"), None);
-    }
-
-    #[test]
-    fn port_range_parses_and_rejects() {
-        let mut s = Snapshot::default();
-        s.sysctls
-            .insert("net.ipv4.ip_local_port_range".into(), "32768 60999".into());
-        assert_eq!(s.port_range(), Some((32768, 60999)));
-        s.sysctls
-            .insert("net.ipv4.ip_local_port_range".into(), "9 1".into());
-        assert_eq!(s.port_range(), None);
     }
 }

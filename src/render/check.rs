@@ -6,8 +6,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::{state_paint, JsonCounts, Paint, Style, JSON_SCHEMA_VERSION};
-use crate::cmd::check::CheckReport;
-use crate::model::{Finding, Notice, Severity, Snapshot, StateCounts, TcpState};
+use crate::model::{CheckReport, Finding, Notice, Severity, Snapshot, StateCounts, TcpState};
 
 /// Evidence lines shown per finding without --verbose.
 const EVIDENCE_SHOWN: usize = 4;
@@ -162,7 +161,7 @@ fn write_namespaces(
         let findings = r
             .findings
             .iter()
-            .filter(|f| f.netns.as_ref().is_some_and(|n| n.inode == inode))
+            .filter(|f| f.namespaces.iter().any(|n| n.inode == inode))
             .count();
         t.row(vec![
             (name, None),
@@ -211,7 +210,7 @@ fn write_finding(out: &mut impl Write, f: &Finding, style: Style, verbose: bool)
     out.write_all(b" ")?;
     style.cell(out, &f.title, 0, false, Some(Paint::Bold))?;
     writeln!(out, "  [{}]", f.rule_id)?;
-    if let Some(ns) = &f.netns {
+    for ns in &f.namespaces {
         writeln!(out, "         netns: {} (net:[{}])", ns.name, ns.inode)?;
     }
     let shown = if verbose {
@@ -236,7 +235,10 @@ fn write_finding(out: &mut impl Write, f: &Finding, style: Style, verbose: bool)
         } else {
             "          - "
         };
-        wrap(out, step, "            ", first)?;
+        wrap(out, &step.text, "            ", first)?;
+        if let Some(cmd) = &step.command {
+            writeln!(out, "              $ {cmd}")?;
+        }
     }
     out.write_all(b"\n")
 }

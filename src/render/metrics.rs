@@ -10,9 +10,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use crate::analyze::ephemeral_port_exhaustion::usable_ephemeral_ports;
 use crate::analyze::{HOST_RULES, RULES};
-use crate::model::{Finding, HostSnapshot, Limit, Severity, Snapshot, Source, TcpState};
+use crate::model::{Finding, HostSnapshot, Limit, PortUse, Severity, Snapshot, Source, TcpState};
 
 /// The `Content-Type` of what [`write`] produces.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -328,7 +327,7 @@ fn collector(t: &mut Text, e: &Exposition<'_>) {
     if let Some(s) = e.snapshot {
         let mut codes: BTreeMap<&str, u64> = BTreeMap::new();
         for n in &s.missing {
-            *codes.entry(n.code).or_default() += 1;
+            *codes.entry(n.code.as_str()).or_default() += 1;
         }
         t.family(
             "tcpdoctor_partial_data_notices",
@@ -450,11 +449,10 @@ fn namespaces(t: &mut Text, h: &HostSnapshot, top: usize) {
         .iter()
         .zip(&labels)
         .filter_map(|(s, label)| {
-            let usable = usable_ephemeral_ports(s);
             s.sockets
                 .port_use
                 .iter()
-                .map(|p| p.usable.unwrap_or(usable).saturating_sub(p.counts.total()))
+                .map(PortUse::headroom)
                 .min()
                 .map(|left| (left, label.as_str()))
         })
@@ -567,7 +565,7 @@ fn time_wait(t: &mut Text, s: &Snapshot, top: usize) {
 }
 
 fn ephemeral_ports(t: &mut Text, s: &Snapshot, top: usize) {
-    let usable = usable_ephemeral_ports(s);
+    let usable = s.ephemeral_ports().usable();
     t.single(
         "tcpdoctor_ephemeral_ports_usable",
         Kind::Gauge,
@@ -587,12 +585,7 @@ fn ephemeral_ports(t: &mut Text, s: &Snapshot, top: usize) {
         .sockets
         .port_use
         .iter()
-        .map(|p| {
-            (
-                p.usable.unwrap_or(usable).saturating_sub(p.counts.total()),
-                (p.local_ip, p.remote),
-            )
-        })
+        .map(|p| (p.headroom(), (p.local_ip, p.remote)))
         .collect();
     tight.sort();
     tight.truncate(top);
@@ -879,7 +872,7 @@ mod tests {
             remote: ep("10.0.0.7:5432"),
             counts,
             sample_owner: None,
-            usable: None,
+            usable: 90,
         });
         s.sockets.time_wait.client_side = 30;
         s.sockets
@@ -1035,7 +1028,7 @@ mod tests {
                 counts,
                 sample_owner: None,
                 // As the digest fills it from the namespace's own range.
-                usable: s.port_range().map(|r| crate::model::usable_ports(r, &[])),
+                usable: s.ephemeral_ports().usable(),
             });
             s
         };

@@ -12,7 +12,7 @@ use std::io::{self, Write};
 use crate::model::{Notice, TcpState};
 
 /// Version of every JSON document tcpdoctor prints (docs/json.md).
-pub const JSON_SCHEMA_VERSION: u32 = 1;
+pub const JSON_SCHEMA_VERSION: u32 = 2;
 
 /// ANSI colors, used only when the caller decided the output is a color terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,30 +163,11 @@ pub fn write_notices(err: &mut impl Write, notices: &[Notice], style: Style) -> 
     Ok(())
 }
 
-/// `59.1s`, `850ms`, `1m30s`, `2h05m`: short, and exact enough to act on.
-pub fn human_duration_ms(ms: u64) -> String {
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    } else if ms < 3_600_000 {
-        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
-    } else {
-        format!("{}h{:02}m", ms / 3_600_000, (ms % 3_600_000) / 60_000)
-    }
-}
+pub use crate::model::units::human_duration_ms;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(human_duration_ms(850), "850ms");
-        assert_eq!(human_duration_ms(59_140), "59.1s");
-        assert_eq!(human_duration_ms(90_000), "1m30s");
-        assert_eq!(human_duration_ms(7_500_000), "2h05m");
-    }
 
     #[test]
     fn table_aligns_and_colors_only_when_asked() {

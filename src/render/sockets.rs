@@ -9,33 +9,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::{human_duration_ms, state_paint, Paint, Style, JSON_SCHEMA_VERSION};
-use crate::model::{NetnsInfo, Notice, Owners, Process, Socket, Source};
-
-/// Everything `sockets` shows.
-#[derive(Debug, Clone)]
-pub struct SocketsReport {
-    pub source: Source,
-    /// Matching sockets, in display order, already cut to `--limit`.
-    pub sockets: Vec<Socket>,
-    /// How many matched before `--limit`.
-    pub matched: usize,
-    /// `None` when owners were not looked up (`--no-owners`).
-    pub owners: Option<Owners>,
-    pub tcp_info: bool,
-    /// The namespaces read, when there are several (`--netns`); empty otherwise.
-    pub namespaces: Vec<NetnsInfo>,
-    /// Index into `namespaces` of each socket (same order as `sockets`); empty when
-    /// `namespaces` is.
-    pub netns_of: Vec<u16>,
-    pub notices: Vec<Notice>,
-}
-
-impl SocketsReport {
-    /// The namespace of the `i`th socket, when several were read.
-    pub fn netns(&self, i: usize) -> Option<&NetnsInfo> {
-        self.namespaces.get(usize::from(*self.netns_of.get(i)?))
-    }
-}
+use crate::model::{NetnsInfo, Owners, Process, Socket, SocketsReport};
 
 #[derive(Clone, Copy)]
 enum Col {

@@ -6,70 +6,9 @@ use serde::Serialize;
 
 use super::{state_paint, JsonCounts, Paint, Style, Table, JSON_SCHEMA_VERSION};
 use crate::model::{
-    GroupBy, GroupKey, NetnsInfo, Notice, Source, StateCounts, StateSet, StateSummary, TcpState,
+    GroupBy, GroupKey, Groups, NetnsInfo, Notice, Source, StateCounts, StateSet, StatesReport,
+    TcpState,
 };
-
-/// Everything `states` shows.
-#[derive(Debug, Clone)]
-pub struct StatesReport {
-    pub source: Source,
-    /// States that were asked for; the others were not counted.
-    pub states: StateSet,
-    pub summary: StateSummary,
-    pub groups: Option<Groups>,
-    /// Every namespace on the host was read (`--netns all`).
-    pub netns_all: bool,
-    /// The namespaces read and their own counts (one: the current one, by default).
-    pub namespaces: Vec<NamespaceCounts>,
-    pub notices: Vec<Notice>,
-}
-
-/// One namespace's counts.
-#[derive(Debug, Clone)]
-pub struct NamespaceCounts {
-    pub info: NetnsInfo,
-    pub summary: StateSummary,
-}
-
-#[derive(Debug, Clone)]
-pub struct Groups {
-    pub by: GroupBy,
-    /// Rows shown, biggest first.
-    pub rows: Vec<GroupRow>,
-    /// Groups in all (rows may be cut by --top).
-    pub total_groups: usize,
-    /// Counts of the groups not shown.
-    pub rest: StateCounts,
-}
-
-#[derive(Debug, Clone)]
-pub struct GroupRow {
-    pub key: GroupKey,
-    /// Process name for process groups, namespace name for namespace groups.
-    pub name: Option<String>,
-    pub counts: StateCounts,
-}
-
-impl GroupRow {
-    /// The text shown in the first column.
-    pub fn label(&self) -> String {
-        match self.key {
-            GroupKey::Process(pid) => match &self.name {
-                Some(c) => format!("{c} ({pid})"),
-                None => format!("pid {pid}"),
-            },
-            GroupKey::Netns(inode) => match &self.name {
-                Some(n) => format!("{n} (net:[{inode}])"),
-                None => format!("net:[{inode}]"),
-            },
-            GroupKey::NoDescriptor => "(no fd: time-wait, orphan, unaccepted)".to_string(),
-            GroupKey::OwnerUnknown => "(owner not visible)".to_string(),
-            GroupKey::Peer(ip) if ip.is_unspecified() => "* (listeners)".to_string(),
-            GroupKey::Peer(ip) => ip.to_string(),
-            GroupKey::Port(p) => p.to_string(),
-        }
-    }
-}
 
 pub fn write_human(out: &mut impl Write, r: &StatesReport, style: Style) -> io::Result<()> {
     let mut t = Table::new(&[

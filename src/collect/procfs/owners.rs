@@ -16,7 +16,7 @@ use std::path::Path;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::bpf_owners;
-use crate::model::{Notice, Owner, Owners, Process, ProcessFds, SocketOwnerMap};
+use crate::model::{Notice, NoticeCode, Owner, Owners, Process, ProcessFds, SocketOwnerMap};
 
 /// What happened during a scan, for the partial-data notice.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -429,7 +429,7 @@ pub fn missing_owner_notice(unowned: u64, stats: &ScanStats, euid: u32) -> Optio
             "{unowned} sockets have no owner in /proc: their process exited during the scan, or lives in another PID namespace"
         )
     };
-    Some(Notice::new("owners_partial", msg))
+    Some(Notice::new(NoticeCode::OwnersPartial, msg))
 }
 
 #[cfg(test)]
@@ -485,7 +485,7 @@ mod tests {
             ..ScanStats::default()
         };
         let n = missing_owner_notice(3, &stats, 65534).expect("notice");
-        assert_eq!(n.code, "owners_partial");
+        assert_eq!(n.code, NoticeCode::OwnersPartial);
         assert!(n
             .message
             .starts_with("run as root to see the owners of 3 sockets"));

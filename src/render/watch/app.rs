@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::analyze::ephemeral_port_exhaustion::usable_ephemeral_ports;
 use crate::analyze::trend::{CloseWaitTrend, PidTrend, TrendConfig};
 use crate::model::{Endpoint, Finding, Severity, Snapshot, Source, StateCounts, TcpState};
 
@@ -140,6 +139,8 @@ pub struct TimeWaitRow {
     /// `10.0.0.5:5432` for a destination, `:8080 served` for a listening port.
     pub label: String,
     pub count: u64,
+    /// Closes per second this count implies (count / the namespace's TIME_WAIT length).
+    pub per_s_milli: u64,
 }
 
 /// Ephemeral ports used towards one destination.
@@ -288,36 +289,38 @@ impl WatchApp {
         processes.truncate(ROWS_KEPT);
 
         let tw = &snap.sockets.time_wait;
+        let tw_len_s = snap.time_wait_len_s().max(1);
         let mut time_wait: Vec<TimeWaitRow> = tw
             .by_destination
             .iter()
             .map(|(ep, n)| TimeWaitRow {
                 label: ep.to_string(),
                 count: *n,
+                per_s_milli: *n * 1000 / tw_len_s,
             })
             .chain(tw.by_listen_port.iter().map(|(port, n)| TimeWaitRow {
                 label: format!(":{port} served"),
                 count: *n,
+                per_s_milli: *n * 1000 / tw_len_s,
             }))
             .collect();
         time_wait.sort_by(|a, b| b.count.cmp(&a.count).then(a.label.cmp(&b.label)));
         time_wait.truncate(ROWS_KEPT);
 
-        let default_usable = usable_ephemeral_ports(snap);
         // Each destination against its own namespace's range; tightest first.
         let mut ports: Vec<PortRow> = snap
             .sockets
             .port_use
             .iter()
             .map(|p| {
-                let usable = p.usable.unwrap_or(default_usable);
-                let used = p.counts.total();
+                let usable = p.usable;
+                let used = p.used();
                 PortRow {
                     local_ip: p.local_ip,
                     remote: p.remote,
                     used,
                     time_wait: p.counts.get(TcpState::TimeWait),
-                    headroom: usable.saturating_sub(used),
+                    headroom: p.headroom(),
                     used_pct: if usable == 0 {
                         100.0
                     } else {
@@ -383,7 +386,7 @@ impl WatchApp {
             unowned_close_wait: unowned,
             time_wait,
             ports,
-            usable_ports: default_usable,
+            usable_ports: snap.ephemeral_ports().usable(),
             rates,
             findings,
             notices: snap.missing.len(),

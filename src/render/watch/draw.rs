@@ -15,9 +15,8 @@ use ratatui::widgets::{
 use ratatui::Frame;
 
 use super::app::{Overlay, WatchApp, RATES};
-use crate::analyze::util::per_second_over_time_wait;
+use crate::model::units::human_duration_ms;
 use crate::model::{Finding, Severity, TcpState};
-use crate::render::human_duration_ms;
 
 const SPARK: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
 
@@ -466,7 +465,7 @@ fn draw_time_wait(frame: &mut Frame, app: &WatchApp, area: Rect, p: &Palette) {
             Row::new(vec![
                 Cell::from(r.label.clone()),
                 Cell::from(r.count.to_string()),
-                Cell::from(format!("{:.1}", per_second_over_time_wait(r.count))),
+                Cell::from(format!("{:.1}", r.per_s_milli as f64 / 1000.0)),
             ])
         })
         .collect();
@@ -550,8 +549,12 @@ fn draw_findings(frame: &mut Frame, app: &WatchApp, area: Rect, p: &Palette) {
                 severity_tag(f.severity),
                 p.severity(f.severity),
             )];
-            if let Some(ns) = &f.netns {
-                spans.push(Span::styled(format!(" [{}]", ns.name), p.title()));
+            if let Some(ns) = f.namespaces.first() {
+                let more = match f.namespaces.len() {
+                    1 => String::new(),
+                    n => format!(" +{}", n - 1),
+                };
+                spans.push(Span::styled(format!(" [{}{more}]", ns.name), p.title()));
             }
             spans.push(Span::raw(format!(" {}", f.title)));
             ListItem::new(Line::from(spans))
@@ -584,7 +587,7 @@ fn draw_finding(frame: &mut Frame, area: Rect, f: &Finding, scroll: u16, p: &Pal
         area.height.saturating_sub(2),
     );
     let mut lines: Vec<Line> = vec![Line::from(Span::styled(f.title.clone(), p.bold()))];
-    if let Some(ns) = &f.netns {
+    for ns in &f.namespaces {
         lines.push(Line::raw(format!(
             "network namespace {} (net:[{}])",
             ns.name, ns.inode
@@ -603,7 +606,10 @@ fn draw_finding(frame: &mut Frame, area: Rect, f: &Finding, scroll: u16, p: &Pal
     lines.push(Line::raw(""));
     lines.push(Line::from(Span::styled("Fix", p.title())));
     for step in &f.fix {
-        lines.push(Line::raw(format!("  - {step}")));
+        lines.push(Line::raw(format!("  - {}", step.text)));
+        if let Some(cmd) = &step.command {
+            lines.push(Line::raw(format!("      $ {cmd}")));
+        }
     }
     let block = Block::new()
         .borders(Borders::ALL)

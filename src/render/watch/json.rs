@@ -43,8 +43,8 @@ struct FindingLine<'a> {
     rule_id: &'static str,
     severity: Severity,
     title: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    netns: Option<&'a crate::model::NetnsRef>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    namespaces: &'a [crate::model::NetnsRef],
 }
 
 /// Writes the app's latest sample as one line (nothing before the first sample).
@@ -85,7 +85,7 @@ pub fn write_sample_line(
                 rule_id: f.rule_id,
                 severity: f.severity,
                 title: &f.title,
-                netns: f.netns.as_ref(),
+                namespaces: &f.namespaces,
             })
             .collect(),
         missing_evidence: missing,

@@ -40,7 +40,7 @@ pub fn run(common: &Common, s: &WatchSettings) -> Result<(), BoxError> {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
     }
     let config = WatchConfig {
-        hostname: crate::cmd::check::hostname(common),
+        hostname: crate::collect::sysctl::hostname(&common.proc_root),
         interval: s.interval,
         top: s.top,
         color: common.color,
@@ -118,7 +118,7 @@ fn take_sample(
     common: &Common,
     s: &WatchSettings,
     started: Instant,
-) -> (Result<Sample, super::CmdError>, Duration) {
+) -> (Result<Sample, crate::cmd::CmdError>, Duration) {
     let at_ms = started.elapsed().as_millis() as u64;
     let cpu_before = process_cpu();
     let sample = sampler.sample(common).map(|host| Sample {

@@ -1,0 +1,71 @@
+//! Units as the reports write them: durations, counts with their noun. Rules build
+//! titles with these, renderers print them; neither owns them.
+
+/// `59.1s`, `850ms`, `1m30s`, `2h05m`: short, and exact enough to act on.
+pub fn human_duration_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else if ms < 3_600_000 {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    } else {
+        format!("{}h{:02}m", ms / 3_600_000, (ms % 3_600_000) / 60_000)
+    }
+}
+
+/// `1 socket`, `2 sockets`: the count with its noun in the right number. `plural` is
+/// given whole because English is irregular (`1 process`, `2 processes`).
+pub fn count(n: u64, singular: &str, plural: &str) -> String {
+    format!("{n} {}", if n == 1 { singular } else { plural })
+}
+
+/// The noun alone, for sentences that place the number elsewhere.
+pub fn noun<'a>(n: u64, singular: &'a str, plural: &'a str) -> &'a str {
+    if n == 1 {
+        singular
+    } else {
+        plural
+    }
+}
+
+/// `text` cut to at most `max` characters, ending with an ellipsis when cut. Counts
+/// characters, never bytes, so a multi-byte name is never split.
+pub fn ellipsize(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let keep = max.saturating_sub(1);
+    let mut out: String = text.chars().take(keep).collect();
+    out.push('…');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human_duration_ms(850), "850ms");
+        assert_eq!(human_duration_ms(59_140), "59.1s");
+        assert_eq!(human_duration_ms(90_000), "1m30s");
+        assert_eq!(human_duration_ms(7_500_000), "2h05m");
+    }
+
+    #[test]
+    fn counts_agree_with_their_noun() {
+        assert_eq!(count(1, "socket", "sockets"), "1 socket");
+        assert_eq!(count(0, "socket", "sockets"), "0 sockets");
+        assert_eq!(count(2, "process", "processes"), "2 processes");
+        assert_eq!(noun(1, "was", "were"), "was");
+    }
+
+    #[test]
+    fn ellipsis_counts_characters() {
+        assert_eq!(ellipsize("short", 10), "short");
+        assert_eq!(ellipsize("abcdefghij", 5), "abcd…");
+        assert_eq!(ellipsize("ééééé", 3), "éé…");
+        assert_eq!(ellipsize("x", 0), "…");
+    }
+}
