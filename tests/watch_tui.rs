@@ -39,6 +39,7 @@ fn process(pid: u32, comm: &str) -> ProcessFacts {
         open_fds: 100,
         nofile_soft: None,
         nofile_hard: None,
+        detached_tcp_fds: None,
     }
 }
 

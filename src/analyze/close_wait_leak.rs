@@ -182,6 +182,8 @@ mod tests {
             recv_q,
             owner: pid.map(|pid| Owner { pid, fd: 9 }),
             idle_ms: Some(idle_ms),
+            cookie: None,
+            still_there: None,
         }
     }
 
@@ -197,6 +199,7 @@ mod tests {
                 open_fds: 900,
                 nofile_soft: Some(Limit::Value(1024)),
                 nofile_hard: Some(Limit::Value(4096)),
+                detached_tcp_fds: None,
             },
         );
         s.sockets.close_wait = sockets;

@@ -206,6 +206,8 @@ mod tests {
             recv_q: 1,
             owner: None,
             idle_ms: Some(idle_ms),
+            cookie: None,
+            still_there: None,
         }
     }
 
@@ -221,6 +223,7 @@ mod tests {
                 open_fds: 300,
                 nofile_soft: None,
                 nofile_hard: None,
+                detached_tcp_fds: None,
             },
         );
         s.sockets.listeners.push(ListenerSocket {

@@ -367,6 +367,7 @@ mod tests {
                 open_fds: 100,
                 nofile_soft: None,
                 nofile_hard: None,
+                detached_tcp_fds: None,
             },
         );
         s.sockets.port_use = entries;

@@ -337,6 +337,7 @@ mod tests {
             open_fds,
             nofile_soft: Some(soft),
             nofile_hard: Some(Limit::Value(524_288)),
+            detached_tcp_fds: None,
         }
     }
 
@@ -393,6 +394,8 @@ mod tests {
                 recv_q: 1,
                 owner: Some(Owner { pid: 42, fd: 3 }),
                 idle_ms: None,
+                cookie: None,
+                still_there: None,
             })
             .collect();
         let f = check(&s, &Thresholds::default());

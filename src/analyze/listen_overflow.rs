@@ -278,6 +278,7 @@ mod tests {
                 open_fds: 40,
                 nofile_soft: None,
                 nofile_hard: None,
+                detached_tcp_fds: None,
             },
         );
         let mut c = CounterSample {

@@ -878,6 +878,7 @@ mod tests {
                 open_fds: 10,
                 nofile_soft: None,
                 nofile_hard: None,
+                detached_tcp_fds: None,
             },
         );
         s.sockets.listeners = vec![

@@ -476,6 +476,7 @@ fn process_facts(
                     open_fds: *fds,
                     nofile_soft: nofile.map(|n| n.soft),
                     nofile_hard: nofile.map(|n| n.hard),
+                    detached_tcp_fds: None,
                 },
             ),
         );

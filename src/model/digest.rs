@@ -83,6 +83,8 @@ impl DigestBuilder {
                     recv_q: s.recv_q,
                     owner: None,
                     idle_ms,
+                    cookie: None,
+                    still_there: None,
                 });
             }
             _ => self.add_connection(s),

@@ -87,6 +87,10 @@ pub struct ProcessFacts {
     /// Soft and hard RLIMIT_NOFILE from /proc/PID/limits; `None` if unreadable.
     pub nofile_soft: Option<Limit>,
     pub nofile_hard: Option<Limit>,
+    /// TCP sockets the process holds as descriptors that are in no kernel socket table
+    /// (state CLOSE: reset, aborted by keepalive, failed connect(), or never
+    /// connected), so `ss` does not show them; `None` when not measured.
+    pub detached_tcp_fds: Option<u64>,
 }
 
 /// One CLOSE_WAIT socket: the peer has closed, the local application has not.
@@ -102,6 +106,12 @@ pub struct CloseWaitSocket {
     /// Milliseconds since the peer was last heard from (min of tcp_info lastrcv and
     /// lastack): a lower bound of how long the socket has been in CLOSE_WAIT.
     pub idle_ms: Option<u32>,
+    /// The kernel's socket cookie (sock_diag only): the socket's identity across dumps.
+    pub cookie: Option<u64>,
+    /// Looked at again after the counter interval ([`Snapshot::close_wait_recheck_ms`]):
+    /// `Some(true)` still in CLOSE_WAIT, `Some(false)` closed since; `None` when not
+    /// re-checked.
+    pub still_there: Option<bool>,
 }
 
 /// A listening socket and its accept queue.
@@ -274,6 +284,9 @@ pub struct Snapshot {
     /// (or could not be read) here.
     pub sysctls: BTreeMap<String, String>,
     pub counters: Option<CounterSample>,
+    /// Milliseconds between the CLOSE_WAIT dump and its re-check (see
+    /// [`CloseWaitSocket::still_there`]); `None` when not re-checked.
+    pub close_wait_recheck_ms: Option<u64>,
     pub sockstat: Option<Sockstat>,
     /// `None`: the kernel log could not be read (see `missing`).
     pub kernel_log: Option<Vec<KernelLogEntry>>,

@@ -818,6 +818,7 @@ mod tests {
             open_fds: open,
             nofile_soft: Some(Limit::Value(soft)),
             nofile_hard: Some(Limit::Value(soft)),
+            detached_tcp_fds: None,
         }
     }
 
@@ -834,6 +835,8 @@ mod tests {
             recv_q: 1,
             owner: pid.map(|pid| Owner { pid, fd: 3 }),
             idle_ms: None,
+            cookie: None,
+            still_there: None,
         }
     }
 
