@@ -55,6 +55,8 @@ fn close_waits(pid: u32, n: u64, idle_ms: u32) -> Vec<CloseWaitSocket> {
                 fd: 10 + i as u32,
             }),
             idle_ms: Some(idle_ms),
+            cookie: None,
+            still_there: None,
         })
         .collect()
 }
