@@ -291,9 +291,8 @@ fn fix(
         "Spread the load: ports run out per (source IP, destination IP, destination port), so another source IP on this host, or another destination IP or port for the same service (more backend listeners), adds a full range each.".to_string(),
         "If the application binds a source IP before connect(), set IP_BIND_ADDRESS_NO_PORT on the socket (Linux 4.2+): without it bind(ip, 0) takes a port for all destinations and fails with EADDRINUSE long before any one destination is full.".to_string(),
     ];
-    let wide = widened_port_range(range);
-    let (lo, hi) = (wide.low, wide.high);
-    if wide != range {
+    if let Some(wide) = widened_port_range(range) {
+        let (lo, hi) = (wide.low, wide.high);
         let in_new: Vec<u16> = unreserved_listeners_in(s, wide).into_keys().collect();
         let reserve = match (reserved_text.trim(), in_new.is_empty()) {
             (_, true) => "and list any service port inside it in net.ipv4.ip_local_reserved_ports".to_string(),

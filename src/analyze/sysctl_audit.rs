@@ -7,9 +7,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Map, Value};
 
-use super::util::{
-    owner_label, pct, unreserved_listeners_in, widened_port_range, PORT_RANGE_FLOOR,
-};
+use super::util::{owner_label, pct, unreserved_listeners_in, widened_port_range};
 use super::Thresholds;
 use crate::model::kernel::{defaults, parse_port_list};
 use crate::model::{Evidence, Finding, FixStep, Nature, PortRange, Severity, Snapshot, TcpState};
@@ -394,11 +392,11 @@ fn port_range_overlap(s: &Snapshot) -> Option<Problem> {
     p.fix.push(format!(
         "Reserve the fixed ones (the list replaces the old one, so keep its entries): sysctl -w net.ipv4.ip_local_reserved_ports={merged}"
     ));
-    if lo < PORT_RANGE_FLOOR {
+    if lo < PortRange::KERNEL_DEFAULT.low {
         p.fix.push(format!(
-            "Or start the range above the service ports: sysctl -w net.ipv4.ip_local_port_range=\"{} {}\"",
-            PORT_RANGE_FLOOR,
-            if hi % 2 == PORT_RANGE_FLOOR % 2 { hi.saturating_sub(1) } else { hi }
+            "Or start the range at the kernel default, above the ports services are configured with: sysctl -w net.ipv4.ip_local_port_range=\"{} {}\"",
+            PortRange::KERNEL_DEFAULT.low,
+            if hi % 2 == 0 { hi.saturating_sub(1) } else { hi }
         ));
     }
     p.data.insert("range".into(), json!([lo, hi]));
@@ -753,11 +751,12 @@ fn emit_port_range(
         return;
     };
     let outgoing = s.sockets.time_wait.client_side > 0 || !s.sockets.port_use.is_empty();
-    let badly_chosen = lo % 2 == hi % 2 || lo < PORT_RANGE_FLOOR;
+    let badly_chosen = lo % 2 == hi % 2;
     let (mut nlo, mut nhi) = (lo, hi);
     if outgoing || badly_chosen {
-        let w = widened_port_range(PortRange { low: lo, high: hi });
-        (nlo, nhi) = (w.low, w.high);
+        if let Some(w) = widened_port_range(PortRange { low: lo, high: hi }) {
+            (nlo, nhi) = (w.low, w.high);
+        }
     }
     if (nlo, nhi) != (lo, hi) {
         let mut comment = vec![format!(
@@ -1017,7 +1016,6 @@ mod tests {
             "net.ipv4.tcp_max_tw_buckets = 131072",
             "net.ipv4.tcp_fin_timeout = 60",
             "net.ipv4.tcp_tw_reuse = 1",
-            "net.ipv4.ip_local_port_range = 10000 65535",
             "net.ipv4.ip_local_reserved_ports = 9100,11211",
             "net.core.somaxconn = 4096",
             "net.ipv4.tcp_syncookies = 1",
@@ -1039,6 +1037,9 @@ mod tests {
             }
         }
         assert!(text.contains("# Not here on purpose: net.ipv4.tcp_tw_recycle"));
+        // 1024-65535 already ends at 65535; tcpdoctor never proposes a start below
+        // 32768 the host did not have.
+        assert!(!text.contains("net.ipv4.ip_local_port_range ="), "{text}");
     }
 
     #[test]

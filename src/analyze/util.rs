@@ -126,20 +126,40 @@ pub fn unreserved_listeners_in(s: &Snapshot, range: PortRange) -> BTreeMap<u16, 
     out
 }
 
-/// Where a widened ephemeral range should start at the lowest: most services listen
-/// below it.
-pub const PORT_RANGE_FLOOR: u16 = 10000;
-
 /// The `ip_local_port_range` tcpdoctor proposes instead of `current` when more ports are
-/// needed: start no lower than the floor and no higher than the default start, made even;
-/// end at 65535. Even start and odd end: the different parity the kernel prefers.
-pub fn widened_port_range(current: PortRange) -> PortRange {
-    PortRange {
-        low: current
-            .low
-            .clamp(PORT_RANGE_FLOOR, PortRange::KERNEL_DEFAULT.low)
-            & !1,
+/// needed, or `None` when it cannot widen it. It ends at 65535 and never starts lower
+/// than the kernel default's 32768 unless the range already did: below 32768 live the
+/// ports services are configured with (databases, caches, proxies, 1024-32767 in the
+/// IANA registry), and today's listeners are not the only ones a host will run, so
+/// tcpdoctor cannot vouch for a lower start. Start and end get different parity, as the
+/// kernel prefers (connect() favours ports of the start's parity, bind(0) the other).
+pub fn widened_port_range(current: PortRange) -> Option<PortRange> {
+    let floor = PortRange::KERNEL_DEFAULT.low;
+    let low = if current.low >= floor {
+        floor
+    } else if current.low % 2 == 1 {
+        // Keep the user's own start, made even so that it differs from 65535's parity.
+        current.low + 1
+    } else {
+        current.low
+    };
+    let wide = PortRange {
+        low,
         high: u16::MAX,
+    };
+    (wide.len() > current.len()).then_some(wide)
+}
+
+/// The `tcp_max_tw_buckets` tcpdoctor proposes when the table is short: never below the
+/// kernel default (the limit is an attack guard and must not be lowered), and twice what
+/// is in use when that is more. `None` when the default is unknown and nothing is used.
+pub fn proposed_tw_buckets(s: &Snapshot, in_use: u64) -> Option<u64> {
+    let default = s.tw_buckets_default();
+    let wanted = in_use.saturating_mul(2);
+    match default {
+        Some(d) => Some(d.max(wanted)),
+        None if wanted > 0 => Some(wanted.max(1024)),
+        None => None,
     }
 }
 
@@ -148,14 +168,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn widened_ranges_start_between_floor_and_default_with_different_parity() {
-        let w = |low, high| {
-            let r = widened_port_range(PortRange { low, high });
-            (r.low, r.high)
-        };
-        assert_eq!(w(32768, 60999), (32768, 65535));
-        assert_eq!(w(1024, 65535), (10000, 65535));
-        assert_eq!(w(15001, 64999), (15000, 65535));
+    fn widened_ranges_never_start_below_the_default_unless_already_there() {
+        let w = |low, high| widened_port_range(PortRange { low, high }).map(|r| (r.low, r.high));
+        assert_eq!(w(32768, 60999), Some((32768, 65535)));
+        assert_eq!(w(40000, 50001), Some((32768, 65535)));
+        // Never a start below 32768 that the host did not already have.
+        assert_eq!(w(15001, 64999), Some((15002, 65535)));
+        assert_eq!(w(1024, 65535), None);
+        assert_eq!(w(32768, 65535), None);
+    }
+
+    #[test]
+    fn proposed_tw_buckets_never_go_below_the_kernel_default() {
+        let mut s = Snapshot::default();
+        s.sysctls
+            .insert("net.ipv4.tcp_ehash_entries".into(), "262144".into());
+        assert_eq!(proposed_tw_buckets(&s, 5_000), Some(131_072));
+        assert_eq!(proposed_tw_buckets(&s, 100_000), Some(200_000));
+        let unknown = Snapshot::default();
+        assert_eq!(proposed_tw_buckets(&unknown, 0), None);
+        assert_eq!(proposed_tw_buckets(&unknown, 300), Some(1024));
     }
 
     #[test]
