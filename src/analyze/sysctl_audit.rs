@@ -1016,7 +1016,7 @@ mod tests {
             "net.ipv4.tcp_max_tw_buckets = 131072",
             "net.ipv4.tcp_fin_timeout = 60",
             "net.ipv4.tcp_tw_reuse = 1",
-            "net.ipv4.ip_local_reserved_ports = 9100,11211",
+            "net.ipv4.ip_local_reserved_ports = 6379,9100,11211",
             "net.core.somaxconn = 4096",
             "net.ipv4.tcp_syncookies = 1",
             "net.ipv4.tcp_abort_on_overflow = 0",

@@ -127,27 +127,19 @@ pub fn unreserved_listeners_in(s: &Snapshot, range: PortRange) -> BTreeMap<u16, 
 }
 
 /// The `ip_local_port_range` tcpdoctor proposes instead of `current` when more ports are
-/// needed, or `None` when it cannot widen it. It ends at 65535 and never starts lower
-/// than the kernel default's 32768 unless the range already did: below 32768 live the
-/// ports services are configured with (databases, caches, proxies, 1024-32767 in the
-/// IANA registry), and today's listeners are not the only ones a host will run, so
-/// tcpdoctor cannot vouch for a lower start. Start and end get different parity, as the
-/// kernel prefers (connect() favours ports of the start's parity, bind(0) the other).
+/// needed, or `None` when it will not widen it: 32768-65535. It never proposes a start
+/// below the kernel default's 32768: below it live the ports services are configured
+/// with (databases, caches, proxies; 1024-32767 in the IANA registry), and today's
+/// listeners are not the only ones a host will run, so tcpdoctor cannot vouch for a
+/// lower start. A range that already starts lower is the port_range_overlap audit's
+/// business, not a widening. Even start and odd end: the different parity the kernel
+/// prefers (connect() favours ports of the start's parity, bind(0) the other).
 pub fn widened_port_range(current: PortRange) -> Option<PortRange> {
-    let floor = PortRange::KERNEL_DEFAULT.low;
-    let low = if current.low >= floor {
-        floor
-    } else if current.low % 2 == 1 {
-        // Keep the user's own start, made even so that it differs from 65535's parity.
-        current.low + 1
-    } else {
-        current.low
-    };
     let wide = PortRange {
-        low,
+        low: PortRange::KERNEL_DEFAULT.low,
         high: u16::MAX,
     };
-    (wide.len() > current.len()).then_some(wide)
+    (current.low >= wide.low && wide.len() > current.len()).then_some(wide)
 }
 
 /// The `tcp_max_tw_buckets` tcpdoctor proposes when the table is short: never below the
@@ -172,8 +164,8 @@ mod tests {
         let w = |low, high| widened_port_range(PortRange { low, high }).map(|r| (r.low, r.high));
         assert_eq!(w(32768, 60999), Some((32768, 65535)));
         assert_eq!(w(40000, 50001), Some((32768, 65535)));
-        // Never a start below 32768 that the host did not already have.
-        assert_eq!(w(15001, 64999), Some((15002, 65535)));
+        // Never a start below 32768, even where the host already has one.
+        assert_eq!(w(15001, 64999), None);
         assert_eq!(w(1024, 65535), None);
         assert_eq!(w(32768, 65535), None);
     }
