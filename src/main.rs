@@ -103,6 +103,11 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
             tcpdoctor::live::serve::run(&common, &s)?;
             return Ok(exit::OK);
         }
+        Action::Trace(s) => {
+            drop(out);
+            tcpdoctor::live::trace::run(&common, &s)?;
+            return Ok(exit::OK);
+        }
         Action::States(s) => {
             let report = cmd::states::run(&common, &s)?;
             if s.json {

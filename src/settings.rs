@@ -8,7 +8,7 @@ use crate::analyze::Thresholds;
 
 use crate::cli::{self, ByArg, ColorArg, SourceArg, StateWord};
 use crate::collect::sockets::SourcePref;
-use crate::model::{GroupBy, SocketFilter, StateSet, TcpState};
+use crate::model::{FlowFilter, GroupBy, SocketFilter, StateSet, TcpState};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Common {
@@ -109,12 +109,27 @@ pub struct ServeSettings {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub struct TraceSettings {
+    pub interval: Duration,
+    /// Stop after this long; `None`: at Ctrl-C or SIGTERM.
+    pub duration: Option<Duration>,
+    /// Rows in the table (`usize::MAX`: all).
+    pub top: usize,
+    /// `--netns` is resolved by the command into `filter.netns`.
+    pub filter: FlowFilter,
+    /// Raw events, at most this many per second; `None`: no events.
+    pub events: Option<u32>,
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Check(CheckSettings),
     Watch(WatchSettings),
     Serve(ServeSettings),
     States(StatesSettings),
     Sockets(SocketsSettings),
+    Trace(TraceSettings),
 }
 
 /// A setting that cannot be used; the message names the value and what to change.
@@ -138,6 +153,12 @@ pub enum SettingsError {
     MaxCpu(f64),
     #[error("--netns '{0}' is not a namespace: use all, current, a path such as /run/netns/NAME, a pid, or a name")]
     Netns(String),
+    #[error("trace --{flag} '{value}' is out of range ({range})")]
+    Trace {
+        flag: &'static str,
+        value: f64,
+        range: &'static str,
+    },
 }
 
 /// Facts about the terminal the caller knows (main owns stdout and the environment).
@@ -241,8 +262,42 @@ pub fn resolve(cli: cli::Cli, term: Terminal) -> Result<(Common, Action), Settin
                 json: a.json,
             })
         }
+        Some(cli::Command::Trace(a)) => Action::Trace(trace_settings(a)?),
     };
     Ok((common, action))
+}
+
+fn trace_settings(a: cli::TraceArgs) -> Result<TraceSettings, SettingsError> {
+    let out_of_range = |flag, value, range| SettingsError::Trace { flag, value, range };
+    if !(0.1..=3600.0).contains(&a.interval) {
+        return Err(out_of_range("interval", a.interval, "0.1-3600 s"));
+    }
+    let duration = match a.duration {
+        None => None,
+        Some(d) if d > 0.0 && d <= 30.0 * 86400.0 => Some(Duration::from_secs_f64(d)),
+        Some(d) => return Err(out_of_range("duration", d, "above 0, at most 30 days")),
+    };
+    if !(1..=1_000_000).contains(&a.events_limit) {
+        return Err(out_of_range(
+            "events-limit",
+            f64::from(a.events_limit),
+            "1-1000000 per second",
+        ));
+    }
+    Ok(TraceSettings {
+        interval: Duration::from_secs_f64(a.interval),
+        duration,
+        top: if a.top == 0 { usize::MAX } else { a.top },
+        filter: FlowFilter {
+            pids: a.pid,
+            comms: a.comm,
+            ports: a.port,
+            peers: a.peer,
+            netns: Vec::new(),
+        },
+        events: a.events.then_some(a.events_limit),
+        json: a.json,
+    })
 }
 
 fn check_settings(a: &cli::CheckArgs) -> Result<CheckSettings, SettingsError> {

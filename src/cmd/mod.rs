@@ -6,6 +6,7 @@ pub mod collect;
 pub mod netns;
 pub mod sockets;
 pub mod states;
+pub mod trace;
 
 use crate::collect::sockets::CollectError;
 
@@ -17,4 +18,7 @@ pub enum CmdError {
     /// `--netns` named a namespace that cannot be read.
     #[error("{0}")]
     Netns(String),
+    /// The connection tracer cannot run (no BPF, not root, no BTF).
+    #[error(transparent)]
+    Trace(#[from] crate::collect::trace::TraceError),
 }

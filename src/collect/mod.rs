@@ -9,3 +9,4 @@ pub mod netns;
 pub mod procfs;
 pub mod sockets;
 pub mod sysctl;
+pub mod trace;

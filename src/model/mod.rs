@@ -9,6 +9,7 @@ mod container;
 mod digest;
 mod filter;
 mod finding;
+pub mod flow;
 pub mod kernel;
 mod netns;
 mod notice;
@@ -28,6 +29,10 @@ pub use container::{Container, Pod, Runtime};
 pub use digest::DigestBuilder;
 pub use filter::{AddrFilter, BadAddrFilter, SocketFilter};
 pub use finding::{Evidence, Finding, FixStep, Nature, Severity, SysctlChange};
+pub use flow::{
+    Closer, ConnectFailures, Direction, FlowCounts, FlowEvent, FlowEventKind, FlowFilter,
+    FlowInterval, FlowKey, FlowPeer, FlowRow, Lifetimes, TraceLosses, TraceSummary,
+};
 pub use kernel::{EphemeralPorts, PortRange};
 pub use netns::{name_namespace, NetnsInfo, NetnsKind, NetnsRef};
 pub use report::{CheckReport, GroupRow, Groups, NamespaceCounts, SocketsReport, StatesReport};

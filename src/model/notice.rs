@@ -39,6 +39,11 @@ pub enum NoticeCode {
     NetnsReplay,
     /// A replayed capture lacks some evidence a live run reads.
     ReplayMissing,
+    /// The connection tracer runs without some of its programs (the kernel refused
+    /// them); the message says what is not seen.
+    TraceDegraded,
+    /// The connection tracer lost counts or events (full tables, rate limit).
+    TraceLosses,
 }
 
 impl NoticeCode {
@@ -60,11 +65,13 @@ impl NoticeCode {
             NoticeCode::NetnsUnreadable => "netns_unreadable",
             NoticeCode::NetnsReplay => "netns_replay",
             NoticeCode::ReplayMissing => "replay_missing",
+            NoticeCode::TraceDegraded => "trace_degraded",
+            NoticeCode::TraceLosses => "trace_losses",
         }
     }
 
     /// Every code, for the exporter's series and the docs.
-    pub const ALL: [NoticeCode; 16] = [
+    pub const ALL: [NoticeCode; 18] = [
         NoticeCode::NetlinkUnavailable,
         NoticeCode::Ipv6Unavailable,
         NoticeCode::TcpInfoUnavailable,
@@ -81,6 +88,8 @@ impl NoticeCode {
         NoticeCode::NetnsUnreadable,
         NoticeCode::NetnsReplay,
         NoticeCode::ReplayMissing,
+        NoticeCode::TraceDegraded,
+        NoticeCode::TraceLosses,
     ];
 
     /// Whether a report with this notice may have missed a problem: sockets, owners,
@@ -97,6 +106,7 @@ impl NoticeCode {
                 | NoticeCode::NetnsCurrentOnly
                 | NoticeCode::NetnsUnreadable
                 | NoticeCode::ReplayMissing
+                | NoticeCode::TraceLosses
         )
     }
 }

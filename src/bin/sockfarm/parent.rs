@@ -10,6 +10,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+// Churn mode lives beside this file; declared here because the binary's root is not
+// ours to edit (relative to this file's folder).
+#[path = "churn.rs"]
+mod churn;
+
 use crate::cli::Args;
 use crate::host;
 use crate::plan::{Phase, Plan, Request};
@@ -445,6 +450,9 @@ impl Leak {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if let Some(c) = churn::Churn::from_args(&args)? {
+        return churn::run(c);
+    }
     let started = Instant::now();
     let request = Request::from_args(args)?;
     host::apply_sysctls(&request)?;

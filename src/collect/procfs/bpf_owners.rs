@@ -237,7 +237,7 @@ fn nspid(status: &[u8]) -> Option<Vec<u32>> {
 /// Whether the effective capabilities (`CapEff:`) allow loading tracing programs that
 /// read kernel memory: CAP_BPF and CAP_PERFMON (Linux 5.8+), or CAP_SYS_ADMIN.
 /// Unknown (no such line): let the kernel decide.
-fn may_load_tracing_programs(status: &[u8]) -> bool {
+pub(crate) fn may_load_tracing_programs(status: &[u8]) -> bool {
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;

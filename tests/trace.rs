@@ -1,0 +1,560 @@
+//! `tcpdoctor trace` against real connections: a server and a client process (the
+//! sockfarm churn mode) in a private network namespace, the tracer running on the host
+//! with `--netns` set to that namespace and `--json`, and its numbers checked against
+//! what the processes did: counts, rates, pids, who closed first, resets, failed
+//! connect() calls. Root only (BPF, namespaces); run with `-- --include-ignored`.
+//! Every child and every wait is bounded; children are killed by pid.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use common::{run_bounded, Netns, SOCKFARM, TCPDOCTOR};
+
+/// How long a child may take to print a line it owes.
+const LINE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the tracer may take to print its summary and exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A child whose stdout lines arrive on a channel; killed by pid if still running when
+/// dropped.
+struct Lines {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    rx: mpsc::Receiver<String>,
+    what: String,
+}
+
+impl Lines {
+    fn spawn(mut cmd: Command, what: &str) -> Lines {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .env("NO_COLOR", "1")
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        let stdin = child.stdin.take();
+        let (tx, rx) = mpsc::channel();
+        if let Some(out) = child.stdout.take() {
+            thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Lines {
+            child,
+            stdin,
+            rx,
+            what: what.to_string(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next line, as JSON.
+    fn next_json(&self) -> Value {
+        let line = self
+            .rx
+            .recv_timeout(LINE_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{}: no line within {LINE_TIMEOUT:?}: {e}", self.what));
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", self.what))
+    }
+
+    /// Closes stdin (the churn processes then exit) and waits, bounded.
+    fn finish(mut self) -> Vec<Value> {
+        self.stdin = None;
+        self.wait_exit()
+    }
+
+    /// SIGTERM (the tracer then prints its summary) and waits, bounded.
+    fn terminate(mut self) -> Vec<Value> {
+        // SAFETY: plain syscall on our own unreaped child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        self.wait_exit()
+    }
+
+    fn wait_exit(&mut self) -> Vec<Value> {
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => break s,
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    panic!("{} did not exit within {STOP_TIMEOUT:?}", self.what);
+                }
+            }
+        };
+        assert!(status.success(), "{} exited with {status}", self.what);
+        let mut rest = Vec::new();
+        while let Ok(line) = self.rx.recv_timeout(Duration::from_secs(5)) {
+            rest.push(
+                serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", self.what)),
+            );
+        }
+        rest
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `tcpdoctor trace --json` on the host, narrowed to `ns`, started and attached (its
+/// first interval line has arrived).
+fn start_trace(ns: &Netns, extra: &[&str]) -> Lines {
+    let mut cmd = Command::new(TCPDOCTOR);
+    cmd.args([
+        "trace",
+        "--json",
+        "--interval",
+        "0.25",
+        "--netns",
+        ns.name(),
+    ])
+    .args(extra);
+    let t = Lines::spawn(cmd, "tcpdoctor trace");
+    let first = t.next_json();
+    assert_eq!(first["record"], "interval", "{first}");
+    t
+}
+
+/// The churn server in `ns`; returns it and its listening port.
+fn start_server(ns: &Netns, extra: &[&str]) -> (Lines, u16) {
+    let mut args = vec!["--churn-serve", "127.0.0.1:0", "--hold-secs", "300"];
+    args.extend_from_slice(extra);
+    let s = Lines::spawn(ns.command(SOCKFARM, &args), "churn server");
+    let ready = s.next_json();
+    let listen = ready["listen"].as_str().expect("listen address");
+    let port = listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port");
+    assert_eq!(ready["pid"], s.pid(), "ip netns exec keeps the pid");
+    (s, port)
+}
+
+/// Runs a churn client in `ns` to completion; returns its pid and result line.
+fn run_client(ns: &Netns, port: u16, extra: &[&str]) -> (u32, Value) {
+    let to = format!("127.0.0.1:{port}");
+    let mut args = vec!["--churn-connect", to.as_str(), "--hold-secs", "300"];
+    args.extend_from_slice(extra);
+    let c = Lines::spawn(ns.command(SOCKFARM, &args), "churn client");
+    let pid = c.pid();
+    let result = c.next_json();
+    c.finish();
+    (pid, result)
+}
+
+/// The summary line among the tracer's last lines.
+fn summary(lines: &[Value]) -> &Value {
+    let s = lines.last().expect("lines after SIGTERM");
+    assert_eq!(s["record"], "summary", "{s}");
+    s
+}
+
+/// The flow of `pid` in `direction` (active: to `port`; passive: on `port`).
+fn flow<'a>(s: &'a Value, pid: u32, direction: &str, port: u16) -> &'a Value {
+    let flows = s["flows"].as_array().expect("flows");
+    let found: Vec<&Value> = flows
+        .iter()
+        .filter(|f| {
+            f["pid"] == pid
+                && f["direction"] == direction
+                && match direction {
+                    "active" => f["remote"] == format!("127.0.0.1:{port}"),
+                    _ => f["local_port"] == port,
+                }
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one {direction} flow of pid {pid} (port {port}) in {s:#}"
+    );
+    found[0]
+}
+
+/// Lets the last FINs, resets and closes of a run reach the tracer's tables.
+fn settle() {
+    thread::sleep(Duration::from_millis(500));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn short_connections_at_a_known_rate_are_counted_exactly_and_at_that_rate() {
+    let ns = Netns::new("tracerate");
+    let trace = start_trace(&ns, &[]);
+    let (server, port) = start_server(&ns, &[]);
+    let (client, result) = run_client(&ns, port, &["--churn-count", "300", "--churn-rate", "100"]);
+    assert_eq!(result["connected"], 300, "{result}");
+    settle();
+    let lines = trace.terminate();
+    let server_pid = server.pid();
+    server.finish();
+    let s = summary(&lines);
+
+    let out = flow(s, client, "active", port);
+    assert_eq!(out["opened"], 300, "{out:#}");
+    assert_eq!(out["closed"]["local"], 300, "{out:#}");
+    assert_eq!(out["closed"]["peer"], 0);
+    assert_eq!(out["closer"], "local");
+    assert_eq!(out["lifetimes"]["count"], 300);
+    assert_eq!(out["comm"], "sockfarm");
+    let inc = flow(s, server_pid, "passive", port);
+    assert_eq!(inc["opened"], 300, "{inc:#}");
+    assert_eq!(inc["closed"]["peer"], 300, "{inc:#}");
+    assert_eq!(inc["closer"], "peer");
+    assert_eq!(s["totals"]["opened"], 600);
+    assert_eq!(s["losses"]["flows_full"], 0);
+
+    // The rate: the intervals wholly inside the client's 3 s, where it connected at
+    // 100/s. Interval starts are relative to the tracer's start; the client's window
+    // is found from the intervals themselves (first and last with its opens).
+    let intervals: Vec<&Value> = lines.iter().filter(|l| l["record"] == "interval").collect();
+    let opened_by_client = |l: &Value| -> u64 {
+        l["flows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| f["pid"] == client && f["direction"] == "active")
+            .map(|f| f["opened"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let active: Vec<usize> = (0..intervals.len())
+        .filter(|&i| opened_by_client(intervals[i]) > 0)
+        .collect();
+    let (first, last) = (active[0], active[active.len() - 1]);
+    assert!(
+        last > first + 2,
+        "the 3 s run spans several 0.25 s intervals"
+    );
+    let inner = &intervals[first + 1..last];
+    let opened: u64 = inner.iter().map(|l| opened_by_client(l)).sum();
+    let ms: u64 = inner
+        .iter()
+        .map(|l| l["duration_ms"].as_u64().unwrap_or(0))
+        .sum();
+    let rate = opened as f64 * 1000.0 / ms as f64;
+    assert!(
+        (90.0..=110.0).contains(&rate),
+        "{opened} connections in {ms} ms = {rate:.1}/s, expected 100/s ±10%"
+    );
+    for l in inner {
+        let f = l["flows"]
+            .as_array()
+            .and_then(|v| v.iter().find(|f| f["pid"] == client))
+            .expect("client flow in each inner interval");
+        let per_s = f["opened_per_s"].as_f64().expect("rate");
+        assert!(per_s > 0.0 && per_s < 400.0, "{f}");
+    }
+}
+
+/// Events of one run: (kind, pid, local port, remote port, old state, new state).
+fn events(lines: &[Value]) -> Vec<(String, u64, u64, u64, String, String)> {
+    lines
+        .iter()
+        .filter(|l| l["record"] == "event")
+        .map(|e| {
+            let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+            (
+                s(&e["kind"]),
+                e["pid"].as_u64().unwrap_or(0),
+                e["local"]["port"].as_u64().unwrap_or(0),
+                e["remote"]["port"].as_u64().unwrap_or(0),
+                s(&e["old_state"]),
+                s(&e["new_state"]),
+            )
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn each_side_closing_first_is_counted_for_its_own_pid() {
+    for closer in ["client", "server"] {
+        let ns = Netns::new(&format!("traceclose{closer}"));
+        let trace = start_trace(&ns, &["--events", "--events-limit", "100000"]);
+        let (server, port) = start_server(&ns, &["--churn-closer", closer]);
+        let (client, result) = run_client(
+            &ns,
+            port,
+            &[
+                "--churn-count",
+                "50",
+                "--churn-rate",
+                "100",
+                "--churn-closer",
+                closer,
+            ],
+        );
+        assert_eq!(result["connected"], 50, "{result}");
+        settle();
+        let mut lines = Vec::new();
+        // Events came before the summary, on the same stream.
+        while let Ok(l) = trace.rx.try_recv() {
+            lines.push(serde_json::from_str::<Value>(&l).expect("json"));
+        }
+        lines.extend(trace.terminate());
+        let server_pid = server.pid();
+        server.finish();
+        let s = summary(&lines);
+
+        let (client_first, server_first) = if closer == "client" { (50, 0) } else { (0, 50) };
+        let out = flow(s, client, "active", port);
+        assert_eq!(out["opened"], 50, "{closer}: {out:#}");
+        assert_eq!(out["closed"]["local"], client_first, "{closer}: {out:#}");
+        assert_eq!(out["closed"]["peer"], server_first, "{closer}: {out:#}");
+        let inc = flow(s, server_pid, "passive", port);
+        assert_eq!(inc["opened"], 50, "{closer}: {inc:#}");
+        assert_eq!(inc["closed"]["local"], server_first, "{closer}: {inc:#}");
+        assert_eq!(inc["closed"]["peer"], client_first, "{closer}: {inc:#}");
+        assert_eq!(s["losses"]["events_rate_limited"], 0);
+        assert_eq!(s["losses"]["events_ring_full"], 0);
+
+        // Every state change is attributed by its socket: the client's sockets (remote
+        // port = the server's) to the client, the server's (local port) to the server,
+        // whichever task the softirq that made the change interrupted.
+        let ev = events(&lines);
+        let states: Vec<_> = ev.iter().filter(|e| e.0 == "state").collect();
+        assert!(
+            states.len() >= 50 * 8,
+            "{closer}: only {} state events",
+            states.len()
+        );
+        for (kind, pid, local, remote, old, new) in &states {
+            let owner = if *local == u64::from(port) {
+                u64::from(server_pid)
+            } else {
+                assert_eq!(*remote, u64::from(port), "{kind} {old}->{new}");
+                u64::from(client)
+            };
+            assert_eq!(
+                *pid, owner,
+                "{closer}: {old} -> {new} local :{local} remote :{remote}"
+            );
+        }
+        // The side that closed first went ESTABLISHED -> FIN_WAIT1 50 times, the other
+        // ESTABLISHED -> CLOSE_WAIT.
+        let (first_pid, other_pid) = if closer == "client" {
+            (u64::from(client), u64::from(server_pid))
+        } else {
+            (u64::from(server_pid), u64::from(client))
+        };
+        let count = |pid: u64, old: &str, new: &str| {
+            states
+                .iter()
+                .filter(|e| e.1 == pid && e.4 == old && e.5 == new)
+                .count()
+        };
+        assert_eq!(count(first_pid, "ESTABLISHED", "FIN_WAIT1"), 50, "{closer}");
+        assert_eq!(
+            count(other_pid, "ESTABLISHED", "CLOSE_WAIT"),
+            50,
+            "{closer}"
+        );
+        assert_eq!(count(other_pid, "ESTABLISHED", "FIN_WAIT1"), 0, "{closer}");
+        assert_eq!(
+            count(u64::from(client), "SYN_SENT", "ESTABLISHED"),
+            50,
+            "{closer}"
+        );
+        assert_eq!(
+            count(u64::from(server_pid), "SYN_RECV", "ESTABLISHED"),
+            50,
+            "{closer}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_narrowed_port_range_gives_an_exact_count_of_eaddrnotavail() {
+    let ns = Netns::new("traceports");
+    let trace = start_trace(&ns, &[]);
+    // The listener first: its own port must not come out of the narrowed range.
+    let (server, port) = start_server(&ns, &[]);
+    // 10 ports (40000 and 40009 differ in parity, so the kernel does not complain).
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40009");
+    assert!(!(40000..=40009).contains(&port), "listener on {port}");
+    // Holds each connection: the 11th and later connect() calls find no port.
+    let to = format!("127.0.0.1:{port}");
+    let c = Lines::spawn(
+        ns.command(
+            SOCKFARM,
+            &[
+                "--churn-connect",
+                &to,
+                "--churn-count",
+                "37",
+                "--churn-hold",
+                "--hold-secs",
+                "300",
+            ],
+        ),
+        "churn client",
+    );
+    let client = c.pid();
+    let result = c.next_json();
+    assert_eq!(result["connected"], 10, "{result}");
+    assert_eq!(result["failed"]["EADDRNOTAVAIL"], 27, "{result}");
+    settle();
+    let lines = trace.terminate();
+    c.finish();
+    server.finish();
+    let s = summary(&lines);
+    let out = flow(s, client, "active", port);
+    assert_eq!(out["opened"], 10, "{out:#}");
+    assert_eq!(out["connect_failures"]["EADDRNOTAVAIL"], 27, "{out:#}");
+    let others: u64 = out["connect_failures"]
+        .as_object()
+        .expect("failures")
+        .iter()
+        .filter(|(k, _)| *k != "EADDRNOTAVAIL")
+        .map(|(_, v)| v.as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(others, 0, "{out:#}");
+    assert_eq!(out["closed"]["local"], 0, "still held");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn so_linger_zero_closes_are_resets_sent_by_the_closing_pid() {
+    for closer in ["client", "server"] {
+        let ns = Netns::new(&format!("tracerst{closer}"));
+        let trace = start_trace(&ns, &[]);
+        let (server, port) = start_server(&ns, &["--churn-closer", closer, "--churn-linger0"]);
+        let (client, result) = run_client(
+            &ns,
+            port,
+            &[
+                "--churn-count",
+                "40",
+                "--churn-rate",
+                "200",
+                "--churn-closer",
+                closer,
+                "--churn-linger0",
+            ],
+        );
+        assert_eq!(result["connected"], 40, "{result}");
+        settle();
+        let lines = trace.terminate();
+        let server_pid = server.pid();
+        server.finish();
+        let s = summary(&lines);
+        let out = flow(s, client, "active", port);
+        let inc = flow(s, server_pid, "passive", port);
+        let (aborter, other) = if closer == "client" {
+            (out, inc)
+        } else {
+            (inc, out)
+        };
+        assert_eq!(aborter["resets"]["sent"], 40, "{closer}: {aborter:#}");
+        assert_eq!(aborter["resets"]["received"], 0, "{closer}: {aborter:#}");
+        assert_eq!(aborter["closed"]["local"], 40, "{closer}: {aborter:#}");
+        assert_eq!(other["resets"]["received"], 40, "{closer}: {other:#}");
+        assert_eq!(other["resets"]["sent"], 0, "{closer}: {other:#}");
+        assert_eq!(other["closed"]["peer"], 40, "{closer}: {other:#}");
+        // No reset went to a flow without an owner.
+        for f in s["flows"].as_array().expect("flows") {
+            assert_ne!(f["pid"], 0, "{closer}: unattributed flow {f:#}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_keep_alive_client_opens_once_and_closes_nothing() {
+    let ns = Netns::new("tracekeep");
+    let trace = start_trace(&ns, &[]);
+    let (server, port) = start_server(&ns, &[]);
+    let to = format!("127.0.0.1:{port}");
+    let c = Lines::spawn(
+        ns.command(
+            SOCKFARM,
+            &[
+                "--churn-connect",
+                &to,
+                "--churn-keepalive",
+                "--churn-count",
+                "40",
+                "--churn-rate",
+                "40",
+                "--hold-secs",
+                "300",
+            ],
+        ),
+        "keep-alive client",
+    );
+    let client = c.pid();
+    let result = c.next_json();
+    assert_eq!(result["exchanged"], 40, "{result}");
+    settle();
+    // Stopped while the connection is still open.
+    let lines = trace.terminate();
+    c.finish();
+    let server_pid = server.pid();
+    server.finish();
+    let s = summary(&lines);
+    let out = flow(s, client, "active", port);
+    assert_eq!(out["opened"], 1, "{out:#}");
+    assert_eq!(out["closed"]["local"], 0, "{out:#}");
+    assert_eq!(out["closed"]["peer"], 0, "{out:#}");
+    assert_eq!(out["closed"]["unknown"], 0, "{out:#}");
+    let inc = flow(s, server_pid, "passive", port);
+    assert_eq!(inc["opened"], 1, "{inc:#}");
+    assert_eq!(s["totals"]["opened"], 2);
+    assert_eq!(s["totals"]["closed_per_s"], 0.0);
+    assert_eq!(s["totals"]["resets"]["sent"], 0);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn without_privilege_trace_says_so_in_one_line_and_exits_3() {
+    let ns = Netns::new("tracenopriv");
+    let out = ns.run_tcpdoctor_unprivileged(&["trace", "--duration", "1"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err:?}");
+    assert!(err.contains("needs root"), "{err}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+}
+
+#[test]
+fn bad_trace_flags_are_refused_in_one_line() {
+    for args in [
+        vec!["trace", "--interval", "0"],
+        vec!["trace", "--duration", "-1"],
+        // --events-limit without --events
+        vec!["trace", "--events-limit", "5"],
+    ] {
+        let out = run_bounded(Command::new(TCPDOCTOR).args(&args), Duration::from_secs(30))
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err:?}");
+    }
+}
