@@ -558,3 +558,149 @@ fn bad_trace_flags_are_refused_in_one_line() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err:?}");
     }
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_listener_and_a_connection_open_before_tracing_are_named() {
+    let ns = Netns::new("traceearly");
+    let (server, port) = start_server(&ns, &[]);
+    let to = format!("127.0.0.1:{port}");
+    let early = Lines::spawn(
+        ns.command(
+            SOCKFARM,
+            &[
+                "--churn-connect",
+                &to,
+                "--churn-keepalive",
+                "--churn-count",
+                "5",
+                "--hold-secs",
+                "300",
+            ],
+        ),
+        "keep-alive client",
+    );
+    let early_pid = early.pid();
+    assert_eq!(early.next_json()["exchanged"], 5);
+    // Both the listener and the connection exist before the tracer starts.
+    let trace = start_trace(&ns, &[]);
+    early.finish(); // closes its connection first
+    let (client, result) = run_client(&ns, port, &["--churn-count", "20", "--churn-rate", "200"]);
+    assert_eq!(result["connected"], 20, "{result}");
+    settle();
+    let lines = trace.terminate();
+    let server_pid = server.pid();
+    server.finish();
+    let s = summary(&lines);
+
+    // The listener's owner came from the owner scan at start.
+    let inc = flow(s, server_pid, "passive", port);
+    assert_eq!(inc["opened"], 20, "only the new ones: {inc:#}");
+    assert_eq!(
+        inc["closed"]["peer"], 21,
+        "the new ones and the early one: {inc:#}"
+    );
+    // The early connection's owner came from its close() call.
+    let gone = flow(s, early_pid, "active", port);
+    assert_eq!(gone["opened"], 0, "{gone:#}");
+    assert_eq!(gone["closed"]["local"], 1, "{gone:#}");
+    assert_eq!(
+        gone["lifetimes"]["count"], 0,
+        "its start was not seen: {gone:#}"
+    );
+    let out = flow(s, client, "active", port);
+    assert_eq!(out["opened"], 20, "{out:#}");
+    assert!(
+        s["losses"]["untracked_connections"].as_u64() >= Some(2),
+        "{s:#}"
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn events_are_capped_by_the_limit_in_the_kernel() {
+    let ns = Netns::new("tracecap");
+    let trace = start_trace(&ns, &["--events", "--events-limit", "100"]);
+    let (server, port) = start_server(&ns, &[]);
+    // About ten events per connection, as fast as the client can: thousands in well
+    // under a second.
+    let (_, result) = run_client(&ns, port, &["--churn-count", "400"]);
+    assert_eq!(result["connected"], 400, "{result}");
+    let burst_ms = result["elapsed_ms"].as_u64().expect("elapsed");
+    settle();
+    let lines = trace.terminate();
+    server.finish();
+    let s = summary(&lines);
+    let sent = lines.iter().filter(|l| l["record"] == "event").count() as u64;
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    // Each CPU may send ceil(100 / cpus) in each of its one-second windows; a burst of
+    // T ms touches at most ceil(T / 1000) + 1 of them.
+    let windows = burst_ms.div_ceil(1000) + 1;
+    let cap = 100u64.div_ceil(cpus) * cpus * windows;
+    assert!(
+        sent > 0 && sent <= cap,
+        "{sent} events, cap {cap} ({burst_ms} ms)"
+    );
+    assert_eq!(s["losses"]["events_sent"], sent, "{s:#}");
+    // The rest of the ~4000 events were dropped in the kernel, and counted.
+    let limited = s["losses"]["events_rate_limited"].as_u64().unwrap_or(0);
+    assert!(
+        sent + limited >= 3000,
+        "{sent} sent, {limited} limited: {s:#}"
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn ipv6_connections_are_traced_with_their_address() {
+    let ns = Netns::new("tracev6");
+    let trace = start_trace(&ns, &[]);
+    let server = Lines::spawn(
+        ns.command(
+            SOCKFARM,
+            &["--churn-serve", "[::1]:0", "--hold-secs", "300"],
+        ),
+        "churn server v6",
+    );
+    let ready = server.next_json();
+    let listen = ready["listen"].as_str().expect("listen").to_string();
+    let port: u16 = listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let c = Lines::spawn(
+        ns.command(
+            SOCKFARM,
+            &[
+                "--churn-connect",
+                &listen,
+                "--churn-count",
+                "20",
+                "--churn-rate",
+                "200",
+                "--hold-secs",
+                "300",
+            ],
+        ),
+        "churn client v6",
+    );
+    let client = c.pid();
+    assert_eq!(c.next_json()["connected"], 20);
+    c.finish();
+    settle();
+    let lines = trace.terminate();
+    let server_pid = server.pid();
+    server.finish();
+    let s = summary(&lines);
+    let flows = s["flows"].as_array().expect("flows");
+    let out = flows
+        .iter()
+        .find(|f| f["pid"] == client)
+        .unwrap_or_else(|| panic!("client flow in {s:#}"));
+    assert_eq!(out["remote"], format!("[::1]:{port}"), "{out:#}");
+    assert_eq!(out["opened"], 20);
+    assert_eq!(out["closed"]["local"], 20);
+    let inc = flow(s, server_pid, "passive", port);
+    assert_eq!(inc["closed"]["peer"], 20, "{inc:#}");
+}

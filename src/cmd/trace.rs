@@ -98,6 +98,12 @@ impl TraceSession {
         for d in &tracer.degraded {
             notices.push(Notice::new(NoticeCode::TraceDegraded, d.clone()));
         }
+        if in_child_pid_namespace(&common.proc_root) {
+            notices.push(Notice::new(
+                NoticeCode::TraceDegraded,
+                "tcpdoctor runs in a child pid namespace: the pids shown are those of the host's initial pid namespace, not the ones this namespace's /proc shows",
+            ));
+        }
 
         let mut containers = ContainerCache::default();
         let sel = netns::select_cached(&everywhere, true, &mut containers)?;
@@ -373,6 +379,16 @@ pub fn loss_notices(l: &TraceLosses, skipped_records: u64) -> Vec<Notice> {
         ));
     }
     out
+}
+
+/// Whether this process sees itself under more than one pid (`NSpid:` in its status
+/// lists one per pid namespace level): the kernel side records initial-namespace pids.
+fn in_child_pid_namespace(proc_root: &Path) -> bool {
+    std::fs::read_to_string(proc_root.join("self/status")).is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .is_some_and(|v| v.split_whitespace().count() > 1)
+    })
 }
 
 /// kernel.bpf_stats_enabled: whether the kernel measures BPF run time.

@@ -416,12 +416,13 @@ impl Loaded {
             .load(OBJECT)
             .map_err(|e| TraceError::Load(chain(&e)))?;
 
-        let mut degraded = Vec::new();
         let mut config = RawConfig {
             accept_hook: 0,
             connect_hook: 0,
         };
         let mut connect_hooks = 0;
+        // (function, reason, what is lost) of each optional program that did not attach.
+        let mut missing: Vec<(&str, String, &str)> = Vec::new();
         for (program, function, without) in OPTIONAL {
             let attached = ebpf
                 .program_mut(program)
@@ -435,21 +436,23 @@ impl Loaded {
             match attached {
                 Ok(()) if program == "trace_accept" => config.accept_hook = 1,
                 Ok(()) => connect_hooks += 1,
-                Err(reason) => degraded.push(format!(
-                    "fexit/{function} not attached ({}): {without}",
-                    short_reason(&reason)
-                )),
+                Err(reason) => missing.push((function, short_reason(&reason).to_string(), without)),
             }
         }
-        // Both connect() hooks or neither: the tracepoint fallback cannot tell the
-        // families apart cheaply.
-        if connect_hooks == 2 {
-            config.connect_hook = 1;
-        } else if connect_hooks == 1 {
-            degraded.push(
-                "only one of the connect() hooks attached: connect() failures before the SYN are inferred for both families".to_string(),
-            );
+        // Both connect() hooks or neither: the tracepoint fallback works for both
+        // families at once, and a hook left attached would count its failures twice.
+        if connect_hooks == 1 {
+            for program in ["trace_connect4", "trace_connect6"] {
+                if let Some(p) = ebpf.program_mut(program) {
+                    let p: Result<&mut FExit, _> = p.try_into();
+                    if let Ok(p) = p {
+                        let _ = p.unload();
+                    }
+                }
+            }
         }
+        config.connect_hook = u32::from(connect_hooks == 2);
+        let degraded = degraded_notes(&missing, connect_hooks == 1);
         {
             let map = ebpf
                 .map_mut("trace_config")
@@ -604,6 +607,32 @@ impl Loaded {
         }
         batch
     }
+}
+
+/// Sentences for the optional programs that are missing: one when the kernel refused
+/// them all for the same reason (a kernel without trampolines), else one each.
+#[cfg(not(tcpdoctor_no_trace_bpf))]
+fn degraded_notes(missing: &[(&str, String, &str)], one_connect_hook: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    let same = missing.windows(2).all(|w| w[0].1 == w[1].1);
+    if missing.len() == OPTIONAL.len() && same {
+        out.push(format!(
+            "the kernel refused the fexit programs ({}): accepted connections are counted for the process that opened the listening socket, and a connect() that fails before its SYN is counted only when it is EADDRNOTAVAIL (no free local port)",
+            missing[0].1
+        ));
+    } else {
+        for (function, reason, without) in missing {
+            out.push(format!(
+                "fexit/{function} not attached ({reason}): {without}"
+            ));
+        }
+    }
+    if one_connect_hook {
+        out.push(
+            "only one of the two connect() hooks attached, so neither is used: a connect() that fails before its SYN is counted only when it is EADDRNOTAVAIL".to_string(),
+        );
+    }
+    out
 }
 
 /// The useful part of a load error: aya appends an (empty, here) verifier log.
