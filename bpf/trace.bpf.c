@@ -625,6 +625,17 @@ int trace_state(__u64 *ctx)
 		struct listener_key lk = { .netns = netns_of(sk), .port = sk->__sk_common.skc_num };
 		if (bpf_map_update_elem(&trace_listeners, &lk, &l, BPF_ANY))
 			count_loss(CNT_LISTENERS_FULL);
+		if (cfg_events) {
+			struct sock_entry shown;
+			__builtin_memset(&shown, 0, sizeof(shown));
+			shown.tgid = l.tgid;
+			__builtin_memcpy(shown.comm, l.comm, 16);
+			shown.netns = lk.netns;
+			shown.direction = DIR_PASSIVE;
+			shown.port = lk.port;
+			shown.lport = lk.port;
+			sock_event(sk, &shown, WHAT(EV_STATE, old, new), 0, 0);
+		}
 		return 0;
 	}
 

@@ -327,7 +327,7 @@ impl Loaded {
 /// The optional fexit programs: some kernels refuse trampolines (BPF_PROG_LOAD returns
 /// EPERM even for an empty program), and the tracepoint programs then fall back (see
 /// bpf/trace.bpf.c). (program, function, what is lost without it).
-#[cfg(not(tcpdoctor_no_trace_bpf))]
+#[cfg_attr(tcpdoctor_no_trace_bpf, allow(dead_code))]
 const OPTIONAL: [(&str, &str, &str); 3] = [
     (
         "trace_accept",
@@ -611,7 +611,7 @@ impl Loaded {
 
 /// Sentences for the optional programs that are missing: one when the kernel refused
 /// them all for the same reason (a kernel without trampolines), else one each.
-#[cfg(not(tcpdoctor_no_trace_bpf))]
+#[cfg_attr(tcpdoctor_no_trace_bpf, allow(dead_code))]
 fn degraded_notes(missing: &[(&str, String, &str)], one_connect_hook: bool) -> Vec<String> {
     let mut out = Vec::new();
     let same = missing.windows(2).all(|w| w[0].1 == w[1].1);
@@ -667,6 +667,53 @@ mod tests {
     use super::*;
     use crate::model::{Direction, FlowPeer};
     use std::io::{Read, Write};
+
+    #[test]
+    fn errors_are_one_line_and_say_what_to_do() {
+        let all = [
+            TraceError::NotBuilt,
+            TraceError::NotPermitted,
+            TraceError::NoBtf("open /sys/kernel/btf/vmlinux: No such file".into()),
+            TraceError::Load("trace_state: invalid argument".into()),
+            TraceError::Attach {
+                program: "trace_state",
+                reason: "busy".into(),
+            },
+        ];
+        for e in &all {
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+        assert!(TraceError::NotBuilt.to_string().contains("clang"));
+        assert!(TraceError::NotPermitted.to_string().contains("root"));
+        assert!(all[2].to_string().contains("CONFIG_DEBUG_INFO_BTF"));
+    }
+
+    /// In a build without clang (`cfg(tcpdoctor_no_trace_bpf)`) the tracer never starts.
+    #[cfg(tcpdoctor_no_trace_bpf)]
+    #[test]
+    fn a_build_without_bpf_refuses_to_start() {
+        assert!(!BUILT);
+        assert_eq!(
+            Tracer::start(&TraceOptions::default()).map(|_| ()),
+            Err(TraceError::NotBuilt)
+        );
+    }
+
+    #[test]
+    fn degraded_notes_merge_one_reason_for_all() {
+        let all: Vec<(&str, String, &str)> = OPTIONAL
+            .iter()
+            .map(|o| (o.1, "EPERM".to_string(), "lost"))
+            .collect();
+        let notes = degraded_notes(&all, false);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("EPERM") && notes[0].contains("EADDRNOTAVAIL"));
+        let one = vec![("tcp_v6_connect", "ENOENT".to_string(), "v6 lost")];
+        let notes = degraded_notes(&one, true);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("fexit/tcp_v6_connect") && notes[0].contains("v6 lost"));
+        assert!(degraded_notes(&[], false).is_empty());
+    }
 
     #[test]
     #[ignore = "needs root"]
