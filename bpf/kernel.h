@@ -214,6 +214,9 @@ struct bpf_iter__task_file {
 #define BPF_MAP_TYPE_LRU_HASH 9
 #define BPF_MAP_TYPE_RINGBUF 27
 
+/* map_flags */
+#define BPF_F_NO_PREALLOC 1
+
 /* map update flags */
 #define BPF_ANY 0
 #define BPF_NOEXIST 1

@@ -182,9 +182,10 @@ struct rate_window {
 
 /* ---- Maps (sizes may be changed by the loader) ---- */
 
+/* LRU maps are preallocated: 65536 entries are about 7 MB of kernel memory. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 131072);
+	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, struct sock_entry);
 } trace_socks SEC(".maps");
@@ -196,9 +197,13 @@ struct {
 	__type(value, struct listener_owner);
 } trace_listeners SEC(".maps");
 
+/* Not preallocated: a per-CPU hash would otherwise hold max_entries values for every
+ * possible CPU from the start (16384 x 408 bytes x 64 CPUs is 428 MB); this way memory
+ * follows the flows that exist. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct flow_key);
 	__type(value, struct flow_stats);
 } trace_flows SEC(".maps");

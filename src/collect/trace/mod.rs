@@ -41,7 +41,7 @@ impl Default for TraceOptions {
         TraceOptions {
             events: None,
             max_flows: 16_384,
-            max_connections: 131_072,
+            max_connections: 65_536,
         }
     }
 }
