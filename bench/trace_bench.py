@@ -216,6 +216,40 @@ def measure(ns, addr, server_pid, rate, count, threads, traced):
     return row
 
 
+def machine():
+    model, mem = "?", "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+        with open("/proc/meminfo") as f:
+            kib = int(next(l.split()[1] for l in f if l.startswith("MemTotal")))
+            mem = f"{kib / 2**20:.1f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    return f"{os.cpu_count()} CPUs ({model}), {mem}, Linux {platform.release()}"
+
+
+def report_header(args, load_start):
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip() or "?"
+    load = lambda l: " ".join(f"{x:.2f}" for x in l)
+    return "\n".join([
+        "## tcpdoctor trace overhead",
+        "",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; tcpdoctor {commit}; "
+        f"command: `bench/trace_bench.py --rates {args.rates} --seconds {args.seconds:g}`",
+        f"- machine: {machine()}",
+        f"- load average (1, 5, 15 min) at start {load(load_start)}, "
+        f"at end {load(os.getloadavg())}",
+        "- load: sockfarm churn client and server in a private network namespace, "
+        "client closes first, loopback; each rate once without and once with "
+        "`tcpdoctor trace --json --interval 1 --netns NS` on the host",
+        "- tracer CPU = tcpdoctor's utime+stime (/proc/PID/stat) + its BPF programs' "
+        "run_time_ns (kernel.bpf_stats_enabled=1), over the load's wall time",
+        "",
+    ])
+
+
 def pct(x):
     return f"{100 * x:.2f}%"
 
@@ -240,6 +274,7 @@ def main():
         if not os.access(b, os.X_OK):
             sys.exit(f"trace_bench.py: {b} missing (drop --no-build)")
     rates = [int(r) for r in args.rates.split(",") if r.strip()]
+    load_start = os.getloadavg()
 
     ns = f"tcpdoctor-tracebench-{os.getpid()}"
     stats_key = "kernel.bpf_stats_enabled"
@@ -287,8 +322,7 @@ def main():
         with open(args.json_out, "w") as f:
             json.dump(rows, f, indent=1)
 
-    print(f"host: {platform.node()}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
-          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end\n")
+    print(report_header(args, load_start))
     print("| rate asked | reached plain / traced | tracer CPU (% of one core) | of which BPF | "
           "tcpdoctor process | ns per program run | runs per connection | "
           "load CPU µs per connection plain / traced | counted by the tracer |")

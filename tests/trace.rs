@@ -197,6 +197,21 @@ fn flow<'a>(s: &'a Value, pid: u32, direction: &str, port: u16) -> &'a Value {
     found[0]
 }
 
+/// `got` is `want`, or lower by at most the program runs the kernel skipped during the
+/// run (`missed_runs`, host-wide: an interrupt's softirq that re-enters a program already
+/// running on that CPU is not run). Rare, but a busy machine has interrupts.
+#[track_caller]
+fn counted(got: &Value, want: u64, s: &Value, what: &str) {
+    let n = got
+        .as_u64()
+        .unwrap_or_else(|| panic!("{what}: {got} is not a count"));
+    let missed = s["losses"]["missed_runs"].as_u64().unwrap_or(0);
+    assert!(
+        n <= want && n + missed >= want,
+        "{what}: counted {n}, expected {want} ({missed} program runs missed)"
+    );
+}
+
 /// Lets the last FINs, resets and closes of a run reach the tracer's tables.
 fn settle() {
     thread::sleep(Duration::from_millis(500));
@@ -217,17 +232,22 @@ fn short_connections_at_a_known_rate_are_counted_exactly_and_at_that_rate() {
     let s = summary(&lines);
 
     let out = flow(s, client, "active", port);
-    assert_eq!(out["opened"], 300, "{out:#}");
-    assert_eq!(out["closed"]["local"], 300, "{out:#}");
+    counted(&out["opened"], 300, s, format!("{out:#}").as_str());
+    counted(&out["closed"]["local"], 300, s, format!("{out:#}").as_str());
     assert_eq!(out["closed"]["peer"], 0);
     assert_eq!(out["closer"], "local");
-    assert_eq!(out["lifetimes"]["count"], 300);
+    counted(
+        &out["lifetimes"]["count"],
+        300,
+        s,
+        "out['lifetimes']['count']",
+    );
     assert_eq!(out["comm"], "sockfarm");
     let inc = flow(s, server_pid, "passive", port);
-    assert_eq!(inc["opened"], 300, "{inc:#}");
-    assert_eq!(inc["closed"]["peer"], 300, "{inc:#}");
+    counted(&inc["opened"], 300, s, format!("{inc:#}").as_str());
+    counted(&inc["closed"]["peer"], 300, s, format!("{inc:#}").as_str());
     assert_eq!(inc["closer"], "peer");
-    assert_eq!(s["totals"]["opened"], 600);
+    counted(&s["totals"]["opened"], 600, s, "s['totals']['opened']");
     assert_eq!(s["losses"]["flows_full"], 0);
 
     // The rate: the intervals wholly inside the client's 3 s, where it connected at
@@ -324,13 +344,33 @@ fn each_side_closing_first_is_counted_for_its_own_pid() {
 
         let (client_first, server_first) = if closer == "client" { (50, 0) } else { (0, 50) };
         let out = flow(s, client, "active", port);
-        assert_eq!(out["opened"], 50, "{closer}: {out:#}");
-        assert_eq!(out["closed"]["local"], client_first, "{closer}: {out:#}");
-        assert_eq!(out["closed"]["peer"], server_first, "{closer}: {out:#}");
+        counted(&out["opened"], 50, s, format!("{closer}: {out:#}").as_str());
+        counted(
+            &out["closed"]["local"],
+            client_first,
+            s,
+            format!("{closer}: {out:#}").as_str(),
+        );
+        counted(
+            &out["closed"]["peer"],
+            server_first,
+            s,
+            format!("{closer}: {out:#}").as_str(),
+        );
         let inc = flow(s, server_pid, "passive", port);
-        assert_eq!(inc["opened"], 50, "{closer}: {inc:#}");
-        assert_eq!(inc["closed"]["local"], server_first, "{closer}: {inc:#}");
-        assert_eq!(inc["closed"]["peer"], client_first, "{closer}: {inc:#}");
+        counted(&inc["opened"], 50, s, format!("{closer}: {inc:#}").as_str());
+        counted(
+            &inc["closed"]["local"],
+            server_first,
+            s,
+            format!("{closer}: {inc:#}").as_str(),
+        );
+        counted(
+            &inc["closed"]["peer"],
+            client_first,
+            s,
+            format!("{closer}: {inc:#}").as_str(),
+        );
         assert_eq!(s["losses"]["events_rate_limited"], 0);
         assert_eq!(s["losses"]["events_ring_full"], 0);
 
@@ -369,23 +409,14 @@ fn each_side_closing_first_is_counted_for_its_own_pid() {
                 .filter(|e| e.1 == pid && e.4 == old && e.5 == new)
                 .count()
         };
-        assert_eq!(count(first_pid, "ESTABLISHED", "FIN_WAIT1"), 50, "{closer}");
-        assert_eq!(
-            count(other_pid, "ESTABLISHED", "CLOSE_WAIT"),
-            50,
-            "{closer}"
-        );
+        let seen = |pid: u64, old: &str, new: &str, want: u64| {
+            counted(&Value::from(count(pid, old, new) as u64), want, s, closer);
+        };
+        seen(first_pid, "ESTABLISHED", "FIN_WAIT1", 50);
+        seen(other_pid, "ESTABLISHED", "CLOSE_WAIT", 50);
         assert_eq!(count(other_pid, "ESTABLISHED", "FIN_WAIT1"), 0, "{closer}");
-        assert_eq!(
-            count(u64::from(client), "SYN_SENT", "ESTABLISHED"),
-            50,
-            "{closer}"
-        );
-        assert_eq!(
-            count(u64::from(server_pid), "SYN_RECV", "ESTABLISHED"),
-            50,
-            "{closer}"
-        );
+        seen(u64::from(client), "SYN_SENT", "ESTABLISHED", 50);
+        seen(u64::from(server_pid), "SYN_RECV", "ESTABLISHED", 50);
     }
 }
 
@@ -426,8 +457,13 @@ fn a_narrowed_port_range_gives_an_exact_count_of_eaddrnotavail() {
     server.finish();
     let s = summary(&lines);
     let out = flow(s, client, "active", port);
-    assert_eq!(out["opened"], 10, "{out:#}");
-    assert_eq!(out["connect_failures"]["EADDRNOTAVAIL"], 27, "{out:#}");
+    counted(&out["opened"], 10, s, format!("{out:#}").as_str());
+    counted(
+        &out["connect_failures"]["EADDRNOTAVAIL"],
+        27,
+        s,
+        format!("{out:#}").as_str(),
+    );
     let others: u64 = out["connect_failures"]
         .as_object()
         .expect("failures")
@@ -472,12 +508,32 @@ fn so_linger_zero_closes_are_resets_sent_by_the_closing_pid() {
         } else {
             (inc, out)
         };
-        assert_eq!(aborter["resets"]["sent"], 40, "{closer}: {aborter:#}");
+        counted(
+            &aborter["resets"]["sent"],
+            40,
+            s,
+            format!("{closer}: {aborter:#}").as_str(),
+        );
         assert_eq!(aborter["resets"]["received"], 0, "{closer}: {aborter:#}");
-        assert_eq!(aborter["closed"]["local"], 40, "{closer}: {aborter:#}");
-        assert_eq!(other["resets"]["received"], 40, "{closer}: {other:#}");
+        counted(
+            &aborter["closed"]["local"],
+            40,
+            s,
+            format!("{closer}: {aborter:#}").as_str(),
+        );
+        counted(
+            &other["resets"]["received"],
+            40,
+            s,
+            format!("{closer}: {other:#}").as_str(),
+        );
         assert_eq!(other["resets"]["sent"], 0, "{closer}: {other:#}");
-        assert_eq!(other["closed"]["peer"], 40, "{closer}: {other:#}");
+        counted(
+            &other["closed"]["peer"],
+            40,
+            s,
+            format!("{closer}: {other:#}").as_str(),
+        );
         // No reset went to a flow without an owner.
         for f in s["flows"].as_array().expect("flows") {
             assert_ne!(f["pid"], 0, "{closer}: unattributed flow {f:#}");
@@ -520,13 +576,13 @@ fn a_keep_alive_client_opens_once_and_closes_nothing() {
     server.finish();
     let s = summary(&lines);
     let out = flow(s, client, "active", port);
-    assert_eq!(out["opened"], 1, "{out:#}");
+    counted(&out["opened"], 1, s, format!("{out:#}").as_str());
     assert_eq!(out["closed"]["local"], 0, "{out:#}");
     assert_eq!(out["closed"]["peer"], 0, "{out:#}");
     assert_eq!(out["closed"]["unknown"], 0, "{out:#}");
     let inc = flow(s, server_pid, "passive", port);
-    assert_eq!(inc["opened"], 1, "{inc:#}");
-    assert_eq!(s["totals"]["opened"], 2);
+    counted(&inc["opened"], 1, s, format!("{inc:#}").as_str());
+    counted(&s["totals"]["opened"], 2, s, "s['totals']['opened']");
     assert_eq!(s["totals"]["closed_per_s"], 0.0);
     assert_eq!(s["totals"]["resets"]["sent"], 0);
 }
@@ -595,7 +651,12 @@ fn a_listener_and_a_connection_open_before_tracing_are_named() {
 
     // The listener's owner came from the owner scan at start.
     let inc = flow(s, server_pid, "passive", port);
-    assert_eq!(inc["opened"], 20, "only the new ones: {inc:#}");
+    counted(
+        &inc["opened"],
+        20,
+        s,
+        format!("only the new ones: {inc:#}").as_str(),
+    );
     assert_eq!(
         inc["closed"]["peer"], 21,
         "the new ones and the early one: {inc:#}"
@@ -603,13 +664,13 @@ fn a_listener_and_a_connection_open_before_tracing_are_named() {
     // The early connection's owner came from its close() call.
     let gone = flow(s, early_pid, "active", port);
     assert_eq!(gone["opened"], 0, "{gone:#}");
-    assert_eq!(gone["closed"]["local"], 1, "{gone:#}");
+    counted(&gone["closed"]["local"], 1, s, format!("{gone:#}").as_str());
     assert_eq!(
         gone["lifetimes"]["count"], 0,
         "its start was not seen: {gone:#}"
     );
     let out = flow(s, client, "active", port);
-    assert_eq!(out["opened"], 20, "{out:#}");
+    counted(&out["opened"], 20, s, format!("{out:#}").as_str());
     assert!(
         s["losses"]["untracked_connections"].as_u64() >= Some(2),
         "{s:#}"
@@ -699,8 +760,8 @@ fn ipv6_connections_are_traced_with_their_address() {
         .find(|f| f["pid"] == client)
         .unwrap_or_else(|| panic!("client flow in {s:#}"));
     assert_eq!(out["remote"], format!("[::1]:{port}"), "{out:#}");
-    assert_eq!(out["opened"], 20);
-    assert_eq!(out["closed"]["local"], 20);
+    counted(&out["opened"], 20, s, "out['opened']");
+    counted(&out["closed"]["local"], 20, s, "out['closed']['local']");
     let inc = flow(s, server_pid, "passive", port);
-    assert_eq!(inc["closed"]["peer"], 20, "{inc:#}");
+    counted(&inc["closed"]["peer"], 20, s, format!("{inc:#}").as_str());
 }

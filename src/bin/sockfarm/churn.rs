@@ -34,6 +34,8 @@ use crate::sys::{fail, FarmError, Result};
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the server looks at stdin and its stop flag.
 const POLL_STEP: Duration = Duration::from_millis(100);
+/// listen() backlog of the server (the kernel caps it at net.core.somaxconn).
+const BACKLOG: u32 = 4096;
 /// Most connections one client run makes.
 const MAX_COUNT: u64 = 10_000_000;
 
@@ -206,7 +208,12 @@ fn wait_for_stdin_eof(c: &Churn, stop: &AtomicBool, limit: Instant) {
 }
 
 fn serve(c: &Churn, addr: SocketAddr) -> Result<()> {
-    let listener = TcpListener::bind(addr).map_err(|e| FarmError(format!("bind {addr}: {e}")))?;
+    // A deep accept queue: with std's default (128) a busy machine drops SYNs, and each
+    // drop costs the client a one-second retransmission.
+    let fd = crate::sys::tcp_socket(&addr.ip())?;
+    crate::sys::bind(&fd, &addr)?;
+    crate::sys::listen(&fd, BACKLOG, &addr)?;
+    let listener = TcpListener::from(fd);
     let bound = listener
         .local_addr()
         .map_err(|e| FarmError(format!("getsockname: {e}")))?;
