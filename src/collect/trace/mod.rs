@@ -13,7 +13,7 @@
 
 pub mod records;
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
 use crate::model::flow::ProgramCost;
@@ -254,6 +254,7 @@ struct ProgramStats {
 
 /// Reads run_time_ns, run_cnt and recursion_misses of a loaded program with
 /// BPF_OBJ_GET_INFO_BY_FD (aya's ProgramInfo has no accessor for the misses).
+#[cfg_attr(tcpdoctor_no_trace_bpf, allow(dead_code))]
 fn program_stats(name: &str, fd: BorrowedFd<'_>) -> ProgramStats {
     // struct bpf_prog_info (include/uapi/linux/bpf.h) as 8-byte words: run_time_ns at
     // byte 192, run_cnt at 200, recursion_misses at 208 (Linux 5.12); 232 bytes in 6.x.
@@ -585,12 +586,14 @@ impl Loaded {
     fn program_stats(&self) -> Vec<ProgramStats> {
         self.ebpf
             .programs()
-            .filter_map(|(name, p)| Some(program_stats(name, p.fd().ok()?.as_fd())))
+            .filter_map(|(name, p)| {
+                Some(program_stats(name, std::os::fd::AsFd::as_fd(p.fd().ok()?)))
+            })
             .collect()
     }
 
     fn events_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.events.as_ref().map(|r| r.as_fd())
+        self.events.as_ref().map(std::os::fd::AsFd::as_fd)
     }
 
     fn take_events(&mut self, max: usize) -> EventBatch {
@@ -692,7 +695,6 @@ mod tests {
     #[cfg(tcpdoctor_no_trace_bpf)]
     #[test]
     fn a_build_without_bpf_refuses_to_start() {
-        assert!(!BUILT);
         assert_eq!(
             Tracer::start(&TraceOptions::default()).map(|_| ()),
             Err(TraceError::NotBuilt)
