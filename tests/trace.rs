@@ -765,3 +765,68 @@ fn ipv6_connections_are_traced_with_their_address() {
     let inc = flow(s, server_pid, "passive", port);
     counted(&inc["closed"]["peer"], 20, s, format!("{inc:#}").as_str());
 }
+
+#[test]
+#[ignore = "needs root"]
+fn the_human_summary_shows_the_counts_per_process() {
+    let ns = Netns::new("tracehuman");
+    // Not a terminal: no live table, only the summary at the end (SIGTERM).
+    let mut cmd = Command::new(TCPDOCTOR);
+    cmd.args(["trace", "--netns", ns.name()]);
+    let mut child = cmd
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tcpdoctor trace");
+    // It says on stderr that it runs (once attached).
+    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut first = String::new();
+    err.read_line(&mut first).expect("stderr line");
+    assert!(first.contains("tracing"), "{first}");
+    let (server, port) = start_server(&ns, &["--churn-closer", "server"]);
+    let (client, result) = run_client(
+        &ns,
+        port,
+        &[
+            "--churn-count",
+            "100",
+            "--churn-rate",
+            "200",
+            "--churn-closer",
+            "server",
+        ],
+    );
+    assert_eq!(result["connected"], 100, "{result}");
+    settle();
+    // SAFETY: plain syscall on our own unreaped child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while child.try_wait().ok().flatten().is_none() {
+        assert!(Instant::now() < deadline, "trace did not stop");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let server_pid = server.pid();
+    server.finish();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut text)
+        .expect("read stdout");
+    assert!(
+        text.contains("outgoing: 100 connections opened")
+            && text.contains("incoming: 100 connections opened"),
+        "{text}"
+    );
+    let row = |pid: u32| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(pid.to_string().as_str()))
+            .unwrap_or_else(|| panic!("no row for pid {pid}:\n{text}"))
+            .to_string()
+    };
+    let out = row(client);
+    assert!(out.contains(&format!("out  127.0.0.1:{port}")), "{out}");
+    assert!(out.contains("peer 100%"), "the server closed first: {out}");
+    let inc = row(server_pid);
+    assert!(inc.contains(&format!("in   :{port}")), "{inc}");
+    assert!(inc.contains("local 100%"), "{inc}");
+}

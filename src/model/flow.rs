@@ -232,7 +232,8 @@ pub struct FlowCounts {
     pub opened: u64,
     /// Connections that ended, by who sent the first FIN (or RST): this host
     /// (ESTABLISHED → FIN_WAIT1, the side that ends in TIME_WAIT), the peer (ESTABLISHED
-    /// → CLOSE_WAIT), or not seen (connections already closing when tracing began).
+    /// → CLOSE_WAIT), or neither (connections already closing when tracing began, or
+    /// ended by a retransmission timeout without a FIN or reset).
     pub closed_local: u64,
     pub closed_peer: u64,
     pub closed_unknown: u64,
