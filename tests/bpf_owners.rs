@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Output;
 
-use common::{run_bounded, FarmReady, Netns, RUN_TIMEOUT, SOCKFARM, TCPDOCTOR};
+use common::{run_bounded, sockfarm, FarmReady, Netns, RUN_TIMEOUT, TCPDOCTOR};
 use serde_json::Value;
 use tcpdoctor::collect::procfs::bpf_owners;
 
@@ -55,7 +55,7 @@ fn run_in_pid_namespace(ns: &Netns, mount_proc: bool) -> (BTreeMap<String, Strin
     if mount_proc {
         args.push("--mount-proc");
     }
-    args.extend(["sh", "-c", SCRIPT, "sh", SOCKFARM, TCPDOCTOR]);
+    args.extend(["sh", "-c", SCRIPT, "sh", sockfarm(), TCPDOCTOR]);
     let mut cmd = ns.command("unshare", &args);
     // Small test hosts are below the size where BPF pays off: force it; and ask the
     // scan to say which method ran.

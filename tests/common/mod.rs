@@ -20,8 +20,23 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-/// The `sockfarm` helper binary built by cargo for these tests.
-pub const SOCKFARM: &str = env!("CARGO_BIN_EXE_sockfarm");
+/// How to run the tests that need root and the `sockfarm` helper.
+pub const HOW_TO_RUN: &str =
+    "run: cargo test --features sockfarm -- --include-ignored, or bash .ci/run";
+
+/// The `sockfarm` helper binary. Cargo builds it only with `--features sockfarm`, so the
+/// suite still compiles without the feature, and a test that needs the helper then
+/// fails saying how to run it. The feature is checked, not just the path: cargo sets
+/// `CARGO_BIN_EXE_sockfarm` without the feature too, and the file there may be a stale
+/// build from an earlier run with it.
+pub fn sockfarm() -> &'static str {
+    match option_env!("CARGO_BIN_EXE_sockfarm") {
+        Some(path) if cfg!(feature = "sockfarm") => path,
+        _ => panic!(
+            "needs the sockfarm helper, built only with the `sockfarm` feature; {HOW_TO_RUN}"
+        ),
+    }
+}
 /// The tcpdoctor binary under test.
 pub const TCPDOCTOR: &str = env!("CARGO_BIN_EXE_tcpdoctor");
 /// uid/gid of the unprivileged runs (nobody/nogroup on Debian).
@@ -248,7 +263,7 @@ impl Netns {
     /// farm's error (its stderr) instead of panicking, for tests of refusals.
     pub fn spawn_farm_within(&self, args: &[&str], timeout: Duration) -> Result<Farm, String> {
         let mut child = self
-            .command(SOCKFARM, args)
+            .command(sockfarm(), args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
