@@ -36,11 +36,11 @@ exec 3>&-
 wait
 "#;
 
-/// True when this test can run; otherwise prints why and returns false.
+/// True when this test can run: fails it unless root; prints why and returns false
+/// when tcpdoctor was built without the BPF scan (no clang; never under CI, where
+/// build.rs fails instead).
 fn runnable(test: &str) -> bool {
-    if !common::require_root(test) {
-        return false;
-    }
+    common::require_root();
     if !bpf_owners::BUILT {
         eprintln!("SKIP: {test}: built without clang, no BPF owner scan");
         return false;
@@ -115,6 +115,7 @@ fn part<'a>(parts: &'a BTreeMap<String, String>, name: &str) -> &'a str {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn bpf_scan_in_a_private_pid_namespace_prints_the_namespace_pids() {
     if !runnable("bpf_scan_in_a_private_pid_namespace") {
         return;
@@ -163,6 +164,7 @@ fn bpf_scan_in_a_private_pid_namespace_prints_the_namespace_pids() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn bpf_scan_steps_aside_when_proc_belongs_to_the_parent_namespace() {
     if !runnable("bpf_scan_steps_aside") {
         return;

@@ -1,9 +1,11 @@
 //! `collect::cgroup::identify` on a real process in a real cgroup: a cgroup v2 group named
 //! the way runc's systemd driver names a Docker container
 //! (`<slice>/docker-<64 hex>.scope`), with Docker's `config.v2.json` for that id in a
-//! temporary folder. Needs root and a writable cgroup2 mount; prints `SKIP: ...` and
-//! passes otherwise. Everything it creates is removed by [`Scene`]'s `Drop`, also when an
-//! assertion fails.
+//! temporary folder. Needs root (`#[ignore]`d otherwise) and a writable cgroup2 mount
+//! (prints `SKIP: ...` and passes without one). Everything it creates is removed by
+//! [`Scene`]'s `Drop`, also when an assertion fails.
+
+mod common;
 
 use std::fs;
 use std::io;
@@ -94,12 +96,10 @@ fn write_docker_state(root: &Path) -> io::Result<()> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn identify_names_a_process_in_a_docker_shaped_cgroup() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        skip("needs root to create cgroups and move a process into one");
-        return;
-    }
+    // Root creates cgroups and moves a process into one.
+    common::require_root();
     let Some(mount) = cgroup2_mount() else {
         skip("no cgroup2 filesystem in /proc/self/mountinfo");
         return;

@@ -1,6 +1,6 @@
 //! `tcpdoctor check` on real conditions made in private network namespaces: each test
 //! builds one problem (or none) and asserts the JSON report and the exit code.
-//! Needs root (namespaces, sysctls, prlimit); skips otherwise.
+//! Needs root (namespaces, sysctls, prlimit): `#[ignore = "needs root"]`.
 
 mod common;
 
@@ -40,10 +40,9 @@ fn worst(v: &Value) -> &str {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn close_wait_leak_names_the_child_pid_and_count() {
-    if !require_root("close_wait_leak_names_the_child_pid_and_count") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("cwleak");
     let farm = ns.spawn_farm(&[
         "--listen",
@@ -69,10 +68,9 @@ fn close_wait_leak_names_the_child_pid_and_count() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn narrowed_port_range_storm_reports_exact_headroom_then_eaddrnotavail() {
-    if !require_root("narrowed_port_range_storm_reports_exact_headroom_then_eaddrnotavail") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("ports");
     // 100 ephemeral ports; tcp_tw_reuse off so TIME_WAIT really holds its port.
     ns.sysctl("net.ipv4.ip_local_port_range", "40000 40099");
@@ -132,10 +130,9 @@ fn narrowed_port_range_storm_reports_exact_headroom_then_eaddrnotavail() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn low_fd_limit_near_exhaustion_names_the_process() {
-    if !require_root("low_fd_limit_near_exhaustion_names_the_process") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("fds");
     let farm = ns.spawn_farm(&[
         "--listen",
@@ -175,10 +172,9 @@ fn low_fd_limit_near_exhaustion_names_the_process() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn folklore_sysctls_are_flagged() {
-    if !require_root("folklore_sysctls_are_flagged") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("sysctl");
     ns.sysctl("net.ipv4.tcp_fin_timeout", "10");
     ns.sysctl("net.ipv4.tcp_timestamps", "0");
@@ -219,10 +215,9 @@ fn folklore_sysctls_are_flagged() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn healthy_namespace_has_no_warnings_and_exits_zero() {
-    if !require_root("healthy_namespace_has_no_warnings_and_exits_zero") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("healthy");
     let _farm = ns.spawn_farm(&[
         "--listen",
@@ -250,10 +245,9 @@ fn healthy_namespace_has_no_warnings_and_exits_zero() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn listener_that_never_accepts_gives_unaccepted_close_wait_and_overflow() {
-    if !require_root("listener_that_never_accepts_gives_unaccepted_close_wait_and_overflow") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("listen");
     // Backlog 4: the kernel queues 5; those clients give up (FIN), 3 more are dropped.
     let farm = ns.spawn_farm(&[

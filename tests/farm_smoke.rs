@@ -62,10 +62,9 @@ fn assert_fds_are_sockets(pid: u32, fd: i32) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn farm_states_match_ss_exactly() {
-    if !common::require_root("farm_states_match_ss_exactly") {
-        return;
-    }
+    common::require_root();
     let ns = Netns::new("smoke");
     let farm = ns.spawn_farm(&[
         "--listen",
@@ -135,10 +134,9 @@ fn farm_states_match_ss_exactly() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn farm_builds_backlog_and_read_close_wait_across_workers() {
-    if !common::require_root("farm_builds_backlog_and_read_close_wait_across_workers") {
-        return;
-    }
+    common::require_root();
     let ns = Netns::new("backlog");
     let farm = ns.spawn_farm(&[
         "--listen",
@@ -221,10 +219,9 @@ fn farm_builds_backlog_and_read_close_wait_across_workers() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn farm_refuses_more_fds_than_one_worker_may_hold() {
-    if !common::require_root("farm_refuses_more_fds_than_one_worker_may_hold") {
-        return;
-    }
+    common::require_root();
     let ns = Netns::new("fdlimit");
     let err = ns
         .spawn_farm_within(
@@ -240,10 +237,9 @@ fn farm_refuses_more_fds_than_one_worker_may_hold() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn farm_refuses_listeners_off_loopback() {
-    if !common::require_root("farm_refuses_listeners_off_loopback") {
-        return;
-    }
+    common::require_root();
     let ns = Netns::new("offlo");
     let err = ns
         .spawn_farm_within(&["--listen", "10.1.2.3:80"], common::FARM_READY_TIMEOUT)

@@ -1,6 +1,6 @@
 //! `states` and `sockets` on real sockets: a private network namespace per test, filled
 //! by `sockfarm` with known sockets, then tcpdoctor's output is compared with what was
-//! built and with `ss` on the same namespace. Needs root (namespaces); skips otherwise.
+//! built and with `ss` on the same namespace. Needs root (namespaces): `#[ignore]`d.
 
 mod common;
 
@@ -70,10 +70,9 @@ fn two_families(tag: &str) -> TwoFamilies {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn states_counts_every_state_exactly_per_family_and_matches_ss() {
-    if !require_root("states_counts_every_state_exactly_per_family_and_matches_ss") {
-        return;
-    }
+    require_root();
     let f = two_families("states");
     let v = json(&f.ns.run_tcpdoctor(&["states", "--json"]));
     assert_eq!(v["source"], "netlink");
@@ -124,10 +123,9 @@ fn states_counts_every_state_exactly_per_family_and_matches_ss() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn states_human_table_lists_all_states_and_totals() {
-    if !require_root("states_human_table_lists_all_states_and_totals") {
-        return;
-    }
+    require_root();
     let f = two_families("table");
     let out = f.ns.run_tcpdoctor(&["states"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -173,10 +171,9 @@ fn endpoint(e: &Value) -> String {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn every_close_wait_is_attributed_to_the_holding_child_pid_and_fd() {
-    if !require_root("every_close_wait_is_attributed_to_the_holding_child_pid_and_fd") {
-        return;
-    }
+    require_root();
     let f = two_families("owners");
     let v = json(
         &f.ns
@@ -220,10 +217,9 @@ fn every_close_wait_is_attributed_to_the_holding_child_pid_and_fd() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn time_wait_sockets_show_remaining_time_within_60s_and_no_owner() {
-    if !require_root("time_wait_sockets_show_remaining_time_within_60s_and_no_owner") {
-        return;
-    }
+    require_root();
     let f = two_families("tw");
     let v = json(
         &f.ns
@@ -263,10 +259,9 @@ fn time_wait_sockets_show_remaining_time_within_60s_and_no_owner() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn filters_return_exactly_the_expected_sockets() {
-    if !require_root("filters_return_exactly_the_expected_sockets") {
-        return;
-    }
+    require_root();
     let f = two_families("filters");
     let l4 = f.v4.ready.listeners[0].addr.clone();
     let port4: u16 = l4
@@ -327,10 +322,9 @@ fn filters_return_exactly_the_expected_sockets() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn socket_list_matches_ss_socket_for_socket() {
-    if !require_root("socket_list_matches_ss_socket_for_socket") {
-        return;
-    }
+    require_root();
     let f = two_families("vsss");
     let v = json(&f.ns.run_tcpdoctor(&["sockets", "--no-owners", "--json"]));
     let ours: BTreeSet<(String, String, String)> = v["sockets"]
@@ -360,10 +354,9 @@ fn socket_list_matches_ss_socket_for_socket() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn states_by_process_attributes_counts_to_the_right_pids() {
-    if !require_root("states_by_process_attributes_counts_to_the_right_pids") {
-        return;
-    }
+    require_root();
     let f = two_families("byproc");
     let v = json(
         &f.ns
@@ -395,10 +388,9 @@ fn states_by_process_attributes_counts_to_the_right_pids() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn unprivileged_run_counts_everything_and_says_what_it_cannot_see() {
-    if !require_root("unprivileged_run_counts_everything_and_says_what_it_cannot_see") {
-        return;
-    }
+    require_root();
     let f = two_families("nobody");
     let root = json(&f.ns.run_tcpdoctor(&["states", "--json"]));
     let out =
@@ -435,10 +427,9 @@ fn unprivileged_run_counts_everything_and_says_what_it_cannot_see() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn closed_pipe_exits_quietly() {
-    if !require_root("closed_pipe_exits_quietly") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("pipe");
     // More output than a pipe buffer (64 KiB) holds, so the write really hits EPIPE.
     let _farm = ns.spawn_farm(&[

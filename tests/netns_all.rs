@@ -2,7 +2,7 @@
 //! processes, read from the test's own (host) namespace. Counts, owners and findings
 //! are asserted per namespace, found by the `ip netns` names the test gave them. Other
 //! namespaces on the machine (other tests, containers) may be in the report too; the
-//! assertions only look at ours. Needs root; skips otherwise.
+//! assertions only look at ours. Needs root: `#[ignore = "needs root"]`.
 
 mod common;
 
@@ -58,10 +58,9 @@ fn own_netns_inode() -> u64 {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn check_all_reports_each_namespace_with_its_own_counts_owners_and_findings() {
-    if !require_root("check_all_reports_each_namespace_with_its_own_counts_owners_and_findings") {
-        return;
-    }
+    require_root();
     let host_before = own_netns_inode();
     let host_range_before =
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").expect("host port range");
@@ -224,10 +223,9 @@ fn check_all_reports_each_namespace_with_its_own_counts_owners_and_findings() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn states_and_sockets_by_namespace() {
-    if !require_root("states_and_sockets_by_namespace") {
-        return;
-    }
+    require_root();
     let one = Netns::new("bynsone");
     let one_farm = one.spawn_farm(&[
         "--listen",
@@ -345,10 +343,9 @@ fn states_and_sockets_by_namespace() {
 /// `cmd::netns::tests::a_namespace_gone_between_discovery_and_reading_is_a_note`.
 /// Bounded: 20 create/delete cycles and at most 60 s.
 #[test]
+#[ignore = "needs root"]
 fn namespaces_vanishing_during_a_run_are_notes_not_failures() {
-    if !require_root("namespaces_vanishing_during_a_run_are_notes_not_failures") {
-        return;
-    }
+    require_root();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let churn = {
         let stop = std::sync::Arc::clone(&stop);
@@ -425,10 +422,9 @@ impl Drop for Cgroups {
 /// A namespace whose process sits in a cgroup named like a Docker container's is named
 /// after that container, and `--netns` finds it by the id prefix.
 #[test]
+#[ignore = "needs root"]
 fn a_namespace_is_named_after_its_container() {
-    if !require_root("a_namespace_is_named_after_its_container") {
-        return;
-    }
+    require_root();
     let Some(root) = cgroup2_mount() else {
         eprintln!("SKIP: a_namespace_is_named_after_its_container: no cgroup2 mount");
         return;

@@ -719,10 +719,9 @@ fn unix_ms() -> u64 {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn serve_in_netns_reports_the_farm_exactly_over_http() {
-    if !require_root("serve_in_netns_reports_the_farm_exactly_over_http") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("serve");
     let farm = ns.spawn_farm(&[
         "--listen",
@@ -939,10 +938,9 @@ fn serve_in_netns_reports_the_farm_exactly_over_http() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn the_unit_capabilities_are_enough_to_see_other_users_owners() {
-    if !require_root("the_unit_capabilities_are_enough_to_see_other_users_owners") {
-        return;
-    }
+    require_root();
     // The systemd unit runs the exporter as a dynamic uid with CAP_SYS_PTRACE,
     // CAP_DAC_READ_SEARCH, CAP_SYSLOG and CAP_SYS_ADMIN only. Do the same with setpriv
     // and check that root's farm is attributed and every namespace read (and, without
@@ -1264,10 +1262,9 @@ fn systemd_unit_runs_serve_with_least_privilege() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn serve_all_namespaces_labels_each_namespace() {
-    if !require_root("serve_all_namespaces_labels_each_namespace") {
-        return;
-    }
+    require_root();
     // The exporter runs in one namespace and reads every namespace on the machine;
     // the sockets are in another.
     let home = Netns::new("servehome");

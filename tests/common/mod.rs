@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 /// How to run the tests that need root and the `sockfarm` helper.
-pub const HOW_TO_RUN: &str =
-    "run: cargo test --features sockfarm -- --include-ignored, or bash .ci/run";
+pub const HOW_TO_RUN: &str = "cargo test --features sockfarm -- --include-ignored, or bash .ci/run";
 
 /// The `sockfarm` helper binary. Cargo builds it only with `--features sockfarm`, so the
 /// suite still compiles without the feature, and a test that needs the helper then
@@ -33,10 +32,11 @@ pub fn sockfarm() -> &'static str {
     match option_env!("CARGO_BIN_EXE_sockfarm") {
         Some(path) if cfg!(feature = "sockfarm") => path,
         _ => panic!(
-            "needs the sockfarm helper, built only with the `sockfarm` feature; {HOW_TO_RUN}"
+            "needs the sockfarm helper, built only with the `sockfarm` feature; run: {HOW_TO_RUN}"
         ),
     }
 }
+
 /// The tcpdoctor binary under test.
 pub const TCPDOCTOR: &str = env!("CARGO_BIN_EXE_tcpdoctor");
 /// uid/gid of the unprivileged runs (nobody/nogroup on Debian).
@@ -84,15 +84,16 @@ pub fn kernel_state_from_ss(ss_state: &str) -> Option<&'static str> {
     })
 }
 
-/// True when running as root; otherwise prints a SKIP line and returns false,
-/// and the test returns early.
-pub fn require_root(test: &str) -> bool {
+/// Fails the test unless it runs as root. Every test that calls it is marked
+/// `#[ignore = "needs root"]`, so a plain `cargo test` lists it as ignored instead of
+/// passing it unseen, and `--include-ignored` as another user fails here, saying why.
+pub fn require_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
+    if unsafe { libc::geteuid() } != 0 {
+        panic!(
+            "needs root (network namespaces, cgroups, BPF, other processes' sockets, setpriv); as root, run: {HOW_TO_RUN}"
+        );
     }
-    eprintln!("SKIP: {test}: needs root for network namespaces");
-    false
 }
 
 /// Runs `cmd` with stdout and stderr captured; kills it (by its own pid) if it
@@ -207,6 +208,7 @@ pub struct Netns {
 impl Netns {
     /// Creates `tdt-<tag>-<pid>-<n>`. Panics (failing the test) if `ip` fails.
     pub fn new(tag: &str) -> Netns {
+        require_root();
         STALE_CLEANUP.call_once(delete_stale_namespaces);
         let tag: String = tag
             .chars()
