@@ -2,6 +2,8 @@
 //! (tests/fixtures/proc/*, see NOTE.md there), cross-checked with `ss` output taken at
 //! the same moment.
 
+mod common;
+
 use std::fs::File;
 use std::io::BufReader;
 use std::net::IpAddr;
@@ -189,22 +191,10 @@ fn cli_states_table_golden() {
     let r = fixture_root();
     let out = tcpdoctor(&["--source", "proc", "--proc-root", &r, "states"]);
     assert!(out.status.success());
-    let expected = "\
-STATE        IPV4  IPV6  TOTAL
-ESTABLISHED    19     7     26
-SYN_SENT        1     0      1
-SYN_RECV        1     1      2
-FIN_WAIT1       0     0      0
-FIN_WAIT2       3     1      4
-TIME_WAIT       2     1      3
-CLOSE           0     0      0
-CLOSE_WAIT      3     1      4
-LAST_ACK        0     0      0
-LISTEN          5     3      8
-CLOSING         0     0      0
-TOTAL          34    14     48
-";
-    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+    assert_golden!(
+        "states_table_netns_mixed",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]

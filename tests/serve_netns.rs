@@ -350,42 +350,10 @@ fn scrub_values(body: &str) -> String {
         + "\n"
 }
 
-/// Compares with `tests/golden/NAME`; `UPDATE_GOLDEN=1` rewrites it instead.
-fn golden(name: &str, actual: &str) {
-    let path = manifest("tests/golden").join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
-        std::fs::create_dir_all(manifest("tests/golden")).expect("golden dir");
-        std::fs::write(&path, actual).expect("write golden");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
-            path.display()
-        )
-    });
-    if expected != actual {
-        let diff: Vec<String> = expected
-            .lines()
-            .zip(actual.lines())
-            .filter(|(a, b)| a != b)
-            .take(10)
-            .map(|(a, b)| format!("- {a}\n+ {b}"))
-            .collect();
-        panic!(
-            "{} differs (UPDATE_GOLDEN=1 to accept; {} vs {} lines):\n{}",
-            path.display(),
-            expected.lines().count(),
-            actual.lines().count(),
-            diff.join("\n")
-        );
-    }
-}
-
-/// The metric families (and their labels) the exporter serves, from the schema golden.
+/// The metric families (and their labels) the exporter serves, from the schema snapshot
+/// that `serve_in_netns_reports_the_farm_exactly_over_http` checks.
 fn known_metrics() -> BTreeMap<String, BTreeSet<String>> {
-    let path = manifest("tests/golden/serve_metrics_schema.txt");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = common::snapshot_body("serve_metrics_schema");
     text.lines()
         .filter_map(|l| {
             let mut it = l.split(' ');
@@ -543,7 +511,7 @@ fn serve_fixture_replay_matches_golden_and_promtool() {
         ),
         6.0
     );
-    golden("serve_fixture_netns_mixed.prom", &scrub_values(&body));
+    assert_golden!("serve_fixture_netns_mixed", scrub_values(&body));
     promtool_check_metrics(&body);
     let (status, _, index) = http(served.addr, "GET", "/");
     assert_eq!(status, 200);
@@ -922,7 +890,7 @@ fn serve_in_netns_reports_the_farm_exactly_over_http() {
     assert!(!body.contains("--close-wait") && !body.contains("--hold-secs"));
 
     promtool_check_metrics(&body);
-    golden("serve_metrics_schema.txt", &s.schema());
+    assert_golden!("serve_metrics_schema", s.schema());
 
     // --cache 0: each scrape collects anew, one collection per scrape.
     let again = in_netns(&ns, move || scrape(addr));

@@ -1,12 +1,12 @@
 //! `tcpdoctor watch` without a terminal: a `WatchApp` fed hand-made snapshots on an
 //! injected clock (no sleeps), drawn into ratatui's `TestBackend` at 80x24 and 120x40
-//! and compared with golden screens in tests/snapshots/, plus key handling.
-//!
-//! Goldens: `UPDATE_GOLDENS=1 cargo test --test watch_tui` rewrites them; review the diff.
+//! and compared with golden screens (insta snapshots in tests/snapshots/; how to update
+//! them: tests/README.md), plus key handling.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
@@ -210,33 +210,11 @@ fn render(app: &WatchApp, w: u16, h: u16) -> String {
     out
 }
 
-fn golden(name: &str, actual: &str) {
-    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests", "snapshots", name]
-        .iter()
-        .collect();
-    if std::env::var_os("UPDATE_GOLDENS").is_some() {
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&path, actual).expect("write golden");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run UPDATE_GOLDENS=1 cargo test --test watch_tui\nactual:\n{actual}",
-            path.display()
-        )
-    });
-    assert!(
-        expected == actual,
-        "{} differs (UPDATE_GOLDENS=1 to accept)\n--- expected\n{expected}--- actual\n{actual}",
-        path.display()
-    );
-}
-
 #[test]
 fn dashboard_80x24_golden() {
     let app = app_after(6);
     let screen = render(&app, 80, 24);
-    golden("watch_80x24.txt", &screen);
+    assert_golden!("watch_80x24", &screen);
     // Whatever the goldens say, the essentials are on the smallest supported screen.
     for needle in [
         "tcpdoctor watch on db-proxy-1",
@@ -256,7 +234,7 @@ fn dashboard_80x24_golden() {
 fn dashboard_120x40_golden() {
     let app = app_after(8);
     let screen = render(&app, 120, 40);
-    golden("watch_120x40.txt", &screen);
+    assert_golden!("watch_120x40", &screen);
     for needle in [
         "nginx",
         "stable",
@@ -273,10 +251,10 @@ fn finding_popup_and_help_80x24_golden() {
     let mut app = app_after(3);
     app.handle_key(Key::Down);
     app.handle_key(Key::Enter);
-    golden("watch_80x24_finding.txt", &render(&app, 80, 24));
+    assert_golden!("watch_80x24_finding", render(&app, 80, 24));
     app.handle_key(Key::Esc);
     app.handle_key(Key::Char('?'));
-    golden("watch_80x24_help.txt", &render(&app, 80, 24));
+    assert_golden!("watch_80x24_help", render(&app, 80, 24));
 }
 
 #[test]
