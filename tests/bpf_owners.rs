@@ -9,7 +9,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Output;
 
-use common::{run_bounded, sockfarm, FarmReady, Netns, RUN_TIMEOUT, TCPDOCTOR};
+use common::farm::FarmReady;
+use common::netns::Netns;
+use common::report::endpoint;
+use common::run::{run_bounded, RUN_TIMEOUT};
+use common::{require_root, sockfarm, TCPDOCTOR};
 use serde_json::Value;
 use tcpdoctor::collect::procfs::bpf_owners;
 
@@ -40,7 +44,7 @@ wait
 /// when tcpdoctor was built without the BPF scan (no clang; never under CI, where
 /// build.rs fails instead).
 fn runnable(test: &str) -> bool {
-    common::require_root();
+    require_root();
     if !bpf_owners::BUILT {
         eprintln!("SKIP: {test}: built without clang, no BPF owner scan");
         return false;
@@ -88,7 +92,6 @@ fn run_in_pid_namespace(ns: &Netns, mount_proc: bool) -> (BTreeMap<String, Strin
 /// (local, remote) -> sorted [(pid, fd)] of every socket in a `sockets --json` report.
 fn owners_by_socket(json: &str) -> BTreeMap<(String, String), Vec<(u64, u64)>> {
     let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
-    let endpoint = |e: &Value| format!("{}:{}", e["address"].as_str().unwrap_or("?"), e["port"]);
     let mut out = BTreeMap::new();
     for s in v["sockets"].as_array().expect("sockets array") {
         let mut owners: Vec<(u64, u64)> = s["owners"]

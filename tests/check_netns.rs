@@ -6,7 +6,10 @@ mod common;
 
 use std::process::Command;
 
-use common::{require_root, Netns};
+use common::netns::Netns;
+use common::report::findings;
+use common::require_root;
+use common::run::{code_and_json, must_run};
 use serde_json::Value;
 
 /// Runs `check --json` (short counter interval) and returns (exit code, report).
@@ -16,23 +19,7 @@ fn check(ns: &Netns, extra: &[&str]) -> (i32, Value) {
         args.extend_from_slice(&["--interval", "0.2"]);
     }
     args.extend_from_slice(extra);
-    let out = ns.run_tcpdoctor(&args);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "check --json is not JSON ({e}); stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), v)
-}
-
-fn findings<'a>(v: &'a Value, rule: &str) -> Vec<&'a Value> {
-    v["findings"]
-        .as_array()
-        .expect("findings")
-        .iter()
-        .filter(|f| f["rule_id"] == rule)
-        .collect()
+    code_and_json(&ns.run_tcpdoctor(&args))
 }
 
 fn worst(v: &Value) -> &str {
@@ -148,15 +135,11 @@ fn low_fd_limit_near_exhaustion_names_the_process() {
         .count();
     // Lower the worker's limit just above what it holds: over 80%, under 95%.
     let limit = (open as f64 / 0.9).ceil() as usize;
-    let status = Command::new("prlimit")
-        .args([
-            "--pid",
-            &worker.to_string(),
-            &format!("--nofile={limit}:{limit}"),
-        ])
-        .status()
-        .expect("prlimit runs");
-    assert!(status.success());
+    must_run(Command::new("prlimit").args([
+        "--pid",
+        &worker.to_string(),
+        &format!("--nofile={limit}:{limit}"),
+    ]));
     let (code, v) = check(&ns, &[]);
     let f = findings(&v, "fd_exhaustion");
     assert_eq!(f.len(), 1, "{:#}", v["findings"]);
@@ -263,11 +246,7 @@ fn listener_that_never_accepts_gives_unaccepted_close_wait_and_overflow() {
         "--hold-secs",
         "300",
     ]);
-    let listen_port: u16 = farm.ready.listeners[0]
-        .addr
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .expect("listener port");
+    let listen_port = farm.ready.listeners[0].port();
     // SYN retransmits (1 s, then 3 s) hit the full queue during a 2.5 s sample.
     let (code, v) = check(&ns, &["--interval", "2.5"]);
     assert_eq!(v["counts"]["total"]["CLOSE_WAIT"], 5);

@@ -11,14 +11,17 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{require_root, run_bounded, Netns, TCPDOCTOR};
+use common::fixtures::{copy_tree, repo_path as manifest, TempDir};
+use common::netns::Netns;
+use common::run::{assert_reachable_by_others, run_bounded};
+use common::snapshot::snapshot_body;
+use common::{require_root, TCPDOCTOR};
 
 /// How long the exporter may take to print its listening line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,10 +29,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the exporter may take to exit after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
-
-fn manifest(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
 
 // ---------------------------------------------------------------------------------------
 // The exporter process and HTTP.
@@ -353,7 +352,7 @@ fn scrub_values(body: &str) -> String {
 /// The metric families (and their labels) the exporter serves, from the schema snapshot
 /// that `serve_in_netns_reports_the_farm_exactly_over_http` checks.
 fn known_metrics() -> BTreeMap<String, BTreeSet<String>> {
-    let text = common::snapshot_body("serve_metrics_schema");
+    let text = snapshot_body("serve_metrics_schema");
     text.lines()
         .filter_map(|l| {
             let mut it = l.split(' ');
@@ -435,41 +434,6 @@ fn promtool_check_metrics(body: &str) {
 
 // ---------------------------------------------------------------------------------------
 // Captured /proc trees (no root needed).
-
-static TMP_COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let n = TMP_COUNTER.fetch_add(1, Ordering::SeqCst);
-        let p =
-            std::env::temp_dir().join(format!("tcpdoctor-serve-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read fixture dir") {
-        let e = e.expect("dir entry");
-        let target = to.join(e.file_name());
-        if e.file_type().expect("file type").is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).expect("copy fixture file");
-        }
-    }
-}
 
 /// `tcpdoctor --proc-root ROOT --source proc serve --listen 127.0.0.1:0 EXTRA...`.
 fn replay_command(root: &Path, extra: &[&str]) -> Command {
@@ -913,7 +877,7 @@ fn the_unit_capabilities_are_enough_to_see_other_users_owners() {
     // CAP_DAC_READ_SEARCH, CAP_SYSLOG and CAP_SYS_ADMIN only. Do the same with setpriv
     // and check that root's farm is attributed and every namespace read (and, without
     // the capabilities, that neither is).
-    common::assert_reachable_by_others(Path::new(TCPDOCTOR));
+    assert_reachable_by_others(Path::new(TCPDOCTOR));
     let unit =
         std::fs::read_to_string(manifest("deploy/systemd/tcpdoctor.service")).expect("unit file");
     assert!(unit.contains(

@@ -7,7 +7,9 @@ mod common;
 
 use serde_json::Value;
 
-use common::{require_root, Netns};
+use common::netns::Netns;
+use common::require_root;
+use common::run::run_tcpdoctor;
 
 /// Samples and seconds between them: 6 samples span 5 s, in which the leaking farm
 /// adds 3 CLOSE_WAIT every 0.5 s (about 30, +360 per minute).
@@ -137,10 +139,7 @@ fn growing_close_wait_is_a_confirmed_leak_and_stable_one_is_not() {
 #[test]
 fn headless_rejects_a_bad_interval() {
     // No namespace needed: settings are checked before anything is collected.
-    let out = std::process::Command::new(common::TCPDOCTOR)
-        .args(["watch", "--headless", "--samples", "1", "--interval", "0"])
-        .output()
-        .expect("run tcpdoctor");
+    let out = run_tcpdoctor(&["watch", "--headless", "--samples", "1", "--interval", "0"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("'0'"));
 }

@@ -463,7 +463,11 @@ fn real_rules_feed_the_findings_list() {
 mod on_a_pty {
     use std::io::Write;
     use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
+
+    use crate::common::run::{
+        kill_if_running, run_bounded, wait_exit as wait_exit_within, wait_for, SETUP_TIMEOUT,
+    };
 
     const ENTER_ALT: &[u8] = b"\x1b[?1049h";
     const LEAVE_ALT: &[u8] = b"\x1b[?1049l";
@@ -478,15 +482,12 @@ mod on_a_pty {
 
     impl Drop for Running {
         fn drop(&mut self) {
-            if let Ok(None) = self.0.try_wait() {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
+            kill_if_running(&mut self.0);
         }
     }
 
     fn start(log: &std::path::Path) -> Option<Running> {
-        if Command::new("script").arg("--version").output().is_err() {
+        if run_bounded(Command::new("script").arg("--version"), SETUP_TIMEOUT).is_err() {
             eprintln!("SKIP: util-linux `script` not installed");
             return None;
         }
@@ -508,30 +509,24 @@ mod on_a_pty {
 
     /// Waits (bounded) until the log shows a drawn dashboard.
     fn wait_drawn(log: &std::path::Path) -> Vec<u8> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
             let d = std::fs::read(log).unwrap_or_default();
             // ratatui moves the cursor over blanks, so look for one word: the findings
             // panel's title appears once the first sample is drawn.
-            if has(&d, ENTER_ALT) && has(&d, b"Findings:") {
-                return d;
-            }
-            assert!(Instant::now() < deadline, "nothing drawn within 30 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            (has(&d, ENTER_ALT) && has(&d, b"Findings:")).then_some(d)
+        })
+        .unwrap_or_else(|| panic!("nothing drawn within 30 s"))
     }
 
+    /// True if it exited with status 0 (bounded); fails the test if it did not exit.
     fn wait_exit(child: &mut Child) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
+        match wait_exit_within(child, Duration::from_secs(15)) {
+            Some(status) => status.success(),
+            None => {
+                kill_if_running(child);
+                panic!("tcpdoctor watch did not exit within 15 s");
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("tcpdoctor watch did not exit within 15 s");
     }
 
     fn assert_restored(log: &std::path::Path) {
