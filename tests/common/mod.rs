@@ -5,6 +5,7 @@
 //! - `report`: lookups in tcpdoctor's JSON reports (findings, namespaces, endpoints);
 //! - `ss`: `ss` output, live or captured, parsed;
 //! - `fixtures`, `cgroup`: paths into the repository, scratch folders, test cgroups;
+//! - `prom`, `serve`: the Prometheus exposition format, promtool, a running exporter;
 //! - `snapshot`: golden output as insta snapshots.
 //!
 //! Every child process and every wait here is bounded in time; nothing sends traffic
@@ -17,8 +18,10 @@ pub mod cgroup;
 pub mod farm;
 pub mod fixtures;
 pub mod netns;
+pub mod prom;
 pub mod report;
 pub mod run;
+pub mod serve;
 pub mod snapshot;
 pub mod ss;
 
