@@ -41,10 +41,32 @@ fn main() {
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         )),
-        Err(e) => disable(&format!(
-            "cannot run {} ({e}); install clang (Debian: apt-get install clang)",
-            clang.to_string_lossy()
-        )),
+        Err(e) => {
+            watch_for_clang();
+            disable(&format!(
+                "cannot run {} ({e}); install clang (Debian: apt-get install clang)",
+                clang.to_string_lossy()
+            ))
+        }
+    }
+}
+
+/// Without clang, rerun once it appears: on another PATH, or installed into a PATH
+/// folder (which changes that folder's mtime; cargo compares it with the last run).
+/// Only existing absolute folders are watched: cargo would take a missing one as always
+/// changed and rebuild every time. With clang found, none of this is printed, so a PATH
+/// change then never rebuilds.
+fn watch_for_clang() {
+    println!("cargo::rerun-if-env-changed=PATH");
+    let Some(path) = std::env::var_os("PATH") else {
+        return;
+    };
+    for dir in std::env::split_paths(&path) {
+        if dir.is_absolute() && dir.is_dir() {
+            if let Some(d) = dir.to_str() {
+                println!("cargo::rerun-if-changed={d}");
+            }
+        }
     }
 }
 

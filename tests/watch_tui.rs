@@ -1,12 +1,12 @@
 //! `tcpdoctor watch` without a terminal: a `WatchApp` fed hand-made snapshots on an
 //! injected clock (no sleeps), drawn into ratatui's `TestBackend` at 80x24 and 120x40
-//! and compared with golden screens in tests/snapshots/, plus key handling.
-//!
-//! Goldens: `UPDATE_GOLDENS=1 cargo test --test watch_tui` rewrites them; review the diff.
+//! and compared with golden screens (insta snapshots in tests/snapshots/; how to update
+//! them: tests/README.md), plus key handling.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
@@ -225,33 +225,11 @@ fn render(app: &WatchApp, w: u16, h: u16) -> String {
     out
 }
 
-fn golden(name: &str, actual: &str) {
-    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests", "snapshots", name]
-        .iter()
-        .collect();
-    if std::env::var_os("UPDATE_GOLDENS").is_some() {
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&path, actual).expect("write golden");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run UPDATE_GOLDENS=1 cargo test --test watch_tui\nactual:\n{actual}",
-            path.display()
-        )
-    });
-    assert!(
-        expected == actual,
-        "{} differs (UPDATE_GOLDENS=1 to accept)\n--- expected\n{expected}--- actual\n{actual}",
-        path.display()
-    );
-}
-
 #[test]
 fn dashboard_80x24_golden() {
     let app = app_after(6);
     let screen = render(&app, 80, 24);
-    golden("watch_80x24.txt", &screen);
+    assert_golden!("watch_80x24", &screen);
     // Whatever the goldens say, the essentials are on the smallest supported screen.
     for needle in [
         "tcpdoctor watch on db-proxy-1",
@@ -271,7 +249,7 @@ fn dashboard_80x24_golden() {
 fn dashboard_120x40_golden() {
     let app = app_after(8);
     let screen = render(&app, 120, 40);
-    golden("watch_120x40.txt", &screen);
+    assert_golden!("watch_120x40", &screen);
     for needle in [
         "nginx",
         "stable",
@@ -288,10 +266,10 @@ fn finding_popup_and_help_80x24_golden() {
     let mut app = app_after(3);
     app.handle_key(Key::Down);
     app.handle_key(Key::Enter);
-    golden("watch_80x24_finding.txt", &render(&app, 80, 24));
+    assert_golden!("watch_80x24_finding", render(&app, 80, 24));
     app.handle_key(Key::Esc);
     app.handle_key(Key::Char('?'));
-    golden("watch_80x24_help.txt", &render(&app, 80, 24));
+    assert_golden!("watch_80x24_help", render(&app, 80, 24));
 }
 
 #[test]
@@ -500,7 +478,11 @@ fn real_rules_feed_the_findings_list() {
 mod on_a_pty {
     use std::io::Write;
     use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
+
+    use crate::common::run::{
+        kill_if_running, run_bounded, wait_exit as wait_exit_within, wait_for, SETUP_TIMEOUT,
+    };
 
     const ENTER_ALT: &[u8] = b"\x1b[?1049h";
     const LEAVE_ALT: &[u8] = b"\x1b[?1049l";
@@ -515,15 +497,12 @@ mod on_a_pty {
 
     impl Drop for Running {
         fn drop(&mut self) {
-            if let Ok(None) = self.0.try_wait() {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
+            kill_if_running(&mut self.0);
         }
     }
 
     fn start(log: &std::path::Path) -> Option<Running> {
-        if Command::new("script").arg("--version").output().is_err() {
+        if run_bounded(Command::new("script").arg("--version"), SETUP_TIMEOUT).is_err() {
             eprintln!("SKIP: util-linux `script` not installed");
             return None;
         }
@@ -545,30 +524,24 @@ mod on_a_pty {
 
     /// Waits (bounded) until the log shows a drawn dashboard.
     fn wait_drawn(log: &std::path::Path) -> Vec<u8> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
             let d = std::fs::read(log).unwrap_or_default();
             // ratatui moves the cursor over blanks, so look for one word: the findings
             // panel's title appears once the first sample is drawn.
-            if has(&d, ENTER_ALT) && has(&d, b"Findings:") {
-                return d;
-            }
-            assert!(Instant::now() < deadline, "nothing drawn within 30 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            (has(&d, ENTER_ALT) && has(&d, b"Findings:")).then_some(d)
+        })
+        .unwrap_or_else(|| panic!("nothing drawn within 30 s"))
     }
 
+    /// True if it exited with status 0 (bounded); fails the test if it did not exit.
     fn wait_exit(child: &mut Child) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
+        match wait_exit_within(child, Duration::from_secs(15)) {
+            Some(status) => status.success(),
+            None => {
+                kill_if_running(child);
+                panic!("tcpdoctor watch did not exit within 15 s");
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("tcpdoctor watch did not exit within 15 s");
     }
 
     fn assert_restored(log: &std::path::Path) {

@@ -5,22 +5,16 @@
 //! Layout: `cli` (flags) -> `plan` (checks and who-makes-what arithmetic) ->
 //! `parent` (listeners, fork, phases, ready line, hold) / `worker` (the
 //! sockets); `host` reads and writes /proc, `sys` wraps libc.
+//!
+//! Built only with the `sockfarm` cargo feature (the tests and bench/ enable it), so
+//! `cargo install` ships tcpdoctor alone.
 
-// A binary's root resolves submodules next to itself, so point into the
-// sockfarm/ folder explicitly.
-#[path = "sockfarm/cli.rs"]
 mod cli;
-#[path = "sockfarm/host.rs"]
 mod host;
-#[path = "sockfarm/parent.rs"]
 mod parent;
-#[path = "sockfarm/plan.rs"]
 mod plan;
-#[path = "sockfarm/report.rs"]
 mod report;
-#[path = "sockfarm/sys.rs"]
 mod sys;
-#[path = "sockfarm/worker.rs"]
 mod worker;
 
 use std::process::ExitCode;
