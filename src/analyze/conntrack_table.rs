@@ -155,7 +155,7 @@ fn finding(s: &Snapshot, t: &Thresholds) -> Option<Finding> {
     }];
     if tw_s > CT_TIME_WAIT_DEFAULT {
         fix.push(FixStep::run(
-            format!("nf_conntrack_tcp_timeout_time_wait was raised to {tw_s} s; the default {CT_TIME_WAIT_DEFAULT} s frees entries sooner"),
+            format!("The entry lifetime after close (nf_conntrack_tcp_timeout_time_wait) was raised to {tw_s} s; the default {CT_TIME_WAIT_DEFAULT} s frees entries sooner"),
             format!("sysctl -w net.netfilter.nf_conntrack_tcp_timeout_time_wait={CT_TIME_WAIT_DEFAULT}"),
         ));
         changes.push(SysctlChange {

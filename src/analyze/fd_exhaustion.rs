@@ -75,7 +75,7 @@ fn file_table_finding(s: &Snapshot, t: &Thresholds) -> Option<Finding> {
     // alloc_empty_file() (fs/file_table.c): the limit is not applied to callers with
     // CAP_SYS_ADMIN in the initial user namespace.
     let why = format!(
-        "fs.file-max caps open files across the whole host; once {} are allocated, open(), socket() and accept() fail with ENFILE (\"Too many open files in system\") and the kernel logs \"VFS: file-max limit {} reached\". Processes with CAP_SYS_ADMIN in the host's initial user namespace are spared, so a root daemon may keep working while other services fail (root inside a container with its own user namespace is not spared). This is the only descriptor problem that raising fs.file-max fixes; it is host-wide, so a container shares it and cannot change it.",
+        "The fs.file-max limit caps open files across the whole host; once {} are allocated, open(), socket() and accept() fail with ENFILE (\"Too many open files in system\") and the kernel logs \"VFS: file-max limit {} reached\". Processes with CAP_SYS_ADMIN in the host's initial user namespace are spared, so a root daemon may keep working while other services fail (root inside a container with its own user namespace is not spared). This is the only descriptor problem that raising fs.file-max fixes; it is host-wide, so a container shares it and cannot change it.",
         ft.max, ft.max
     );
     let fix = vec![

@@ -175,7 +175,7 @@ fn finding(key: &Key, v: &Seen) -> Finding {
                     "See who they talk to",
                     "ss -tan state fin-wait-1 or state last-ack or state closing | awk '{print $5}' | sort | uniq -c | sort -rn | head",
                 ),
-                FixStep::say("Do not lower tcp_max_orphans; orphans usually mean peers that stopped reading or vanished. tcp_orphan_retries=0 already means 8 retries."),
+                FixStep::say("Do not lower tcp_max_orphans; orphans usually mean peers that stopped reading or vanished. A tcp_orphan_retries of 0 already means 8 retries."),
             ],
         ),
         Kind::TcpMemExhausted => (

@@ -270,7 +270,7 @@ fn fix(
     let somaxconn_ok = somaxconn.is_some_and(|m| u64::try_from(m).is_ok_and(|m| m >= target));
     let somaxconn_text = match somaxconn {
         Some(m) if somaxconn_ok => format!("net.core.somaxconn ({m}) already allows that"),
-        _ => format!("net.core.somaxconn must allow it too (below)"),
+        _ => "net.core.somaxconn must allow it too (below)".to_string(),
     };
     fix.push(FixStep::say(format!(
         "Raise the application's listen backlog and net.core.somaxconn together; the kernel uses the smaller one.{cap} For example nginx `listen {port} backlog={target};` (its default is 511), and {somaxconn_text}. The default somaxconn is 4096 since Linux 5.4 (128 before). The new backlog applies when the application calls listen() again, usually on restart."
@@ -286,7 +286,7 @@ fn fix(
             value: target.to_string(),
             was: somaxconn.map(|m| m.to_string()),
             why: format!(
-                "listen() cuts every backlog down to this value; {target} leaves room for twice the backlog of the fullest listener, and the application's own backlog must be raised to match."
+                "listen() cuts every backlog down to this value. {target}: at least the kernel default 4096 and twice the backlog of the fullest listener; the application's own backlog must be raised to match."
             ),
         });
     }

@@ -118,7 +118,7 @@ pub fn check(h: &HostSnapshot, t: &Thresholds) -> Vec<Finding> {
         );
         f.evidence = evidence;
         f.why = format!(
-            "{key} is set per network namespace. A container's namespace starts from the kernel default, not from the host's value, and /etc/sysctl.conf or /etc/sysctl.d on the host only set the host's own namespace. Tuning that fixed the host does not apply to these containers."
+            "The setting {key} is per network namespace. A container's namespace starts from the kernel default, not from the host's value, and /etc/sysctl.conf or /etc/sysctl.d on the host only set the host's own namespace. Tuning that fixed the host does not apply to these containers."
         );
         f.fix = vec![
             FixStep::say(format!(

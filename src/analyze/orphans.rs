@@ -205,7 +205,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
             "See which peers the FIN_WAIT1 orphans belong to (a large Send-Q is data the peer never took)",
             "ss -tno state fin-wait-1",
         ),
-        FixStep::run("and the LAST_ACK ones", "ss -tno state last-ack"),
+        FixStep::run("The LAST_ACK ones too", "ss -tno state last-ack"),
     ];
     let mut proposed = Vec::new();
     let effective_retries = retries.map(|r| if r == 0 { 8 } else { r });

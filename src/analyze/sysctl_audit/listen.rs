@@ -127,7 +127,7 @@ pub(super) fn somaxconn(s: &Snapshot, t: &Thresholds) -> Option<Problem> {
             "Was {v}. listen() cuts every backlog down to this value; {reason}. The application's own backlog must be raised too."
         ),
     );
-    p.fix.push(FixStep::say("Raise the application's own backlog too, since it is the smaller of the two that counts (e.g. nginx: listen 80 backlog=4096; many daemons pass 511 or 128), then restart the service: the backlog is read at listen() time."));
+    p.fix.push(FixStep::say("Raise the application's own backlog too, since it is the smaller of the two that counts (for example nginx: listen 80 backlog=4096; many daemons pass 511 or 128), then restart the service: the backlog is read at listen() time."));
     p.data.insert(
         "capped_listeners".into(),
         json!(capped

@@ -65,7 +65,7 @@ pub(super) fn overlap(s: &Snapshot, _t: &Thresholds) -> Option<Problem> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    p.why = "connect() and bind(0) take local ports from this range, so a service that starts (or restarts) after an outgoing connection took its port fails with EADDRINUSE. Listeners that got their port from bind(0) are expected here; fixed service ports should either be outside the range or listed in ip_local_reserved_ports, which keeps automatic assignment away from them.".into();
+    p.why = "Both connect() and bind(0) take local ports from this range, so a service that starts (or restarts) after an outgoing connection took its port fails with EADDRINUSE. Listeners that got their port from bind(0) are expected here; fixed service ports should either be outside the range or listed in ip_local_reserved_ports, which keeps automatic assignment away from them.".into();
     let was = s.sysctl(RESERVED_KEY).map(str::to_string);
     if widened_by_hand {
         p.propose_key(
@@ -130,7 +130,7 @@ pub(super) fn parity(s: &Snapshot, t: &Thresholds) -> Option<Problem> {
     } else if lo < PortRange::KERNEL_DEFAULT.low {
         // Never a proposed range that starts below 32768, where services listen.
         p.fix.push(FixStep::say(format!(
-            "tcpdoctor proposes no range that starts below {}, where services listen. When this range is next changed, start it at {} or above and end it on a port of the other parity.",
+            "No range starting below {} is proposed: services listen there. When this range is next changed, start it at {} or above and end it on a port of the other parity.",
             PortRange::KERNEL_DEFAULT.low,
             PortRange::KERNEL_DEFAULT.low
         )));

@@ -43,7 +43,7 @@ pub(super) fn tw_recycle(s: &Snapshot, _t: &Thresholds) -> Option<Problem> {
     }
     if on {
         p.title = "tcp_tw_recycle is on: SYNs from clients behind NAT are dropped at random".into();
-        p.why = "tcp_tw_recycle made the kernel remember the newest TCP timestamp of each peer address and silently drop SYNs that carry an older one. Clients behind one NAT address have unrelated timestamp clocks, so some of their connection attempts vanish (counted as PAWSPassive in netstat -s). Linux 4.12 removed the option for that reason; this kernel is older.".into();
+        p.why = "The tcp_tw_recycle option made the kernel remember the newest TCP timestamp of each peer address and silently drop SYNs that carry an older one. Clients behind one NAT address have unrelated timestamp clocks, so some of their connection attempts vanish (counted as PAWSPassive in netstat -s). Linux 4.12 removed the option for that reason; this kernel is older.".into();
         // Not proposed for the sysctl file: a line naming the key turns into a boot
         // error on the next kernel, which does not have it. Off now, and out of files.
         p.fix.push(FixStep::run(
@@ -70,7 +70,7 @@ pub(super) fn timestamps(s: &Snapshot, _t: &Thresholds) -> Option<Problem> {
     p.evidence
         .push(Evidence::new("client-side TIME_WAIT sockets", client_tw));
     p.title = "tcp_timestamps=0: no PAWS protection and tcp_tw_reuse cannot work".into();
-    p.why = "Without TCP timestamps the kernel loses PAWS, the check that rejects stale segments from an earlier connection on the same ports. tcp_tw_reuse only hands out a TIME_WAIT port again when the old connection carried timestamps, so with them off every outgoing connection's TIME_WAIT holds its port for the full 60 s (loopback ones included) and ephemeral ports run out sooner.".into();
+    p.why = "Without TCP timestamps the kernel loses PAWS, the check that rejects stale segments from an earlier connection on the same ports. The tcp_tw_reuse setting only hands out a TIME_WAIT port again when the old connection carried timestamps, so with them off every outgoing connection's TIME_WAIT holds its port for the full 60 s (loopback ones included) and ephemeral ports run out sooner.".into();
     p.propose(
         1,
         "Turn them back on now",
@@ -150,7 +150,7 @@ pub(super) fn fin_timeout(s: &Snapshot, _t: &Thresholds) -> Option<Problem> {
     let tw = time_wait_total(s);
     p.evidence.push(Evidence::new("TIME_WAIT sockets now", tw));
     p.title = format!("tcp_fin_timeout lowered to {v} s: it does not shorten TIME_WAIT");
-    p.why = "tcp_fin_timeout only limits how long a socket that the application already closed waits in FIN_WAIT2 for the peer's FIN. TIME_WAIT is a fixed 60 s on upstream Linux and no sysctl changes it, so a lowered value does not reduce the TIME_WAIT count. For orphaned FIN_WAIT2 a shorter wait is harmless, so tcpdoctor proposes no change; it is just not doing what it is usually set for.".into();
+    p.why = "The tcp_fin_timeout setting only limits how long a socket that the application already closed waits in FIN_WAIT2 for the peer's FIN. TIME_WAIT is a fixed 60 s on upstream Linux and no sysctl changes it, so a lowered value does not reduce the TIME_WAIT count. For orphaned FIN_WAIT2 a shorter wait is harmless, so tcpdoctor proposes no change; it is just not doing what it is usually set for.".into();
     p.fix.push(FixStep::say(
         "If it was lowered to cut TIME_WAIT, that line can go: nothing else needs it.",
     ));
@@ -178,7 +178,7 @@ pub(super) fn tw_reuse_on_a_server(s: &Snapshot, _t: &Thresholds) -> Option<Prob
         .push(Evidence::new("TIME_WAIT on outgoing connections", 0));
     p.title =
         "tcp_tw_reuse=1 does nothing for this host's TIME_WAIT, which is all server side".into();
-    p.why = "tcp_tw_reuse lets connect() take over a local port held by a TIME_WAIT socket; it never affects accepted connections or bind(). All TIME_WAIT here sits on listening ports, where it costs no ports, so the setting changes nothing for it; the lever is to let clients close first or to keep connections open longer (HTTP keep-alive). The kernel documentation asks that tcp_tw_reuse be left at its default unless technical experts advise or ask for a change.".into();
+    p.why = "The tcp_tw_reuse setting lets connect() take over a local port held by a TIME_WAIT socket; it never affects accepted connections or bind(). All TIME_WAIT here sits on listening ports, where it costs no ports, so the setting changes nothing for it; the lever is to let clients close first or to keep connections open longer (HTTP keep-alive). The kernel documentation asks that tcp_tw_reuse be left at its default unless technical experts advise or ask for a change.".into();
     p.fix.push(FixStep::say("Nothing needs changing for this TIME_WAIT. If tcp_tw_reuse=1 was set for it, remove that line to get the default 2 back (loopback connections only)."));
     p.data.insert("server_side".into(), json!(tw.server_side));
     Some(p)
