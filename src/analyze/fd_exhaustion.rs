@@ -332,7 +332,7 @@ fn group_finding(s: &Snapshot, group: &[Offender]) -> Option<Finding> {
         "/etc/security/limits.conf is applied by pam_limits to login sessions only and does not reach services; DefaultLimitNOFILE= in /etc/systemd/system.conf changes every service (systemd 252 defaults to 1024:524288, keeping the soft 1024 for select() users).",
     ));
     fix.push(FixStep::say(format!(
-        "Started from a login shell or su: raise it in /etc/security/limits.conf (\"USER soft nofile {target}\" and \"USER hard nofile {new_hard}\"); it applies to new sessions only. In a container: the runtime's ulimit option (docker run --ulimit nofile={target}:{new_hard})."
+        "Started from a login shell or su: raise it in /etc/security/limits.conf (\"USER soft nofile {target}\" and \"USER hard nofile {new_hard}\"); it applies to new sessions only. In a container: the runtime's ulimit option (for docker run, --ulimit nofile={target}:{new_hard})."
     )));
     fix.push(FixStep::say(format!(
         "The hard limit cannot exceed fs.nr_open ({nr_open}); setting it higher fails with EPERM. Programs may also raise their own soft limit up to the hard one with setrlimit(RLIMIT_NOFILE) at startup."
