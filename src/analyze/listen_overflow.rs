@@ -88,8 +88,8 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
         ));
     }
 
-    let who = worst.map_or("the application".to_string(), |b| {
-        owner_label(s, b.listener.owner)
+    let who = worst.map_or("The application".to_string(), |b| {
+        format!("The accepting side, {},", owner_label(s, b.listener.owner))
     });
     // SYNs meeting a full accept queue are dropped in tcp_conn_request(); a final ACK
     // meeting one is handled in tcp_check_req(): with tcp_abort_on_overflow=0 the
@@ -100,7 +100,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
         "a handshake whose final ACK meets the full queue is kept half-open and the kernel retransmits its SYN-ACK, which makes the client resend that ACK until there is room"
     };
     let why = format!(
-        "A connection whose handshake has completed waits in the listener's accept queue until the application calls accept(); the queue holds min(listen() backlog, net.core.somaxconn) connections. When it is full the kernel drops new SYNs, so clients retry after a second or more, and {ack_fate}; both are counted in ListenOverflows, and clients see slow or failed connects. The accepting side, {who}, is not calling accept() fast enough, or at all: all workers busy, a blocked event loop, or an accept loop that stopped."
+        "A connection whose handshake has completed waits in the listener's accept queue until the application calls accept(); the queue holds min(listen() backlog, net.core.somaxconn) connections. When it is full the kernel drops new SYNs, so clients retry after a second or more, and {ack_fate}; both are counted in ListenOverflows, and clients see slow or failed connects. {who} is not calling accept() fast enough, or at all: all workers busy, a blocked event loop, or an accept loop that stopped."
     );
     let (fix, proposed) = fix(s, t, worst, somaxconn, abort_on_overflow);
 
@@ -301,7 +301,8 @@ fn fix(
             key: "net.ipv4.tcp_abort_on_overflow".into(),
             value: "0".into(),
             was: Some("1".into()),
-            why: "Clients whose handshake meets a briefly full accept queue are retried (SYN-ACK retransmits) instead of reset.".into(),
+            // Word for word the audit's reason, so the file prints it once.
+            why: "Was 1. Clients whose handshake meets a briefly full accept queue are retried (SYN-ACK retransmits) instead of reset.".into(),
         });
     } else {
         fix.push(FixStep::say("Keep tcp_abort_on_overflow at 0: with 1 a handshake meeting a full queue is reset instead of retried with SYN-ACK retransmits."));
