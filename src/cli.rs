@@ -178,9 +178,10 @@ pub struct CheckArgs {
     /// Show every piece of evidence and every fix step.
     #[arg(short, long)]
     pub verbose: bool,
-    /// Print a reasoned /etc/sysctl.d/ file for this host instead of the report.
-    /// Nothing is written to the system.
-    #[arg(long)]
+    /// Print the kernel settings the findings propose, as a commented /etc/sysctl.d/
+    /// file, instead of the report. Nothing is written to the system. Not with --json
+    /// (the JSON report has them in each finding's "proposed").
+    #[arg(long, conflicts_with = "json")]
     pub emit_sysctl: bool,
     /// Print JSON (schema: docs/json.md).
     #[arg(long)]

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use tcpdoctor::analyze;
 use tcpdoctor::cli::Cli;
 use tcpdoctor::cmd;
 use tcpdoctor::model::Severity;
@@ -76,9 +75,8 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
         Action::Check(s) => {
             let report = cmd::check::run(&common, &s)?;
             if s.emit_sysctl {
-                let empty = tcpdoctor::model::Snapshot::default();
-                let host = report.host.primary().unwrap_or(&empty);
-                out.write_all(analyze::sysctl_audit::emit_sysctl(host).as_bytes())?;
+                // Exactly what the findings propose (render::sysctl_file).
+                render::sysctl_file::write(&mut out, &report)?;
             } else if s.json {
                 render::check::write_json(&mut out, &report)?;
             } else {

@@ -5,6 +5,7 @@ pub mod check;
 pub mod metrics;
 pub mod sockets;
 pub mod states;
+pub mod sysctl_file;
 pub mod watch;
 
 use std::io::{self, Write};
