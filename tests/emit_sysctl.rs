@@ -7,17 +7,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use common::{run_bounded, Netns, RUN_TIMEOUT, TCPDOCTOR};
+use common::netns::Netns;
+use common::require_root;
+use common::run::{run_bounded, stdout_json, RUN_TIMEOUT};
+use common::TCPDOCTOR;
 use serde_json::Value;
-
-fn assert_root() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "needs root (network namespaces, sysctls): cargo test --test emit_sysctl -- --include-ignored"
-    );
-}
 
 /// The live setting lines of an emitted file, `key -> value`; panics on a key set twice.
 fn settings(text: &str) -> BTreeMap<String, String> {
@@ -51,12 +45,7 @@ fn emit(ns: &Netns) -> String {
 /// The JSON report's proposals, `key -> value`, checking that no two disagree.
 fn proposed_in_json(ns: &Netns) -> BTreeMap<String, String> {
     let out = ns.run_tcpdoctor(&["check", "--json", "--interval", "0"]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "check --json is not JSON ({e}); stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let v: Value = stdout_json(&out);
     let mut map = BTreeMap::new();
     for f in v["findings"].as_array().expect("findings") {
         for c in f["proposed"].as_array().into_iter().flatten() {
@@ -78,7 +67,7 @@ fn proposed_in_json(ns: &Netns) -> BTreeMap<String, String> {
 #[test]
 #[ignore = "needs root"]
 fn folklore_namespace_gets_exactly_the_fixes() {
-    assert_root();
+    require_root();
     let ns = Netns::new("emitfolk");
     for (k, v) in [
         ("net.ipv4.tcp_max_tw_buckets", "5000"),
@@ -135,7 +124,7 @@ fn folklore_namespace_gets_exactly_the_fixes() {
 #[test]
 #[ignore = "needs root"]
 fn healthy_namespace_with_loopback_time_wait_changes_nothing() {
-    assert_root();
+    require_root();
     let ns = Netns::new("emitcalm");
     let farm = ns.spawn_farm(&[
         "--listen",
@@ -147,7 +136,7 @@ fn healthy_namespace_with_loopback_time_wait_changes_nothing() {
         "--hold-secs",
         "300",
     ]);
-    let counts = ns.ss_state_counts();
+    let counts = ns.ss_state_counts(&[]);
     assert!(
         counts.get("TIME_WAIT").copied().unwrap_or(0) >= 50,
         "the farm left client TIME_WAIT: {counts:?}"
