@@ -167,12 +167,25 @@ tests:
         values: '500x40'
       - series: 'tcpdoctor_process_close_wait_sockets{{instance="h1",job="t",comm="other",pid="other"}}'
         values: '500+5x40'
-      - series: 'tcpdoctor_ephemeral_ports_usable{{instance="h1",job="t"}}'
+      # Ephemeral ports, one destination in three namespaces with three ranges: the
+      # host's 28,232 (2,000 left: 7%), a pod's 1,000 (500 left: 50%, which over the
+      # host's range read 1.8%), another pod's 100 (3 left: 3%).
+      - series: 'tcpdoctor_ephemeral_ports_usable{{instance="h1",job="t",netns="host",local_ip="10.0.0.1",destination="10.0.0.7:5432"}}'
         values: '28232x40'
-      - series: 'tcpdoctor_ephemeral_ports_headroom{{instance="h1",job="t",local_ip="10.0.0.1",destination="10.0.0.7:5432"}}'
+      - series: 'tcpdoctor_ephemeral_ports_headroom{{instance="h1",job="t",netns="host",local_ip="10.0.0.1",destination="10.0.0.7:5432"}}'
         values: '2000x40'
-      - series: 'tcpdoctor_ephemeral_ports_headroom{{instance="h1",job="t",local_ip="10.0.0.1",destination="10.0.0.8:443"}}'
+      - series: 'tcpdoctor_ephemeral_ports_usable{{instance="h1",job="t",netns="host",local_ip="10.0.0.1",destination="10.0.0.8:443"}}'
+        values: '28232x40'
+      - series: 'tcpdoctor_ephemeral_ports_headroom{{instance="h1",job="t",netns="host",local_ip="10.0.0.1",destination="10.0.0.8:443"}}'
         values: '28000x40'
+      - series: 'tcpdoctor_ephemeral_ports_usable{{instance="h1",job="t",netns="pod default/api",local_ip="10.0.0.1",destination="10.0.0.7:5432"}}'
+        values: '1000x40'
+      - series: 'tcpdoctor_ephemeral_ports_headroom{{instance="h1",job="t",netns="pod default/api",local_ip="10.0.0.1",destination="10.0.0.7:5432"}}'
+        values: '500x40'
+      - series: 'tcpdoctor_ephemeral_ports_usable{{instance="h1",job="t",netns="pod default/batch",local_ip="10.0.0.1",destination="10.0.0.7:5432"}}'
+        values: '100x40'
+      - series: 'tcpdoctor_ephemeral_ports_headroom{{instance="h1",job="t",netns="pod default/batch",local_ip="10.0.0.1",destination="10.0.0.7:5432"}}'
+        values: '3x40'
       - series: 'tcpdoctor_tcpext_tcptimewaitoverflow_total{{instance="h1",job="t"}}'
         values: '0+60x40'
       - series: 'tcpdoctor_tcpext_listenoverflows_total{{instance="h1",job="t"}}'
@@ -192,13 +205,21 @@ tests:
       - eval_time: 35m
         alertname: TcpEphemeralPortHeadroomLow
         exp_alerts:
-          - exp_labels: {{severity: warning, instance: h1, job: t, local_ip: 10.0.0.1, destination: "10.0.0.7:5432"}}
+          - exp_labels: {{severity: warning, instance: h1, job: t, netns: host, local_ip: 10.0.0.1, destination: "10.0.0.7:5432"}}
             exp_annotations:
-              summary: "h1: ephemeral ports towards 10.0.0.7:5432 from 10.0.0.1 below 20%"
-              description: "Only 7.084% of the usable ephemeral ports are left towards 10.0.0.7:5432. Reuse connections (keep-alive, pooling), widen ip_local_port_range, or add source addresses."
+              summary: "h1: ephemeral ports towards 10.0.0.7:5432 from 10.0.0.1 in netns host below 20%"
+              description: "Only 7.084% of the usable ephemeral ports of netns host are left towards 10.0.0.7:5432. Reuse connections (keep-alive, pooling), widen ip_local_port_range in that namespace, or add source addresses."
+          - exp_labels: {{severity: warning, instance: h1, job: t, netns: "pod default/batch", local_ip: 10.0.0.1, destination: "10.0.0.7:5432"}}
+            exp_annotations:
+              summary: "h1: ephemeral ports towards 10.0.0.7:5432 from 10.0.0.1 in netns pod default/batch below 20%"
+              description: "Only 3% of the usable ephemeral ports of netns pod default/batch are left towards 10.0.0.7:5432. Reuse connections (keep-alive, pooling), widen ip_local_port_range in that namespace, or add source addresses."
       - eval_time: 35m
         alertname: TcpEphemeralPortsNearlyExhausted
-        exp_alerts: []
+        exp_alerts:
+          - exp_labels: {{severity: critical, instance: h1, job: t, netns: "pod default/batch", local_ip: 10.0.0.1, destination: "10.0.0.7:5432"}}
+            exp_annotations:
+              summary: "h1: ephemeral ports towards 10.0.0.7:5432 nearly exhausted in netns pod default/batch"
+              description: "3% left; new connections from 10.0.0.1 to 10.0.0.7:5432 in netns pod default/batch will fail with 'Cannot assign requested address'."
       - eval_time: 35m
         alertname: TcpTimeWaitOverflowRising
         exp_alerts:

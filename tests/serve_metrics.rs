@@ -145,7 +145,7 @@ fn serve_in_netns_reports_the_farm_exactly_over_http() {
     assert_eq!(
         s.must(
             "tcpdoctor_time_wait_destination_sockets",
-            &[("destination", &dest)]
+            &[("netns", ns.name()), ("destination", &dest)]
         ),
         tw
     );
@@ -160,7 +160,7 @@ fn serve_in_netns_reports_the_farm_exactly_over_http() {
     );
     // The farm's listener: what sockfarm saw at ready time (it accepts everything).
     let l = &farm.ready.listeners[0];
-    let at = [("listen", l.addr.as_str())];
+    let at = [("netns", ns.name()), ("listen", l.addr.as_str())];
     assert_eq!(
         s.must("tcpdoctor_listener_accept_queue", &at),
         l.queued as f64
@@ -169,7 +169,13 @@ fn serve_in_netns_reports_the_farm_exactly_over_http() {
         s.must("tcpdoctor_listener_backlog", &at),
         f64::from(l.backlog)
     );
-    let usable = s.must("tcpdoctor_ephemeral_ports_usable", &[]);
+    // Ports towards the farm's listener, in this namespace (its label is its name).
+    let labels = [
+        ("netns", ns.name()),
+        ("local_ip", "127.0.0.1"),
+        ("destination", dest.as_str()),
+    ];
+    let usable = s.must("tcpdoctor_ephemeral_ports_usable", &labels);
     let range = ns.read_sysctl("net.ipv4.ip_local_port_range");
     let bounds: Vec<f64> = range
         .split_whitespace()
@@ -178,7 +184,6 @@ fn serve_in_netns_reports_the_farm_exactly_over_http() {
     assert_eq!(usable, bounds[1] - bounds[0] + 1.0, "range {range}");
     // Client ends: ESTABLISHED clients, FIN_WAIT2 (the CLOSE_WAIT peers), TIME_WAIT.
     let used = (worker.counts.established / 2 + worker.counts.fin_wait2) as f64 + tw;
-    let labels = [("local_ip", "127.0.0.1"), ("destination", dest.as_str())];
     assert_eq!(s.must("tcpdoctor_ephemeral_ports_used", &labels), used);
     assert_eq!(
         s.must("tcpdoctor_ephemeral_ports_headroom", &labels),

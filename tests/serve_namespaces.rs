@@ -62,13 +62,20 @@ fn serve_all_namespaces_labels_each_namespace() {
         "host, home, other"
     );
     // Against that namespace's own range, not the home namespace's default one.
+    let ns = [("netns", other.name())];
     assert_eq!(
-        s.must(
-            "tcpdoctor_netns_ephemeral_ports_headroom",
-            &[("netns", other.name())]
-        ),
+        s.must("tcpdoctor_netns_ephemeral_ports_headroom", &ns),
         94.0
     );
+    assert_eq!(s.must("tcpdoctor_netns_ephemeral_ports_usable", &ns), 100.0);
+    let dest = [
+        ("netns", other.name()),
+        ("local_ip", "127.0.0.1"),
+        ("destination", "127.0.0.1:5000"),
+    ];
+    assert_eq!(s.must("tcpdoctor_ephemeral_ports_used", &dest), 6.0);
+    assert_eq!(s.must("tcpdoctor_ephemeral_ports_usable", &dest), 100.0);
+    assert_eq!(s.must("tcpdoctor_ephemeral_ports_headroom", &dest), 94.0);
     // The leak's process is in the per-process series (comm/pid only).
     let wpid = farm.ready.workers[0].pid.to_string();
     assert_eq!(
