@@ -11,6 +11,7 @@ mod filter;
 mod finding;
 pub mod kernel;
 mod netns;
+pub mod nginx;
 mod notice;
 mod process;
 pub mod rank;
