@@ -261,27 +261,41 @@ fn fixes(
     }
     let d = defaults(inst);
     let mut conn_points: Vec<String> = Vec::new();
-    for (_, l) in locs {
-        let Some(pp) = &l.proxy_pass else { continue };
+    let mut version_points: Vec<String> = Vec::new();
+    for (srv, l) in locs {
+        if l.proxy_pass.is_none() {
+            continue;
+        }
         let version_ok = match l.http_version_value() {
             Some(v) => v != "1.0",
             None => d.keepalive,
         };
         if !version_ok {
-            let ind = pp.at.indent();
-            steps.push(FixStep::patch(
-                format!(
-                    "{}: speak HTTP/1.1 to the backend (1.0 closes after each response)",
-                    l.label
-                ),
-                match &l.http_version {
-                    Some(v) if v.at.file == pp.at.file && v.context == l.label => replace(
-                        &v.at,
-                        &[format!("{}proxy_http_version 1.1;", v.at.indent())],
-                    ),
-                    _ => insert_after(&pp.at, &[format!("{ind}proxy_http_version 1.1;")]),
-                },
-            ));
+            match &l.http_version {
+                // An explicit 1.0: change that line.
+                Some(v) => {
+                    let key = v.at.to_string();
+                    if !version_points.contains(&key) {
+                        version_points.push(key);
+                        steps.push(FixStep::patch(
+                            format!("{}: speak HTTP/1.1 to the backend (1.0 closes after each response)", l.label),
+                            replace(&v.at, &[format!("{}proxy_http_version 1.1;", v.at.indent())]),
+                        ));
+                    }
+                }
+                // nginx's default 1.0: once per server (proxy_http_version is inherited
+                // like most directives).
+                None => {
+                    let key = srv.at.to_string();
+                    if !version_points.contains(&key) {
+                        version_points.push(key);
+                        steps.push(FixStep::patch(
+                            format!("{}: speak HTTP/1.1 to backends (nginx's default before 1.29.7 is 1.0, which closes after each response)", srv.label()),
+                            insert_after(&srv.at, &[format!("{}proxy_http_version 1.1;", inner_indent(&srv.at))]),
+                        ));
+                    }
+                }
+            }
         }
         // A Connection header from a variable (a websocket map) is left alone here:
         // nginx_proxy_keepalive_headers judges what the map yields.
@@ -360,10 +374,14 @@ mod tests {
             patch.contains("@@ -3 +3,2 @@\n     upstream backend {\n+        keepalive 32;\n"),
             "{patch}"
         );
-        assert!(up
-            .fix
-            .iter()
-            .any(|s| s.mentions("+            proxy_http_version 1.1;")));
+        assert!(
+            up.fix
+                .iter()
+                .any(|s| s
+                    .mentions("@@ -6 +6,2 @@\n     server {\n+        proxy_http_version 1.1;")),
+            "{:#?}",
+            up.fix
+        );
         assert!(up
             .fix
             .iter()
