@@ -20,14 +20,18 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::model::nginx::{ConfigOrigin, NginxInstance, NginxVersion};
-use crate::model::{HostSnapshot, Notice, NoticeCode};
+use crate::model::{units, HostSnapshot, Notice, NoticeCode};
 
 use self::binary::BuildInfo;
 use self::fs::{ConfigFs, RootedFs};
 
 /// Process names of nginx and its forks (`/proc/PID/comm`).
 fn is_nginx_comm(comm: &str) -> bool {
-    comm.starts_with("nginx") || matches!(comm, "openresty" | "angie" | "tengine" | "freenginx")
+    // Exact names: a test binary or tool called nginx_something is not nginx.
+    matches!(
+        comm,
+        "nginx" | "nginx-debug" | "openresty" | "angie" | "tengine" | "freenginx"
+    )
 }
 
 /// A process as /proc shows it, enough to tell masters from workers.
@@ -84,8 +88,13 @@ pub fn parse_command_line(argv: &[String]) -> CommandLine {
         // `-c file` and `-cfile` both work in nginx; flags without values may be
         // grouped (`-tq`).
         for (i, f) in flags.char_indices() {
-            if !"cpgse".contains(f) {
+            // Flags without a value; anything else is not an nginx option (nginx
+            // itself stops with "invalid option").
+            if "hvVtTq?".contains(f) {
                 continue;
+            }
+            if !"cpgse".contains(f) {
+                break;
             }
             let attached = &flags[i + f.len_utf8()..];
             let value = if !attached.is_empty() {
@@ -179,7 +188,11 @@ pub fn discover(proc_root: &Path) -> (Vec<NginxInstance>, Vec<Notice>) {
         if let Some(e) = &inst.error {
             notices.push(Notice::new(
                 NoticeCode::NginxConfigUnreadable,
-                format!("{}: configuration not analysed: {e}", inst.label()),
+                format!(
+                    "{}: configuration not analysed: {e} (command line: {})",
+                    inst.label(),
+                    units::ellipsize(&p.argv.join(" "), 200)
+                ),
             ));
         }
         out.push(inst);
@@ -431,5 +444,99 @@ mod tests {
             config_path(&none, &plain, Path::new("/")).0,
             PathBuf::from("/usr/local/nginx/conf/nginx.conf")
         );
+    }
+}
+
+#[cfg(test)]
+mod discover_tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A /proc with one containerised nginx master, its worker and an unrelated
+    /// process, laid out in a temp dir the way the kernel shows them.
+    #[test]
+    fn finds_a_master_in_a_container_and_reads_its_config_through_its_root() {
+        let t = std::env::temp_dir().join(format!("tcpdoctor-nginx-proc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&t);
+        let proc_ = t.join("proc");
+        let rootfs = t.join("rootfs");
+        let mk = |p: &Path| std::fs::create_dir_all(p).expect("mkdir");
+        mk(&rootfs.join("etc/nginx/conf.d"));
+        mk(&rootfs.join("srv/sites"));
+        std::fs::write(
+            rootfs.join("etc/nginx/nginx.conf"),
+            "events {}\nhttp {\n    include /etc/nginx/conf.d/*.conf;\n}\n",
+        )
+        .expect("write");
+        std::fs::write(
+            rootfs.join("srv/sites/app.conf"),
+            "upstream app { server 10.1.0.7:8080; }\nserver { location / { proxy_pass http://app; } }\n",
+        )
+        .expect("write");
+        // An absolute link inside the container: must resolve inside its root.
+        symlink(
+            "/srv/sites/app.conf",
+            rootfs.join("etc/nginx/conf.d/app.conf"),
+        )
+        .expect("link");
+        mk(&t.join("bin"));
+        std::fs::write(
+            t.join("bin/nginx"),
+            b"\x7fELF\0nginx version: nginx/1.25.3\0configure arguments: --prefix=/etc/nginx --conf-path=/etc/nginx/nginx.conf\0",
+        )
+        .expect("write");
+        let proc_entry = |pid: u32, stat: &str, cmdline: &[u8]| {
+            let d = proc_.join(pid.to_string());
+            mk(&d.join("ns"));
+            std::fs::write(d.join("stat"), stat).expect("stat");
+            std::fs::write(d.join("cmdline"), cmdline).expect("cmdline");
+            symlink(t.join("bin/nginx"), d.join("exe")).expect("exe");
+            symlink(&rootfs, d.join("root")).expect("root");
+            symlink("net:[4026532999]", d.join("ns/net")).expect("ns");
+        };
+        proc_entry(
+            100,
+            "100 (nginx) S 1 100 100 0 -1",
+            b"nginx: master process nginx -g daemon off;\0\0\0\0",
+        );
+        proc_entry(
+            101,
+            "101 (nginx) S 100 100 100 0 -1",
+            b"nginx: worker process\0\0\0",
+        );
+        proc_entry(7, "7 (nginx_tool) S 1 7 7 0 -1", b"/bin/nginx_tool -c /x\0");
+        std::fs::write(proc_.join("uptime"), "1 1").expect("a non-pid entry");
+
+        let (found, notices) = discover(&proc_);
+        assert!(notices.is_empty(), "{notices:?}");
+        assert_eq!(found.len(), 1, "{found:#?}");
+        let n = &found[0];
+        assert_eq!(
+            (n.master_pid, n.worker_pids.clone()),
+            (Some(100), vec![101])
+        );
+        assert_eq!(n.netns, Some(4026532999));
+        assert_eq!(n.version.as_ref().and_then(|v| v.core), Some((1, 25, 3)));
+        assert_eq!(n.root, proc_.join("100/root").display().to_string());
+        assert!(n.in_container());
+        assert_eq!(
+            (n.config_file.as_str(), n.origin),
+            ("/etc/nginx/nginx.conf", ConfigOrigin::CompiledIn)
+        );
+        let cfg = n.config.as_ref().expect("config read through the root");
+        assert_eq!(
+            cfg.files,
+            vec![
+                "/etc/nginx/nginx.conf",
+                "/etc/nginx/conf.d/app.conf",
+                "(nginx -g)"
+            ]
+        );
+        assert_eq!(cfg.upstreams[0].servers[0].endpoints[0].port, 8080);
+        assert_eq!(
+            cfg.servers[0].locations[0].at.file,
+            "/etc/nginx/conf.d/app.conf"
+        );
+        let _ = std::fs::remove_dir_all(&t);
     }
 }
