@@ -10,7 +10,8 @@
 //! every real configuration the way nginx does. nginx's own lexer (`ngx_conf_read_token()`
 //! in src/core/ngx_conf_file.c) is a page of C; this follows it rule for rule, so that
 //! what nginx accepts parses here and what it rejects fails here with the same
-//! file:line, and `*_by_lua_block` bodies are skipped the way lua-nginx-module reads
+//! file:line (one deliberate difference: an unterminated quoted string is reported on
+//! the line where it opens, not at the end of the file), and `*_by_lua_block` bodies are skipped the way lua-nginx-module reads
 //! them (its own Lua-aware lexer: strings, long brackets and comments).
 
 use std::fmt;
