@@ -206,9 +206,9 @@ fn finding(
             },
         ));
     }
-    f.why = format!("When nginx ends a client connection itself it is the side that closes first and keeps the TIME_WAIT (on its listening port: memory, not ports), and the client pays a new handshake, and TLS, for its next request. A load balancer in front that keeps idle connections longer than nginx does may send a request on a connection nginx is just closing, and get an error. nginx's defaults are keepalive_timeout 75s and keepalive_requests 1000.");
+    f.why = "When nginx ends a client connection itself it is the side that closes first and keeps the TIME_WAIT (on its listening port: memory, not ports), and the client pays a new handshake, and TLS, for its next request. A load balancer in front that keeps idle connections longer than nginx does may send a request on a connection nginx is just closing, and get an error. nginx's defaults are keepalive_timeout 75s and keepalive_requests 1000.".to_string();
     f.fix.push(FixStep::patch(
-        format!("Let clients keep their connections (nginx's default; keep it longer than the idle timeout of a load balancer in front)"),
+        "Let clients keep their connections (nginx's default; keep it longer than the idle timeout of a load balancer in front)",
         replace(&k.at, &[format!("{}{directive} {default};", k.at.indent())]),
     ));
     f.fix.push(super::nginx_common::reload_step(inst));

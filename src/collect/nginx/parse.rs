@@ -72,9 +72,9 @@ enum End {
     /// `;`
     Semicolon,
     /// `{`
-    BlockStart,
+    Open,
     /// `}`
-    BlockEnd,
+    Close,
     /// end of the text
     Eof,
 }
@@ -156,7 +156,7 @@ impl<'a> Lexer<'a> {
                 }
                 match ch {
                     b';' => return Ok(End::Semicolon),
-                    b'{' => return Ok(End::BlockStart),
+                    b'{' => return Ok(End::Open),
                     // `if ($a = "b")`: the parenthesis starts a word of its own.
                     b')' => {
                         last_space = true;
@@ -184,7 +184,7 @@ impl<'a> Lexer<'a> {
                             );
                         }
                         return Ok(if ch == b'{' {
-                            End::BlockStart
+                            End::Open
                         } else {
                             End::Semicolon
                         });
@@ -196,7 +196,7 @@ impl<'a> Lexer<'a> {
                                 "unexpected \"}\": the directive before it is not ended by \";\"",
                             ));
                         }
-                        return Ok(End::BlockEnd);
+                        return Ok(End::Close);
                     }
                     b'#' => {
                         comment = true;
@@ -267,7 +267,7 @@ impl<'a> Lexer<'a> {
                 words.push((unescape(&self.s[start..self.pos - 1]), start_line));
                 match ch {
                     b';' => return Ok(End::Semicolon),
-                    b'{' => return Ok(End::BlockStart),
+                    b'{' => return Ok(End::Open),
                     _ => {}
                 }
             }
@@ -444,7 +444,7 @@ pub fn parse(text: &[u8], file: FileId) -> Result<Vec<Directive>, ParseError> {
     loop {
         let end = lx.statement(&mut words)?;
         match end {
-            End::Semicolon | End::BlockStart => {
+            End::Semicolon | End::Open => {
                 let mut it = words.drain(..);
                 let Some((name, line)) = it.next() else {
                     // statement() reports a bare `;`/`{` itself; never reached.
@@ -480,7 +480,7 @@ pub fn parse(text: &[u8], file: FileId) -> Result<Vec<Directive>, ParseError> {
                     stack.push((d, Vec::new()));
                 }
             }
-            End::BlockEnd => {
+            End::Close => {
                 let Some((mut d, children)) = stack.pop() else {
                     return Err(lx.error(lx.line, "unexpected \"}\": no block is open here"));
                 };
