@@ -328,8 +328,13 @@ fn fixes(
         } else {
             format!("the proxy_set_header list {} uses", l.label)
         };
+        let why_there = if l.headers.is_empty() || how == "replace" {
+            ""
+        } else {
+            "; it goes with the other proxy_set_header lines, since a level that sets any inherits none"
+        };
         steps.push(FixStep::patch(
-            format!("Send no Connection header in {where_} (nginx sends Connection: close by default before 1.29.7); a level that sets any proxy_set_header inherits none, so it goes with the others"),
+            format!("Send no Connection header in {where_} (nginx sends Connection: close by default before 1.29.7){why_there}"),
             if how == "replace" { replace(&at, &lines) } else { insert_after(&at, &lines) },
         ));
     }

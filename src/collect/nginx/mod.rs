@@ -232,6 +232,16 @@ fn instance(proc_root: &Path, p: &ProcEntry, worker_pids: Vec<u32>) -> NginxInst
         PathBuf::from("/")
     };
     let (config_file, origin) = config_path(&cmd, &build, &cwd);
+    // Without the right to look into the process (another user's nginx, not root), say
+    // so instead of guessing paths that then fail to open.
+    let denied = match std::fs::read_link(dir.join("root")) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Some(format!(
+            "cannot look into pid {} ('{}': {e}): run as root to read its configuration",
+            p.pid,
+            dir.join("root").display()
+        )),
+        _ => None,
+    };
     let fs = RootedFs::new(&root);
     let mut inst = NginxInstance {
         master_pid: Some(p.pid),
@@ -245,7 +255,10 @@ fn instance(proc_root: &Path, p: &ProcEntry, worker_pids: Vec<u32>) -> NginxInst
         config: None,
         error: None,
     };
-    read_config(&mut inst, &fs, &config_file, cmd.globals.as_deref());
+    match denied {
+        Some(e) => inst.error = Some(e),
+        None => read_config(&mut inst, &fs, &config_file, cmd.globals.as_deref()),
+    }
     inst
 }
 
