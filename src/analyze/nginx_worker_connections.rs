@@ -8,7 +8,9 @@
 
 use serde_json::json;
 
-use super::nginx_common::{at_json, configured, insert_after, instance_json, reload_step, replace};
+use super::nginx_common::{
+    at_json, configured, insert_after, insert_before, instance_json, reload_step, replace,
+};
 use super::Thresholds;
 use crate::model::nginx::{NginxConfig, NginxInstance};
 use crate::model::{Evidence, Finding, FixStep, Limit, Nature, Severity, Snapshot};
@@ -99,17 +101,19 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
         f.why = "Each client connection is a descriptor, and proxying adds one for the upstream connection (plus files being served and logs). When a worker reaches its RLIMIT_NOFILE before worker_connections, accept() and connect() fail with EMFILE (\"Too many open files\" in the error log) and clients see refused or reset connections, while nginx believes it has room.".to_string();
         let value = need.div_ceil(1024) * 1024;
         let line = |indent: &str| format!("{indent}worker_rlimit_nofile {value};");
-        let step = match (&cfg.worker_rlimit_nofile, &cfg.worker_processes) {
-            (Some(r), _) => replace(&r.at, &[line(r.at.indent())]),
-            (None, Some(wp)) => insert_after(&wp.at, &[line(wp.at.indent())]),
-            (None, None) => match &cfg.worker_connections {
-                Some(w) => format!(
-                    "(in the main context of {}, outside events {{}})\n+worker_rlimit_nofile {value};\n(see {})\n",
-                    cfg.files.first().map_or("nginx.conf", String::as_str),
-                    w.at
-                ),
-                None => format!("+worker_rlimit_nofile {value};\n"),
-            },
+        let step = match (
+            &cfg.worker_rlimit_nofile,
+            &cfg.worker_processes,
+            &cfg.events_at,
+        ) {
+            (Some(r), _, _) => replace(&r.at, &[line(r.at.indent())]),
+            (None, Some(wp), _) => insert_after(&wp.at, &[line(wp.at.indent())]),
+            // The main context: before `events {`.
+            (None, None, Some(ev)) => insert_before(ev, &[line(ev.indent()), String::new()]),
+            (None, None, None) => format!(
+                "--- {f}\n+++ {f}\n@@ -1 +1 @@\n+worker_rlimit_nofile {value};\n",
+                f = cfg.files.first().map_or("nginx.conf", String::as_str)
+            ),
         };
         f.fix.push(FixStep::patch(
             format!("Let each worker open {value} descriptors (nginx raises its own limit to this at start, within fs.nr_open)"),
@@ -187,6 +191,29 @@ mod tests {
         );
         assert_eq!(f[0].severity, Severity::Warning);
         assert!(f[0].fix[0].mentions("-worker_rlimit_nofile 500;\n+worker_rlimit_nofile 2048;"));
+
+        // Neither directive: added before `events {`, in the main context.
+        let bare = CONF
+            .replace("worker_processes auto;\nworker", "worker")
+            .replace("worker_processes auto;\n", "worker_rlimit_nofile 500;\n");
+        let f = check(
+            &snapshot_with(instance(None, "nginx/1.22.1", &bare)),
+            &Thresholds::default(),
+        );
+        assert!(
+            f[0].fix[0].mentions("-worker_rlimit_nofile 500;"),
+            "{:?}",
+            f[0].fix[0]
+        );
+        let none = CONF.replace("worker_processes auto;\n", "");
+        let mut s = snapshot_with(instance(Some(100), "nginx/1.22.1", &none));
+        s.processes.insert(101, worker(101, 1024, 40));
+        let f = check(&s, &Thresholds::default());
+        assert!(
+            f[0].fix[0].mentions("@@ -1 +1,3 @@\n+worker_rlimit_nofile 2048;\n+\n events {"),
+            "{:?}",
+            f[0].fix[0]
+        );
     }
 
     #[test]

@@ -278,6 +278,8 @@ pub struct NginxConfig {
     pub worker_processes: Option<Setting>,
     pub worker_connections: Option<Setting>,
     pub worker_rlimit_nofile: Option<Setting>,
+    /// The `events {` line (where main-context directives can be added before).
+    pub events_at: Option<SourceRef>,
     /// Client keep-alive: every `keepalive_timeout` and `keepalive_requests` in the http
     /// context and below (not those inside `upstream` blocks).
     pub keepalive_timeouts: Vec<Setting>,

@@ -141,3 +141,71 @@ pub fn write_json(out: &mut impl Write, r: &LintReport) -> io::Result<()> {
     serde_json::to_writer_pretty(&mut *out, &doc).map_err(io::Error::from)?;
     out.write_all(b"\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyze::nginx_common::tests_support::{instance, snapshot_with};
+    use crate::analyze::{nginx_upstream_keepalive, Thresholds};
+
+    fn report(with_error: bool) -> LintReport {
+        let inst = instance(
+            None,
+            "nginx/1.22.1",
+            "http {\n    upstream b {\n        server 127.0.0.1:8080;\n    }\n    server {\n        location / { proxy_pass http://b; }\n    }\n}\n",
+        );
+        let findings =
+            nginx_upstream_keepalive::check(&snapshot_with(inst.clone()), &Thresholds::default());
+        let mut bad = inst.clone();
+        bad.config = None;
+        bad.error = Some("/etc/nginx/x.conf:3: unexpected \"}\"".into());
+        LintReport {
+            target: "nginx",
+            configs: if with_error {
+                vec![inst, bad]
+            } else {
+                vec![inst]
+            },
+            findings,
+            notices: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn human_output_shows_the_config_and_the_diff_verbatim() {
+        let mut out = Vec::new();
+        write_human(&mut out, &report(true), Style { color: false }, false).expect("write");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.starts_with("tcpdoctor lint nginx: /etc/nginx/nginx.conf (compiled into the binary; nginx/1.22.1), 1 file\n"), "{text}");
+        assert!(
+            text.contains("ERROR    /etc/nginx/x.conf:3: unexpected \"}\""),
+            "{text}"
+        );
+        // Diff lines keep their own indentation.
+        assert!(text.contains("              @@ -2 +2,2 @@\n                   upstream b {\n              +        keepalive 32;\n"), "{text}");
+        assert!(text.ends_with("0 critical, 1 warning, 0 info.\n"), "{text}");
+    }
+
+    #[test]
+    fn json_status_is_error_when_a_config_failed() {
+        let mut out = Vec::new();
+        write_json(&mut out, &report(true)).expect("write");
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(v["status"], "error");
+        assert_eq!(
+            v["configs"][1]["error"],
+            "/etc/nginx/x.conf:3: unexpected \"}\""
+        );
+        assert_eq!(v["configs"][0]["core_version"], "1.22.1");
+        let mut out = Vec::new();
+        write_json(&mut out, &report(false)).expect("write");
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(v["status"], "warning");
+        assert_eq!(
+            v["findings"][0]["fix"][0]["patch"]
+                .as_str()
+                .map(|p| p.starts_with("--- /etc/nginx/nginx.conf\n")),
+            Some(true)
+        );
+    }
+}

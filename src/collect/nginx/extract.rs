@@ -31,6 +31,7 @@ pub fn extract(c: &LoadedConfig) -> NginxConfig {
             "worker_processes" => out.worker_processes = Some(x.setting(d, "main")),
             "worker_rlimit_nofile" => out.worker_rlimit_nofile = Some(x.setting(d, "main")),
             "events" => {
+                out.events_at = Some(x.at(d));
                 for e in d.children() {
                     if e.name == "worker_connections" {
                         out.worker_connections = Some(x.setting(e, "events"));
