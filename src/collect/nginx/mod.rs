@@ -171,6 +171,8 @@ pub fn discover(proc_root: &Path) -> (Vec<NginxInstance>, Vec<Notice>) {
         }
     }
     let mut out = Vec::new();
+    // Masters of one binary (many containers of one image) scan it once.
+    let mut builds: BuildCache = BTreeMap::new();
     for p in procs.values() {
         let title = p.argv.first().map_or("", String::as_str);
         let is_worker = title.contains(": worker process")
@@ -184,7 +186,7 @@ pub fn discover(proc_root: &Path) -> (Vec<NginxInstance>, Vec<Notice>) {
             .filter(|w| w.ppid == p.pid && w.argv.first().is_some_and(|t| !t.contains(": cache ")))
             .map(|w| w.pid)
             .collect();
-        let inst = instance(proc_root, p, workers);
+        let inst = instance(proc_root, p, workers, &mut builds);
         if let Some(e) = &inst.error {
             notices.push(Notice::new(
                 NoticeCode::NginxConfigUnreadable,
@@ -200,8 +202,35 @@ pub fn discover(proc_root: &Path) -> (Vec<NginxInstance>, Vec<Notice>) {
     (out, notices)
 }
 
+/// Build facts by the binary's (device, inode, size, mtime).
+type BuildCache = BTreeMap<(u64, u64, u64, i64), BuildInfo>;
+
+/// The build facts of a master's binary, scanned once per distinct file.
+fn build_info(exe: &Path, cache: &mut BuildCache) -> BuildInfo {
+    let Ok(f) = std::fs::File::open(exe) else {
+        return BuildInfo::default();
+    };
+    let key = f
+        .metadata()
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.size(), m.mtime()));
+    if let Some(b) = key.and_then(|k| cache.get(&k)) {
+        return b.clone();
+    }
+    let info = binary::scan(f).unwrap_or_default();
+    if let Some(k) = key {
+        cache.insert(k, info.clone());
+    }
+    info
+}
+
 /// One master: binary, version, configuration.
-fn instance(proc_root: &Path, p: &ProcEntry, worker_pids: Vec<u32>) -> NginxInstance {
+fn instance(
+    proc_root: &Path,
+    p: &ProcEntry,
+    worker_pids: Vec<u32>,
+    builds: &mut BuildCache,
+) -> NginxInstance {
     let dir = proc_root.join(p.pid.to_string());
     let cmd = parse_command_line(&p.argv);
     let netns = crate::collect::netns::ns_link_inode(&dir.join("ns/net"))
@@ -210,10 +239,7 @@ fn instance(proc_root: &Path, p: &ProcEntry, worker_pids: Vec<u32>) -> NginxInst
     let binary = std::fs::read_link(dir.join("exe"))
         .ok()
         .map(|b| b.display().to_string());
-    let build = std::fs::File::open(dir.join("exe"))
-        .ok()
-        .and_then(|f| binary::scan(f).ok())
-        .unwrap_or_default();
+    let build = build_info(&dir.join("exe"), builds);
     // Same root as ours: read paths directly (and show them as they are); otherwise
     // through /proc/PID/root.
     let root_dir = dir.join("root");
