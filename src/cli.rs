@@ -67,6 +67,40 @@ pub enum Command {
     States(StatesArgs),
     /// List TCP sockets with their owning process, like `ss -tanp` but fast.
     Sockets(SocketsArgs),
+    /// Check a configuration offline, without a running process: `lint nginx [FILE]`.
+    Lint(LintArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LintArgs {
+    #[command(subcommand)]
+    pub target: LintTarget,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LintTarget {
+    /// nginx: upstreams without keep-alive, keep-alive defeated by HTTP/1.0 or
+    /// Connection: close, the proxy_set_header inheritance trap, client keep-alive,
+    /// worker_connections against worker_rlimit_nofile. Each finding with file:line and
+    /// the change as a diff.
+    Nginx(LintNginxArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LintNginxArgs {
+    /// The main configuration file. Default: the running masters' configurations, else
+    /// the path compiled into the installed nginx, else /etc/nginx/nginx.conf.
+    pub file: Option<PathBuf>,
+    /// Judge against this version (1.24.0, nginx/1.29.7, openresty/1.21.4.1) instead
+    /// of the installed binary's; it decides the keep-alive defaults (1.29.7+).
+    #[arg(long, value_name = "VERSION")]
+    pub nginx_version: Option<String>,
+    /// Show every piece of evidence.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Print JSON (schema: docs/json.md).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -90,6 +90,24 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
                 };
             }
         }
+        Action::Lint(s) => {
+            let report = cmd::lint::run(&common, &s)?;
+            if s.json {
+                render::lint::write_json(&mut out, &report)?;
+            } else {
+                render::lint::write_human(&mut out, &report, style, s.verbose)?;
+            }
+            // Like check; a configuration that cannot be read or parsed is an error.
+            code = if report.failed() {
+                exit::ERROR
+            } else {
+                match render::check::status(&report.findings) {
+                    Some(Severity::Critical) => exit::CRITICAL,
+                    Some(Severity::Warning) => exit::WARNING,
+                    _ => exit::OK,
+                }
+            };
+        }
         Action::Watch(s) => {
             drop(out);
             tcpdoctor::live::watch::run(&common, &s)?;

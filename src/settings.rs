@@ -108,6 +108,18 @@ pub struct ServeSettings {
     pub thresholds: Thresholds,
 }
 
+/// `lint nginx [FILE]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LintSettings {
+    /// The main configuration file; `None`: the running or installed nginx's.
+    pub file: Option<PathBuf>,
+    /// `--nginx-version`.
+    pub version: Option<crate::model::nginx::NginxVersion>,
+    pub thresholds: Thresholds,
+    pub verbose: bool,
+    pub json: bool,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Check(CheckSettings),
@@ -115,6 +127,7 @@ pub enum Action {
     Serve(ServeSettings),
     States(StatesSettings),
     Sockets(SocketsSettings),
+    Lint(LintSettings),
 }
 
 /// A setting that cannot be used; the message names the value and what to change.
@@ -138,6 +151,8 @@ pub enum SettingsError {
     MaxCpu(f64),
     #[error("--netns '{0}' is not a namespace: use all, current, a path such as /run/netns/NAME, a pid, or a name")]
     Netns(String),
+    #[error("--nginx-version '{0}' is not a version: give e.g. 1.24.0, nginx/1.29.7 or openresty/1.21.4.1")]
+    NginxVersion(String),
 }
 
 /// Facts about the terminal the caller knows (main owns stdout and the environment).
@@ -222,6 +237,18 @@ pub fn resolve(cli: cli::Cli, term: Terminal) -> Result<(Common, Action), Settin
                 json: a.json,
             })
         }
+        Some(cli::Command::Lint(cli::LintArgs {
+            target: cli::LintTarget::Nginx(a),
+        })) => Action::Lint(LintSettings {
+            file: a.file,
+            version: match &a.nginx_version {
+                Some(v) => Some(nginx_version(v)?),
+                None => None,
+            },
+            thresholds: Thresholds::default(),
+            verbose: a.verbose,
+            json: a.json,
+        }),
         Some(cli::Command::Sockets(a)) => {
             let (ipv4, ipv6) = families(&a.family);
             Action::Sockets(SocketsSettings {
@@ -308,6 +335,18 @@ pub fn thresholds(
         given: String::new(),
         message: e.to_string(),
     })
+}
+
+/// `1.24.0` means nginx 1.24.0; a banner (`openresty/1.21.4.1`) is taken as it is.
+fn nginx_version(v: &str) -> Result<crate::model::nginx::NginxVersion, SettingsError> {
+    let banner = if v.contains('/') {
+        v.to_string()
+    } else {
+        format!("nginx/{v}")
+    };
+    crate::model::nginx::NginxVersion::parse(&banner)
+        .filter(|n| n.core.is_some() || v.contains('/'))
+        .ok_or_else(|| SettingsError::NginxVersion(v.to_string()))
 }
 
 fn families(f: &cli::FamilyArgs) -> (bool, bool) {

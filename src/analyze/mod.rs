@@ -10,6 +10,12 @@ pub mod fd_exhaustion;
 pub mod kernel_log;
 pub mod listen_overflow;
 pub mod netns_sysctl_drift;
+pub mod nginx_client_keepalive;
+pub mod nginx_common;
+pub mod nginx_proxy_header_inheritance;
+pub mod nginx_proxy_keepalive_headers;
+pub mod nginx_upstream_keepalive;
+pub mod nginx_worker_connections;
 pub mod orphans;
 pub mod sysctl_audit;
 pub mod time_wait_pressure;
@@ -146,6 +152,33 @@ pub const RULES: &[Rule] = &[
         id: kernel_log::ID,
         scope: Scope::Host,
         check: kernel_log::check,
+    },
+    // nginx: configuration read from running masters (or `lint nginx`), judged with
+    // the host's evidence.
+    Rule {
+        id: nginx_upstream_keepalive::ID,
+        scope: Scope::Namespace,
+        check: nginx_upstream_keepalive::check,
+    },
+    Rule {
+        id: nginx_proxy_keepalive_headers::ID,
+        scope: Scope::Namespace,
+        check: nginx_proxy_keepalive_headers::check,
+    },
+    Rule {
+        id: nginx_proxy_header_inheritance::ID,
+        scope: Scope::Namespace,
+        check: nginx_proxy_header_inheritance::check,
+    },
+    Rule {
+        id: nginx_client_keepalive::ID,
+        scope: Scope::Namespace,
+        check: nginx_client_keepalive::check,
+    },
+    Rule {
+        id: nginx_worker_connections::ID,
+        scope: Scope::Namespace,
+        check: nginx_worker_connections::check,
     },
 ];
 

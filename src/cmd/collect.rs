@@ -360,6 +360,14 @@ pub fn collect_host(
         history.retain(|k, _| live.contains(k));
     }
 
+    // nginx (check only; issue 12): masters in every namespace and their configuration,
+    // read while the counter interval runs. A standalone collector:
+    // collect::nginx::discover + attach.
+    if matches!(counters, Counters::Interval(_)) {
+        let (instances, notices) = crate::collect::nginx::discover(root);
+        crate::collect::nginx::attach(&mut host, instances, notices);
+    }
+
     // check: the second counter reading, `interval` after the first.
     if let Counters::Interval(interval) = counters {
         if let Some(rest) = interval.checked_sub(started.elapsed()) {

@@ -11,6 +11,7 @@ mod filter;
 mod finding;
 pub mod kernel;
 mod netns;
+pub mod nginx;
 mod notice;
 mod process;
 pub mod rank;
@@ -30,7 +31,9 @@ pub use filter::{AddrFilter, BadAddrFilter, SocketFilter};
 pub use finding::{Evidence, Finding, FixStep, Nature, Severity, SysctlChange};
 pub use kernel::{EphemeralPorts, PortRange};
 pub use netns::{name_namespace, NetnsInfo, NetnsKind, NetnsRef};
-pub use report::{CheckReport, GroupRow, Groups, NamespaceCounts, SocketsReport, StatesReport};
+pub use report::{
+    CheckReport, GroupRow, Groups, LintReport, NamespaceCounts, SocketsReport, StatesReport,
+};
 pub use snapshot::{
     CloseWaitSocket, CounterSample, FileTable, HostSnapshot, KernelLogEntry, Limit, ListenerSocket,
     PortUse, ProcessFacts, Snapshot, SocketDigest, Sockstat, TimeWaitDigest, HOST_WIDE_SYSCTLS,

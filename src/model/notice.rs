@@ -39,6 +39,8 @@ pub enum NoticeCode {
     NetnsReplay,
     /// A replayed capture lacks some evidence a live run reads.
     ReplayMissing,
+    /// A running nginx's configuration could not be read or parsed.
+    NginxConfigUnreadable,
 }
 
 impl NoticeCode {
@@ -60,11 +62,12 @@ impl NoticeCode {
             NoticeCode::NetnsUnreadable => "netns_unreadable",
             NoticeCode::NetnsReplay => "netns_replay",
             NoticeCode::ReplayMissing => "replay_missing",
+            NoticeCode::NginxConfigUnreadable => "nginx_config_unreadable",
         }
     }
 
     /// Every code, for the exporter's series and the docs.
-    pub const ALL: [NoticeCode; 16] = [
+    pub const ALL: [NoticeCode; 17] = [
         NoticeCode::NetlinkUnavailable,
         NoticeCode::Ipv6Unavailable,
         NoticeCode::TcpInfoUnavailable,
@@ -81,6 +84,7 @@ impl NoticeCode {
         NoticeCode::NetnsUnreadable,
         NoticeCode::NetnsReplay,
         NoticeCode::ReplayMissing,
+        NoticeCode::NginxConfigUnreadable,
     ];
 
     /// Whether a report with this notice may have missed a problem: sockets, owners,
@@ -97,6 +101,7 @@ impl NoticeCode {
                 | NoticeCode::NetnsCurrentOnly
                 | NoticeCode::NetnsUnreadable
                 | NoticeCode::ReplayMissing
+                | NoticeCode::NginxConfigUnreadable
         )
     }
 }

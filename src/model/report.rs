@@ -6,6 +6,24 @@ use super::{
     StateCounts, StateSet, StateSummary,
 };
 
+/// What `lint` shows: each configuration looked at (with its load error, if any) and
+/// the findings of the rules that judge configurations alone.
+#[derive(Debug, Clone)]
+pub struct LintReport {
+    /// `nginx`.
+    pub target: &'static str,
+    pub configs: Vec<super::nginx::NginxInstance>,
+    pub findings: Vec<Finding>,
+    pub notices: Vec<Notice>,
+}
+
+impl LintReport {
+    /// Some configuration could not be read or parsed.
+    pub fn failed(&self) -> bool {
+        self.configs.iter().any(|c| c.error.is_some())
+    }
+}
+
 /// What `check` shows.
 #[derive(Debug, Clone)]
 pub struct CheckReport {

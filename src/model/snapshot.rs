@@ -298,6 +298,10 @@ pub struct Snapshot {
     /// The network namespace this snapshot is of; `None` when only the current one was
     /// read and namespaces were not looked at (a replayed capture).
     pub netns: Option<NetnsInfo>,
+    /// nginx masters running in this namespace, with their configuration
+    /// (collect::nginx).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nginx: Vec<super::nginx::NginxInstance>,
 }
 
 /// Every namespace looked at in one run. The first is the primary: the current one
@@ -396,6 +400,7 @@ impl HostSnapshot {
             for (pid, p) in &s.processes {
                 m.processes.entry(*pid).or_insert_with(|| p.clone());
             }
+            m.nginx.extend(s.nginx.iter().cloned());
             if let Some(st) = s.sockstat {
                 // orphan, alloc and memory are host-wide: the first namespace's.
                 let t = sockstat.get_or_insert(Sockstat {

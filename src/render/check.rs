@@ -204,7 +204,12 @@ fn write_state_line(out: &mut impl Write, c: &StateCounts, style: Style) -> io::
     out.write_all(b"\n")
 }
 
-fn write_finding(out: &mut impl Write, f: &Finding, style: Style, verbose: bool) -> io::Result<()> {
+pub(super) fn write_finding(
+    out: &mut impl Write,
+    f: &Finding,
+    style: Style,
+    verbose: bool,
+) -> io::Result<()> {
     let label = f.severity.name().to_ascii_uppercase();
     style.cell(out, &label, 8, false, Some(severity_paint(f.severity)))?;
     out.write_all(b" ")?;
@@ -238,6 +243,19 @@ fn write_finding(out: &mut impl Write, f: &Finding, style: Style, verbose: bool)
         wrap(out, &step.text, "            ", first)?;
         if let Some(cmd) = &step.command {
             writeln!(out, "              $ {cmd}")?;
+        }
+        // A diff is shown verbatim: its lines and indentation are the change.
+        if let Some(patch) = &step.patch {
+            for line in patch.lines() {
+                let paint = match line.as_bytes().first() {
+                    Some(b'+') if !line.starts_with("+++") => Some(Paint::Green),
+                    Some(b'-') if !line.starts_with("---") => Some(Paint::Red),
+                    _ => None,
+                };
+                out.write_all(b"              ")?;
+                style.cell(out, line, 0, false, paint)?;
+                out.write_all(b"\n")?;
+            }
         }
     }
     out.write_all(b"\n")
