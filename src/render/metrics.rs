@@ -876,6 +876,8 @@ mod tests {
             counts,
             sample_owner: None,
             usable: 90,
+            time_wait_ages: Default::default(),
+            tw_reuse: false,
         });
         s.sockets.time_wait.client_side = 30;
         s.sockets
@@ -1032,6 +1034,8 @@ mod tests {
                 sample_owner: None,
                 // As the digest fills it from the namespace's own range.
                 usable: s.ephemeral_ports().usable(),
+                time_wait_ages: Default::default(),
+                tw_reuse: false,
             });
             s
         };
