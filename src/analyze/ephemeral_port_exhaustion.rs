@@ -260,17 +260,26 @@ fn title(worst: &DestinationUse, policy: &TimeWaitPolicy, flagged: usize, who: &
         1 => String::new(),
         n => format!("; {} more destinations near the limit", n - 1),
     };
-    let pace = if worst.sustainable() {
+    let (rate, most) = (worst.rate.per_s, worst.sustainable_per_s);
+    // At the limit the kernel itself holds the rate there (connect() fails until a
+    // port frees up); above it only while free ports last.
+    let pace = if rate > most * 1.05 {
         format!(
-            "closing ~{}/s of ~{}/s it sustains",
-            rate_text(worst.rate.per_s),
-            rate_text(worst.sustainable_per_s)
+            "closing ~{}/s, more than the ~{}/s it sustains",
+            rate_text(rate),
+            rate_text(most)
+        )
+    } else if rate >= most * 0.95 {
+        format!(
+            "closing ~{}/s, at the ~{}/s it sustains",
+            rate_text(rate),
+            rate_text(most)
         )
     } else {
         format!(
-            "closing ~{}/s, more than the ~{}/s it sustains",
-            rate_text(worst.rate.per_s),
-            rate_text(worst.sustainable_per_s)
+            "closing ~{}/s of ~{}/s it sustains",
+            rate_text(rate),
+            rate_text(most)
         )
     };
     let reuse = if e.tw_reuse {
@@ -745,7 +754,8 @@ mod tests {
         assert_eq!(f[0].severity, Severity::Critical);
         assert_eq!(f[0].data["destinations"][0]["sustainable"], false);
         assert!(
-            f[0].title.contains("more than the ~200/s it sustains"),
+            f[0].title
+                .contains("closing ~200/s, at the ~200/s it sustains"),
             "{}",
             f[0].title
         );
