@@ -105,6 +105,8 @@ fn sample(i: u64) -> Snapshot {
             ]),
             sample_owner: Some(Owner { pid: 6000, fd: 3 }),
             usable: 28_232,
+            time_wait_ages: Default::default(),
+            tw_reuse: false,
         },
         PortUse {
             local_ip: ip("10.0.0.1"),
@@ -112,6 +114,8 @@ fn sample(i: u64) -> Snapshot {
             counts: counts(&[(TcpState::TimeWait, 60), (TcpState::Established, 4)]),
             sample_owner: Some(Owner { pid: 5151, fd: 9 }),
             usable: 28_232,
+            time_wait_ages: Default::default(),
+            tw_reuse: false,
         },
     ];
     s.sysctls

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::util::{pct, per_second_over_time_wait};
+use super::util::{closing_rate, pct};
 use super::Thresholds;
 use crate::model::nginx::{Location, NginxConfig, NginxInstance, ProxyHeader, SourceRef};
 use crate::model::{Endpoint, FixStep, Severity, Snapshot, TcpState};
@@ -163,6 +163,9 @@ pub fn churn(
     let digest = &s.sockets.time_wait;
     let mut per_s_traced = 0.0;
     let mut traced = false;
+    // Closes per second toward the endpoints, from each group's TIME_WAIT ages (the one
+    // closing rate of every rule), summed over client and server side.
+    let mut per_s = 0.0;
     // Server-side TIME_WAIT of one port counted once even when two endpoints share it.
     let mut server_ports = std::collections::BTreeSet::new();
     for e in endpoints {
@@ -181,6 +184,21 @@ pub fn churn(
         };
         c.time_wait_client += client;
         c.time_wait_server += server;
+        let none = crate::model::TimeWaitAges::default();
+        per_s += closing_rate(
+            s,
+            client,
+            digest.ages_by_destination.get(&key).unwrap_or(&none),
+        )
+        .per_s;
+        if server > 0 {
+            per_s += closing_rate(
+                s,
+                server,
+                digest.ages_by_served_port.get(&e.port).unwrap_or(&none),
+            )
+            .per_s;
+        }
         c.per_destination.push((key, client + server));
         for p in s.sockets.port_use.iter().filter(|p| p.remote == key) {
             let share = pct(p.used(), p.usable);
@@ -202,7 +220,7 @@ pub fn churn(
             }
         }
     }
-    c.per_s = per_second_over_time_wait(s, c.time_wait());
+    c.per_s = per_s;
     c.traced_per_s = traced.then_some(per_s_traced);
     c
 }

@@ -469,6 +469,8 @@ mod tests {
             counts,
             sample_owner: Some(Owner { pid: 8, fd: 12 }),
             usable: 28_232,
+            time_wait_ages: Default::default(),
+            tw_reuse: false,
         });
         let f = check(&s, &Thresholds::default());
         let up = f

@@ -19,7 +19,7 @@ use crate::collect::sockets::{self, CollectError, SocketQuery, SourcePref};
 use crate::collect::sysctl;
 use crate::model::{
     CounterSample, DigestBuilder, EphemeralPorts, HostSnapshot, KernelLogEntry, Notice, NoticeCode,
-    Owners, ProcessFacts, Snapshot, Socket, Sockstat, Source, StateSet, TcpState,
+    Owners, ProcessFacts, Snapshot, Socket, Sockstat, Source, StateSet, TcpState, TimeWaitPolicy,
     HOST_WIDE_SYSCTLS, PER_NETNS_SYSCTLS,
 };
 use crate::settings::Common;
@@ -108,7 +108,10 @@ fn collect_ns(
             .get("net.ipv4.ip_local_reserved_ports")
             .map(String::as_str),
     );
-    let mut builder = DigestBuilder::new(ports);
+    let mut builder =
+        DigestBuilder::new(ports).time_wait_policy(TimeWaitPolicy::from_sysctls(|k| {
+            sysctls.get(k).map(String::as_str)
+        }));
     if by_process {
         builder = builder.count_by_process();
     }

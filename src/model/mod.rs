@@ -29,15 +29,15 @@ pub use container::{Container, Pod, Runtime};
 pub use digest::DigestBuilder;
 pub use filter::{AddrFilter, BadAddrFilter, SocketFilter};
 pub use finding::{Evidence, Finding, FixStep, Nature, Severity, SysctlChange};
-pub use kernel::{EphemeralPorts, PortRange};
+pub use kernel::{EphemeralPorts, PortRange, TimeWaitPolicy};
 pub use netns::{name_namespace, NetnsInfo, NetnsKind, NetnsRef};
 pub use report::{
     CheckReport, GroupRow, Groups, LintReport, NamespaceCounts, SocketsReport, StatesReport,
 };
 pub use snapshot::{
-    CloseWaitSocket, CounterSample, FileTable, HostSnapshot, KernelLogEntry, Limit, ListenerSocket,
-    PortUse, ProcessFacts, Snapshot, SocketDigest, Sockstat, TimeWaitDigest, HOST_WIDE_SYSCTLS,
-    PER_NETNS_SYSCTLS,
+    sort_port_use, CloseWaitSocket, ClosingRate, CounterSample, FileTable, HostSnapshot,
+    KernelLogEntry, Limit, ListenerSocket, PortUse, ProcessFacts, Snapshot, SocketDigest, Sockstat,
+    TimeWaitAges, TimeWaitDigest, AGE_BUCKETS, HOST_WIDE_SYSCTLS, PER_NETNS_SYSCTLS,
 };
 pub use socket::{Endpoint, Family, Socket, TcpInfo, Timer, TimerKind};
 pub use state::{StateCounts, StateSet, TcpState};

@@ -419,6 +419,8 @@ mod tests {
             counts,
             sample_owner: Some(Owner { pid: 100, fd: 4 }),
             usable: s.ephemeral_ports().usable(),
+            time_wait_ages: Default::default(),
+            tw_reuse: false,
         });
         s.sockets.time_wait.client_side += time_wait;
         s.sockets
@@ -553,10 +555,12 @@ mod tests {
             ("this namespace", "net.ipv4.tcp_syncookies", "1"),
             ("this namespace", "net.ipv4.tcp_abort_on_overflow", "0"),
             ("this namespace", "net.core.somaxconn", "8192"),
+            // The ports are short here, so ephemeral_port_exhaustion's widening wins
+            // over the audit's parity fix (which defers to it).
             (
                 "this namespace",
                 "net.ipv4.ip_local_port_range",
-                "40000 50001",
+                "32768 65535",
             ),
             ("this namespace", "net.ipv4.tcp_orphan_retries", "3"),
             ("this namespace", "fs.file-max", "4932366"),

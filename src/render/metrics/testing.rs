@@ -73,6 +73,8 @@ pub fn use_ports(s: &mut Snapshot, local: &str, remote: &str, used: u64) {
         counts: counts(TcpState::Established, used),
         sample_owner: None,
         usable,
+        time_wait_ages: Default::default(),
+        tw_reuse: false,
     });
 }
 
@@ -149,6 +151,8 @@ pub fn snapshot() -> Snapshot {
         counts: counts(TcpState::TimeWait, 30),
         sample_owner: None,
         usable: 90,
+        time_wait_ages: Default::default(),
+        tw_reuse: false,
     });
     s.sockets.time_wait.client_side = 30;
     s.sockets

@@ -494,18 +494,18 @@ fn draw_ports(frame: &mut Frame, app: &WatchApp, area: Rect, p: &Palette) {
         .iter()
         .take(shown)
         .map(|r| {
-            let style = if r.used_pct >= app.config.port_critical_pct {
+            let style = if r.unavailable_pct >= app.config.port_critical_pct {
                 p.fg(Color::Red).add_modifier(Modifier::BOLD)
-            } else if r.used_pct >= app.config.port_warn_pct {
+            } else if r.unavailable_pct >= app.config.port_warn_pct {
                 p.fg(Color::Yellow)
             } else {
                 Style::new()
             };
             Row::new(vec![
                 Cell::from(r.remote.to_string()),
-                Cell::from(r.used.to_string()),
+                Cell::from(r.unavailable.to_string()),
                 Cell::from(r.headroom.to_string()),
-                Cell::from(Span::styled(format!("{:.0}%", r.used_pct), style)),
+                Cell::from(Span::styled(format!("{:.0}%", r.unavailable_pct), style)),
             ])
         })
         .collect();
@@ -631,7 +631,7 @@ fn draw_finding(frame: &mut Frame, area: Rect, f: &Finding, scroll: u16, p: &Pal
     );
 }
 
-const HELP: [(&str, &str); 9] = [
+const HELP: [(&str, &str); 10] = [
     ("q, Ctrl-C", "quit"),
     ("p", "pause / resume sampling"),
     ("s", "sort tables: count, growth, name"),
@@ -640,7 +640,8 @@ const HELP: [(&str, &str); 9] = [
     ("j/k, arrows", "select a finding"),
     ("Enter", "explain the selected finding"),
     ("?", "this help"),
-    ("CONN/S", "TIME_WAIT / 60 s: connections closed per second"),
+    ("CONN/S", "closes per second, read from TIME_WAIT ages"),
+    ("USED", "ports connect() cannot pick now"),
 ];
 
 fn draw_help(frame: &mut Frame, app: &WatchApp, area: Rect, p: &Palette) {
