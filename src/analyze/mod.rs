@@ -1,6 +1,8 @@
 //! Rules: pure functions from a [`Snapshot`] to [`Finding`]s. No I/O and no clock here
 //! (time comes in the snapshot), so every rule is tested on hand-built snapshots.
-//! One rule per file; each exports `ID` and `check`.
+//! One rule per file; each exports `ID` and `check`. Not rules: [`merge`] (one finding
+//! per cause across namespaces), [`pointing`] (fix commands pointed at a namespace),
+//! [`trend`] and [`util`].
 
 pub mod close_wait_leak;
 pub mod close_wait_unaccepted;
@@ -9,8 +11,10 @@ pub mod ephemeral_port_exhaustion;
 pub mod fd_exhaustion;
 pub mod kernel_log;
 pub mod listen_overflow;
+pub mod merge;
 pub mod netns_sysctl_drift;
 pub mod orphans;
+pub mod pointing;
 pub mod sysctl_audit;
 pub mod time_wait_pressure;
 pub mod trend;
@@ -18,7 +22,9 @@ pub mod util;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Finding, FixStep, HostSnapshot, NetnsInfo, Snapshot};
+use crate::model::{Finding, HostSnapshot, NetnsInfo, Snapshot};
+
+pub use pointing::{point_commands, point_commands_at};
 
 /// Thresholds the rules use. Every field can be set in the TOML config file (see
 /// docs/config.md); percentages are of the limit the rule compares against.
@@ -163,156 +169,74 @@ pub fn run(snapshot: &Snapshot, t: &Thresholds) -> Vec<Finding> {
     out
 }
 
-/// Fix steps are written for the namespace they run in. For a finding about another
-/// namespace each command is pointed at it, so that it works pasted into the user's
-/// shell: `tcpdoctor` commands get `--netns`, others run inside it through
-/// `ip netns exec NAME` or `nsenter -t PID -n`. Steps whose commands are still in
-/// their prose (not in `command`) get one closing step saying where to run them.
-pub fn point_commands_at(f: &mut Finding, ns: &NetnsInfo) {
-    let selector = match ns.ip_netns.first() {
-        Some(n) => n.clone(),
-        None if ns.first_pid.is_some() && ns.kind != crate::model::NetnsKind::Container => {
-            ns.first_pid.map(|p| p.to_string()).unwrap_or_default()
-        }
-        None => format!("'{}'", ns.name.replace('\'', "")),
-    };
-    let enter = match (ns.ip_netns.first(), ns.first_pid) {
-        (Some(n), _) => Some(format!("ip netns exec {n}")),
-        (None, Some(pid)) => Some(format!("nsenter -t {pid} -n")),
-        (None, None) => None,
-    };
-    let mut prose_commands = false;
-    for step in &mut f.fix {
-        if let Some(cmd) = &mut step.command {
-            if let Some(rest) = cmd.strip_prefix("tcpdoctor ") {
-                let (sub, args) = rest.split_once(' ').unwrap_or((rest, ""));
-                *cmd = format!("tcpdoctor {sub} --netns {selector} {args}")
-                    .trim_end()
-                    .to_string();
-            } else {
-                match &enter {
-                    Some(e) => *cmd = format!("{e} {cmd}"),
-                    None => *cmd = format!("nsenter --net=<a file of net:[{}]> {cmd}", ns.inode),
-                }
-            }
-        } else {
-            prose_commands |= ["ss ", "sysctl -w", "nstat"]
-                .iter()
-                .any(|c| step.text.contains(c));
-        }
-    }
-    if prose_commands {
-        let how = match &enter {
-            Some(e) => format!("{e} COMMAND"),
-            None => format!("nsenter --net=<a file of net:[{}]> COMMAND", ns.inode),
-        };
-        f.fix.push(FixStep::say(format!(
-            "The ss and sysctl commands above act on the network namespace they run in: run them inside {} ({how}). For a container, set sysctls in its spec (Kubernetes securityContext.sysctls, docker run --sysctl); a change made with nsenter is lost when it restarts.",
-            ns.name
-        )));
-    }
-}
-
 /// Runs the rules on every namespace of `host`: namespace rules on each, host-wide
-/// rules on the primary only, then the cross-namespace rules. When more than one
-/// namespace was looked at, each namespace finding names its namespace. Worst first;
-/// within a severity, by namespace order, then rule order.
+/// rules on the primary only, then the cross-namespace rules.
+///
+/// When more than one namespace was looked at, or another than tcpdoctor's own, each
+/// namespace finding names the namespaces it is about, and the same cause found in
+/// several namespaces ([`merge::same_cause`]) is one finding naming them all. Commands
+/// in the fixes are then pointed at those namespaces ([`point_commands`]), so they work
+/// pasted into the user's shell.
+///
+/// Order: worst first; within a severity, live problems before settings
+/// ([`Finding::rank`]); then namespace order (the current one first), then rule order.
 pub fn run_host(host: &HostSnapshot, t: &Thresholds) -> Vec<Finding> {
     let several = host.namespaces.len() > 1 || host.all_namespaces;
-    let mut out = Vec::new();
+    // Each cause with the namespaces it was found in (empty: not named, host-wide or
+    // a run in tcpdoctor's own namespace only), commands as the rules wrote them.
+    let mut causes: Vec<(Finding, Vec<&NetnsInfo>)> = Vec::new();
+    let mut members: Vec<Vec<Finding>> = Vec::new();
     for (i, snap) in host.namespaces.iter().enumerate() {
         for rule in RULES {
             if rule.scope == Scope::Host && i > 0 {
                 continue;
             }
-            for mut f in (rule.check)(snap, t) {
-                if let (Scope::Namespace, Some(ns)) = (rule.scope, &snap.netns) {
-                    // Name the namespace when there are several, or when it is not
-                    // the one tcpdoctor runs in; point commands at it in that case.
-                    if several || !ns.current {
-                        f.namespaces = vec![ns.to_ref()];
+            for f in (rule.check)(snap, t) {
+                let named = match (rule.scope, &snap.netns) {
+                    (Scope::Namespace, Some(ns)) if several || !ns.current => Some(ns),
+                    _ => None,
+                };
+                let Some(ns) = named else {
+                    causes.push((f.clone(), Vec::new()));
+                    members.push(vec![f]);
+                    continue;
+                };
+                let same = causes.iter().position(|(c, seen)| {
+                    !seen.is_empty()
+                        && !seen.iter().any(|s| s.inode == ns.inode)
+                        && merge::same_cause(c, &f)
+                });
+                match same {
+                    Some(k) => {
+                        causes[k].1.push(ns);
+                        members[k].push(f);
                     }
-                    if !ns.current {
-                        point_commands_at(&mut f, ns);
+                    None => {
+                        causes.push((f.clone(), vec![ns]));
+                        members.push(vec![f]);
                     }
                 }
-                out.push(f);
             }
         }
     }
+    let mut out: Vec<Finding> = causes
+        .into_iter()
+        .zip(members)
+        .map(|((f, namespaces), found)| {
+            if namespaces.is_empty() {
+                return f;
+            }
+            let pairs: Vec<(Finding, &NetnsInfo)> =
+                found.into_iter().zip(namespaces.iter().copied()).collect();
+            let mut one = merge::merge(&pairs);
+            point_commands(&mut one, &namespaces);
+            one
+        })
+        .collect();
     for rule in HOST_RULES {
         out.extend((rule.check)(host, t));
     }
+    // Stable: namespace order, then rule order, within one rank.
     out.sort_by_key(Finding::rank);
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{Nature, NetnsKind, Severity};
-
-    fn finding(fix: &[&str]) -> Finding {
-        let mut f = Finding::new("close_wait_leak", Severity::Warning, Nature::Live, "t");
-        f.fix = fix
-            .iter()
-            .map(|s| match s.split_once(": ") {
-                Some((text, cmd)) => FixStep::run(text, cmd),
-                None => FixStep::say(*s),
-            })
-            .collect();
-        f
-    }
-
-    fn ns(ip: &[&str], pid: Option<u32>) -> NetnsInfo {
-        NetnsInfo {
-            inode: 4026532198,
-            name: "pod default/web".into(),
-            kind: NetnsKind::Container,
-            current: false,
-            container: None,
-            ip_netns: ip.iter().map(|s| s.to_string()).collect(),
-            processes: 1,
-            first_pid: pid,
-        }
-    }
-
-    #[test]
-    fn commands_of_another_namespace_say_where_to_run() {
-        let mut f = finding(&[
-            "List them: tcpdoctor sockets --state close-wait --pid 9 -i",
-            "Stopgap: ss -K state close-wait sport = :80",
-        ]);
-        point_commands_at(&mut f, &ns(&[], Some(4242)));
-        assert_eq!(
-            f.fix[0].command.as_deref(),
-            Some("tcpdoctor sockets --netns 'pod default/web' --state close-wait --pid 9 -i")
-        );
-        assert_eq!(
-            f.fix[1].command.as_deref(),
-            Some("nsenter -t 4242 -n ss -K state close-wait sport = :80")
-        );
-        assert_eq!(f.fix.len(), 2, "every command is pointed: no closing note");
-
-        let mut g = finding(&["Set: sysctl -w net.ipv4.tcp_fin_timeout=30"]);
-        point_commands_at(&mut g, &ns(&["blue"], Some(1)));
-        assert_eq!(
-            g.fix[0].command.as_deref(),
-            Some("ip netns exec blue sysctl -w net.ipv4.tcp_fin_timeout=30")
-        );
-        let mut h = finding(&["then run ss -tan in it"]);
-        point_commands_at(&mut h, &ns(&["blue"], Some(1)));
-        assert!(
-            h.fix[1].text.contains("ip netns exec blue COMMAND"),
-            "{}",
-            h.fix[1].text
-        );
-    }
-
-    #[test]
-    fn steps_without_commands_are_left_alone() {
-        let mut f = finding(&["Fix the code path that drops connections."]);
-        point_commands_at(&mut f, &ns(&[], Some(1)));
-        assert_eq!(f.fix.len(), 1);
-    }
 }

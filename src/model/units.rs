@@ -41,6 +41,22 @@ pub fn ellipsize(text: &str, max: usize) -> String {
     out
 }
 
+/// The first `shown` items and how many more: `a`, `a and b`, `a, b and c`,
+/// `a, b, c and 9 more` (never "and 1 more": the one is named instead).
+pub fn compact_list(items: &[String], shown: usize) -> String {
+    let shown = shown.max(1);
+    match items.len() {
+        0 => String::new(),
+        1 => items[0].clone(),
+        n if n <= shown + 1 => format!("{} and {}", items[..n - 1].join(", "), items[n - 1]),
+        n => format!(
+            "{} and {n_more} more",
+            items[..shown].join(", "),
+            n_more = n - shown
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +83,16 @@ mod tests {
         assert_eq!(ellipsize("abcdefghij", 5), "abcd…");
         assert_eq!(ellipsize("ééééé", 3), "éé…");
         assert_eq!(ellipsize("x", 0), "…");
+    }
+
+    #[test]
+    fn lists_name_a_few_and_count_the_rest() {
+        let names: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+        assert_eq!(compact_list(&names[..0], 3), "");
+        assert_eq!(compact_list(&names[..1], 3), "a");
+        assert_eq!(compact_list(&names[..2], 3), "a and b");
+        assert_eq!(compact_list(&names[..3], 3), "a, b and c");
+        assert_eq!(compact_list(&names[..4], 3), "a, b, c and d");
+        assert_eq!(compact_list(&names, 3), "a, b, c and 2 more");
     }
 }
