@@ -169,11 +169,8 @@ pub fn resolve(cli: cli::Cli, term: Terminal) -> Result<(Common, Action), Settin
         },
     };
     let action = match cli.command {
-        // No subcommand: the doctor.
-        None => Action::Check(check_settings(&cli::CheckArgs {
-            interval: 1.0,
-            ..cli::CheckArgs::default()
-        })?),
+        // No subcommand: the doctor, with the check flags given before it.
+        None => Action::Check(check_settings(&cli.check)?),
         Some(cli::Command::Check(a)) => Action::Check(check_settings(&a)?),
         Some(cli::Command::Watch(a)) => {
             if !(0.1..=3600.0).contains(&a.interval) {

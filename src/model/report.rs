@@ -14,6 +14,26 @@ pub struct CheckReport {
     pub findings: Vec<Finding>,
 }
 
+impl CheckReport {
+    /// What could not be seen that may hide a problem (other namespaces, owners,
+    /// counters, the kernel log...): the notices whose code
+    /// [hides problems](super::NoticeCode::hides_problems).
+    pub fn gaps(&self) -> Vec<Notice> {
+        self.host
+            .all_missing()
+            .into_iter()
+            .filter(|n| n.code.hides_problems())
+            .collect()
+    }
+
+    /// Whether everything the rules judge was seen: no finding can be missing for lack
+    /// of evidence. `check` exits 4 instead of 0 when it found no problem but this is
+    /// false.
+    pub fn complete(&self) -> bool {
+        self.gaps().is_empty()
+    }
+}
+
 /// Everything `states` shows.
 #[derive(Debug, Clone)]
 pub struct StatesReport {
