@@ -2,8 +2,8 @@
 //! renderers turn them into bytes. Neither side imports the other; both import this.
 
 use super::{
-    Finding, GroupBy, GroupKey, HostSnapshot, NetnsInfo, Notice, Owners, Socket, Source,
-    StateCounts, StateSet, StateSummary,
+    Finding, GroupBy, GroupKey, HostSnapshot, NetnsInfo, Notice, Owners, Socket, SocketFilter,
+    Source, StateCounts, StateSet, StateSummary,
 };
 
 /// What `check` shows.
@@ -106,6 +106,9 @@ pub struct SocketsReport {
     pub matched: usize,
     /// `None` when owners were not looked up (`--no-owners`).
     pub owners: Option<Owners>,
+    /// The filters the sockets were chosen by: owners they asked for (`--comm`,
+    /// `--pid`) are shown first.
+    pub filter: SocketFilter,
     pub tcp_info: bool,
     /// The namespaces read, when there are several (`--netns`); empty otherwise.
     pub namespaces: Vec<NetnsInfo>,
