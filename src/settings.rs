@@ -136,6 +136,8 @@ pub enum SettingsError {
     Threshold { given: String, message: String },
     #[error("thresholds: {0}")]
     Levels(String),
+    #[error("check's flags (--json, --verbose, --interval, --threshold, --config, --emit-sysctl) go after the command they are for, e.g. tcpdoctor states --json; without a command they are check's")]
+    CheckFlagsBeforeCommand,
     #[error("--max-cpu '{0}' is out of range: give a percentage of one core, above 0 and at most 100, or 0 for no limit")]
     MaxCpu(f64),
     #[error("--netns '{0}' is not a namespace: use all, current, a path such as /run/netns/NAME, a pid, or a name")]
@@ -170,6 +172,9 @@ pub fn resolve(cli: cli::Cli, term: Terminal) -> Result<(Common, Action), Settin
             None => NetnsChoice::Default,
         },
     };
+    if cli.command.is_some() && cli.check.any_given() {
+        return Err(SettingsError::CheckFlagsBeforeCommand);
+    }
     let action = match cli.command {
         // No subcommand: the doctor, with the check flags given before it.
         None => Action::Check(check_settings(&cli.check)?),
