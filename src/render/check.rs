@@ -26,7 +26,7 @@ const NAMES_SHOWN: usize = 2;
 /// Namespace names in a finding's details without --verbose.
 const NAMES_IN_DETAILS: usize = 6;
 /// Room kept for the namespaces on a finding's line when the title is cut.
-const NS_MIN: usize = 24;
+const NS_MIN: usize = 32;
 /// The shortest a title is cut to on its line before the rule id leaves the line.
 const TITLE_MIN: usize = 48;
 /// Lines of `why` shown without --verbose.
@@ -271,7 +271,8 @@ fn write_finding_line(out: &mut impl Write, f: &Finding, view: HumanView) -> io:
             rule.clear();
         }
         let ns_room = ns_min.max(avail.saturating_sub(len(&title) + len(&rule)));
-        ns = ellipsize_words(&ns, ns_room);
+        // Names are identifiers: cut by character, so a long one still shows its start.
+        ns = ellipsize(&ns, ns_room);
         title = ellipsize_words(&title, avail.saturating_sub(len(&rule) + len(&ns)).max(1));
     }
     view.style.cell(
