@@ -182,10 +182,10 @@ pub fn run(snapshot: &Snapshot, t: &Thresholds) -> Vec<Finding> {
 /// ([`Finding::rank`]); then namespace order (the current one first), then rule order.
 pub fn run_host(host: &HostSnapshot, t: &Thresholds) -> Vec<Finding> {
     let several = host.namespaces.len() > 1 || host.all_namespaces;
-    // Each cause with the namespaces it was found in (empty: not named, host-wide or
-    // a run in tcpdoctor's own namespace only), commands as the rules wrote them.
-    let mut causes: Vec<(Finding, Vec<&NetnsInfo>)> = Vec::new();
-    let mut members: Vec<Vec<Finding>> = Vec::new();
+    // Each cause: the findings made of it, each with the namespace it was found in
+    // (`None`: not named, host-wide or a run in tcpdoctor's own namespace only), with
+    // commands as the rules wrote them.
+    let mut causes: Vec<Vec<(Finding, Option<&NetnsInfo>)>> = Vec::new();
     for (i, snap) in host.namespaces.iter().enumerate() {
         for rule in RULES {
             if rule.scope == Scope::Host && i > 0 {
@@ -196,41 +196,35 @@ pub fn run_host(host: &HostSnapshot, t: &Thresholds) -> Vec<Finding> {
                     (Scope::Namespace, Some(ns)) if several || !ns.current => Some(ns),
                     _ => None,
                 };
-                let Some(ns) = named else {
-                    causes.push((f.clone(), Vec::new()));
-                    members.push(vec![f]);
-                    continue;
-                };
-                let same = causes.iter().position(|(c, seen)| {
-                    !seen.is_empty()
-                        && !seen.iter().any(|s| s.inode == ns.inode)
-                        && merge::same_cause(c, &f)
+                let same = named.and_then(|ns| {
+                    causes.iter().position(|found| {
+                        found
+                            .iter()
+                            .all(|(_, seen)| seen.is_some_and(|s| s.inode != ns.inode))
+                            && merge::same_cause(&found[0].0, &f)
+                    })
                 });
                 match same {
-                    Some(k) => {
-                        causes[k].1.push(ns);
-                        members[k].push(f);
-                    }
-                    None => {
-                        causes.push((f.clone(), vec![ns]));
-                        members.push(vec![f]);
-                    }
+                    Some(k) => causes[k].push((f, named)),
+                    None => causes.push(vec![(f, named)]),
                 }
             }
         }
     }
     let mut out: Vec<Finding> = causes
         .into_iter()
-        .zip(members)
-        .map(|((f, namespaces), found)| {
+        .filter_map(|found| {
+            let namespaces: Vec<&NetnsInfo> = found.iter().filter_map(|(_, ns)| *ns).collect();
             if namespaces.is_empty() {
-                return f;
+                return found.into_iter().next().map(|(f, _)| f);
             }
-            let pairs: Vec<(Finding, &NetnsInfo)> =
-                found.into_iter().zip(namespaces.iter().copied()).collect();
+            let pairs: Vec<(Finding, &NetnsInfo)> = found
+                .into_iter()
+                .filter_map(|(f, ns)| ns.map(|ns| (f, ns)))
+                .collect();
             let mut one = merge::merge(&pairs);
             point_commands(&mut one, &namespaces);
-            one
+            Some(one)
         })
         .collect();
     for rule in HOST_RULES {
@@ -239,4 +233,97 @@ pub fn run_host(host: &HostSnapshot, t: &Thresholds) -> Vec<Finding> {
     // Stable: namespace order, then rule order, within one rank.
     out.sort_by_key(Finding::rank);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{NetnsKind, Severity};
+
+    fn snapshot(inode: u64, name: &str, current: bool, syncookies: &str) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.sysctls
+            .insert("net.ipv4.tcp_syncookies".into(), syncookies.into());
+        s.netns = Some(NetnsInfo {
+            inode,
+            name: name.into(),
+            kind: if current {
+                NetnsKind::Current
+            } else {
+                NetnsKind::IpNetns
+            },
+            current,
+            container: None,
+            ip_netns: if current { vec![] } else { vec![name.into()] },
+            processes: 1,
+            first_pid: Some(inode as u32),
+        });
+        s
+    }
+
+    fn cookies(findings: &[Finding]) -> Vec<&Finding> {
+        findings
+            .iter()
+            .filter(|f| f.data["sysctl"] == "net.ipv4.tcp_syncookies")
+            .collect()
+    }
+
+    fn commands(f: &Finding) -> Vec<&str> {
+        f.fix.iter().filter_map(|s| s.command.as_deref()).collect()
+    }
+
+    /// `--netns blue` alone: the finding names blue and its commands enter it.
+    #[test]
+    fn one_other_namespace_is_named_and_pointed_at() {
+        let host = HostSnapshot {
+            namespaces: vec![snapshot(7, "blue", false, "0")],
+            all_namespaces: false,
+            missing: Vec::new(),
+        };
+        let found = run_host(&host, &Thresholds::default());
+        let f = cookies(&found);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].namespaces.len(), 1);
+        assert!(
+            commands(f[0]).contains(&"ip netns exec blue sysctl -w net.ipv4.tcp_syncookies=1"),
+            "{:?}",
+            commands(f[0])
+        );
+    }
+
+    /// The same setting in the host's namespace and two others: one finding, one loop
+    /// over the three; a different value elsewhere is another cause.
+    #[test]
+    fn same_cause_in_several_namespaces_is_one_finding() {
+        let host = HostSnapshot {
+            namespaces: vec![
+                snapshot(1, "host", true, "0"),
+                snapshot(7, "blue", false, "0"),
+                snapshot(8, "red", false, "2"),
+                snapshot(9, "green", false, "0"),
+            ],
+            all_namespaces: true,
+            missing: Vec::new(),
+        };
+        let found = run_host(&host, &Thresholds::default());
+        let f = cookies(&found);
+        assert_eq!(f.len(), 2, "{f:#?}");
+        let off = f
+            .iter()
+            .find(|f| f.data["value"] == "0")
+            .expect("syncookies=0");
+        let names: Vec<&str> = off.namespaces.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["host", "blue", "green"]);
+        assert_eq!(off.severity, Severity::Warning);
+        assert!(
+            commands(off).contains(&"for ns in /proc/$$/ns/net /run/netns/blue /run/netns/green; do nsenter --net=\"$ns\" sysctl -w net.ipv4.tcp_syncookies=1; done"),
+            "{:?}",
+            commands(off)
+        );
+        let red = f
+            .iter()
+            .find(|f| f.data["value"] == "2")
+            .expect("syncookies=2");
+        assert_eq!(red.namespaces.len(), 1);
+    }
 }
