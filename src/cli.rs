@@ -12,11 +12,18 @@ use crate::model::{AddrFilter, TcpState};
     name = "tcpdoctor",
     version,
     about = "Find, explain and fix TCP connection-state problems (TIME_WAIT, CLOSE_WAIT, port and fd exhaustion)",
-    after_help = "Exit codes: 0 success, 1 warnings found (check), 2 critical findings (check), 3 error (bad flag, unreadable source).\nColors: on a terminal only; NO_COLOR or --color never turns them off."
+    after_help = "Exit codes: 0 success; 1 warnings found (check); 2 critical findings (check); 3 error (bad flag or value, unreadable source); 4 no problem found in what could be seen, but the view is incomplete (check: not root, so other namespaces, owners or the kernel log were not seen; the report says which).\nColors: on a terminal only; NO_COLOR or --color never turns them off."
 )]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
+    /// `tcpdoctor` alone is `tcpdoctor check`, and takes its flags: `tcpdoctor --json`.
+    /// Given before another command they are refused (settings).
+    #[command(
+        flatten,
+        next_help_heading = "Check (the command run when none is given)"
+    )]
+    pub check: CheckArgs,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -198,7 +205,7 @@ fn parse_state_word(s: &str) -> Result<StateWord, String> {
     }
 }
 
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Args, PartialEq)]
 pub struct CheckArgs {
     /// Seconds between the two counter samples (rates such as ListenOverflows/s).
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
@@ -220,6 +227,18 @@ pub struct CheckArgs {
     /// Print JSON (schema: docs/json.md).
     #[arg(long)]
     pub json: bool,
+}
+
+impl CheckArgs {
+    /// Whether any flag differs from its default (given on the command line).
+    pub fn any_given(&self) -> bool {
+        self.interval != 1.0
+            || self.config.is_some()
+            || !self.threshold.is_empty()
+            || self.verbose
+            || self.emit_sysctl
+            || self.json
+    }
 }
 
 #[derive(Debug, Args)]

@@ -410,3 +410,140 @@ fn closed_pipe_exits_quietly() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `sockets -i` on a listener: the kernel sends its queue lengths only (tcp_get_info
+/// returns early for listeners), so timings, RTT and byte counts are unknown: null in
+/// JSON and "-" in the table, never "0ms". Connected sockets keep their numbers.
+#[test]
+#[ignore = "needs root"]
+fn listener_timings_are_unknown_not_zero() {
+    require_root();
+    let ns = Netns::new("lsninfo");
+    let _farm = ns.spawn_farm(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--established",
+        "2",
+        "--hold-secs",
+        "300",
+    ]);
+    let v = success_json(&ns.run_tcpdoctor(&["sockets", "-i", "--json"]));
+    let sockets = v["sockets"].as_array().expect("sockets");
+    let listeners: Vec<&serde_json::Value> =
+        sockets.iter().filter(|s| s["state"] == "LISTEN").collect();
+    assert_eq!(listeners.len(), 1, "{v:#}");
+    let info = listeners[0]["tcp_info"]
+        .as_object()
+        .expect("tcp_info object");
+    assert!(!info.is_empty());
+    for (k, field) in info {
+        assert!(field.is_null(), "LISTEN {k} = {field}");
+    }
+    let established: Vec<&serde_json::Value> = sockets
+        .iter()
+        .filter(|s| s["state"] == "ESTABLISHED")
+        .collect();
+    assert_eq!(established.len(), 4);
+    for s in established {
+        assert!(s["tcp_info"]["rtt_us"].is_u64(), "{s:#}");
+        assert!(s["tcp_info"]["last_ack_recv_ms"].is_u64(), "{s:#}");
+    }
+    let out = ns.run_tcpdoctor(&["sockets", "-i", "--state", "listen"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let header: Vec<&str> = text
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    let row: Vec<&str> = text
+        .lines()
+        .nth(1)
+        .expect("row")
+        .split_whitespace()
+        .collect();
+    for col in ["RTT", "LASTRCV", "LASTACK"] {
+        let i = header.iter().position(|h| *h == col).expect(col);
+        assert_eq!(row[i], "-", "{col}:\n{text}");
+    }
+}
+
+/// A socket held by two processes (inherited across fork): `--comm NAME` shows the
+/// owner it matched first, in the table and in the JSON, whichever one the scan found
+/// first.
+#[test]
+#[ignore = "needs root"]
+fn comm_filter_shows_the_owner_it_matched() {
+    require_root();
+    let ns = Netns::new("comm");
+    let farm = ns.spawn_farm(&["--listen", "127.0.0.1:0", "--hold-secs", "300"]);
+    let port = farm.ready.listeners[0].port().to_string();
+    // bash opens a connection on fd 3, starts `sleep` (which inherits it), prints the
+    // sleep's pid, and becomes `tail`: one socket, two owners with different names.
+    // tail's stdout is not the pipe: `tail -f` exits once its output has no reader.
+    let script = "exec 3<>/dev/tcp/127.0.0.1/$0; sleep 300 >/dev/null & echo $!; exec tail -f /dev/null >/dev/null";
+    let mut holder = ns
+        .command("bash", &["-c", script, &port])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn bash");
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let stdout = holder.stdout.take().expect("stdout");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("sleep pid");
+    }
+    let sleep_pid: i32 = line.trim().parse().expect("pid line");
+    let tail_pid = holder.id();
+    // Both hold it once `tail` has replaced bash: wait for its name (bounded).
+    let ready = common::run::wait_for(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(20),
+        || {
+            std::fs::read_to_string(format!("/proc/{tail_pid}/comm"))
+                .ok()
+                .filter(|c| c.trim() == "tail")
+        },
+    );
+    let result = std::panic::catch_unwind(|| {
+        assert!(ready.is_some(), "bash did not become tail");
+        for (comm, pid) in [("sleep", sleep_pid as u32), ("tail", tail_pid)] {
+            let v = success_json(&ns.run_tcpdoctor(&[
+                "sockets",
+                "--comm",
+                comm,
+                "--state",
+                "established",
+                "--json",
+            ]));
+            let sockets = v["sockets"].as_array().expect("sockets");
+            assert_eq!(sockets.len(), 1, "{comm}: {v:#}");
+            let owners = sockets[0]["owners"].as_array().expect("owners");
+            assert_eq!(owners.len(), 2, "{v:#}");
+            assert_eq!(owners[0]["comm"], comm, "{v:#}");
+            assert_eq!(owners[0]["pid"], pid, "{v:#}");
+            let out = ns.run_tcpdoctor(&["sockets", "--comm", comm, "--state", "established"]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            let row = text.lines().nth(1).expect("row");
+            assert!(
+                row.ends_with(&format!("{comm} pid={pid} fd=3 +1")),
+                "{comm}:\n{text}"
+            );
+        }
+    });
+    // Ours to end, by pid.
+    // SAFETY: plain syscalls on pids this test started (the sleep is tail's child).
+    unsafe {
+        libc::kill(sleep_pid, libc::SIGKILL);
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}

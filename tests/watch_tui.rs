@@ -694,3 +694,63 @@ fn headless_lines_name_a_process_whose_close_wait_fell_to_zero() {
     assert_eq!(nginx["current"], 0);
     assert_eq!(nginx["comm"], "nginx");
 }
+
+/// At 80 columns, with every field long (a long host name, all 12 namespaces, the CPU
+/// cap, paused), whole fields leave the header: no figure is ever cut, and the count,
+/// the cadence and PAUSED stay.
+#[test]
+fn header_at_80_columns_drops_whole_fields_never_figures() {
+    let mut app = WatchApp::new(WatchConfig {
+        hostname: "ip-10-20-30-40.eu-west-1.compute.internal".to_string(),
+        color: false,
+        ..WatchConfig::default()
+    });
+    for i in 0..2 {
+        assert!(app.ingest(i * STEP_MS, &sample(i), findings()));
+    }
+    app.set_namespaces(12, true);
+    app.set_spacing(std::time::Duration::from_millis(6600));
+    let header = |app: &WatchApp| {
+        render(app, 80, 24)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let sockets = format!(": {} TCP sockets", sample(1).summary.total().total());
+    let full = header(&app);
+    assert!(full.chars().count() <= 80, "{full}");
+    assert!(full.contains(&sockets), "{full}");
+    assert!(full.ends_with("every 6.6s (CPU cap)"), "{full}");
+    assert!(!full.contains("UTC"), "the clock leaves first: {full}");
+    // Every field left whole, or not at all.
+    for field in [
+        " in all 12 netns",
+        " on ip-10-20-30-40.eu-west-1.compute.internal",
+    ] {
+        let word = field.split_whitespace().last().unwrap_or_default();
+        assert!(
+            !full.contains(word) || full.contains(field),
+            "{field:?} cut: {full}"
+        );
+    }
+    app.handle_key(Key::Char('p'));
+    assert!(app.is_paused());
+    let paused = header(&app);
+    assert!(paused.starts_with("tcpdoctor watch PAUSED"), "{paused}");
+    assert!(
+        paused.contains(&sockets) && paused.contains("every 6.6s"),
+        "{paused}"
+    );
+    assert!(paused.chars().count() <= 80, "{paused}");
+    // Wide enough: everything.
+    let wide = render(&app, 160, 40);
+    let first = wide.lines().next().unwrap_or_default();
+    assert!(
+        first.contains(" on ip-10-20-30-40.eu-west-1.compute.internal")
+            && first.contains("in all 12 netns")
+            && first.contains("UTC")
+            && first.contains("(CPU cap; --max-cpu)"),
+        "{first}"
+    );
+}

@@ -61,18 +61,26 @@ pub fn sections(r: &CheckReport) -> Vec<Section> {
     let mut order: Vec<Option<u64>> = vec![current];
     let mut settings: BTreeMap<Option<u64>, Vec<Setting>> = BTreeMap::new();
     for f in &r.findings {
-        let about = f.namespaces.first().map(|n| n.inode).or(primary);
+        // A finding about several namespaces (one cause found in each) proposes its
+        // settings for every one of them.
+        let about: Vec<Option<u64>> = if f.namespaces.is_empty() {
+            vec![primary]
+        } else {
+            f.namespaces.iter().map(|n| Some(n.inode)).collect()
+        };
         for c in &f.proposed {
             let host_wide = !PER_NETNS_SYSCTLS.contains(&c.key.as_str());
-            let target = if host_wide || about == current {
-                current
-            } else {
-                about
-            };
-            if !order.contains(&target) {
-                order.push(target);
+            for about in &about {
+                let target = if host_wide || *about == current {
+                    current
+                } else {
+                    *about
+                };
+                if !order.contains(&target) {
+                    order.push(target);
+                }
+                add(settings.entry(target).or_default(), f, c);
             }
-            add(settings.entry(target).or_default(), f, c);
         }
     }
     // Other namespaces in the order the report lists them.
@@ -527,14 +535,20 @@ mod tests {
     fn union(r: &CheckReport) -> BTreeSet<(String, String, String)> {
         let mut out = BTreeSet::new();
         for f in &r.findings {
-            let ns = f.namespaces.first().map(|n| n.name.clone());
+            let names: Vec<Option<String>> = if f.namespaces.is_empty() {
+                vec![None]
+            } else {
+                f.namespaces.iter().map(|n| Some(n.name.clone())).collect()
+            };
             for c in &f.proposed {
                 let host_wide = !PER_NETNS_SYSCTLS.contains(&c.key.as_str());
-                let section = match &ns {
-                    Some(n) if n != "host" && !host_wide => n.clone(),
-                    _ => "this namespace".to_string(),
-                };
-                out.insert((section, c.key.clone(), c.value.clone()));
+                for ns in &names {
+                    let section = match ns {
+                        Some(n) if n != "host" && !host_wide => n.clone(),
+                        _ => "this namespace".to_string(),
+                    };
+                    out.insert((section, c.key.clone(), c.value.clone()));
+                }
             }
         }
         out
@@ -728,6 +742,41 @@ mod tests {
             "net.netfilter.nf_conntrack_max".into(),
             "524288".into()
         )));
+    }
+
+    /// One cause in two namespaces is one finding naming both (analyze::merge): its
+    /// proposals still go to each namespace's section.
+    #[test]
+    fn a_finding_about_several_namespaces_proposes_for_each() {
+        let mut h = trouble();
+        h.namespaces[0] = namespace(1, "host", true);
+        let mut second = namespace(4, "pod-b", false);
+        set(
+            &mut second,
+            &[
+                ("net.core.somaxconn", "128"),
+                ("net.ipv4.tcp_syncookies", "2"),
+                ("net.ipv4.tcp_max_tw_buckets", "1000"),
+                ("net.ipv4.tcp_ehash_entries", "-262144"),
+            ],
+        );
+        h.namespaces.push(second);
+        let r = report(h);
+        let cookies: Vec<&Finding> = r
+            .findings
+            .iter()
+            .filter(|f| f.data["sysctl"] == "net.ipv4.tcp_syncookies")
+            .collect();
+        assert_eq!(cookies.len(), 1, "one cause, one finding");
+        assert_eq!(cookies[0].namespaces.len(), 2);
+        let lines = lines_in_file(&render(&r));
+        for pod in ["pod-a", "pod-b"] {
+            assert!(
+                lines.contains(&(pod.into(), "net.ipv4.tcp_syncookies".into(), "1".into())),
+                "{pod}: {lines:?}"
+            );
+        }
+        assert_eq!(lines, union(&r));
     }
 
     #[test]
