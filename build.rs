@@ -77,6 +77,7 @@ fn compile(clang: &std::ffi::OsStr, o: &Object, object: &Path) -> Result<(), Str
         .arg(object)
         .output()
         .map_err(|e| {
+            watch_for_clang();
             format!(
                 "cannot run {} ({e}); install clang (Debian: apt-get install clang)",
                 clang.to_string_lossy()
@@ -92,6 +93,25 @@ fn compile(clang: &std::ffi::OsStr, o: &Object, object: &Path) -> Result<(), Str
         out.status,
         String::from_utf8_lossy(&out.stderr).trim()
     ))
+}
+
+/// Without clang, rerun once it appears: on another PATH, or installed into a PATH
+/// folder (which changes that folder's mtime; cargo compares it with the last run).
+/// Only existing absolute folders are watched: cargo would take a missing one as always
+/// changed and rebuild every time. With clang found, none of this is printed, so a PATH
+/// change then never rebuilds. (Printed once per object; cargo takes repeats as one.)
+fn watch_for_clang() {
+    println!("cargo::rerun-if-env-changed=PATH");
+    let Some(path) = std::env::var_os("PATH") else {
+        return;
+    };
+    for dir in std::env::split_paths(&path) {
+        if dir.is_absolute() && dir.is_dir() {
+            if let Some(d) = dir.to_str() {
+                println!("cargo::rerun-if-changed={d}");
+            }
+        }
+    }
 }
 
 fn disable(o: &Object, why: &str) {

@@ -42,7 +42,7 @@ for tool in ip ss python3 awk; do
 done
 
 if [ "$build" -eq 1 ]; then
-  cargo build --release --bins
+  cargo build --release --bins --features sockfarm
   mkdir -p target/bench
   rustc -O --edition 2021 bench/spawntime.rs -o target/bench/spawntime
 fi

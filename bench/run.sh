@@ -35,7 +35,7 @@ for tool in ip ss netstat lsof unshare python3; do
 done
 
 if [ "$build" -eq 1 ]; then
-  cargo build --release --bins --example bare_dump
+  cargo build --release --bins --features sockfarm --example bare_dump
   mkdir -p target/bench
   rustc -O --edition 2021 bench/spawntime.rs -o target/bench/spawntime
 fi

@@ -25,8 +25,9 @@ Reported per rate:
 Every program run on the host counts (the kernel runs them for every TCP state change
 in every namespace), so on a shared machine other traffic adds to the BPF time; the
 connections the benchmark made are counted exactly (from the tracer's summary) and
-shown next to it. Needs root, iproute2, python3, and release builds (built unless
---no-build). Cleans up its namespace and processes on exit, error or Ctrl-C.
+shown next to it. Needs root, iproute2, python3, and release builds with the sockfarm
+helper (`cargo build --release --bins --features sockfarm`, done unless --no-build).
+Cleans up its namespace and processes on exit, error or Ctrl-C.
 """
 
 import argparse
@@ -282,7 +283,8 @@ def main():
     if os.geteuid() != 0:
         sys.exit("trace_bench.py: needs root (BPF, network namespaces)")
     if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--bins"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release", "--bins", "--features", "sockfarm"],
+                       cwd=ROOT, check=True)
     for b in (TCPDOCTOR, SOCKFARM):
         if not os.access(b, os.X_OK):
             sys.exit(f"trace_bench.py: {b} missing (drop --no-build)")

@@ -12,11 +12,18 @@ use crate::model::{AddrFilter, TcpState};
     name = "tcpdoctor",
     version,
     about = "Find, explain and fix TCP connection-state problems (TIME_WAIT, CLOSE_WAIT, port and fd exhaustion)",
-    after_help = "Exit codes: 0 success, 1 warnings found (check), 2 critical findings (check), 3 error (bad flag, unreadable source).\nColors: on a terminal only; NO_COLOR or --color never turns them off."
+    after_help = "Exit codes: 0 success; 1 warnings found (check); 2 critical findings (check); 3 error (bad flag or value, unreadable source); 4 no problem found in what could be seen, but the view is incomplete (check: not root, so other namespaces, owners or the kernel log were not seen; the report says which).\nColors: on a terminal only; NO_COLOR or --color never turns them off."
 )]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
+    /// `tcpdoctor` alone is `tcpdoctor check`, and takes its flags: `tcpdoctor --json`.
+    /// Given before another command they are refused (settings).
+    #[command(
+        flatten,
+        next_help_heading = "Check (the command run when none is given)"
+    )]
+    pub check: CheckArgs,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -71,6 +78,40 @@ pub enum Command {
     /// destination, connections per second, lifetimes, who closes first, resets and
     /// failed connect() calls by errno. Every network namespace unless --netns says.
     Trace(TraceArgs),
+    /// Check a configuration offline, without a running process: `lint nginx [FILE]`.
+    Lint(LintArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LintArgs {
+    #[command(subcommand)]
+    pub target: LintTarget,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LintTarget {
+    /// nginx: upstreams without keep-alive, keep-alive defeated by HTTP/1.0 or
+    /// Connection: close, the proxy_set_header inheritance trap, client keep-alive,
+    /// worker_connections against worker_rlimit_nofile. Each finding with file:line and
+    /// the change as a diff.
+    Nginx(LintNginxArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LintNginxArgs {
+    /// The main configuration file. Default: the running masters' configurations, else
+    /// the path compiled into the installed nginx, else /etc/nginx/nginx.conf.
+    pub file: Option<PathBuf>,
+    /// Judge against this version (1.24.0, nginx/1.29.7, openresty/1.21.4.1) instead
+    /// of the installed binary's; it decides the keep-alive defaults (1.29.7+).
+    #[arg(long, value_name = "VERSION")]
+    pub nginx_version: Option<String>,
+    /// Show every piece of evidence.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Print JSON (schema: docs/json.md).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -168,7 +209,7 @@ fn parse_state_word(s: &str) -> Result<StateWord, String> {
     }
 }
 
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Args, PartialEq)]
 pub struct CheckArgs {
     /// Seconds between the two counter samples (rates such as ListenOverflows/s).
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
@@ -182,13 +223,26 @@ pub struct CheckArgs {
     /// Show every piece of evidence and every fix step.
     #[arg(short, long)]
     pub verbose: bool,
-    /// Print a reasoned /etc/sysctl.d/ file for this host instead of the report.
-    /// Nothing is written to the system.
-    #[arg(long)]
+    /// Print the kernel settings the findings propose, as a commented /etc/sysctl.d/
+    /// file, instead of the report. Nothing is written to the system. Not with --json
+    /// (the JSON report has them in each finding's "proposed").
+    #[arg(long, conflicts_with = "json")]
     pub emit_sysctl: bool,
     /// Print JSON (schema: docs/json.md).
     #[arg(long)]
     pub json: bool,
+}
+
+impl CheckArgs {
+    /// Whether any flag differs from its default (given on the command line).
+    pub fn any_given(&self) -> bool {
+        self.interval != 1.0
+            || self.config.is_some()
+            || !self.threshold.is_empty()
+            || self.verbose
+            || self.emit_sysctl
+            || self.json
+    }
 }
 
 #[derive(Debug, Args)]

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use tcpdoctor::analyze;
 use tcpdoctor::cli::Cli;
 use tcpdoctor::cmd;
 use tcpdoctor::model::Severity;
@@ -20,6 +19,33 @@ mod exit {
     pub const WARNING: u8 = 1;
     pub const CRITICAL: u8 = 2;
     pub const ERROR: u8 = 3;
+    /// `check` found no warning or critical problem in what it could see, but could
+    /// not see everything (not root: other namespaces, owners, the kernel log).
+    pub const INCOMPLETE: u8 = 4;
+}
+
+/// Columns of the report: `COLUMNS` when set, the terminal's width when stdout is
+/// one, else 100 (a pipe or a file: long enough to read, short enough to diff).
+fn report_width(stdout_is_tty: bool) -> usize {
+    const PIPE_WIDTH: usize = 100;
+    if let Some(n) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        return n;
+    }
+    if !stdout_is_tty {
+        return PIPE_WIDTH;
+    }
+    // SAFETY: TIOCGWINSZ fills a winsize the size of the one passed; fd 1 is stdout.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
+    if rc == 0 && ws.ws_col > 0 {
+        usize::from(ws.ws_col)
+    } else {
+        PIPE_WIDTH
+    }
 }
 
 fn main() -> ExitCode {
@@ -76,21 +102,44 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
         Action::Check(s) => {
             let report = cmd::check::run(&common, &s)?;
             if s.emit_sysctl {
-                let empty = tcpdoctor::model::Snapshot::default();
-                let host = report.host.primary().unwrap_or(&empty);
-                out.write_all(analyze::sysctl_audit::emit_sysctl(host).as_bytes())?;
+                // Exactly what the findings propose (render::sysctl_file).
+                render::sysctl_file::write(&mut out, &report)?;
             } else if s.json {
                 render::check::write_json(&mut out, &report)?;
             } else {
-                render::check::write_human(&mut out, &report, style, s.verbose)?;
+                let view = render::check::HumanView {
+                    style,
+                    verbose: s.verbose,
+                    width: report_width(term.stdout_is_tty),
+                };
+                render::check::write_human(&mut out, &report, view)?;
             }
             if !s.emit_sysctl {
                 code = match render::check::status(&report.findings) {
                     Some(Severity::Critical) => exit::CRITICAL,
                     Some(Severity::Warning) => exit::WARNING,
+                    _ if !report.complete() => exit::INCOMPLETE,
                     _ => exit::OK,
                 };
             }
+        }
+        Action::Lint(s) => {
+            let report = cmd::lint::run(&common, &s)?;
+            if s.json {
+                render::lint::write_json(&mut out, &report)?;
+            } else {
+                render::lint::write_human(&mut out, &report, style, s.verbose)?;
+            }
+            // Like check; a configuration that cannot be read or parsed is an error.
+            code = if report.failed() {
+                exit::ERROR
+            } else {
+                match render::check::status(&report.findings) {
+                    Some(Severity::Critical) => exit::CRITICAL,
+                    Some(Severity::Warning) => exit::WARNING,
+                    _ => exit::OK,
+                }
+            };
         }
         Action::Watch(s) => {
             drop(out);

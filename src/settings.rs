@@ -108,6 +108,18 @@ pub struct ServeSettings {
     pub thresholds: Thresholds,
 }
 
+/// `lint nginx [FILE]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LintSettings {
+    /// The main configuration file; `None`: the running or installed nginx's.
+    pub file: Option<PathBuf>,
+    /// `--nginx-version`.
+    pub version: Option<crate::model::nginx::NginxVersion>,
+    pub thresholds: Thresholds,
+    pub verbose: bool,
+    pub json: bool,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TraceSettings {
     pub interval: Duration,
@@ -130,6 +142,7 @@ pub enum Action {
     States(StatesSettings),
     Sockets(SocketsSettings),
     Trace(TraceSettings),
+    Lint(LintSettings),
 }
 
 /// A setting that cannot be used; the message names the value and what to change.
@@ -145,10 +158,14 @@ pub enum SettingsError {
     },
     #[error("config file '{path}': {message}")]
     ConfigParse { path: PathBuf, message: String },
-    #[error("--threshold '{0}' must look like KEY=NUMBER, e.g. port_warn_pct=60")]
+    #[error("--threshold {0} must look like KEY=NUMBER, e.g. port_warn_pct=60")]
     ThresholdSyntax(String),
-    #[error("--threshold '{given}': {message}")]
+    #[error("--threshold {given}: {message}")]
     Threshold { given: String, message: String },
+    #[error("thresholds: {0}")]
+    Levels(String),
+    #[error("check's flags (--json, --verbose, --interval, --threshold, --config, --emit-sysctl) go after the command they are for, e.g. tcpdoctor states --json; without a command they are check's")]
+    CheckFlagsBeforeCommand,
     #[error("--max-cpu '{0}' is out of range: give a percentage of one core, above 0 and at most 100, or 0 for no limit")]
     MaxCpu(f64),
     #[error("--netns '{0}' is not a namespace: use all, current, a path such as /run/netns/NAME, a pid, or a name")]
@@ -159,6 +176,8 @@ pub enum SettingsError {
         value: f64,
         range: &'static str,
     },
+    #[error("--nginx-version '{0}' is not a version: give e.g. 1.24.0, nginx/1.29.7 or openresty/1.21.4.1")]
+    NginxVersion(String),
 }
 
 /// Facts about the terminal the caller knows (main owns stdout and the environment).
@@ -189,12 +208,12 @@ pub fn resolve(cli: cli::Cli, term: Terminal) -> Result<(Common, Action), Settin
             None => NetnsChoice::Default,
         },
     };
+    if cli.command.is_some() && cli.check.any_given() {
+        return Err(SettingsError::CheckFlagsBeforeCommand);
+    }
     let action = match cli.command {
-        // No subcommand: the doctor.
-        None => Action::Check(check_settings(&cli::CheckArgs {
-            interval: 1.0,
-            ..cli::CheckArgs::default()
-        })?),
+        // No subcommand: the doctor, with the check flags given before it.
+        None => Action::Check(check_settings(&cli.check)?),
         Some(cli::Command::Check(a)) => Action::Check(check_settings(&a)?),
         Some(cli::Command::Watch(a)) => {
             if !(0.1..=3600.0).contains(&a.interval) {
@@ -243,6 +262,18 @@ pub fn resolve(cli: cli::Cli, term: Terminal) -> Result<(Common, Action), Settin
                 json: a.json,
             })
         }
+        Some(cli::Command::Lint(cli::LintArgs {
+            target: cli::LintTarget::Nginx(a),
+        })) => Action::Lint(LintSettings {
+            file: a.file,
+            version: match &a.nginx_version {
+                Some(v) => Some(nginx_version(v)?),
+                None => None,
+            },
+            thresholds: Thresholds::default(),
+            verbose: a.verbose,
+            json: a.json,
+        }),
         Some(cli::Command::Sockets(a)) => {
             let (ipv4, ipv6) = families(&a.family);
             Action::Sockets(SocketsSettings {
@@ -313,56 +344,240 @@ fn check_settings(a: &cli::CheckArgs) -> Result<CheckSettings, SettingsError> {
     })
 }
 
-/// Defaults, then the config file, then each `--threshold KEY=VALUE`.
+/// What a threshold counts: sockets or seconds (a whole number, at least 1), or a
+/// percentage of a kernel or process limit (above 0, at most 100). No key takes 0 for
+/// "off": a rule is quieted by raising its level to the top of the range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ThresholdKind {
+    Count,
+    Percent,
+}
+
+/// The most a count may be (more than any host holds of sockets or seconds).
+const COUNT_MAX: f64 = 1_000_000_000.0;
+
+/// Every threshold key and what it counts; [`Thresholds`] has exactly these fields (a
+/// test checks it).
+const THRESHOLD_KEYS: &[(&str, ThresholdKind)] = &[
+    ("close_wait_warn", ThresholdKind::Count),
+    ("close_wait_critical", ThresholdKind::Count),
+    ("close_wait_age_s", ThresholdKind::Count),
+    ("time_wait_warn_pct", ThresholdKind::Percent),
+    ("time_wait_critical_pct", ThresholdKind::Percent),
+    ("port_warn_pct", ThresholdKind::Percent),
+    ("port_critical_pct", ThresholdKind::Percent),
+    ("fd_warn_pct", ThresholdKind::Percent),
+    ("fd_critical_pct", ThresholdKind::Percent),
+    ("accept_queue_warn_pct", ThresholdKind::Percent),
+    ("orphan_warn_pct", ThresholdKind::Percent),
+    ("orphan_critical_pct", ThresholdKind::Percent),
+    ("conntrack_warn_pct", ThresholdKind::Percent),
+    ("conntrack_critical_pct", ThresholdKind::Percent),
+];
+
+/// Warning levels that must not be above their critical level.
+const THRESHOLD_PAIRS: &[(&str, &str)] = &[
+    ("close_wait_warn", "close_wait_critical"),
+    ("time_wait_warn_pct", "time_wait_critical_pct"),
+    ("port_warn_pct", "port_critical_pct"),
+    ("fd_warn_pct", "fd_critical_pct"),
+    ("orphan_warn_pct", "orphan_critical_pct"),
+    ("conntrack_warn_pct", "conntrack_critical_pct"),
+];
+
+/// Longest piece of user input quoted back in an error.
+const QUOTED_MAX: usize = 32;
+
+/// `text` quoted for an error message, cut to a short prefix when long.
+fn quoted(text: &str) -> String {
+    format!(
+        "'{}'",
+        crate::model::units::ellipsize(text.trim(), QUOTED_MAX)
+    )
+}
+
+fn known_keys() -> String {
+    THRESHOLD_KEYS
+        .iter()
+        .map(|(k, _)| *k)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks one value for `key`; `shown` is the value as the user wrote it. Returns the
+/// TOML value to layer, or the reason it is refused.
+fn threshold_value(key: &str, value: f64, shown: &str) -> Result<toml::Value, String> {
+    let Some((_, kind)) = THRESHOLD_KEYS.iter().find(|(k, _)| *k == key) else {
+        return Err(format!(
+            "unknown threshold {}; known: {}",
+            quoted(key),
+            known_keys()
+        ));
+    };
+    match kind {
+        ThresholdKind::Percent if value.is_finite() && value > 0.0 && value <= 100.0 => {
+            Ok(toml::Value::Float(value))
+        }
+        ThresholdKind::Percent => Err(format!(
+            "{key} is {}: give a percentage above 0 and at most 100",
+            quoted(shown)
+        )),
+        ThresholdKind::Count
+            if value.is_finite() && value.fract() == 0.0 && (1.0..=COUNT_MAX).contains(&value) =>
+        {
+            Ok(toml::Value::Integer(value as i64))
+        }
+        ThresholdKind::Count => Err(format!(
+            "{key} is {}: give a whole number from 1 to {}",
+            quoted(shown),
+            COUNT_MAX as u64
+        )),
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before, |i| &before[i + 1..])
+        .chars()
+        .count()
+        + 1;
+    (line, column)
+}
+
+/// Defaults, then the config file, then each `--threshold KEY=VALUE`. Every value is
+/// checked against its range, and each warning level against its critical level; an
+/// error is one line naming the key, where it was set (the flag, or the file's line and
+/// column) and the allowed range.
 pub fn thresholds(
     config: Option<&Path>,
     overrides: &[String],
 ) -> Result<Thresholds, SettingsError> {
     let mut table = toml::Table::new();
+    // Where each key was set, for the warning-above-critical error.
+    let mut origin: std::collections::BTreeMap<String, String> = Default::default();
     if let Some(path) = config {
         let text = std::fs::read_to_string(path).map_err(|source| SettingsError::ConfigRead {
             path: path.to_path_buf(),
             source,
         })?;
-        table = text
-            .parse::<toml::Table>()
-            .map_err(|e| SettingsError::ConfigParse {
-                path: path.to_path_buf(),
-                message: e.message().to_string(),
-            })?;
-        // Validate the file on its own so its errors name the file.
-        Thresholds::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
+        let at = |offset: usize, message: String| {
+            let (line, column) = line_column(&text, offset);
             SettingsError::ConfigParse {
                 path: path.to_path_buf(),
-                message: e.to_string(),
+                message: format!("line {line}, column {column}: {message}"),
             }
-        })?;
+        };
+        let doc: std::collections::BTreeMap<String, toml::Spanned<toml::Value>> =
+            toml::from_str(&text).map_err(|e| {
+                let message = e.message().replace('\n', " ").trim().to_string();
+                match e.span() {
+                    Some(span) => at(span.start, message),
+                    None => SettingsError::ConfigParse {
+                        path: path.to_path_buf(),
+                        message,
+                    },
+                }
+            })?;
+        for (key, spanned) in doc {
+            let span = spanned.span();
+            let written = text.get(span.clone()).unwrap_or_default();
+            let number = match spanned.get_ref() {
+                toml::Value::Integer(i) => *i as f64,
+                toml::Value::Float(f) => *f,
+                _ => {
+                    return Err(at(
+                        span.start,
+                        format!("{key} is {}: give a number", quoted(written)),
+                    ))
+                }
+            };
+            let value = threshold_value(&key, number, written).map_err(|m| at(span.start, m))?;
+            let (line, _) = line_column(&text, span.start);
+            origin.insert(key.clone(), format!("line {line} of {}", path.display()));
+            table.insert(key, value);
+        }
     }
     for given in overrides {
-        let (k, v) = given
-            .split_once('=')
-            .ok_or_else(|| SettingsError::ThresholdSyntax(given.clone()))?;
-        let v: f64 = v
-            .trim()
-            .parse()
-            .map_err(|_| SettingsError::ThresholdSyntax(given.clone()))?;
-        let value = if v.fract() == 0.0 && v >= 0.0 && !k.ends_with("_pct") {
-            toml::Value::Integer(v as i64)
-        } else {
-            toml::Value::Float(v)
+        let syntax = || SettingsError::ThresholdSyntax(quoted(given));
+        let (k, v) = given.split_once('=').ok_or_else(syntax)?;
+        let (k, v) = (k.trim(), v.trim());
+        let refused = |message: String| SettingsError::Threshold {
+            given: quoted(given),
+            message,
         };
-        table.insert(k.trim().to_string(), value);
-        Thresholds::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
-            SettingsError::Threshold {
-                given: given.clone(),
-                message: e.to_string(),
-            }
+        let number: f64 = v.parse().map_err(|_| {
+            refused(match THRESHOLD_KEYS.iter().any(|(key, _)| *key == k) {
+                true => format!("{k} is {}: give a number", quoted(v)),
+                false => format!("unknown threshold {}; known: {}", quoted(k), known_keys()),
+            })
         })?;
+        let value = threshold_value(k, number, v).map_err(refused)?;
+        origin.insert(k.to_string(), "--threshold".to_string());
+        table.insert(k.to_string(), value);
     }
-    Thresholds::deserialize(toml::Value::Table(table)).map_err(|e| SettingsError::Threshold {
-        given: String::new(),
-        message: e.to_string(),
-    })
+    // Every key and value was checked above: this cannot fail but for a bug.
+    let t = Thresholds::deserialize(toml::Value::Table(table))
+        .map_err(|e| SettingsError::Levels(e.to_string().replace('\n', " ").trim().to_string()))?;
+    let levels = threshold_levels(&t);
+    let level = |k: &str| {
+        levels
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map_or(0.0, |(_, v)| *v)
+    };
+    for (warn, critical) in THRESHOLD_PAIRS {
+        let (w, c) = (level(warn), level(critical));
+        if w > c {
+            let from = |k: &str| {
+                origin
+                    .get(k)
+                    .cloned()
+                    .unwrap_or_else(|| "the default".into())
+            };
+            return Err(SettingsError::Levels(format!(
+                "{warn} ({w}, {}) is above {critical} ({c}, {}): a warning level must be at most its critical level",
+                from(warn),
+                from(critical)
+            )));
+        }
+    }
+    Ok(t)
+}
+
+/// Every threshold as a number, by key.
+fn threshold_levels(t: &Thresholds) -> Vec<(&'static str, f64)> {
+    vec![
+        ("close_wait_warn", t.close_wait_warn as f64),
+        ("close_wait_critical", t.close_wait_critical as f64),
+        ("close_wait_age_s", t.close_wait_age_s as f64),
+        ("time_wait_warn_pct", t.time_wait_warn_pct),
+        ("time_wait_critical_pct", t.time_wait_critical_pct),
+        ("port_warn_pct", t.port_warn_pct),
+        ("port_critical_pct", t.port_critical_pct),
+        ("fd_warn_pct", t.fd_warn_pct),
+        ("fd_critical_pct", t.fd_critical_pct),
+        ("accept_queue_warn_pct", t.accept_queue_warn_pct),
+        ("orphan_warn_pct", t.orphan_warn_pct),
+        ("orphan_critical_pct", t.orphan_critical_pct),
+        ("conntrack_warn_pct", t.conntrack_warn_pct),
+        ("conntrack_critical_pct", t.conntrack_critical_pct),
+    ]
+}
+
+/// `1.24.0` means nginx 1.24.0; a banner (`openresty/1.21.4.1`) is taken as it is.
+fn nginx_version(v: &str) -> Result<crate::model::nginx::NginxVersion, SettingsError> {
+    let banner = if v.contains('/') {
+        v.to_string()
+    } else {
+        format!("nginx/{v}")
+    };
+    crate::model::nginx::NginxVersion::parse(&banner)
+        .filter(|n| n.core.is_some() || v.contains('/'))
+        .ok_or_else(|| SettingsError::NginxVersion(v.to_string()))
 }
 
 fn families(f: &cli::FamilyArgs) -> (bool, bool) {
@@ -401,24 +616,229 @@ use serde::Deserialize;
 mod tests {
     use super::*;
 
+    /// A scratch config file holding `text`.
+    struct ConfigFile(PathBuf);
+
+    impl ConfigFile {
+        fn new(name: &str, text: &str) -> ConfigFile {
+            let dir = std::env::temp_dir().join(format!("tcpdoctor-cfg-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("tmp dir");
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write");
+            ConfigFile(path)
+        }
+    }
+
+    impl Drop for ConfigFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn flag(given: &str) -> Result<Thresholds, SettingsError> {
+        thresholds(None, &[given.to_string()])
+    }
+
     #[test]
     fn thresholds_layer_defaults_file_and_flags() {
-        let dir = std::env::temp_dir().join(format!("tcpdoctor-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("tmp dir");
-        let file = dir.join("t.toml");
-        std::fs::write(&file, "port_warn_pct = 40\nclose_wait_warn = 3\n").expect("write");
-        let t = thresholds(Some(&file), &["port_warn_pct=45".to_string()]).expect("valid");
+        let file = ConfigFile::new("layer.toml", "port_warn_pct = 40\nclose_wait_warn = 3\n");
+        let t = thresholds(Some(&file.0), &["port_warn_pct=45".to_string()]).expect("valid");
         assert_eq!(t.port_warn_pct, 45.0);
         assert_eq!(t.close_wait_warn, 3);
         assert_eq!(t.port_critical_pct, Thresholds::default().port_critical_pct);
-        std::fs::write(&file, "port_warn = 40\n").expect("write");
-        let e = thresholds(Some(&file), &[]).expect_err("unknown key");
-        assert!(e.to_string().contains("port_warn"), "{e}");
-        let e = thresholds(None, &["close_wait_warn=lots".to_string()]).expect_err("bad value");
-        assert!(e.to_string().contains("'close_wait_warn=lots'"), "{e}");
-        let e = thresholds(None, &["nope=1".to_string()]).expect_err("unknown key");
-        assert!(e.to_string().contains("nope"), "{e}");
-        let _ = std::fs::remove_dir_all(&dir);
+        // Bounds are allowed; a whole percentage may be written either way.
+        let t = flag("port_critical_pct=100").expect("100 is allowed");
+        assert_eq!(t.port_critical_pct, 100.0);
+        assert!(flag("fd_warn_pct=0.5").is_ok());
+        assert!(flag("close_wait_warn=1").is_ok());
+        assert!(flag("close_wait_warn=2.0").is_ok(), "2.0 is a whole number");
+    }
+
+    #[test]
+    fn every_threshold_key_is_checked() {
+        let fields: Vec<String> = match toml::Value::try_from(Thresholds::default()) {
+            Ok(toml::Value::Table(t)) => t.keys().cloned().collect(),
+            other => panic!("{other:?}"),
+        };
+        let mut keys: Vec<String> = THRESHOLD_KEYS.iter().map(|(k, _)| k.to_string()).collect();
+        let mut levels: Vec<String> = threshold_levels(&Thresholds::default())
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .collect();
+        keys.sort();
+        levels.sort();
+        assert_eq!(keys, fields);
+        assert_eq!(levels, fields);
+        // The defaults pass their own checks.
+        assert_eq!(
+            thresholds(None, &[]).expect("defaults"),
+            Thresholds::default()
+        );
+    }
+
+    #[test]
+    fn bad_threshold_flags_are_one_line_naming_key_and_range() {
+        let pct = "give a percentage above 0 and at most 100";
+        let count = "give a whole number from 1 to 1000000000";
+        for (given, want) in [
+            ("port_warn_pct=-1", pct),
+            ("port_warn_pct=nan", pct),
+            ("port_warn_pct=NaN", pct),
+            ("port_warn_pct=inf", pct),
+            ("port_warn_pct=-inf", pct),
+            ("port_warn_pct=-1e308", pct),
+            ("port_warn_pct=1e400", pct),
+            ("port_warn_pct=150", pct),
+            ("port_warn_pct=0", pct),
+            ("accept_queue_warn_pct=100.5", pct),
+            ("close_wait_warn=0", count),
+            ("close_wait_warn=-5", count),
+            ("close_wait_warn=2.5", count),
+            ("close_wait_age_s=1e10", count),
+            ("close_wait_critical=inf", count),
+        ] {
+            let e = flag(given).expect_err(given).to_string();
+            let key = given.split('=').next().expect("key");
+            assert!(e.contains(key) && e.contains(want), "{given}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        let e = flag("close_wait_warn=lots")
+            .expect_err("not a number")
+            .to_string();
+        assert!(
+            e.contains("'close_wait_warn=lots'") && e.contains("give a number"),
+            "{e}"
+        );
+        let e = flag("nope=1").expect_err("unknown key").to_string();
+        assert!(
+            e.contains("unknown threshold 'nope'") && e.contains("port_warn_pct"),
+            "{e}"
+        );
+        let e = flag("port_warn_pct").expect_err("no =").to_string();
+        assert!(e.contains("KEY=NUMBER"), "{e}");
+    }
+
+    #[test]
+    fn warning_above_critical_is_refused_naming_both() {
+        let e = flag("port_warn_pct=90")
+            .expect_err("above the default 80")
+            .to_string();
+        assert_eq!(
+            e,
+            "thresholds: port_warn_pct (90, --threshold) is above port_critical_pct (80, the default): a warning level must be at most its critical level"
+        );
+        let e = thresholds(
+            None,
+            &[
+                "close_wait_critical=5".to_string(),
+                "close_wait_warn=6".to_string(),
+            ],
+        )
+        .expect_err("warn above critical")
+        .to_string();
+        assert!(
+            e.contains(
+                "close_wait_warn (6, --threshold) is above close_wait_critical (5, --threshold)"
+            ),
+            "{e}"
+        );
+        // Equal is allowed: everything at that level is critical.
+        assert!(flag("port_warn_pct=80").is_ok());
+        // Levels are compared once every layer is in: raising both works in either order.
+        for pair in [
+            ["port_warn_pct=90", "port_critical_pct=95"],
+            ["port_critical_pct=95", "port_warn_pct=90"],
+        ] {
+            let given: Vec<String> = pair.iter().map(|s| s.to_string()).collect();
+            assert!(thresholds(None, &given).is_ok(), "{pair:?}");
+        }
+        let file = ConfigFile::new("levels.toml", "fd_warn_pct = 99\n");
+        let e = thresholds(Some(&file.0), &[])
+            .expect_err("above 95")
+            .to_string();
+        assert!(
+            e.contains(&format!("fd_warn_pct (99, line 1 of {})", file.0.display())),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_config_files_give_line_and_column() {
+        for (name, text, want) in [
+            (
+                "neg.toml",
+                "close_wait_warn = 3\nport_warn_pct = -1\n",
+                "line 2, column 17: port_warn_pct is '-1'",
+            ),
+            (
+                "nan.toml",
+                "port_warn_pct = nan\n",
+                "line 1, column 17: port_warn_pct is 'nan'",
+            ),
+            (
+                "inf.toml",
+                "\n\n  fd_warn_pct = inf\n",
+                "line 3, column 17: fd_warn_pct is 'inf'",
+            ),
+            (
+                "big.toml",
+                "port_warn_pct = 150\n",
+                "line 1, column 17: port_warn_pct is '150': give a percentage",
+            ),
+            (
+                "tiny.toml",
+                "port_warn_pct = -1e308\n",
+                "port_warn_pct is '-1e308'",
+            ),
+            (
+                "zero.toml",
+                "close_wait_warn = 0\n",
+                "close_wait_warn is '0': give a whole number",
+            ),
+            (
+                "str.toml",
+                "port_warn_pct = \"50\"\n",
+                "line 1, column 17: port_warn_pct is '\"50\"': give a number",
+            ),
+            (
+                "key.toml",
+                "port_warn = 40\n",
+                "line 1, column 13: unknown threshold 'port_warn'",
+            ),
+            (
+                "syntax.toml",
+                "port_warn_pct = 40\nclose_wait_warn = = 3\n",
+                "line 2, column 19:",
+            ),
+        ] {
+            let file = ConfigFile::new(name, text);
+            let e = thresholds(Some(&file.0), &[]).expect_err(name).to_string();
+            assert!(
+                e.starts_with(&format!("config file '{}': ", file.0.display())),
+                "{e}"
+            );
+            assert!(e.contains(want), "{name}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+    }
+
+    #[test]
+    fn long_values_are_quoted_as_a_short_prefix() {
+        let long = format!("port_warn_pct={}", "9".repeat(5000));
+        let e = flag(&long).expect_err("too big").to_string();
+        assert!(e.len() < 300, "{} chars: {e}", e.len());
+        assert!(e.contains("'99999") && e.contains('…'), "{e}");
+        let junk = format!("{}=1", "k".repeat(5000));
+        let e = flag(&junk).expect_err("unknown").to_string();
+        assert!(e.len() < 500, "{} chars", e.len());
+        let file = ConfigFile::new(
+            "long.toml",
+            &format!("port_warn_pct = {}\n", "1".repeat(4000)),
+        );
+        let e = thresholds(Some(&file.0), &[])
+            .expect_err("too big")
+            .to_string();
+        assert!(e.len() < 300, "{} chars: {e}", e.len());
     }
 
     #[test]

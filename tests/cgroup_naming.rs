@@ -1,16 +1,20 @@
 //! `collect::cgroup::identify` on a real process in a real cgroup: a cgroup v2 group named
 //! the way runc's systemd driver names a Docker container
 //! (`<slice>/docker-<64 hex>.scope`), with Docker's `config.v2.json` for that id in a
-//! temporary folder. Needs root and a writable cgroup2 mount; prints `SKIP: ...` and
-//! passes otherwise. Everything it creates is removed by [`Scene`]'s `Drop`, also when an
-//! assertion fails.
+//! temporary folder. Needs root (`#[ignore]`d otherwise) and a writable cgroup2 mount
+//! (prints `SKIP: ...` and passes without one). Everything it creates is removed by
+//! [`Scene`]'s `Drop`, also when an assertion fails.
+
+mod common;
 
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::Duration;
+
+use common::cgroup::{cgroup2_mount, CgroupDirs};
+use common::fixtures::TempDir;
+use common::require_root;
 
 use tcpdoctor::collect::cgroup::{identify, parse_proc_cgroup, RuntimeRoots};
 use tcpdoctor::model::Runtime;
@@ -23,30 +27,14 @@ fn skip(why: &str) {
     eprintln!("SKIP: cgroup_naming: {why}");
 }
 
-/// Where the cgroup v2 hierarchy is mounted, from `/proc/self/mountinfo` (proc(5): the
-/// fields after ` - ` start with the filesystem type; field 5 is the mount point, with
-/// spaces written as `\040`). Hybrid hosts mount it at `/sys/fs/cgroup/unified`.
-fn cgroup2_mount() -> Option<PathBuf> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        let (mount, fs_part) = line.split_once(" - ")?;
-        if fs_part.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        let point = mount.split_whitespace().nth(4)?;
-        Some(PathBuf::from(point.replace("\\040", " ")))
-    })
-}
-
-/// What the test made; `Drop` undoes it innermost first: kill the child (by its pid) and
-/// reap it, remove the cgroups (a cgroup can only be removed once empty), then the
-/// temporary state folder.
+/// What the test made, undone on drop, also when an assertion fails: `Drop` kills the
+/// child (by its pid) and reaps it; then the fields drop in order, the cgroups (removed
+/// innermost first, now empty) and the temporary state folder.
 #[derive(Default)]
 struct Scene {
     child: Option<Child>,
-    /// Cgroup directories in creation order (parent first).
-    cgroups: Vec<PathBuf>,
-    state_dir: Option<PathBuf>,
+    cgroups: CgroupDirs,
+    state_dir: Option<TempDir>,
 }
 
 impl Drop for Scene {
@@ -54,24 +42,6 @@ impl Drop for Scene {
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
             let _ = child.wait();
-        }
-        for dir in self.cgroups.iter().rev() {
-            // The kernel may take a moment to drop a just-reaped task from the group.
-            for _ in 0..50 {
-                match fs::remove_dir(dir) {
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                        thread::sleep(Duration::from_millis(20))
-                    }
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                        eprintln!("cgroup_naming: cannot remove {}: {e}", dir.display());
-                        break;
-                    }
-                    _ => break,
-                }
-            }
-        }
-        if let Some(dir) = &self.state_dir {
-            let _ = fs::remove_dir_all(dir);
         }
     }
 }
@@ -94,12 +64,10 @@ fn write_docker_state(root: &Path) -> io::Result<()> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn identify_names_a_process_in_a_docker_shaped_cgroup() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        skip("needs root to create cgroups and move a process into one");
-        return;
-    }
+    // Root creates cgroups and moves a process into one.
+    require_root();
     let Some(mount) = cgroup2_mount() else {
         skip("no cgroup2 filesystem in /proc/self/mountinfo");
         return;
@@ -113,19 +81,20 @@ fn identify_names_a_process_in_a_docker_shaped_cgroup() {
     let slice = mount.join(format!("tcpdoctor-test-{}.slice", std::process::id()));
     let scope = slice.join(format!("docker-{CONTAINER_ID}.scope"));
     for dir in [&slice, &scope] {
-        if let Err(e) = fs::create_dir(dir) {
+        if let Err(e) = scene.cgroups.create(dir.clone()) {
             skip(&format!(
                 "cgroup2 at {} is not writable: {e}",
                 mount.display()
             ));
             return;
         }
-        scene.cgroups.push(dir.clone());
     }
 
-    let state_dir =
-        std::env::temp_dir().join(format!("tcpdoctor-cgroup-naming-{}", std::process::id()));
-    scene.state_dir = Some(state_dir.clone());
+    let state_dir = scene
+        .state_dir
+        .insert(TempDir::new("cgroup-naming"))
+        .path()
+        .to_path_buf();
     write_docker_state(&state_dir).expect("write Docker state into the temp folder");
 
     let child = Command::new("sleep")

@@ -1,12 +1,15 @@
 //! `tcpdoctor check` on real conditions made in private network namespaces: each test
 //! builds one problem (or none) and asserts the JSON report and the exit code.
-//! Needs root (namespaces, sysctls, prlimit); skips otherwise.
+//! Needs root (namespaces, sysctls, prlimit): `#[ignore = "needs root"]`.
 
 mod common;
 
 use std::process::Command;
 
-use common::{require_root, Netns};
+use common::netns::Netns;
+use common::report::findings;
+use common::require_root;
+use common::run::{code_and_json, must_run};
 use serde_json::Value;
 
 /// Runs `check --json` (short counter interval) and returns (exit code, report).
@@ -16,23 +19,7 @@ fn check(ns: &Netns, extra: &[&str]) -> (i32, Value) {
         args.extend_from_slice(&["--interval", "0.2"]);
     }
     args.extend_from_slice(extra);
-    let out = ns.run_tcpdoctor(&args);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "check --json is not JSON ({e}); stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), v)
-}
-
-fn findings<'a>(v: &'a Value, rule: &str) -> Vec<&'a Value> {
-    v["findings"]
-        .as_array()
-        .expect("findings")
-        .iter()
-        .filter(|f| f["rule_id"] == rule)
-        .collect()
+    code_and_json(&ns.run_tcpdoctor(&args))
 }
 
 fn worst(v: &Value) -> &str {
@@ -40,10 +27,9 @@ fn worst(v: &Value) -> &str {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn close_wait_leak_names_the_child_pid_and_count() {
-    if !require_root("close_wait_leak_names_the_child_pid_and_count") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("cwleak");
     let farm = ns.spawn_farm(&[
         "--listen",
@@ -69,10 +55,9 @@ fn close_wait_leak_names_the_child_pid_and_count() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn narrowed_port_range_storm_reports_exact_headroom_then_eaddrnotavail() {
-    if !require_root("narrowed_port_range_storm_reports_exact_headroom_then_eaddrnotavail") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("ports");
     // 100 ephemeral ports; tcp_tw_reuse off so TIME_WAIT really holds its port.
     ns.sysctl("net.ipv4.ip_local_port_range", "40000 40099");
@@ -132,10 +117,9 @@ fn narrowed_port_range_storm_reports_exact_headroom_then_eaddrnotavail() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn low_fd_limit_near_exhaustion_names_the_process() {
-    if !require_root("low_fd_limit_near_exhaustion_names_the_process") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("fds");
     let farm = ns.spawn_farm(&[
         "--listen",
@@ -151,15 +135,11 @@ fn low_fd_limit_near_exhaustion_names_the_process() {
         .count();
     // Lower the worker's limit just above what it holds: over 80%, under 95%.
     let limit = (open as f64 / 0.9).ceil() as usize;
-    let status = Command::new("prlimit")
-        .args([
-            "--pid",
-            &worker.to_string(),
-            &format!("--nofile={limit}:{limit}"),
-        ])
-        .status()
-        .expect("prlimit runs");
-    assert!(status.success());
+    must_run(Command::new("prlimit").args([
+        "--pid",
+        &worker.to_string(),
+        &format!("--nofile={limit}:{limit}"),
+    ]));
     let (code, v) = check(&ns, &[]);
     let f = findings(&v, "fd_exhaustion");
     assert_eq!(f.len(), 1, "{:#}", v["findings"]);
@@ -175,10 +155,9 @@ fn low_fd_limit_near_exhaustion_names_the_process() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn folklore_sysctls_are_flagged() {
-    if !require_root("folklore_sysctls_are_flagged") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("sysctl");
     ns.sysctl("net.ipv4.tcp_fin_timeout", "10");
     ns.sysctl("net.ipv4.tcp_timestamps", "0");
@@ -210,7 +189,10 @@ fn folklore_sysctls_are_flagged() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("net.ipv4.tcp_timestamps = 1"), "{text}");
-    assert!(text.contains("net.ipv4.tcp_fin_timeout = 60"), "{text}");
+    assert!(
+        !text.contains("tcp_fin_timeout = "),
+        "explained, not changed: {text}"
+    );
     assert_eq!(
         ns.read_sysctl("net.ipv4.tcp_timestamps"),
         "0",
@@ -219,10 +201,9 @@ fn folklore_sysctls_are_flagged() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn healthy_namespace_has_no_warnings_and_exits_zero() {
-    if !require_root("healthy_namespace_has_no_warnings_and_exits_zero") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("healthy");
     let _farm = ns.spawn_farm(&[
         "--listen",
@@ -246,14 +227,19 @@ fn healthy_namespace_has_no_warnings_and_exits_zero() {
     // The human report says so too.
     let out = ns.run_tcpdoctor(&["check", "--interval", "0.2"]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("0 critical, 0 warning"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.ends_with(": no problems found, complete view")
+            || first.contains("info), complete view"),
+        "{text}"
+    );
 }
 
 #[test]
+#[ignore = "needs root"]
 fn listener_that_never_accepts_gives_unaccepted_close_wait_and_overflow() {
-    if !require_root("listener_that_never_accepts_gives_unaccepted_close_wait_and_overflow") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("listen");
     // Backlog 4: the kernel queues 5; those clients give up (FIN), 3 more are dropped.
     let farm = ns.spawn_farm(&[
@@ -269,11 +255,7 @@ fn listener_that_never_accepts_gives_unaccepted_close_wait_and_overflow() {
         "--hold-secs",
         "300",
     ]);
-    let listen_port: u16 = farm.ready.listeners[0]
-        .addr
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .expect("listener port");
+    let listen_port = farm.ready.listeners[0].port();
     // SYN retransmits (1 s, then 3 s) hit the full queue during a 2.5 s sample.
     let (code, v) = check(&ns, &["--interval", "2.5"]);
     assert_eq!(v["counts"]["total"]["CLOSE_WAIT"], 5);

@@ -6,31 +6,8 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Netns, KERNEL_STATES};
-
-/// One `ss -tanH` row: (state as ss prints it, Recv-Q, local, peer). Do not pass
-/// a `state` filter: ss then drops the state column.
-fn ss_rows(ns: &Netns, args: &[&str]) -> Vec<(String, u64, String, String)> {
-    let out = ns.run_ss(args);
-    assert!(
-        out.status.success(),
-        "ss {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let recv_q = f.get(1)?.parse().ok()?;
-            Some((
-                f[0].to_string(),
-                recv_q,
-                f.get(3)?.to_string(),
-                f.get(4)?.to_string(),
-            ))
-        })
-        .collect()
-}
+use common::netns::{Netns, FARM_READY_TIMEOUT};
+use common::{require_root, KERNEL_STATES};
 
 /// Asserts that every one of the 11 states has exactly the expected count.
 fn assert_counts_match(expected: &BTreeMap<String, u64>, seen: &BTreeMap<String, u64>, ns: &Netns) {
@@ -62,10 +39,9 @@ fn assert_fds_are_sockets(pid: u32, fd: i32) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn farm_states_match_ss_exactly() {
-    if !common::require_root("farm_states_match_ss_exactly") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("smoke");
     let farm = ns.spawn_farm(&[
         "--listen",
@@ -91,18 +67,20 @@ fn farm_states_match_ss_exactly() {
     assert_eq!(ready.expected("TIME_WAIT"), 4);
     assert_eq!(ready.expected("LISTEN"), 2);
 
-    assert_counts_match(&ready.expected, &ns.ss_state_counts(), &ns);
+    assert_counts_match(&ready.expected, &ns.ss_state_counts(&[]), &ns);
 
     // --close-wait leaves the EOF unread: Recv-Q counts the FIN (kernel-facts §8).
-    let close_waits: Vec<_> = ss_rows(&ns, &["-tanH"])
+    let close_waits: Vec<_> = ns
+        .ss_rows(&["-tanH"])
         .into_iter()
-        .filter(|r| r.0 == "CLOSE-WAIT")
+        .filter(|r| r.state == "CLOSE-WAIT")
         .collect();
     assert_eq!(close_waits.len(), 2);
-    for (_, recv_q, local, peer) in &close_waits {
+    for r in &close_waits {
         assert_eq!(
-            *recv_q, 1,
-            "CLOSE_WAIT {local} <- {peer} should have Recv-Q 1"
+            r.recv_q, 1,
+            "CLOSE_WAIT {} <- {} should have Recv-Q 1",
+            r.local, r.peer
         );
     }
     for list in [
@@ -127,7 +105,7 @@ fn farm_states_match_ss_exactly() {
         status.is_some_and(|s| s.success()),
         "farm should exit 0 on stdin EOF: {status:?}; stderr: {stderr}"
     );
-    let listeners = ss_rows(&ns, &["-tlnH"]);
+    let listeners = ns.ss_rows(&["-tlnH"]);
     assert!(
         listeners.is_empty(),
         "listeners left after the farm exited: {listeners:?}"
@@ -135,10 +113,9 @@ fn farm_states_match_ss_exactly() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn farm_builds_backlog_and_read_close_wait_across_workers() {
-    if !common::require_root("farm_builds_backlog_and_read_close_wait_across_workers") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("backlog");
     let farm = ns.spawn_farm(&[
         "--listen",
@@ -168,12 +145,13 @@ fn farm_builds_backlog_and_read_close_wait_across_workers() {
     assert_eq!(ready.expected("ESTABLISHED"), 12);
     assert_eq!(ready.expected("CLOSE_WAIT"), 4);
     assert_eq!(ready.expected("LISTEN"), 3);
-    assert_counts_match(&ready.expected, &ns.ss_state_counts(), &ns);
+    assert_counts_match(&ready.expected, &ns.ss_state_counts(&[]), &ns);
 
-    let mut recv_qs: Vec<u64> = ss_rows(&ns, &["-tanH"])
+    let mut recv_qs: Vec<u64> = ns
+        .ss_rows(&["-tanH"])
         .into_iter()
-        .filter(|r| r.0 == "CLOSE-WAIT")
-        .map(|r| r.1)
+        .filter(|r| r.state == "CLOSE-WAIT")
+        .map(|r| r.recv_q)
         .collect();
     recv_qs.sort_unstable();
     assert_eq!(recv_qs, [0, 0, 0, 1], "three read to EOF, one did not");
@@ -184,12 +162,12 @@ fn farm_builds_backlog_and_read_close_wait_across_workers() {
         .find(|l| l.role == "backlog")
         .unwrap_or_else(|| panic!("no backlog listener in {:?}", ready.listeners));
     assert_eq!(backlog.queued, 2);
-    let listen_rows = ss_rows(&ns, &["-tlnH"]);
+    let listen_rows = ns.ss_rows(&["-tlnH"]);
     let queued = listen_rows
         .iter()
-        .find(|r| r.2 == backlog.addr)
+        .find(|r| r.local == backlog.addr)
         .unwrap_or_else(|| panic!("{} not in {listen_rows:?}", backlog.addr));
-    assert_eq!(queued.1, 2, "LISTEN Recv-Q is the accept queue length");
+    assert_eq!(queued.recv_q, 2, "LISTEN Recv-Q is the accept queue length");
 
     // Only the parent owns the listeners; workers closed their inherited copies.
     let owners = ns.run_ss(&["-tlnpH"]);
@@ -221,15 +199,14 @@ fn farm_builds_backlog_and_read_close_wait_across_workers() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn farm_refuses_more_fds_than_one_worker_may_hold() {
-    if !common::require_root("farm_refuses_more_fds_than_one_worker_may_hold") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("fdlimit");
     let err = ns
         .spawn_farm_within(
             &["--listen", "127.0.0.1:0", "--established", "20000"],
-            common::FARM_READY_TIMEOUT,
+            FARM_READY_TIMEOUT,
         )
         .err()
         .unwrap_or_else(|| panic!("a farm of 40000 fds in one worker should be refused"));
@@ -240,13 +217,12 @@ fn farm_refuses_more_fds_than_one_worker_may_hold() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn farm_refuses_listeners_off_loopback() {
-    if !common::require_root("farm_refuses_listeners_off_loopback") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("offlo");
     let err = ns
-        .spawn_farm_within(&["--listen", "10.1.2.3:80"], common::FARM_READY_TIMEOUT)
+        .spawn_farm_within(&["--listen", "10.1.2.3:80"], FARM_READY_TIMEOUT)
         .err()
         .unwrap_or_else(|| panic!("a non-loopback listener should be refused"));
     assert!(err.contains("not a loopback address"), "{err}");

@@ -1,42 +1,15 @@
 //! `states` and `sockets` on real sockets: a private network namespace per test, filled
 //! by `sockfarm` with known sockets, then tcpdoctor's output is compared with what was
-//! built and with `ss` on the same namespace. Needs root (namespaces); skips otherwise.
+//! built and with `ss` on the same namespace. Needs root (namespaces): `#[ignore]`d.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{require_root, Farm, Netns, KERNEL_STATES};
-use serde_json::Value;
-
-fn json(out: &std::process::Output) -> Value {
-    assert!(
-        out.status.success(),
-        "tcpdoctor failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
-}
-
-/// Kernel-spelled state counts from `ss -tanH` with extra args (e.g. `-4`).
-fn ss_counts(ns: &Netns, extra: &[&str]) -> BTreeMap<String, u64> {
-    let mut args = vec!["-tanH"];
-    args.extend_from_slice(extra);
-    let out = ns.run_ss(&args);
-    let mut m = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some(s) = line
-            .split_whitespace()
-            .next()
-            .and_then(common::kernel_state_from_ss)
-        {
-            *m.entry(s.to_string()).or_insert(0) += 1;
-        }
-    }
-    m
-}
+use common::netns::{Farm, Netns};
+use common::report::{endpoint, socket_pairs};
+use common::run::{run_bounded, success_json, RUN_TIMEOUT};
+use common::{require_root, KERNEL_STATES, TCPDOCTOR};
 
 /// One v4 farm and one v6 farm in the same namespace, so per-family counts are known.
 struct TwoFamilies {
@@ -70,15 +43,14 @@ fn two_families(tag: &str) -> TwoFamilies {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn states_counts_every_state_exactly_per_family_and_matches_ss() {
-    if !require_root("states_counts_every_state_exactly_per_family_and_matches_ss") {
-        return;
-    }
+    require_root();
     let f = two_families("states");
-    let v = json(&f.ns.run_tcpdoctor(&["states", "--json"]));
+    let v = success_json(&f.ns.run_tcpdoctor(&["states", "--json"]));
     assert_eq!(v["source"], "netlink");
-    let ss4 = ss_counts(&f.ns, &["-4"]);
-    let ss6 = ss_counts(&f.ns, &["-6"]);
+    let ss4 = f.ns.ss_state_counts(&["-4"]);
+    let ss6 = f.ns.ss_state_counts(&["-6"]);
     for state in KERNEL_STATES {
         let want4 = f.v4.ready.expected(state);
         let want6 = f.v6.ready.expected(state);
@@ -100,20 +72,20 @@ fn states_counts_every_state_exactly_per_family_and_matches_ss() {
     }
     // Both families come from one TCPDIAG_GETSOCK walk; -4 and -6 each send a
     // SOCK_DIAG_BY_FAMILY request. The two kinds of request agree exactly.
-    let only4 = json(&f.ns.run_tcpdoctor(&["states", "-4", "--json"]));
-    let only6 = json(&f.ns.run_tcpdoctor(&["states", "-6", "--json"]));
+    let only4 = success_json(&f.ns.run_tcpdoctor(&["states", "-4", "--json"]));
+    let only6 = success_json(&f.ns.run_tcpdoctor(&["states", "-6", "--json"]));
     assert_eq!(only4["counts"]["ipv4"], v["counts"]["ipv4"]);
     assert_eq!(only6["counts"]["ipv6"], v["counts"]["ipv6"]);
     assert_eq!(only4["counts"]["ipv6"]["total"], 0);
     // The /proc fallback sees the same sockets.
-    let p = json(
+    let p = success_json(
         &f.ns
             .run_tcpdoctor(&["--source", "proc", "states", "--json"]),
     );
     assert_eq!(p["source"], "proc");
     assert_eq!(p["counts"], v["counts"]);
     // --state restricts (kernel-side filter), spelled three ways.
-    let r = json(&f.ns.run_tcpdoctor(&[
+    let r = success_json(&f.ns.run_tcpdoctor(&[
         "states",
         "--state",
         "close-wait,TIME_WAIT,fin_wait2",
@@ -124,10 +96,9 @@ fn states_counts_every_state_exactly_per_family_and_matches_ss() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn states_human_table_lists_all_states_and_totals() {
-    if !require_root("states_human_table_lists_all_states_and_totals") {
-        return;
-    }
+    require_root();
     let f = two_families("table");
     let out = f.ns.run_tcpdoctor(&["states"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -151,34 +122,12 @@ fn states_human_table_lists_all_states_and_totals() {
     );
 }
 
-/// (local, remote) of every socket in a `sockets --json` document.
-fn pairs(v: &Value) -> BTreeSet<(String, String)> {
-    v["sockets"]
-        .as_array()
-        .expect("sockets array")
-        .iter()
-        .map(|s| (endpoint(&s["local"]), endpoint(&s["remote"])))
-        .collect()
-}
-
-/// `127.0.0.1:80` / `[::1]:80`, as sockfarm prints endpoints.
-fn endpoint(e: &Value) -> String {
-    let a = e["address"].as_str().expect("address");
-    let p = &e["port"];
-    if a.contains(':') {
-        format!("[{a}]:{p}")
-    } else {
-        format!("{a}:{p}")
-    }
-}
-
 #[test]
+#[ignore = "needs root"]
 fn every_close_wait_is_attributed_to_the_holding_child_pid_and_fd() {
-    if !require_root("every_close_wait_is_attributed_to_the_holding_child_pid_and_fd") {
-        return;
-    }
+    require_root();
     let f = two_families("owners");
-    let v = json(
+    let v = success_json(
         &f.ns
             .run_tcpdoctor(&["sockets", "--state", "close-wait", "--json"]),
     );
@@ -220,12 +169,11 @@ fn every_close_wait_is_attributed_to_the_holding_child_pid_and_fd() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn time_wait_sockets_show_remaining_time_within_60s_and_no_owner() {
-    if !require_root("time_wait_sockets_show_remaining_time_within_60s_and_no_owner") {
-        return;
-    }
+    require_root();
     let f = two_families("tw");
-    let v = json(
+    let v = success_json(
         &f.ns
             .run_tcpdoctor(&["sockets", "--state", "time-wait", "--json"]),
     );
@@ -240,7 +188,7 @@ fn time_wait_sockets_show_remaining_time_within_60s_and_no_owner() {
         assert_eq!(s["owners"], serde_json::json!([]));
     }
     // The same through /proc (10 ms resolution).
-    let p = json(&f.ns.run_tcpdoctor(&[
+    let p = success_json(&f.ns.run_tcpdoctor(&[
         "--source",
         "proc",
         "sockets",
@@ -263,17 +211,14 @@ fn time_wait_sockets_show_remaining_time_within_60s_and_no_owner() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn filters_return_exactly_the_expected_sockets() {
-    if !require_root("filters_return_exactly_the_expected_sockets") {
-        return;
-    }
+    require_root();
     let f = two_families("filters");
     let l4 = f.v4.ready.listeners[0].addr.clone();
-    let port4: u16 = l4
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .expect("port");
-    let q = |args: &[&str]| json(&f.ns.run_tcpdoctor(&[&["sockets", "--json"], args].concat()));
+    let port4 = f.v4.ready.listeners[0].port();
+    let q =
+        |args: &[&str]| success_json(&f.ns.run_tcpdoctor(&[&["sockets", "--json"], args].concat()));
 
     // --port: the listener plus both ends of every v4 connection except TIME_WAIT's server
     // side (gone): 1 + 2*3 + 2*4 + 2*2 + 5 = 24.
@@ -292,7 +237,7 @@ fn filters_return_exactly_the_expected_sockets() {
             .filter(|(_, s)| s.side == "server")
             .map(|(_, s)| (s.local.clone(), s.remote.clone()))
             .collect();
-    let got = pairs(&v);
+    let got = socket_pairs(&v);
     assert_eq!(got.len(), server.len() + 1);
     assert!(server.is_subset(&got));
 
@@ -327,12 +272,11 @@ fn filters_return_exactly_the_expected_sockets() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn socket_list_matches_ss_socket_for_socket() {
-    if !require_root("socket_list_matches_ss_socket_for_socket") {
-        return;
-    }
+    require_root();
     let f = two_families("vsss");
-    let v = json(&f.ns.run_tcpdoctor(&["sockets", "--no-owners", "--json"]));
+    let v = success_json(&f.ns.run_tcpdoctor(&["sockets", "--no-owners", "--json"]));
     let ours: BTreeSet<(String, String, String)> = v["sockets"]
         .as_array()
         .expect("array")
@@ -345,27 +289,25 @@ fn socket_list_matches_ss_socket_for_socket() {
             )
         })
         .collect();
-    let out = f.ns.run_ss(&["-tanH"]);
-    let theirs: BTreeSet<(String, String, String)> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let state = common::kernel_state_from_ss(f.first()?)?;
-            // ss prints listeners' peers as 0.0.0.0:* / [::]:*.
-            let fix = |e: &str| e.replace(":*", ":0");
-            Some((state.to_string(), fix(f.get(3)?), fix(f.get(4)?)))
-        })
-        .collect();
+    let theirs: BTreeSet<(String, String, String)> =
+        f.ns.ss_rows(&["-tanH"])
+            .into_iter()
+            .filter_map(|r| {
+                let state = r.kernel_state()?;
+                // ss prints listeners' peers as 0.0.0.0:* / [::]:*.
+                let fix = |e: &str| e.replace(":*", ":0");
+                Some((state.to_string(), fix(&r.local), fix(&r.peer)))
+            })
+            .collect();
     assert_eq!(ours, theirs);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn states_by_process_attributes_counts_to_the_right_pids() {
-    if !require_root("states_by_process_attributes_counts_to_the_right_pids") {
-        return;
-    }
+    require_root();
     let f = two_families("byproc");
-    let v = json(
+    let v = success_json(
         &f.ns
             .run_tcpdoctor(&["states", "--by", "process", "--top", "0", "--json"]),
     );
@@ -395,15 +337,14 @@ fn states_by_process_attributes_counts_to_the_right_pids() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn unprivileged_run_counts_everything_and_says_what_it_cannot_see() {
-    if !require_root("unprivileged_run_counts_everything_and_says_what_it_cannot_see") {
-        return;
-    }
+    require_root();
     let f = two_families("nobody");
-    let root = json(&f.ns.run_tcpdoctor(&["states", "--json"]));
+    let root = success_json(&f.ns.run_tcpdoctor(&["states", "--json"]));
     let out =
         f.ns.run_tcpdoctor_unprivileged(&["states", "--by", "process", "--json"]);
-    let v = json(&out);
+    let v = success_json(&out);
     assert_eq!(v["counts"], root["counts"], "every socket is still counted");
     let notices = v["notices"].as_array().expect("notices");
     let n = notices
@@ -435,10 +376,9 @@ fn unprivileged_run_counts_everything_and_says_what_it_cannot_see() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn closed_pipe_exits_quietly() {
-    if !require_root("closed_pipe_exits_quietly") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("pipe");
     // More output than a pipe buffer (64 KiB) holds, so the write really hits EPIPE.
     let _farm = ns.spawn_farm(&[
@@ -450,17 +390,17 @@ fn closed_pipe_exits_quietly() {
         "--hold-secs",
         "300",
     ]);
-    let out = common::run_bounded(
+    let out = run_bounded(
         ns.command(
             "bash",
             &[
                 "-c",
                 "\"$0\" sockets | head -1 >/dev/null; echo \"rc=${PIPESTATUS[0]}\"",
-                common::TCPDOCTOR,
+                TCPDOCTOR,
             ],
         )
         .env("NO_COLOR", "1"),
-        common::RUN_TIMEOUT,
+        RUN_TIMEOUT,
     )
     .expect("bash runs");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "rc=0");
@@ -469,4 +409,141 @@ fn closed_pipe_exits_quietly() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `sockets -i` on a listener: the kernel sends its queue lengths only (tcp_get_info
+/// returns early for listeners), so timings, RTT and byte counts are unknown: null in
+/// JSON and "-" in the table, never "0ms". Connected sockets keep their numbers.
+#[test]
+#[ignore = "needs root"]
+fn listener_timings_are_unknown_not_zero() {
+    require_root();
+    let ns = Netns::new("lsninfo");
+    let _farm = ns.spawn_farm(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--established",
+        "2",
+        "--hold-secs",
+        "300",
+    ]);
+    let v = success_json(&ns.run_tcpdoctor(&["sockets", "-i", "--json"]));
+    let sockets = v["sockets"].as_array().expect("sockets");
+    let listeners: Vec<&serde_json::Value> =
+        sockets.iter().filter(|s| s["state"] == "LISTEN").collect();
+    assert_eq!(listeners.len(), 1, "{v:#}");
+    let info = listeners[0]["tcp_info"]
+        .as_object()
+        .expect("tcp_info object");
+    assert!(!info.is_empty());
+    for (k, field) in info {
+        assert!(field.is_null(), "LISTEN {k} = {field}");
+    }
+    let established: Vec<&serde_json::Value> = sockets
+        .iter()
+        .filter(|s| s["state"] == "ESTABLISHED")
+        .collect();
+    assert_eq!(established.len(), 4);
+    for s in established {
+        assert!(s["tcp_info"]["rtt_us"].is_u64(), "{s:#}");
+        assert!(s["tcp_info"]["last_ack_recv_ms"].is_u64(), "{s:#}");
+    }
+    let out = ns.run_tcpdoctor(&["sockets", "-i", "--state", "listen"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let header: Vec<&str> = text
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    let row: Vec<&str> = text
+        .lines()
+        .nth(1)
+        .expect("row")
+        .split_whitespace()
+        .collect();
+    for col in ["RTT", "LASTRCV", "LASTACK"] {
+        let i = header.iter().position(|h| *h == col).expect(col);
+        assert_eq!(row[i], "-", "{col}:\n{text}");
+    }
+}
+
+/// A socket held by two processes (inherited across fork): `--comm NAME` shows the
+/// owner it matched first, in the table and in the JSON, whichever one the scan found
+/// first.
+#[test]
+#[ignore = "needs root"]
+fn comm_filter_shows_the_owner_it_matched() {
+    require_root();
+    let ns = Netns::new("comm");
+    let farm = ns.spawn_farm(&["--listen", "127.0.0.1:0", "--hold-secs", "300"]);
+    let port = farm.ready.listeners[0].port().to_string();
+    // bash opens a connection on fd 3, starts `sleep` (which inherits it), prints the
+    // sleep's pid, and becomes `tail`: one socket, two owners with different names.
+    // tail's stdout is not the pipe: `tail -f` exits once its output has no reader.
+    let script = "exec 3<>/dev/tcp/127.0.0.1/$0; sleep 300 >/dev/null & echo $!; exec tail -f /dev/null >/dev/null";
+    let mut holder = ns
+        .command("bash", &["-c", script, &port])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn bash");
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let stdout = holder.stdout.take().expect("stdout");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("sleep pid");
+    }
+    let sleep_pid: i32 = line.trim().parse().expect("pid line");
+    let tail_pid = holder.id();
+    // Both hold it once `tail` has replaced bash: wait for its name (bounded).
+    let ready = common::run::wait_for(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(20),
+        || {
+            std::fs::read_to_string(format!("/proc/{tail_pid}/comm"))
+                .ok()
+                .filter(|c| c.trim() == "tail")
+        },
+    );
+    let result = std::panic::catch_unwind(|| {
+        assert!(ready.is_some(), "bash did not become tail");
+        for (comm, pid) in [("sleep", sleep_pid as u32), ("tail", tail_pid)] {
+            let v = success_json(&ns.run_tcpdoctor(&[
+                "sockets",
+                "--comm",
+                comm,
+                "--state",
+                "established",
+                "--json",
+            ]));
+            let sockets = v["sockets"].as_array().expect("sockets");
+            assert_eq!(sockets.len(), 1, "{comm}: {v:#}");
+            let owners = sockets[0]["owners"].as_array().expect("owners");
+            assert_eq!(owners.len(), 2, "{v:#}");
+            assert_eq!(owners[0]["comm"], comm, "{v:#}");
+            assert_eq!(owners[0]["pid"], pid, "{v:#}");
+            let out = ns.run_tcpdoctor(&["sockets", "--comm", comm, "--state", "established"]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            let row = text.lines().nth(1).expect("row");
+            assert!(
+                row.ends_with(&format!("{comm} pid={pid} fd=3 +1")),
+                "{comm}:\n{text}"
+            );
+        }
+    });
+    // Ours to end, by pid.
+    // SAFETY: plain syscalls on pids this test started (the sleep is tail's child).
+    unsafe {
+        libc::kill(sleep_pid, libc::SIGKILL);
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
 }

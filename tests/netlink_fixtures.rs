@@ -2,20 +2,15 @@
 //! (tests/fixtures/netlink/*, see each NOTE.md), cross-checked with `ss` output taken at
 //! the same moment, and against truncated, corrupted and hostile replies.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
 
+use common::fixtures::netlink_fixture;
+use common::ss;
 use tcpdoctor::collect::netlink::parse::{decode_tcp_info, parse_datagram, DumpStats, ParseError};
 use tcpdoctor::model::{Endpoint, Family, Socket, TcpState, TimerKind};
-
-fn fixture(dir: &str, file: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/netlink")
-        .join(dir)
-        .join(file);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("fixture {}: {e}", p.display()))
-}
 
 /// Parses a reply file. It holds several datagrams back to back; each message carries
 /// its own length, so the concatenation parses like one long datagram.
@@ -26,79 +21,12 @@ fn parse_reply(bytes: &[u8]) -> (Vec<Socket>, DumpStats, Result<bool, ParseError
     (out, stats, r)
 }
 
-/// One line of `ss -tan` / `ss -tanoiHe`: state, queues, local, peer, and from -oe the
-/// inode, uid and timer name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct SsLine {
-    state: TcpState,
-    recv_q: u32,
-    send_q: u32,
-    local: Endpoint,
-    remote: Endpoint,
-    inode: Option<u64>,
-    uid: u32,
-    timer: Option<String>,
-    lastrcv: Option<u32>,
-}
-
-fn ss_endpoint(s: &str, family: Family) -> Endpoint {
-    let (addr, port) = s.rsplit_once(':').expect("ss endpoint has a port");
-    let port = if port == "*" {
-        0
-    } else {
-        port.parse().expect("port")
-    };
-    let addr = addr.trim_start_matches('[').trim_end_matches(']');
-    let ip: IpAddr = match addr {
-        "*" => Endpoint::unspecified(family).address,
-        a => a.parse().expect("ss address"),
-    };
-    Endpoint::new(ip, port)
-}
-
-fn parse_ss(text: &str, family: Family) -> Vec<SsLine> {
-    let mut out: Vec<SsLine> = Vec::new();
-    for line in text.lines() {
-        if line.starts_with('\t') {
-            if let Some(last) = out.last_mut() {
-                last.lastrcv = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("lastrcv:"))
-                    .and_then(|v| v.parse().ok());
-            }
-            continue;
-        }
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 5 {
-            continue;
-        }
-        let is_v6 = f[3].starts_with('[') || f[3].starts_with("*:");
-        // `*:port` is a dual-stack listener, reported in the AF_INET6 dump.
-        if (family == Family::V6) != is_v6 {
-            continue;
-        }
-        let kv = |k: &str| f.iter().find_map(|w| w.strip_prefix(k));
-        out.push(SsLine {
-            state: f[0].parse().expect("ss state"),
-            recv_q: f[1].parse().expect("recv-q"),
-            send_q: f[2].parse().expect("send-q"),
-            local: ss_endpoint(f[3], family),
-            remote: ss_endpoint(f[4], family),
-            inode: kv("ino:").map(|v| v.parse().expect("ino")),
-            uid: kv("uid:").map_or(0, |v| v.parse().expect("uid")),
-            timer: kv("timer:(").map(|v| v.split(',').next().unwrap_or("").to_string()),
-            lastrcv: None,
-        });
-    }
-    out
-}
-
 fn key(s: &Socket) -> (TcpState, Endpoint, Endpoint) {
     (s.state, s.local, s.remote)
 }
 
 fn check_against_ss(dir: &str, family: Family) {
-    let (socks, stats, r) = parse_reply(&fixture(dir, "reply.bin"));
+    let (socks, stats, r) = parse_reply(&netlink_fixture(dir, "reply.bin"));
     assert_eq!(r, Ok(true), "{dir}: reply must end with NLMSG_DONE");
     assert_eq!(stats.skipped, 0, "{dir}: nothing skipped");
     assert_eq!(stats.bad_attributes, 0);
@@ -106,9 +34,9 @@ fn check_against_ss(dir: &str, family: Family) {
     assert!(socks.iter().all(|s| s.family == family));
 
     // Same multiset of (state, local, remote, recv-q, send-q) as `ss -tan` saw.
-    let ss_tan = String::from_utf8(fixture(dir, "ss-tan.txt")).expect("utf8");
+    let ss_tan = String::from_utf8(netlink_fixture(dir, "ss-tan.txt")).expect("utf8");
     let mut ours: Vec<_> = socks.iter().map(|s| (key(s), s.recv_q, s.send_q)).collect();
-    let mut theirs: Vec<_> = parse_ss(&ss_tan, family)
+    let mut theirs: Vec<_> = ss::parse_lines(&ss_tan, family)
         .into_iter()
         .map(|l| ((l.state, l.local, l.remote), l.recv_q, l.send_q))
         .collect();
@@ -117,8 +45,8 @@ fn check_against_ss(dir: &str, family: Family) {
     assert_eq!(ours, theirs, "{dir}: parsed sockets differ from ss -tan");
 
     // Inode, uid, timer kind and lastrcv agree with `ss -tanoiHe`.
-    let ss_full = String::from_utf8(fixture(dir, "ss-tanoi.txt")).expect("utf8");
-    let detail: HashMap<_, _> = parse_ss(&ss_full, family)
+    let ss_full = String::from_utf8(netlink_fixture(dir, "ss-tanoi.txt")).expect("utf8");
+    let detail: HashMap<_, _> = ss::parse_lines(&ss_full, family)
         .into_iter()
         .map(|l| ((l.state, l.local, l.remote), l))
         .collect();
@@ -155,7 +83,7 @@ fn v4_reply_with_tcp_info_matches_ss() {
 #[test]
 fn v6_reply_with_mapped_and_dual_stack_matches_ss() {
     check_against_ss("v6_all_info", Family::V6);
-    let (socks, _, _) = parse_reply(&fixture("v6_all_info", "reply.bin"));
+    let (socks, _, _) = parse_reply(&netlink_fixture("v6_all_info", "reply.bin"));
     let mapped = socks
         .iter()
         .filter(|s| matches!(s.remote.address, IpAddr::V6(a) if a.to_ipv4_mapped().is_some()))
@@ -166,13 +94,13 @@ fn v6_reply_with_mapped_and_dual_stack_matches_ss() {
 #[test]
 fn v4_reply_without_info_matches_ss_and_has_no_tcp_info() {
     check_against_ss("v4_noinfo", Family::V4);
-    let (socks, _, _) = parse_reply(&fixture("v4_noinfo", "reply.bin"));
+    let (socks, _, _) = parse_reply(&netlink_fixture("v4_noinfo", "reply.bin"));
     assert!(socks.iter().all(|s| s.tcp_info.is_none()));
 }
 
 #[test]
 fn close_wait_only_reply_is_filtered_by_the_kernel() {
-    let (socks, _, r) = parse_reply(&fixture("v4_close_wait_only", "reply.bin"));
+    let (socks, _, r) = parse_reply(&netlink_fixture("v4_close_wait_only", "reply.bin"));
     assert_eq!(r, Ok(true));
     assert_eq!(socks.len(), 3);
     assert!(socks.iter().all(|s| s.state == TcpState::CloseWait));
@@ -184,7 +112,7 @@ fn close_wait_only_reply_is_filtered_by_the_kernel() {
 
 #[test]
 fn timewait_minisockets_carry_remaining_time_and_no_owner() {
-    let (socks, _, _) = parse_reply(&fixture("v4_all_info", "reply.bin"));
+    let (socks, _, _) = parse_reply(&netlink_fixture("v4_all_info", "reply.bin"));
     let tw: Vec<_> = socks
         .iter()
         .filter(|s| s.state == TcpState::TimeWait)
@@ -215,7 +143,7 @@ fn timewait_minisockets_carry_remaining_time_and_no_owner() {
 
 #[test]
 fn bound_inactive_socket_reports_as_close_and_is_counted_not_dropped() {
-    let (socks, stats, r) = parse_reply(&fixture("v4_states_allbits_info", "reply.bin"));
+    let (socks, stats, r) = parse_reply(&netlink_fixture("v4_states_allbits_info", "reply.bin"));
     assert_eq!(r, Ok(true));
     assert_eq!(stats.skipped, 0);
     assert_eq!(socks.len(), 35);
@@ -229,7 +157,7 @@ fn bound_inactive_socket_reports_as_close_and_is_counted_not_dropped() {
 
 #[test]
 fn every_truncation_of_a_real_reply_errors_or_stops_cleanly() {
-    let bytes = fixture("v4_all_info", "reply.bin");
+    let bytes = netlink_fixture("v4_all_info", "reply.bin");
     let (full, _, _) = parse_reply(&bytes);
     for cut in 0..bytes.len() {
         let (socks, _, r) = parse_reply(&bytes[..cut]);
@@ -245,7 +173,7 @@ fn every_truncation_of_a_real_reply_errors_or_stops_cleanly() {
 
 #[test]
 fn random_corruption_never_panics() {
-    let bytes = fixture("v6_all_info", "reply.bin");
+    let bytes = netlink_fixture("v6_all_info", "reply.bin");
     // Deterministic xorshift so a failure is reproducible.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = || {
@@ -280,7 +208,7 @@ fn message(kind: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
 
 /// The first SOCK_DIAG_BY_FAMILY payload of a real reply.
 fn first_socket_payload() -> Vec<u8> {
-    let bytes = fixture("v4_all_info", "reply.bin");
+    let bytes = netlink_fixture("v4_all_info", "reply.bin");
     let len = u32::from_ne_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
     bytes[16..len].to_vec()
 }

@@ -2,66 +2,23 @@
 //! processes, read from the test's own (host) namespace. Counts, owners and findings
 //! are asserted per namespace, found by the `ip netns` names the test gave them. Other
 //! namespaces on the machine (other tests, containers) may be in the report too; the
-//! assertions only look at ours. Needs root; skips otherwise.
+//! assertions only look at ours. Needs root: `#[ignore = "needs root"]`.
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{require_root, run_bounded, Netns, RUN_TIMEOUT, TCPDOCTOR};
+use common::cgroup::{cgroup2_mount, CgroupDirs};
+use common::netns::{own_netns_inode, Netns};
+use common::report::{findings, findings_in_netns, namespace};
+use common::require_root;
+use common::run::{run_tcpdoctor, tcpdoctor_json};
 use serde_json::Value;
 
-fn tcpdoctor_json(args: &[&str]) -> (i32, Value) {
-    let mut cmd = Command::new(TCPDOCTOR);
-    cmd.args(args).env("NO_COLOR", "1");
-    let out = run_bounded(&mut cmd, RUN_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "tcpdoctor {args:?} did not print JSON ({e}); stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), v)
-}
-
-/// The entry of `namespaces` for our `ip netns` name.
-fn namespace<'a>(v: &'a Value, name: &str) -> &'a Value {
-    v["namespaces"]
-        .as_array()
-        .expect("namespaces array")
-        .iter()
-        .find(|n| {
-            n["ip_netns"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|x| x == name))
-        })
-        .unwrap_or_else(|| panic!("namespace {name} missing from {:#}", v["namespaces"]))
-}
-
-fn findings_in<'a>(v: &'a Value, inode: &Value, rule: &str) -> Vec<&'a Value> {
-    v["findings"]
-        .as_array()
-        .expect("findings")
-        .iter()
-        .filter(|f| f["rule_id"] == rule && f["namespaces"][0]["inode"] == *inode)
-        .collect()
-}
-
-fn own_netns_inode() -> u64 {
-    let link = std::fs::read_link("/proc/self/ns/net").expect("own netns link");
-    let s = link.to_string_lossy();
-    s.trim_start_matches("net:[")
-        .trim_end_matches(']')
-        .parse()
-        .expect("netns inode")
-}
-
 #[test]
+#[ignore = "needs root"]
 fn check_all_reports_each_namespace_with_its_own_counts_owners_and_findings() {
-    if !require_root("check_all_reports_each_namespace_with_its_own_counts_owners_and_findings") {
-        return;
-    }
+    require_root();
     let host_before = own_netns_inode();
     let host_range_before =
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").expect("host port range");
@@ -149,7 +106,7 @@ fn check_all_reports_each_namespace_with_its_own_counts_owners_and_findings() {
 
     // A: the leak, owned by the worker that holds the sockets, tagged with A.
     let a = namespace(&v, leak.name());
-    let f = findings_in(&v, &a["inode"], "close_wait_leak");
+    let f = findings_in_netns(&v, &a["inode"], "close_wait_leak");
     assert_eq!(f.len(), 1, "{:#}", v["findings"]);
     let worker = leak_farm.ready.workers[0].pid;
     assert_eq!(f[0]["data"]["pid"], worker, "{:#}", f[0]);
@@ -168,21 +125,16 @@ fn check_all_reports_each_namespace_with_its_own_counts_owners_and_findings() {
 
     // B: port headroom against B's own range (100), not the host's.
     let b = namespace(&v, ports.name());
-    let f = findings_in(&v, &b["inode"], "ephemeral_port_exhaustion");
+    let f = findings_in_netns(&v, &b["inode"], "ephemeral_port_exhaustion");
     assert_eq!(f.len(), 1, "{:#}", v["findings"]);
     assert_eq!(f[0]["data"]["usable"], 100, "{:#}", f[0]);
     let d = &f[0]["data"]["destinations"][0];
     assert_eq!(d["used"], 60, "{d:#}");
     assert_eq!(d["headroom"], 40, "{d:#}");
     // ...and B's range differs from the host's: the drift rule names B and its value.
-    let drift: Vec<&Value> = v["findings"]
-        .as_array()
-        .expect("findings")
-        .iter()
-        .filter(|f| {
-            f["rule_id"] == "netns_sysctl_drift"
-                && f["data"]["sysctl"] == "net.ipv4.ip_local_port_range"
-        })
+    let drift: Vec<&Value> = findings(&v, "netns_sysctl_drift")
+        .into_iter()
+        .filter(|f| f["data"]["sysctl"] == "net.ipv4.ip_local_port_range")
         .collect();
     assert_eq!(drift.len(), 1, "{:#}", v["findings"]);
     let differing = drift[0]["data"]["differing"].as_array().expect("differing");
@@ -224,10 +176,9 @@ fn check_all_reports_each_namespace_with_its_own_counts_owners_and_findings() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn states_and_sockets_by_namespace() {
-    if !require_root("states_and_sockets_by_namespace") {
-        return;
-    }
+    require_root();
     let one = Netns::new("bynsone");
     let one_farm = one.spawn_farm(&[
         "--listen",
@@ -254,13 +205,7 @@ fn states_and_sockets_by_namespace() {
     assert_eq!(v["netns_scope"], "all");
     let rows = v["groups"]["rows"].as_array().expect("rows");
     for (ns, farm) in [(&one, &one_farm), (&two, &two_farm)] {
-        let inode: u64 = farm
-            .ready
-            .netns
-            .trim_start_matches("net:[")
-            .trim_end_matches(']')
-            .parse()
-            .expect("inode");
+        let inode = farm.ready.netns_inode();
         let row = rows
             .iter()
             .find(|r| r["netns"] == inode)
@@ -305,11 +250,7 @@ fn states_and_sockets_by_namespace() {
     );
 
     // A path to a file that is not a namespace is refused, naming the path.
-    let out = run_bounded(
-        Command::new(TCPDOCTOR).args(["states", "--netns", "/etc/hostname"]),
-        RUN_TIMEOUT,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let out = run_tcpdoctor(&["states", "--netns", "/etc/hostname"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(
         String::from_utf8_lossy(&out.stderr)
@@ -329,11 +270,7 @@ fn states_and_sockets_by_namespace() {
     assert_eq!(v["namespaces"][0]["name"], two.name());
 
     // A name that is not there is a usage error naming it.
-    let out = run_bounded(
-        Command::new(TCPDOCTOR).args(["states", "--netns", "no-such-namespace-here"]),
-        RUN_TIMEOUT,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let out = run_tcpdoctor(&["states", "--netns", "no-such-namespace-here"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-namespace-here"));
     drop((one_farm, two_farm));
@@ -345,10 +282,9 @@ fn states_and_sockets_by_namespace() {
 /// `cmd::netns::tests::a_namespace_gone_between_discovery_and_reading_is_a_note`.
 /// Bounded: 20 create/delete cycles and at most 60 s.
 #[test]
+#[ignore = "needs root"]
 fn namespaces_vanishing_during_a_run_are_notes_not_failures() {
-    if !require_root("namespaces_vanishing_during_a_run_are_notes_not_failures") {
-        return;
-    }
+    require_root();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let churn = {
         let stop = std::sync::Arc::clone(&stop);
@@ -389,46 +325,12 @@ fn namespaces_vanishing_during_a_run_are_notes_not_failures() {
     assert!(made > 0);
 }
 
-/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
-/// `/sys/fs/cgroup/unified` on hybrid hosts), from /proc/self/mountinfo.
-fn cgroup2_mount() -> Option<std::path::PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        let (mount, fs) = line.split_once(" - ")?;
-        if fs.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        Some(std::path::PathBuf::from(
-            mount.split_whitespace().nth(4)?.replace("\\040", " "),
-        ))
-    })
-}
-
-/// Cgroups made by a test, removed (innermost first) on drop once their processes left.
-struct Cgroups(Vec<std::path::PathBuf>);
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        for dir in self.0.iter().rev() {
-            for _ in 0..100 {
-                match std::fs::remove_dir(dir) {
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    _ => break,
-                }
-            }
-        }
-    }
-}
-
 /// A namespace whose process sits in a cgroup named like a Docker container's is named
 /// after that container, and `--netns` finds it by the id prefix.
 #[test]
+#[ignore = "needs root"]
 fn a_namespace_is_named_after_its_container() {
-    if !require_root("a_namespace_is_named_after_its_container") {
-        return;
-    }
+    require_root();
     let Some(root) = cgroup2_mount() else {
         eprintln!("SKIP: a_namespace_is_named_after_its_container: no cgroup2 mount");
         return;
@@ -437,16 +339,15 @@ fn a_namespace_is_named_after_its_container() {
     let id = "5eed0fa11ab1e5ca1ab1e0d15ea5edba5eba11dec0de0fadedface7cd0c0ffee";
     let slice = root.join(format!("tdt-naming-{}.slice", std::process::id()));
     let scope = slice.join(format!("docker-{id}.scope"));
-    let mut groups = Cgroups(Vec::new());
+    let mut groups = CgroupDirs::default();
     for dir in [&slice, &scope] {
-        if let Err(e) = std::fs::create_dir(dir) {
+        if let Err(e) = groups.create(dir.clone()) {
             eprintln!(
                 "SKIP: a_namespace_is_named_after_its_container: cannot create {}: {e}",
                 dir.display()
             );
             return;
         }
-        groups.0.push(dir.clone());
     }
     let ns = Netns::new("named");
     let farm = ns.spawn_farm(&[

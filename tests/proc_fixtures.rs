@@ -2,23 +2,19 @@
 //! (tests/fixtures/proc/*, see NOTE.md there), cross-checked with `ss` output taken at
 //! the same moment.
 
+mod common;
+
 use std::fs::File;
 use std::io::BufReader;
-use std::net::IpAddr;
-use std::path::PathBuf;
-use std::process::Command;
 
+use common::fixtures::proc_fixture;
+use common::run::{run_tcpdoctor, stdout_json};
+use common::ss;
 use tcpdoctor::collect::procfs::net_tcp;
 use tcpdoctor::model::{Endpoint, Family, Socket, StateSet, TcpState, TimerKind};
 
-fn root(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/proc")
-        .join(name)
-}
-
 fn parse_file(name: &str, file: &str, family: Family) -> (Vec<Socket>, net_tcp::ProcTcpStats) {
-    let path = root(name).join("net").join(file);
+    let path = proc_fixture(name).join("net").join(file);
     let f = File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut out = Vec::new();
     let stats = net_tcp::parse(
@@ -31,49 +27,13 @@ fn parse_file(name: &str, file: &str, family: Family) -> (Vec<Socket>, net_tcp::
     (out, stats)
 }
 
-fn ss_endpoint(s: &str, family: Family) -> Endpoint {
-    let (addr, port) = s.rsplit_once(':').expect("port");
-    let port = if port == "*" {
-        0
-    } else {
-        port.parse().expect("port")
-    };
-    let addr = addr.trim_start_matches('[').trim_end_matches(']');
-    let ip: IpAddr = if addr == "*" {
-        Endpoint::unspecified(family).address
-    } else {
-        addr.parse().expect("ip")
-    };
-    Endpoint::new(ip, port)
-}
-
 /// (state, local, remote, recv-q, inode) per socket line of `ss -tanoiHe`.
 fn ss_rows(family: Family) -> Vec<(TcpState, Endpoint, Endpoint, u32, u64)> {
-    let text =
-        std::fs::read_to_string(root("netns_mixed").join("ss-tanoiHe.txt")).expect("ss fixture");
-    text.lines()
-        .filter(|l| !l.starts_with('\t'))
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() < 5 {
-                return None;
-            }
-            let v6 = f[3].starts_with('[') || f[3].starts_with("*:");
-            if v6 != (family == Family::V6) {
-                return None;
-            }
-            let ino = f
-                .iter()
-                .find_map(|w| w.strip_prefix("ino:"))
-                .map_or(0, |v| v.parse().expect("ino"));
-            Some((
-                f[0].parse().expect("state"),
-                ss_endpoint(f[3], family),
-                ss_endpoint(f[4], family),
-                f[1].parse().expect("recv-q"),
-                ino,
-            ))
-        })
+    let text = std::fs::read_to_string(proc_fixture("netns_mixed").join("ss-tanoiHe.txt"))
+        .expect("ss fixture");
+    ss::parse_lines(&text, family)
+        .into_iter()
+        .map(|l| (l.state, l.local, l.remote, l.recv_q, l.inode.unwrap_or(0)))
         .collect()
 }
 
@@ -127,28 +87,20 @@ fn host_idle_capture_has_one_listener() {
     assert_eq!((v6.len(), s6.skipped), (0, 0));
 }
 
-fn tcpdoctor(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tcpdoctor"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run tcpdoctor")
-}
-
 fn fixture_root() -> String {
-    root("netns_mixed").display().to_string()
+    proc_fixture("netns_mixed").display().to_string()
 }
 
 #[test]
 fn cli_states_replays_captured_host_exactly() {
     let r = fixture_root();
-    let out = tcpdoctor(&["--source", "proc", "--proc-root", &r, "states", "--json"]);
+    let out = run_tcpdoctor(&["--source", "proc", "--proc-root", &r, "states", "--json"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v = stdout_json(&out);
     assert_eq!(v["schema_version"], 2);
     assert_eq!(v["source"], "proc");
     let c = &v["counts"];
@@ -187,30 +139,18 @@ fn cli_states_replays_captured_host_exactly() {
 #[test]
 fn cli_states_table_golden() {
     let r = fixture_root();
-    let out = tcpdoctor(&["--source", "proc", "--proc-root", &r, "states"]);
+    let out = run_tcpdoctor(&["--source", "proc", "--proc-root", &r, "states"]);
     assert!(out.status.success());
-    let expected = "\
-STATE        IPV4  IPV6  TOTAL
-ESTABLISHED    19     7     26
-SYN_SENT        1     0      1
-SYN_RECV        1     1      2
-FIN_WAIT1       0     0      0
-FIN_WAIT2       3     1      4
-TIME_WAIT       2     1      3
-CLOSE           0     0      0
-CLOSE_WAIT      3     1      4
-LAST_ACK        0     0      0
-LISTEN          5     3      8
-CLOSING         0     0      0
-TOTAL          34    14     48
-";
-    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+    assert_golden!(
+        "states_table_netns_mixed",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
 fn cli_states_by_local_port_and_state_filter() {
     let r = fixture_root();
-    let out = tcpdoctor(&[
+    let out = run_tcpdoctor(&[
         "--source",
         "proc",
         "--proc-root",
@@ -223,7 +163,7 @@ fn cli_states_by_local_port_and_state_filter() {
         "--json",
     ]);
     assert!(out.status.success());
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v = stdout_json(&out);
     assert_eq!(v["states"], serde_json::json!(["CLOSE_WAIT", "LISTEN"]));
     assert_eq!(
         v["counts"]["total"]["ESTABLISHED"], 0,
@@ -251,13 +191,13 @@ fn cli_sockets_filters_on_replayed_host() {
             "--json",
         ];
         args.extend_from_slice(extra);
-        let out = tcpdoctor(&args);
+        let out = run_tcpdoctor(&args);
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).expect("json")
+        stdout_json(&out)
     };
     let cw = run(&["--state", "close-wait", "-4"]);
     assert_eq!(cw["matched"], 3);
@@ -296,7 +236,7 @@ fn cli_bad_values_give_one_line_error_naming_them() {
         (vec!["states", "--by", "colour"], "'colour'"),
         (vec!["states", "--bogus"], "'--bogus'"),
     ] {
-        let out = tcpdoctor(&args);
+        let out = run_tcpdoctor(&args);
         assert_eq!(out.status.code(), Some(3), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.lines().count(), 1, "one line for {args:?}: {err}");
@@ -307,7 +247,7 @@ fn cli_bad_values_give_one_line_error_naming_them() {
 
 #[test]
 fn cli_missing_proc_root_is_an_error_naming_the_path() {
-    let out = tcpdoctor(&[
+    let out = run_tcpdoctor(&[
         "--source",
         "proc",
         "--proc-root",
@@ -324,7 +264,7 @@ fn cli_missing_proc_root_is_an_error_naming_the_path() {
 #[test]
 fn cli_check_on_proc_source_does_not_judge_unknown_backlogs() {
     let r = fixture_root();
-    let out = tcpdoctor(&[
+    let out = run_tcpdoctor(&[
         "--source",
         "proc",
         "--proc-root",
@@ -334,7 +274,7 @@ fn cli_check_on_proc_source_does_not_judge_unknown_backlogs() {
         "0",
         "--json",
     ]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v = stdout_json(&out);
     assert_eq!(v["source"], "proc");
     assert_eq!(v["counts"]["total"]["LISTEN"], 8);
     for f in v["findings"].as_array().expect("findings") {

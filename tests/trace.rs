@@ -2,7 +2,8 @@
 //! sockfarm churn mode) in a private network namespace, the tracer running on the host
 //! with `--netns` set to that namespace and `--json`, and its numbers checked against
 //! what the processes did: counts, rates, pids, who closed first, resets, failed
-//! connect() calls. Root only (BPF, namespaces); run with `-- --include-ignored`.
+//! connect() calls. Root only (BPF, namespaces) and the sockfarm helper: run with
+//! `cargo test --features sockfarm --test trace -- --include-ignored`.
 //! Every child and every wait is bounded; children are killed by pid.
 
 mod common;
@@ -15,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{run_bounded, Netns, SOCKFARM, TCPDOCTOR};
+use common::netns::Netns;
+use common::run::run_bounded;
+use common::{require_root, sockfarm, TCPDOCTOR};
 
 /// How long a child may take to print a line it owes.
 const LINE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -144,7 +147,7 @@ fn start_trace(ns: &Netns, extra: &[&str]) -> Lines {
 fn start_server(ns: &Netns, extra: &[&str]) -> (Lines, u16) {
     let mut args = vec!["--churn-serve", "127.0.0.1:0", "--hold-secs", "300"];
     args.extend_from_slice(extra);
-    let s = Lines::spawn(ns.command(SOCKFARM, &args), "churn server");
+    let s = Lines::spawn(ns.command(sockfarm(), &args), "churn server");
     let ready = s.next_json();
     let listen = ready["listen"].as_str().expect("listen address");
     let port = listen
@@ -161,7 +164,7 @@ fn run_client(ns: &Netns, port: u16, extra: &[&str]) -> (u32, Value) {
     let to = format!("127.0.0.1:{port}");
     let mut args = vec!["--churn-connect", to.as_str(), "--hold-secs", "300"];
     args.extend_from_slice(extra);
-    let c = Lines::spawn(ns.command(SOCKFARM, &args), "churn client");
+    let c = Lines::spawn(ns.command(sockfarm(), &args), "churn client");
     let pid = c.pid();
     let result = c.next_json();
     c.finish();
@@ -220,6 +223,7 @@ fn settle() {
 #[test]
 #[ignore = "needs root"]
 fn short_connections_at_a_known_rate_are_counted_exactly_and_at_that_rate() {
+    require_root();
     let ns = Netns::new("tracerate");
     let trace = start_trace(&ns, &[]);
     let (server, port) = start_server(&ns, &[]);
@@ -314,6 +318,7 @@ fn events(lines: &[Value]) -> Vec<(String, u64, u64, u64, String, String)> {
 #[test]
 #[ignore = "needs root"]
 fn each_side_closing_first_is_counted_for_its_own_pid() {
+    require_root();
     for closer in ["client", "server"] {
         let ns = Netns::new(&format!("traceclose{closer}"));
         let trace = start_trace(&ns, &["--events", "--events-limit", "100000"]);
@@ -423,6 +428,7 @@ fn each_side_closing_first_is_counted_for_its_own_pid() {
 #[test]
 #[ignore = "needs root"]
 fn a_narrowed_port_range_gives_an_exact_count_of_eaddrnotavail() {
+    require_root();
     let ns = Netns::new("traceports");
     let trace = start_trace(&ns, &[]);
     // The listener first: its own port must not come out of the narrowed range.
@@ -434,7 +440,7 @@ fn a_narrowed_port_range_gives_an_exact_count_of_eaddrnotavail() {
     let to = format!("127.0.0.1:{port}");
     let c = Lines::spawn(
         ns.command(
-            SOCKFARM,
+            sockfarm(),
             &[
                 "--churn-connect",
                 &to,
@@ -478,6 +484,7 @@ fn a_narrowed_port_range_gives_an_exact_count_of_eaddrnotavail() {
 #[test]
 #[ignore = "needs root"]
 fn so_linger_zero_closes_are_resets_sent_by_the_closing_pid() {
+    require_root();
     for closer in ["client", "server"] {
         let ns = Netns::new(&format!("tracerst{closer}"));
         let trace = start_trace(&ns, &[]);
@@ -544,13 +551,14 @@ fn so_linger_zero_closes_are_resets_sent_by_the_closing_pid() {
 #[test]
 #[ignore = "needs root"]
 fn a_keep_alive_client_opens_once_and_closes_nothing() {
+    require_root();
     let ns = Netns::new("tracekeep");
     let trace = start_trace(&ns, &[]);
     let (server, port) = start_server(&ns, &[]);
     let to = format!("127.0.0.1:{port}");
     let c = Lines::spawn(
         ns.command(
-            SOCKFARM,
+            sockfarm(),
             &[
                 "--churn-connect",
                 &to,
@@ -590,6 +598,7 @@ fn a_keep_alive_client_opens_once_and_closes_nothing() {
 #[test]
 #[ignore = "needs root"]
 fn without_privilege_trace_says_so_in_one_line_and_exits_3() {
+    require_root();
     let ns = Netns::new("tracenopriv");
     let out = ns.run_tcpdoctor_unprivileged(&["trace", "--duration", "1"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
@@ -618,12 +627,13 @@ fn bad_trace_flags_are_refused_in_one_line() {
 #[test]
 #[ignore = "needs root"]
 fn a_listener_and_a_connection_open_before_tracing_are_named() {
+    require_root();
     let ns = Netns::new("traceearly");
     let (server, port) = start_server(&ns, &[]);
     let to = format!("127.0.0.1:{port}");
     let early = Lines::spawn(
         ns.command(
-            SOCKFARM,
+            sockfarm(),
             &[
                 "--churn-connect",
                 &to,
@@ -680,6 +690,7 @@ fn a_listener_and_a_connection_open_before_tracing_are_named() {
 #[test]
 #[ignore = "needs root"]
 fn events_are_capped_by_the_limit_in_the_kernel() {
+    require_root();
     let ns = Netns::new("tracecap");
     let trace = start_trace(&ns, &["--events", "--events-limit", "100"]);
     let (server, port) = start_server(&ns, &[]);
@@ -714,11 +725,12 @@ fn events_are_capped_by_the_limit_in_the_kernel() {
 #[test]
 #[ignore = "needs root"]
 fn ipv6_connections_are_traced_with_their_address() {
+    require_root();
     let ns = Netns::new("tracev6");
     let trace = start_trace(&ns, &[]);
     let server = Lines::spawn(
         ns.command(
-            SOCKFARM,
+            sockfarm(),
             &["--churn-serve", "[::1]:0", "--hold-secs", "300"],
         ),
         "churn server v6",
@@ -732,7 +744,7 @@ fn ipv6_connections_are_traced_with_their_address() {
         .expect("port");
     let c = Lines::spawn(
         ns.command(
-            SOCKFARM,
+            sockfarm(),
             &[
                 "--churn-connect",
                 &listen,
@@ -769,6 +781,7 @@ fn ipv6_connections_are_traced_with_their_address() {
 #[test]
 #[ignore = "needs root"]
 fn the_human_summary_shows_the_counts_per_process() {
+    require_root();
     let ns = Netns::new("tracehuman");
     // Not a terminal: no live table, only the summary at the end (SIGTERM).
     let mut cmd = Command::new(TCPDOCTOR);

@@ -1,12 +1,12 @@
 //! `tcpdoctor watch` without a terminal: a `WatchApp` fed hand-made snapshots on an
 //! injected clock (no sleeps), drawn into ratatui's `TestBackend` at 80x24 and 120x40
-//! and compared with golden screens in tests/snapshots/, plus key handling.
-//!
-//! Goldens: `UPDATE_GOLDENS=1 cargo test --test watch_tui` rewrites them; review the diff.
+//! and compared with golden screens (insta snapshots in tests/snapshots/; how to update
+//! them: tests/README.md), plus key handling.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
@@ -105,6 +105,8 @@ fn sample(i: u64) -> Snapshot {
             ]),
             sample_owner: Some(Owner { pid: 6000, fd: 3 }),
             usable: 28_232,
+            time_wait_ages: Default::default(),
+            tw_reuse: false,
         },
         PortUse {
             local_ip: ip("10.0.0.1"),
@@ -112,6 +114,8 @@ fn sample(i: u64) -> Snapshot {
             counts: counts(&[(TcpState::TimeWait, 60), (TcpState::Established, 4)]),
             sample_owner: Some(Owner { pid: 5151, fd: 9 }),
             usable: 28_232,
+            time_wait_ages: Default::default(),
+            tw_reuse: false,
         },
     ];
     s.sysctls
@@ -225,33 +229,11 @@ fn render(app: &WatchApp, w: u16, h: u16) -> String {
     out
 }
 
-fn golden(name: &str, actual: &str) {
-    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests", "snapshots", name]
-        .iter()
-        .collect();
-    if std::env::var_os("UPDATE_GOLDENS").is_some() {
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&path, actual).expect("write golden");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run UPDATE_GOLDENS=1 cargo test --test watch_tui\nactual:\n{actual}",
-            path.display()
-        )
-    });
-    assert!(
-        expected == actual,
-        "{} differs (UPDATE_GOLDENS=1 to accept)\n--- expected\n{expected}--- actual\n{actual}",
-        path.display()
-    );
-}
-
 #[test]
 fn dashboard_80x24_golden() {
     let app = app_after(6);
     let screen = render(&app, 80, 24);
-    golden("watch_80x24.txt", &screen);
+    assert_golden!("watch_80x24", &screen);
     // Whatever the goldens say, the essentials are on the smallest supported screen.
     for needle in [
         "tcpdoctor watch on db-proxy-1",
@@ -271,7 +253,7 @@ fn dashboard_80x24_golden() {
 fn dashboard_120x40_golden() {
     let app = app_after(8);
     let screen = render(&app, 120, 40);
-    golden("watch_120x40.txt", &screen);
+    assert_golden!("watch_120x40", &screen);
     for needle in [
         "nginx",
         "stable",
@@ -288,10 +270,10 @@ fn finding_popup_and_help_80x24_golden() {
     let mut app = app_after(3);
     app.handle_key(Key::Down);
     app.handle_key(Key::Enter);
-    golden("watch_80x24_finding.txt", &render(&app, 80, 24));
+    assert_golden!("watch_80x24_finding", render(&app, 80, 24));
     app.handle_key(Key::Esc);
     app.handle_key(Key::Char('?'));
-    golden("watch_80x24_help.txt", &render(&app, 80, 24));
+    assert_golden!("watch_80x24_help", render(&app, 80, 24));
 }
 
 #[test]
@@ -500,7 +482,11 @@ fn real_rules_feed_the_findings_list() {
 mod on_a_pty {
     use std::io::Write;
     use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
+
+    use crate::common::run::{
+        kill_if_running, run_bounded, wait_exit as wait_exit_within, wait_for, SETUP_TIMEOUT,
+    };
 
     const ENTER_ALT: &[u8] = b"\x1b[?1049h";
     const LEAVE_ALT: &[u8] = b"\x1b[?1049l";
@@ -515,15 +501,12 @@ mod on_a_pty {
 
     impl Drop for Running {
         fn drop(&mut self) {
-            if let Ok(None) = self.0.try_wait() {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
+            kill_if_running(&mut self.0);
         }
     }
 
     fn start(log: &std::path::Path) -> Option<Running> {
-        if Command::new("script").arg("--version").output().is_err() {
+        if run_bounded(Command::new("script").arg("--version"), SETUP_TIMEOUT).is_err() {
             eprintln!("SKIP: util-linux `script` not installed");
             return None;
         }
@@ -545,30 +528,24 @@ mod on_a_pty {
 
     /// Waits (bounded) until the log shows a drawn dashboard.
     fn wait_drawn(log: &std::path::Path) -> Vec<u8> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
             let d = std::fs::read(log).unwrap_or_default();
             // ratatui moves the cursor over blanks, so look for one word: the findings
             // panel's title appears once the first sample is drawn.
-            if has(&d, ENTER_ALT) && has(&d, b"Findings:") {
-                return d;
-            }
-            assert!(Instant::now() < deadline, "nothing drawn within 30 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            (has(&d, ENTER_ALT) && has(&d, b"Findings:")).then_some(d)
+        })
+        .unwrap_or_else(|| panic!("nothing drawn within 30 s"))
     }
 
+    /// True if it exited with status 0 (bounded); fails the test if it did not exit.
     fn wait_exit(child: &mut Child) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
+        match wait_exit_within(child, Duration::from_secs(15)) {
+            Some(status) => status.success(),
+            None => {
+                kill_if_running(child);
+                panic!("tcpdoctor watch did not exit within 15 s");
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("tcpdoctor watch did not exit within 15 s");
     }
 
     fn assert_restored(log: &std::path::Path) {
@@ -716,4 +693,64 @@ fn headless_lines_name_a_process_whose_close_wait_fell_to_zero() {
         .unwrap_or_else(|| panic!("nginx trend kept: {line:#}"));
     assert_eq!(nginx["current"], 0);
     assert_eq!(nginx["comm"], "nginx");
+}
+
+/// At 80 columns, with every field long (a long host name, all 12 namespaces, the CPU
+/// cap, paused), whole fields leave the header: no figure is ever cut, and the count,
+/// the cadence and PAUSED stay.
+#[test]
+fn header_at_80_columns_drops_whole_fields_never_figures() {
+    let mut app = WatchApp::new(WatchConfig {
+        hostname: "ip-10-20-30-40.eu-west-1.compute.internal".to_string(),
+        color: false,
+        ..WatchConfig::default()
+    });
+    for i in 0..2 {
+        assert!(app.ingest(i * STEP_MS, &sample(i), findings()));
+    }
+    app.set_namespaces(12, true);
+    app.set_spacing(std::time::Duration::from_millis(6600));
+    let header = |app: &WatchApp| {
+        render(app, 80, 24)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let sockets = format!(": {} TCP sockets", sample(1).summary.total().total());
+    let full = header(&app);
+    assert!(full.chars().count() <= 80, "{full}");
+    assert!(full.contains(&sockets), "{full}");
+    assert!(full.ends_with("every 6.6s (CPU cap)"), "{full}");
+    assert!(!full.contains("UTC"), "the clock leaves first: {full}");
+    // Every field left whole, or not at all.
+    for field in [
+        " in all 12 netns",
+        " on ip-10-20-30-40.eu-west-1.compute.internal",
+    ] {
+        let word = field.split_whitespace().last().unwrap_or_default();
+        assert!(
+            !full.contains(word) || full.contains(field),
+            "{field:?} cut: {full}"
+        );
+    }
+    app.handle_key(Key::Char('p'));
+    assert!(app.is_paused());
+    let paused = header(&app);
+    assert!(paused.starts_with("tcpdoctor watch PAUSED"), "{paused}");
+    assert!(
+        paused.contains(&sockets) && paused.contains("every 6.6s"),
+        "{paused}"
+    );
+    assert!(paused.chars().count() <= 80, "{paused}");
+    // Wide enough: everything.
+    let wide = render(&app, 160, 40);
+    let first = wide.lines().next().unwrap_or_default();
+    assert!(
+        first.contains(" on ip-10-20-30-40.eu-west-1.compute.internal")
+            && first.contains("in all 12 netns")
+            && first.contains("UTC")
+            && first.contains("(CPU cap; --max-cpu)"),
+        "{first}"
+    );
 }

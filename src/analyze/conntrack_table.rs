@@ -6,7 +6,10 @@ use serde_json::json;
 
 use super::util::pct;
 use super::Thresholds;
-use crate::model::{Evidence, Finding, FixStep, Nature, Severity, Snapshot, TcpState};
+use crate::model::units;
+use crate::model::{
+    Evidence, Finding, FixStep, Nature, Severity, Snapshot, SysctlChange, TcpState,
+};
 
 pub const ID: &str = "conntrack_table";
 
@@ -94,57 +97,93 @@ fn finding(s: &Snapshot, t: &Thresholds) -> Option<Finding> {
     }
 
     let title = if full_logged > 0 {
-        format!("conntrack table {share:.1}% full ({count} of {max}) and already dropping packets")
+        format!("Conntrack table {share:.1}% full ({count} of {max}) and already dropping packets")
     } else {
-        format!("conntrack table {share:.1}% full: {count} of {max} entries")
+        format!("Conntrack table {share:.1}% full: {count} of {max} entries")
     };
     let why = format!(
-        "Netfilter keeps an entry for every flow this host accepts, opens or forwards, and a closed TCP connection keeps its entry for nf_conntrack_tcp_timeout_time_wait ({tw_s} s here) after both sockets are gone; about {close_rate} short connections per second are enough to fill the table. At nf_conntrack_max the kernel drops packets that would start a new flow (\"{TABLE_FULL}\"), so new connections time out in connect() while existing ones keep working. Conntrack timeouts only age these entries; they never change a socket's state."
+        "Netfilter keeps an entry for every flow this host accepts, opens or forwards, and a closed TCP connection keeps its entry for nf_conntrack_tcp_timeout_time_wait ({tw_s} s here) after both sockets are gone; about {} per second are enough to fill the table. At nf_conntrack_max the kernel drops packets that would start a new flow (\"{TABLE_FULL}\"), so new connections time out in connect() while existing ones keep working. Conntrack timeouts only age these entries; they never change a socket's state.",
+        units::count(close_rate, "short connection", "short connections")
     );
     let proposed = max.saturating_mul(2);
     let port = notrack_port.map_or_else(|| "PORT".to_string(), |p| p.to_string());
     let mut fix = vec![
-        "Check: conntrack -C; conntrack -S (drop, early_drop, insert_failed); sysctl net.netfilter.nf_conntrack_count net.netfilter.nf_conntrack_max".to_string(),
-        "What fills it: conntrack -L -p tcp 2>/dev/null | awk '{print $4}' | sort | uniq -c | sort -rn   (TIME_WAIT entries = connection churn)".to_string(),
-        format!(
-            "More room now: sysctl -w net.netfilter.nf_conntrack_max={proposed}, and grow the hash table in proportion (as root: echo N > /sys/module/nf_conntrack/parameters/hashsize) so lookups stay short. Each entry costs kernel memory, so size it to the host."
+        FixStep::run("Count the entries", "conntrack -C"),
+        FixStep::run("Drops and failed inserts per CPU (drop, early_drop, insert_failed)", "conntrack -S"),
+        FixStep::run(
+            "What fills it (TIME_WAIT entries mean connection churn)",
+            "conntrack -L -p tcp 2>/dev/null | awk '{print $4}' | sort | uniq -c | sort -rn",
         ),
-        format!(
-            "Keep it after reboot: 'net.netfilter.nf_conntrack_max = {proposed}' in /etc/sysctl.d/, and list nf_conntrack in /etc/modules-load.d/ because the key only exists once the module is loaded."
+        FixStep::run(
+            "More room now; each entry costs kernel memory, so size it to the host",
+            format!("sysctl -w net.netfilter.nf_conntrack_max={proposed}"),
         ),
-        "Less churn: reuse connections (HTTP keep-alive, connection pools) for the short-lived ones; every reused connection is one entry instead of one per request.".to_string(),
-        format!(
-            "Exempt heavy local traffic that needs no NAT or stateful filtering (e.g. port {port}). nftables: nft add table inet notrack_local; nft add chain inet notrack_local pre '{{ type filter hook prerouting priority raw; }}'; nft add rule inet notrack_local pre tcp dport {port} notrack; nft add chain inet notrack_local out '{{ type filter hook output priority raw; }}'; nft add rule inet notrack_local out tcp sport {port} notrack. iptables: iptables -t raw -A PREROUTING -p tcp --dport {port} -j NOTRACK; iptables -t raw -A OUTPUT -p tcp --sport {port} -j NOTRACK."
+        FixStep::run("The hash table's size now", "sysctl net.netfilter.nf_conntrack_buckets"),
+        FixStep::run(
+            "Grow it in proportion, as root, so lookups stay short",
+            "echo NEW_SIZE > /sys/module/nf_conntrack/parameters/hashsize",
         ),
-        "Untracked packets no longer match 'ct state established,related' rules: accept them explicitly (nft: ct state untracked accept; iptables: -m conntrack --ctstate UNTRACKED -j ACCEPT), and never exempt traffic that is NATed.".to_string(),
+        FixStep::run(
+            "Keep it after reboot: the proposed settings, as a file for /etc/sysctl.d/",
+            "tcpdoctor check --emit-sysctl",
+        ),
+        FixStep::say("List nf_conntrack in /etc/modules-load.d/ as well: the key only exists once the module is loaded."),
+        FixStep::say("Less churn: reuse connections (HTTP keep-alive, connection pools) for the short-lived ones; every reused connection is one entry instead of one per request."),
+        FixStep::run(
+            format!("Exempt heavy local traffic that needs no NAT or stateful filtering (here port {port}) with nftables"),
+            format!(
+                "nft 'add table inet notrack_local; add chain inet notrack_local pre {{ type filter hook prerouting priority raw; }}; add rule inet notrack_local pre tcp dport {port} notrack; add chain inet notrack_local out {{ type filter hook output priority raw; }}; add rule inet notrack_local out tcp sport {port} notrack'"
+            ),
+        ),
+        FixStep::run(
+            "Or with iptables, incoming",
+            format!("iptables -t raw -A PREROUTING -p tcp --dport {port} -j NOTRACK"),
+        ),
+        FixStep::run(
+            "With iptables, outgoing",
+            format!("iptables -t raw -A OUTPUT -p tcp --sport {port} -j NOTRACK"),
+        ),
+        FixStep::say("Untracked packets no longer match 'ct state established,related' rules: accept them explicitly (nft: ct state untracked accept; iptables: -m conntrack --ctstate UNTRACKED -j ACCEPT), and never exempt traffic that is NATed."),
     ];
+    let mut changes = vec![SysctlChange {
+        key: "net.netfilter.nf_conntrack_max".into(),
+        value: proposed.to_string(),
+        was: Some(max.to_string()),
+        why: format!(
+            "Was {max}, with {count} entries in use. Twice the room; grow the hash table in proportion, and load nf_conntrack at boot (/etc/modules-load.d/) or this key does not exist when the file is read. Host-wide."
+        ),
+    }];
     if tw_s > CT_TIME_WAIT_DEFAULT {
-        fix.push(format!(
-            "nf_conntrack_tcp_timeout_time_wait was raised to {tw_s} s; the default {CT_TIME_WAIT_DEFAULT} s frees entries sooner: sysctl -w net.netfilter.nf_conntrack_tcp_timeout_time_wait={CT_TIME_WAIT_DEFAULT}"
+        fix.push(FixStep::run(
+            format!("The entry lifetime after close (nf_conntrack_tcp_timeout_time_wait) was raised to {tw_s} s; the default {CT_TIME_WAIT_DEFAULT} s frees entries sooner"),
+            format!("sysctl -w net.netfilter.nf_conntrack_tcp_timeout_time_wait={CT_TIME_WAIT_DEFAULT}"),
         ));
+        changes.push(SysctlChange {
+            key: "net.netfilter.nf_conntrack_tcp_timeout_time_wait".into(),
+            value: CT_TIME_WAIT_DEFAULT.to_string(),
+            was: Some(tw_s.to_string()),
+            why: format!(
+                "Was {tw_s}. Closed connections free their conntrack entry after the default {CT_TIME_WAIT_DEFAULT} s; sockets are not affected."
+            ),
+        });
     }
-    Some(Finding {
-        rule_id: ID,
-        namespaces: Vec::new(),
-        nature: Nature::Live,
-        severity,
-        title,
-        evidence,
-        why,
-        fix: fix.into_iter().map(FixStep::from).collect(),
-        proposed: Vec::new(),
-        data: json!({
-            "count": count,
-            "max": max,
-            "pct": (share * 10.0).round() / 10.0,
-            "tcp_timeout_time_wait_s": tw_timeout,
-            "closes_per_s_to_fill": close_rate,
-            "local_time_wait": local_tw,
-            "table_full_logged": full_logged,
-            "proposed_max": proposed,
-            "notrack_port": notrack_port,
-        }),
-    })
+    let mut f = Finding::new(ID, severity, Nature::Live, title);
+    f.evidence = evidence;
+    f.why = why;
+    f.fix = fix;
+    f.proposed = changes;
+    f.data = json!({
+        "count": count,
+        "max": max,
+        "pct": (share * 10.0).round() / 10.0,
+        "tcp_timeout_time_wait_s": tw_timeout,
+        "closes_per_s_to_fill": close_rate,
+        "local_time_wait": local_tw,
+        "table_full_logged": full_logged,
+        "proposed_max": proposed,
+        "notrack_port": notrack_port,
+    });
+    Some(f)
 }
 
 #[cfg(test)]
@@ -184,6 +223,21 @@ mod tests {
             .any(|l| l.mentions("tcp dport 8080 notrack")));
         assert!(f[0].fix.iter().any(|l| l.mentions("-j NOTRACK")));
         assert!(f[0].why.contains("never change a socket's state"));
+        let keys: Vec<(&str, &str)> = f[0]
+            .proposed
+            .iter()
+            .map(|c| (c.key.as_str(), c.value.as_str()))
+            .collect();
+        assert_eq!(keys, vec![("net.netfilter.nf_conntrack_max", "524288")]);
+        let mut raised = snapshot("222822", "262144");
+        raised.sysctls.insert(
+            "net.netfilter.nf_conntrack_tcp_timeout_time_wait".into(),
+            "600".into(),
+        );
+        let f = check(&raised, &Thresholds::default());
+        assert_eq!(f[0].proposed.len(), 2);
+        assert_eq!(f[0].proposed[1].value, "120");
+        assert_eq!(f[0].proposed[1].was.as_deref(), Some("600"));
 
         let critical = snapshot("260000", "262144");
         assert_eq!(

@@ -8,7 +8,10 @@ use serde_json::json;
 
 use super::util::{pct, process_label};
 use super::Thresholds;
-use crate::model::{Evidence, Finding, FixStep, Limit, Nature, ProcessFacts, Severity, Snapshot};
+use crate::model::units::count;
+use crate::model::{
+    Evidence, Finding, FixStep, Limit, Nature, ProcessFacts, Severity, Snapshot, SysctlChange,
+};
 
 pub const ID: &str = "fd_exhaustion";
 
@@ -69,39 +72,61 @@ fn file_table_finding(s: &Snapshot, t: &Thresholds) -> Option<Finding> {
     // Doubling is a step, not a target: the file table is cheap (about 1 KiB of kernel
     // memory per open file), the real question is who holds them.
     let proposed = ft.max.saturating_mul(2);
+    // alloc_empty_file() (fs/file_table.c): the limit is not applied to callers with
+    // CAP_SYS_ADMIN in the initial user namespace.
     let why = format!(
-        "fs.file-max caps open files across the whole host; once {} are allocated, every open(), socket() and accept() fails with ENFILE (\"Too many open files in system\") and the kernel logs \"VFS: file-max limit {} reached\". This is the only descriptor problem that raising fs.file-max fixes; it is host-wide, so a container shares it and cannot change it.",
+        "The fs.file-max limit caps open files across the whole host; once {} are allocated, open(), socket() and accept() fail with ENFILE (\"Too many open files in system\") and the kernel logs \"VFS: file-max limit {} reached\". Processes with CAP_SYS_ADMIN in the host's initial user namespace are spared, so a root daemon may keep working while other services fail (root inside a container with its own user namespace is not spared). This is the only descriptor problem that raising fs.file-max fixes; it is host-wide, so a container shares it and cannot change it.",
         ft.max, ft.max
     );
     let fix = vec![
-        "Check: cat /proc/sys/fs/file-nr   (allocated, 0, max)".to_string(),
-        "Find the holders: for p in /proc/[0-9]*; do echo \"$(ls $p/fd 2>/dev/null | wc -l) $p $(cat $p/comm 2>/dev/null)\"; done | sort -rn | head".to_string(),
-        format!("Raise it now: sysctl -w fs.file-max={proposed}"),
-        format!("Keep it after reboot: echo 'fs.file-max = {proposed}' > /etc/sysctl.d/60-file-max.conf"),
-        "If one process holds most of them and they are CLOSE_WAIT sockets, the leak is the bug: tcpdoctor sockets --pid PID --state close-wait".to_string(),
+        FixStep::run("Check (allocated, 0, max)", "cat /proc/sys/fs/file-nr"),
+        FixStep::run(
+            "Find the holders",
+            "for p in /proc/[0-9]*; do echo \"$(ls $p/fd 2>/dev/null | wc -l) $p $(cat $p/comm 2>/dev/null)\"; done | sort -rn | head",
+        ),
+        FixStep::run("Raise it now", format!("sysctl -w fs.file-max={proposed}")),
+        FixStep::run(
+            "Keep it after reboot: the proposed settings, as a file for /etc/sysctl.d/",
+            "tcpdoctor check --emit-sysctl",
+        ),
+        FixStep::run(
+            "If one process holds most of them and they are CLOSE_WAIT sockets, the leak is the bug",
+            format!(
+                "tcpdoctor sockets --pid {} --state close-wait",
+                holders.first().map_or("PID".to_string(), |p| p.pid.to_string())
+            ),
+        ),
     ];
-    Some(Finding {
-        rule_id: ID,
-        namespaces: Vec::new(),
-        nature: Nature::Live,
+    let mut f = Finding::new(
+        ID,
         severity,
-        title: format!(
-            "host file table {share:.1}% full: {} of fs.file-max {} allocated",
+        Nature::Live,
+        format!(
+            "Host file table {share:.1}% full: {} of fs.file-max {} allocated",
             ft.allocated, ft.max
         ),
-        evidence,
-        why,
-        fix: fix.into_iter().map(FixStep::from).collect(),
-        proposed: Vec::new(),
-        data: json!({
+    );
+    f.evidence = evidence;
+    f.why = why;
+    f.fix = fix;
+    f.proposed = vec![SysctlChange {
+        key: "fs.file-max".into(),
+        value: proposed.to_string(),
+        was: Some(ft.max.to_string()),
+        why: format!(
+            "Was {}, and {} were allocated. Twice the limit: a file costs about 1 KiB of kernel memory, and the real question is who holds them. Host-wide.",
+            ft.max, ft.allocated
+        ),
+    }];
+    f.data = json!({
             "scope": "system",
             "allocated": ft.allocated,
             "max": ft.max,
             "pct": round1(share),
             "proposed_file_max": proposed,
             "top_holders": holders.iter().map(|p| json!({"pid": p.pid, "comm": p.comm, "open_fds": p.open_fds})).collect::<Vec<_>>(),
-        }),
-    })
+    });
+    Some(f)
 }
 
 /// Name, uid, soft limit and hard limit (`Some(None)`: unlimited) shared by a group.
@@ -236,8 +261,12 @@ fn group_finding(s: &Snapshot, group: &[Offender]) -> Option<Finding> {
     }
     if group.len() > EVIDENCE_PROCESSES {
         evidence.push(Evidence::new(
-            "more processes",
-            group.len() - EVIDENCE_PROCESSES,
+            "not shown",
+            count(
+                (group.len() - EVIDENCE_PROCESSES) as u64,
+                "more process",
+                "more processes",
+            ),
         ));
     }
     if cw_total > 0 {
@@ -260,44 +289,60 @@ fn group_finding(s: &Snapshot, group: &[Offender]) -> Option<Finding> {
     let pids: Vec<String> = group.iter().map(|o| o.p.pid.to_string()).collect();
     let mut fix = Vec::new();
     if cw_dominant {
-        fix.push(format!(
-            "The limit is not the bug: find the leak with tcpdoctor sockets --pid {pid} --state close-wait"
+        fix.push(FixStep::run(
+            "The limit is not the bug: find the leak",
+            format!("tcpdoctor sockets --pid {pid} --state close-wait"),
         ));
     }
-    fix.push(format!(
-        "Check the limits the process really has: grep 'open files' /proc/{pid}/limits; ls /proc/{pid}/fd | wc -l"
+    fix.push(FixStep::run(
+        "Check the limits the process really has",
+        format!("grep 'open files' /proc/{pid}/limits"),
+    ));
+    fix.push(FixStep::run(
+        "Count the descriptors it holds",
+        format!("ls /proc/{pid}/fd | wc -l"),
     ));
     if group.len() == 1 {
-        fix.push(format!(
-            "Relief now, without a restart: prlimit --pid {pid} --nofile={target}:{new_hard}"
+        fix.push(FixStep::run(
+            "Relief now, without a restart",
+            format!("prlimit --pid {pid} --nofile={target}:{new_hard}"),
         ));
     } else {
-        fix.push(format!(
-            "Relief now, without a restart: for p in {}; do prlimit --pid $p --nofile={target}:{new_hard}; done",
-            pids.join(" ")
+        fix.push(FixStep::run(
+            "Relief now, without a restart",
+            format!(
+                "for p in {}; do prlimit --pid $p --nofile={target}:{new_hard}; done",
+                pids.join(" ")
+            ),
         ));
     }
-    fix.push(format!(
-        "systemd service (find it with systemctl status {pid}): systemctl edit UNIT, add \"[Service]\\nLimitNOFILE={target}\", then systemctl restart UNIT. /etc/security/limits.conf is applied by pam_limits to login sessions only and does not reach services; DefaultLimitNOFILE= in /etc/systemd/system.conf changes every service (systemd 252 defaults to 1024:524288, keeping the soft 1024 for select() users)."
+    fix.push(FixStep::run(
+        "A systemd service: find its unit",
+        format!("systemctl status {pid}"),
     ));
-    fix.push(format!(
-        "Started from a login shell or su: raise it in /etc/security/limits.conf (\"USER soft nofile {target}\" and \"USER hard nofile {new_hard}\"); it applies to new sessions only. In a container: docker run --ulimit nofile={target}:{new_hard}, or the runtime's equivalent."
+    fix.push(FixStep::run(
+        format!("In the editor that opens, add \"[Service]\" and \"LimitNOFILE={target}\""),
+        "systemctl edit UNIT",
     ));
-    fix.push(format!(
+    fix.push(FixStep::run(
+        "Restart it: the limit applies to the new process",
+        "systemctl restart UNIT",
+    ));
+    fix.push(FixStep::say(
+        "/etc/security/limits.conf is applied by pam_limits to login sessions only and does not reach services; DefaultLimitNOFILE= in /etc/systemd/system.conf changes every service (systemd 252 defaults to 1024:524288, keeping the soft 1024 for select() users).",
+    ));
+    fix.push(FixStep::say(format!(
+        "Started from a login shell or su: raise it in /etc/security/limits.conf (\"USER soft nofile {target}\" and \"USER hard nofile {new_hard}\"); it applies to new sessions only. In a container: the runtime's ulimit option (for docker run, --ulimit nofile={target}:{new_hard})."
+    )));
+    fix.push(FixStep::say(format!(
         "The hard limit cannot exceed fs.nr_open ({nr_open}); setting it higher fails with EPERM. Programs may also raise their own soft limit up to the hard one with setrlimit(RLIMIT_NOFILE) at startup."
-    ));
+    )));
 
-    Some(Finding {
-        rule_id: ID,
-        namespaces: Vec::new(),
-        nature: Nature::Live,
-        severity,
-        title,
-        evidence,
-        why,
-        fix: fix.into_iter().map(FixStep::from).collect(),
-        proposed: Vec::new(),
-        data: json!({
+    let mut f = Finding::new(ID, severity, Nature::Live, title);
+    f.evidence = evidence;
+    f.why = why;
+    f.fix = fix;
+    f.data = json!({
             "scope": "process",
             "comm": worst.p.comm,
             "worst_pid": pid,
@@ -315,8 +360,8 @@ fn group_finding(s: &Snapshot, group: &[Offender]) -> Option<Finding> {
                 "close_wait": o.close_wait,
                 "severity": o.severity.name(),
             })).collect::<Vec<_>>(),
-        }),
-    })
+    });
+    Some(f)
 }
 
 fn round1(v: f64) -> f64 {
@@ -378,6 +423,7 @@ mod tests {
             .iter()
             .any(|l| l.mentions("for p in 10 11; do prlimit --pid $p --nofile=65536:524288")));
         assert!(f[0].fix.iter().any(|l| l.mentions("LimitNOFILE=65536")));
+        assert!(f[0].proposed.is_empty(), "process limits are not sysctls");
         assert_eq!(f[1].severity, Severity::Warning);
         assert_eq!(f[1].data["worst_pid"], 20);
         assert!(f[1].title.starts_with("java (pid 20)"), "{}", f[1].title);
@@ -414,6 +460,14 @@ mod tests {
         assert_eq!(f[0].data["scope"], "system");
         assert_eq!(f[0].data["pct"], 96.0);
         assert_eq!(f[0].data["proposed_file_max"], 20_000);
+        assert_eq!(f[0].proposed.len(), 1);
+        assert_eq!(f[0].proposed[0].key, "fs.file-max");
+        assert_eq!(f[0].proposed[0].value, "20000");
+        assert_eq!(f[0].proposed[0].was.as_deref(), Some("10000"));
+        assert!(f[0].why.contains("CAP_SYS_ADMIN"), "{}", f[0].why);
+        assert!(f[0].fix.iter().any(
+            |st| st.command.as_deref() == Some("tcpdoctor sockets --pid 1 --state close-wait")
+        ));
 
         let mut s = Snapshot::default();
         s.sysctls.insert("fs.file-nr".into(), "8500 0 10000".into());

@@ -152,31 +152,47 @@ fn finding(key: &Key, v: &Seen) -> Finding {
         Kind::SynFlood if action == "cookies" => Severity::Info,
         _ => Severity::Warning,
     };
-    let (title, why, mut fix): (String, String, Vec<String>) = match kind {
+    // Settings are proposed by the rule each message explains (related_rule), never
+    // here: one cause, one proposal.
+    let (title, why, mut fix): (String, String, Vec<FixStep>) = match kind {
         Kind::TimeWaitOverflow => (
-            "kernel log: TIME_WAIT table overflow, connections skipped TIME_WAIT".into(),
+            "Kernel log: TIME_WAIT table overflow, connections skipped TIME_WAIT".into(),
             "Older kernels print this when the number of TIME_WAIT entries reaches tcp_max_tw_buckets; the closing connection is then destroyed at once instead of waiting out TIME_WAIT. Current kernels print nothing and only count it in TcpExtTCPTimeWaitOverflow.".into(),
             vec![
-                "Compare: sysctl net.ipv4.tcp_max_tw_buckets; grep TCP: /proc/net/sockstat (tw); nstat -az TcpExtTCPTimeWaitOverflow".into(),
-                "Do not lower tcp_max_tw_buckets; restore its default if it was lowered, and cut the churn with connection reuse (HTTP keep-alive, pools) on the side that closes first.".into(),
+                FixStep::run("Compare the limit", "sysctl net.ipv4.tcp_max_tw_buckets"),
+                FixStep::run("The entries in use (tw)", "grep TCP: /proc/net/sockstat"),
+                FixStep::run("The overflows counted", "nstat -az TcpExtTCPTimeWaitOverflow"),
+                FixStep::say("Do not lower tcp_max_tw_buckets; restore its default if it was lowered, and cut the churn with connection reuse (HTTP keep-alive, pools) on the side that closes first."),
             ],
         ),
         Kind::OrphanOverflow => (
-            "kernel log: too many orphaned sockets, connections were reset".into(),
+            "Kernel log: too many orphaned sockets, connections were reset".into(),
             "Orphans are connections the application already closed that are still sending data or waiting for the peer (FIN_WAIT1, LAST_ACK, CLOSING). When they exceed tcp_max_orphans (for idle or failing ones already at a half or a quarter of it), or TCP memory runs short, the kernel resets them and prints this. Both limits are host-wide, so one busy container can cause resets for everyone.".into(),
             vec![
-                "Compare: grep TCP: /proc/net/sockstat (orphan, mem); sysctl net.ipv4.tcp_max_orphans net.ipv4.tcp_mem".into(),
-                "See who they talk to: ss -tan state fin-wait-1 or state last-ack or state closing | awk '{print $5}' | sort | uniq -c | sort -rn | head".into(),
-                "Do not lower tcp_max_orphans; orphans usually mean peers that stopped reading or vanished. tcp_orphan_retries=0 already means 8 retries.".into(),
+                FixStep::run("Compare the orphans and TCP memory now", "grep TCP: /proc/net/sockstat"),
+                FixStep::run("Their limits", "sysctl net.ipv4.tcp_max_orphans net.ipv4.tcp_mem"),
+                FixStep::run(
+                    "See who they talk to",
+                    "ss -tan state fin-wait-1 or state last-ack or state closing | awk '{print $5}' | sort | uniq -c | sort -rn | head",
+                ),
+                FixStep::say("Do not lower tcp_max_orphans; orphans usually mean peers that stopped reading or vanished. A tcp_orphan_retries of 0 already means 8 retries."),
             ],
         ),
         Kind::TcpMemExhausted => (
-            "kernel log: TCP ran out of memory (tcp_mem), connections were reset".into(),
+            "Kernel log: TCP ran out of memory (tcp_mem), connections were reset".into(),
             "The memory used by all TCP socket buffers on the host reached the limit in tcp_mem (counted in pages); the kernel then resets orphaned connections and squeezes the buffers of every other one. It is host-wide, usually caused by many connections whose buffers are full because a peer or the application is not reading.".into(),
             vec![
-                "Compare: grep TCP: /proc/net/sockstat (mem, in pages) with sysctl net.ipv4.tcp_mem (min, pressure, max, in pages)".into(),
-                "Find sockets holding data: ss -tn | sort -k2,2nr | head (large Recv-Q: the application is not reading) and ss -tn | sort -k3,3nr | head (large Send-Q: the peer is not reading)".into(),
-                "Raise the third value of tcp_mem only if the host has the memory for it; fix the slow readers first.".into(),
+                FixStep::run("Compare the memory in use (mem, in pages)", "grep TCP: /proc/net/sockstat"),
+                FixStep::run("The limits in tcp_mem (min, pressure, max, in pages)", "sysctl net.ipv4.tcp_mem"),
+                FixStep::run(
+                    "Find sockets holding data: a large Recv-Q means the application is not reading",
+                    "ss -tn | sort -k2,2nr | head",
+                ),
+                FixStep::run(
+                    "A large Send-Q means the peer is not reading",
+                    "ss -tn | sort -k3,3nr | head",
+                ),
+                FixStep::say("Raise the third value of tcp_mem only if the host has the memory for it; fix the slow readers first."),
             ],
         ),
         Kind::SynFlood => {
@@ -190,7 +206,7 @@ fn finding(key: &Key, v: &Seen) -> Finding {
             let ss_filter = port.map_or_else(String::new, |p| format!(" 'sport = :{p}'"));
             (
                 format!(
-                    "kernel log: SYN queue of {port_text} overflowed, the kernel {}",
+                    "Kernel log: SYN queue of {port_text} overflowed, the kernel {}",
                     match action {
                         "cookies" => "sent syncookies",
                         "dropping" => "dropped SYNs",
@@ -201,25 +217,32 @@ fn finding(key: &Key, v: &Seen) -> Finding {
                     "More handshakes were pending on {port_text} than its listen backlog allows, so the kernel {what}. It prints this once per listener, so the count understates it: the counters TcpExtTCPReqQFullDoCookies and TcpExtTCPReqQFullDrop have the real numbers. Either a SYN flood or an ordinary burst bigger than the backlog."
                 ),
                 vec![
-                    "Counters: nstat -az TcpExtTCPReqQFullDoCookies TcpExtTCPReqQFullDrop TcpExtListenOverflows TcpExtListenDrops".into(),
-                    format!("Backlog in use (Send-Q on a listener): ss -ltn{ss_filter}"),
-                    "If it is real load: raise the application's listen backlog and net.core.somaxconn together, then restart the service.".into(),
-                    "Keep net.ipv4.tcp_syncookies=1 so a flood costs options rather than connections.".into(),
+                    FixStep::run(
+                        "The counters",
+                        "nstat -az TcpExtTCPReqQFullDoCookies TcpExtTCPReqQFullDrop TcpExtListenOverflows TcpExtListenDrops",
+                    ),
+                    FixStep::run("The backlog in use (Send-Q on a listener)", format!("ss -ltn{ss_filter}")),
+                    FixStep::say("If it is real load: raise the application's listen backlog and net.core.somaxconn together, then restart the service."),
+                    FixStep::say("Keep net.ipv4.tcp_syncookies=1 so a flood costs options rather than connections."),
                 ],
             )
         }
         Kind::ConntrackFull => (
-            "kernel log: conntrack table full, packets of new connections dropped".into(),
+            "Kernel log: conntrack table full, packets of new connections dropped".into(),
             "Netfilter tracks every flow; when nf_conntrack_max entries exist, packets that would create a new one are dropped, so new TCP connections time out in connect(). Closed connections keep their entry for nf_conntrack_tcp_timeout_time_wait (120 s by default) after the sockets are gone.".into(),
             vec![
-                "Compare: sysctl net.netfilter.nf_conntrack_count net.netfilter.nf_conntrack_max; conntrack -S (drop, early_drop)".into(),
-                "See the conntrack_table finding for raising the limit, cutting churn and exempting local traffic with notrack.".into(),
+                FixStep::run(
+                    "Compare the count with the limit",
+                    "sysctl net.netfilter.nf_conntrack_count net.netfilter.nf_conntrack_max",
+                ),
+                FixStep::run("Drops per CPU (drop, early_drop)", "conntrack -S"),
+                FixStep::say("See the conntrack_table finding for raising the limit, cutting churn and exempting local traffic with notrack."),
             ],
         ),
     };
-    fix.push(format!(
-        "Recent occurrences with wall-clock times: dmesg -T | grep -F '{}'",
-        kind.needle()
+    fix.push(FixStep::run(
+        "Recent occurrences with wall-clock times",
+        format!("dmesg -T | grep -F '{}'", kind.needle()),
     ));
 
     let mut evidence = vec![
@@ -245,7 +268,7 @@ fn finding(key: &Key, v: &Seen) -> Finding {
         title,
         evidence,
         why,
-        fix: fix.into_iter().map(FixStep::from).collect(),
+        fix,
         proposed: Vec::new(),
         data: json!({
             "kind": kind.name(),

@@ -10,7 +10,11 @@ use serde_json::json;
 
 use super::util::{counter, counter_interval_ms, owner_label, CounterReading};
 use super::Thresholds;
-use crate::model::{Evidence, Finding, FixStep, ListenerSocket, Nature, Severity, Snapshot};
+use crate::model::kernel::defaults;
+use crate::model::units;
+use crate::model::{
+    Evidence, Finding, FixStep, ListenerSocket, Nature, Severity, Snapshot, SysctlChange,
+};
 
 pub const ID: &str = "listen_overflow";
 
@@ -29,25 +33,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
     let drops = counter(s, "TcpExt.ListenDrops");
     let interval_ms = counter_interval_ms(s);
 
-    let mut backed: Vec<Backed> = s
-        .sockets
-        .listeners
-        .iter()
-        .filter_map(|l| {
-            let (used_pct, full) = (l.fill_pct().unwrap_or(0.0), l.is_full());
-            (full || used_pct >= t.accept_queue_warn_pct).then_some(Backed {
-                listener: l,
-                used_pct,
-                full,
-            })
-        })
-        .collect();
-    backed.sort_by(|a, b| {
-        b.full
-            .cmp(&a.full)
-            .then(b.used_pct.total_cmp(&a.used_pct))
-            .then(a.listener.local.cmp(&b.listener.local))
-    });
+    let backed = backed_listeners(s, t);
     let any_full = backed.iter().any(|b| b.full);
 
     let severity = if any_full || overflows.rising() {
@@ -102,42 +88,87 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
         ));
     }
 
-    let who = worst.map_or("the application".to_string(), |b| {
-        owner_label(s, b.listener.owner)
+    let who = worst.map_or("The application".to_string(), |b| {
+        format!("The accepting side, {},", owner_label(s, b.listener.owner))
     });
+    // SYNs meeting a full accept queue are dropped in tcp_conn_request(); a final ACK
+    // meeting one is handled in tcp_check_req(): with tcp_abort_on_overflow=0 the
+    // request stays and reqsk_timer_handler() resends the SYN-ACK, with 1 an RST.
+    let ack_fate = if abort_on_overflow == Some(1) {
+        "a handshake whose final ACK meets the full queue is reset (tcp_abort_on_overflow=1)"
+    } else {
+        "a handshake whose final ACK meets the full queue is kept half-open and the kernel retransmits its SYN-ACK, which makes the client resend that ACK until there is room"
+    };
     let why = format!(
-        "A connection whose handshake has completed waits in the listener's accept queue until the application calls accept(); the queue holds min(listen() backlog, net.core.somaxconn) connections. When it is full the kernel drops the incoming SYN or the handshake's final ACK (ListenOverflows), so clients retry after a second or more and see slow or failed connects. {who} is not calling accept() fast enough, or at all: all workers busy, a blocked event loop, or an accept loop that stopped."
+        "A connection whose handshake has completed waits in the listener's accept queue until the application calls accept(); the queue holds min(listen() backlog, net.core.somaxconn) connections. When it is full the kernel drops new SYNs, so clients retry after a second or more, and {ack_fate}; both are counted in ListenOverflows, and clients see slow or failed connects. {who} is not calling accept() fast enough, or at all: all workers busy, a blocked event loop, or an accept loop that stopped."
     );
-    let fix = fix(s, worst, somaxconn, abort_on_overflow);
+    let (fix, proposed) = fix(s, t, worst, somaxconn, abort_on_overflow);
 
-    vec![Finding {
-        rule_id: ID,
-        namespaces: Vec::new(),
-        nature: Nature::Live,
-        severity,
-        title,
-        evidence,
-        why,
-        fix: fix.into_iter().map(FixStep::from).collect(),
-        proposed: Vec::new(),
-        data: json!({
-            "listen_overflows": overflows.json(),
-            "listen_drops": drops.json(),
-            "interval_ms": interval_ms,
-            "somaxconn": somaxconn,
-            "tcp_abort_on_overflow": abort_on_overflow,
-            "listeners": backed.iter().map(|b| json!({
-                "address": b.listener.local.address.to_string(),
-                "port": b.listener.local.port,
-                "accept_queue": b.listener.accept_queue,
-                "backlog": b.listener.backlog,
-                "used_pct": (b.used_pct * 100.0).round() / 100.0,
-                "full": b.full,
-                "pid": b.listener.owner.map(|o| o.pid),
-                "comm": b.listener.owner.and_then(|o| s.process(o.pid)).map(|p| p.comm.clone()),
-            })).collect::<Vec<_>>(),
-        }),
-    }]
+    let mut f = Finding::new(ID, severity, Nature::Live, title);
+    f.evidence = evidence;
+    f.why = why;
+    f.fix = fix;
+    f.proposed = proposed;
+    f.data = json!({
+        "listen_overflows": overflows.json(),
+        "listen_drops": drops.json(),
+        "interval_ms": interval_ms,
+        "somaxconn": somaxconn,
+        "tcp_abort_on_overflow": abort_on_overflow,
+        "listeners": backed.iter().map(|b| json!({
+            "address": b.listener.local.address.to_string(),
+            "port": b.listener.local.port,
+            "accept_queue": b.listener.accept_queue,
+            "backlog": b.listener.backlog,
+            "used_pct": (b.used_pct * 100.0).round() / 100.0,
+            "full": b.full,
+            "pid": b.listener.owner.map(|o| o.pid),
+            "comm": b.listener.owner.and_then(|o| s.process(o.pid)).map(|p| p.comm.clone()),
+        })).collect::<Vec<_>>(),
+    });
+    vec![f]
+}
+
+/// Listeners whose accept queue is full or above `accept_queue_warn_pct`, worst first.
+fn backed_listeners<'a>(s: &'a Snapshot, t: &Thresholds) -> Vec<Backed<'a>> {
+    let mut backed: Vec<Backed> = s
+        .sockets
+        .listeners
+        .iter()
+        .filter_map(|l| {
+            let (used_pct, full) = (l.fill_pct().unwrap_or(0.0), l.is_full());
+            (full || used_pct >= t.accept_queue_warn_pct).then_some(Backed {
+                listener: l,
+                used_pct,
+                full,
+            })
+        })
+        .collect();
+    backed.sort_by(|a, b| {
+        b.full
+            .cmp(&a.full)
+            .then(b.used_pct.total_cmp(&a.used_pct))
+            .then(a.listener.local.cmp(&b.listener.local))
+    });
+    backed
+}
+
+/// A backlog worth asking for: at least the default somaxconn (4096), and twice what the
+/// worst listener has now, rounded up to a power of two.
+fn backlog_target(worst: Option<&Backed>) -> u64 {
+    let default = u64::try_from(defaults::SOMAXCONN).unwrap_or(4096);
+    worst.map_or(default, |b| {
+        (u64::from(b.listener.backlog) * 2)
+            .max(default)
+            .next_power_of_two()
+    })
+}
+
+/// The net.core.somaxconn tcpdoctor proposes for this namespace: room for the backlog
+/// the fullest listener should ask for, and never below the kernel default. The audit
+/// of a lowered somaxconn proposes this same value, so the two never disagree.
+pub fn wanted_somaxconn(s: &Snapshot, t: &Thresholds) -> u64 {
+    backlog_target(backed_listeners(s, t).first())
 }
 
 fn title(
@@ -148,11 +179,12 @@ fn title(
     interval_ms: Option<u64>,
 ) -> String {
     let window = interval_ms
-        .map(|ms| format!(" in {}", crate::model::units::human_duration_ms(ms)))
+        .map(|ms| format!(" in {}", units::human_duration_ms(ms)))
         .unwrap_or_default();
+    let dropped = |n: i64| units::count(n.unsigned_abs(), "connection", "connections") + " dropped";
     let dropping = match (overflows.delta, overflows.rate) {
-        (Some(d), Some(r)) if d > 0 => format!("; {d} connections dropped{window} ({r:.1}/s)"),
-        (Some(d), None) if d > 0 => format!("; {d} connections dropped{window}"),
+        (Some(d), Some(r)) if d > 0 => format!("; {}{window} ({r:.1}/s)", dropped(d)),
+        (Some(d), None) if d > 0 => format!("; {}{window}", dropped(d)),
         _ => String::new(),
     };
     match worst {
@@ -164,8 +196,8 @@ fn title(
             b.listener.backlog
         ),
         _ if overflows.rising() => format!(
-            "Accept queues overflowing: {} connections dropped{window}{}",
-            overflows.delta.unwrap_or(0),
+            "Accept queues overflowing: {}{window}{}",
+            dropped(overflows.delta.unwrap_or(0)),
             overflows
                 .rate
                 .map(|r| format!(" ({r:.1}/s)"))
@@ -184,18 +216,24 @@ fn title(
             drops.delta.unwrap_or(0)
         ),
         None => format!(
-            "Accept queues overflowed {} times since boot (not during this check)",
-            overflows.total.or(drops.total).unwrap_or(0)
+            "Accept queues overflowed {} since boot (not during this check)",
+            units::count(
+                overflows.total.or(drops.total).unwrap_or(0).unsigned_abs(),
+                "time",
+                "times"
+            )
         ),
     }
 }
 
 fn fix(
     s: &Snapshot,
+    t: &Thresholds,
     worst: Option<&Backed>,
     somaxconn: Option<i64>,
     abort_on_overflow: Option<i64>,
-) -> Vec<String> {
+) -> (Vec<FixStep>, Vec<SysctlChange>) {
+    let mut proposed = Vec::new();
     let (who, pid) = match worst {
         Some(b) => (
             owner_label(s, b.listener.owner),
@@ -205,15 +243,18 @@ fn fix(
         ),
         None => ("the listening process".to_string(), "PID".to_string()),
     };
-    let mut fix = vec![format!(
-        "Find why {who} falls behind on accept(): look at its threads (`top -H -p {pid}`, and a stack dump such as `jstack {pid}` for Java or `py-spy dump --pid {pid}` for Python) for busy or blocked workers, then add workers or keep slow work out of the accept loop."
-    )];
-    // A backlog worth asking for: at least 4096, and twice what is asked now.
-    let target = worst.map_or(4096, |b| {
-        (u64::from(b.listener.backlog) * 2)
-            .max(4096)
-            .next_power_of_two()
-    });
+    let mut fix = vec![
+        FixStep::run(
+            format!("Find why {who} falls behind on accept(): look at its threads for busy or blocked workers, then add workers or keep slow work out of the accept loop"),
+            format!("top -H -p {pid}"),
+        ),
+        FixStep::run(
+            "A stack dump shows where the workers wait. For Java",
+            format!("jstack {pid}"),
+        ),
+        FixStep::run("Or, for Python", format!("py-spy dump --pid {pid}")),
+    ];
+    let target = wanted_somaxconn(s, t);
     let port = worst.map_or(443, |b| b.listener.local.port);
     let cap = match (worst, somaxconn) {
         (Some(b), Some(m)) if i64::from(b.listener.backlog) >= m => format!(
@@ -226,24 +267,55 @@ fn fix(
         ),
         _ => String::new(),
     };
-    let somaxconn_step = match somaxconn {
-        Some(m) if u64::try_from(m).is_ok_and(|m| m >= target) => {
-            format!("net.core.somaxconn ({m}) already allows that")
-        }
-        _ => format!("`sysctl -w net.core.somaxconn={target}` (per network namespace; persist it in /etc/sysctl.d/)"),
+    let somaxconn_ok = somaxconn.is_some_and(|m| u64::try_from(m).is_ok_and(|m| m >= target));
+    let somaxconn_text = match somaxconn {
+        Some(m) if somaxconn_ok => format!("net.core.somaxconn ({m}) already allows that"),
+        _ => "net.core.somaxconn must allow it too (below)".to_string(),
     };
-    fix.push(format!(
-        "Raise the application's listen backlog and net.core.somaxconn together; the kernel uses the smaller one.{cap} For example nginx `listen {port} backlog={target};` (its default is 511), and {somaxconn_step}. somaxconn defaults to 4096 since Linux 5.4, 128 before. The new backlog applies when the application calls listen() again, usually on restart."
-    ));
-    fix.push("A bigger queue only absorbs bursts: if the application is always behind, it just makes clients wait longer. Add capacity.".to_string());
-    fix.push("Not the knobs for this: tcp_max_syn_backlog sizes the SYN queue and only matters with syncookies off; net.core.netdev_max_backlog is the per-CPU packet input queue.".to_string());
-    if abort_on_overflow == Some(1) {
-        fix.push("Set `sysctl -w net.ipv4.tcp_abort_on_overflow=0`: with 1 the kernel resets clients when the queue is full instead of letting them retry.".to_string());
-    } else {
-        fix.push("Keep tcp_abort_on_overflow at 0: setting it to 1 resets clients during bursts instead of letting them retry.".to_string());
+    fix.push(FixStep::say(format!(
+        "Raise the application's listen backlog and net.core.somaxconn together; the kernel uses the smaller one.{cap} For example nginx `listen {port} backlog={target};` (its default is 511), and {somaxconn_text}. The default somaxconn is 4096 since Linux 5.4 (128 before). The new backlog applies when the application calls listen() again, usually on restart."
+    )));
+    if !somaxconn_ok {
+        let command = format!("sysctl -w net.core.somaxconn={target}");
+        fix.push(FixStep::run(
+            "Raise net.core.somaxconn now (per network namespace)",
+            command,
+        ));
+        proposed.push(SysctlChange {
+            key: "net.core.somaxconn".into(),
+            value: target.to_string(),
+            was: somaxconn.map(|m| m.to_string()),
+            why: format!(
+                "listen() cuts every backlog down to this value. {target}: at least the kernel default 4096 and twice the backlog of the fullest listener; the application's own backlog must be raised to match."
+            ),
+        });
     }
-    fix.push("Watch it: `ss -ltn` (Recv-Q = waiting for accept(), Send-Q = backlog) and `nstat -az TcpExtListenOverflows TcpExtListenDrops`.".to_string());
-    fix
+    fix.push(FixStep::say("A bigger queue only absorbs bursts: if the application is always behind, it just makes clients wait longer. Add capacity."));
+    fix.push(FixStep::say("Not the knobs for this: since Linux 4.4 the SYN queue is bounded by the listen backlog as well, and tcp_max_syn_backlog matters only with tcp_syncookies=0, when SYNs from unknown peers are dropped once the SYN queue holds more than three quarters of it; net.core.netdev_max_backlog is the per-CPU packet input queue."));
+    if abort_on_overflow == Some(1) {
+        fix.push(FixStep::run(
+            "Turn off tcp_abort_on_overflow: with 1 the kernel resets clients whose handshake meets a full queue instead of retrying them",
+            "sysctl -w net.ipv4.tcp_abort_on_overflow=0",
+        ));
+        proposed.push(SysctlChange {
+            key: "net.ipv4.tcp_abort_on_overflow".into(),
+            value: "0".into(),
+            was: Some("1".into()),
+            // Word for word the audit's reason, so the file prints it once.
+            why: "Was 1. Clients whose handshake meets a briefly full accept queue are retried (SYN-ACK retransmits) instead of reset.".into(),
+        });
+    } else {
+        fix.push(FixStep::say("Keep tcp_abort_on_overflow at 0: with 1 a handshake meeting a full queue is reset instead of retried with SYN-ACK retransmits."));
+    }
+    fix.push(FixStep::run(
+        "Watch the queues (Recv-Q = waiting for accept(), Send-Q = backlog)",
+        "ss -ltn",
+    ));
+    fix.push(FixStep::run(
+        "Watch the counters too",
+        "nstat -az TcpExtListenOverflows TcpExtListenDrops",
+    ));
+    (fix, proposed)
 }
 
 #[cfg(test)]
@@ -344,6 +416,85 @@ mod tests {
         let f = check(&past, &Thresholds::default());
         assert_eq!(f[0].severity, Severity::Info);
         assert!(f[0].title.contains("5 times since boot"), "{}", f[0].title);
+    }
+
+    #[test]
+    fn full_queue_at_somaxconn_proposes_room_and_turns_abort_off() {
+        let mut s = snapshot(vec![listener(443, 4097, 4096)], (10, 50), (10, 50));
+        s.sysctls
+            .insert("net.ipv4.tcp_abort_on_overflow".into(), "1".into());
+        let f = check(&s, &Thresholds::default());
+        let keys: Vec<(&str, &str)> = f[0]
+            .proposed
+            .iter()
+            .map(|c| (c.key.as_str(), c.value.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("net.core.somaxconn", "8192"),
+                ("net.ipv4.tcp_abort_on_overflow", "0")
+            ]
+        );
+        assert!(f[0]
+            .fix
+            .iter()
+            .any(|st| st.command.as_deref() == Some("sysctl -w net.core.somaxconn=8192")));
+        assert!(
+            f[0].why.contains("reset (tcp_abort_on_overflow=1)"),
+            "{}",
+            f[0].why
+        );
+        assert_eq!(wanted_somaxconn(&s, &Thresholds::default()), 8192);
+        // somaxconn already big enough and abort off: nothing to propose, and the
+        // final-ACK case is explained as a retry.
+        let s = snapshot(vec![listener(443, 512, 511)], (10, 50), (10, 50));
+        let f = check(&s, &Thresholds::default());
+        assert!(f[0].proposed.is_empty(), "{:#?}", f[0].proposed);
+        assert!(f[0].why.contains("retransmits its SYN-ACK"), "{}", f[0].why);
+    }
+
+    /// Titles, explanations and steps are sentences: each starts with a capital (or a
+    /// number), and counts agree with their nouns.
+    #[test]
+    fn text_reads_as_sentences_with_counts_that_agree() {
+        let one = snapshot(vec![listener(443, 2, 511)], (4, 5), (4, 5));
+        let mut past = snapshot(vec![listener(443, 0, 511)], (1, 1), (1, 1));
+        past.sysctls.remove("net.core.somaxconn");
+        for s in [one, past] {
+            let f = check(&s, &Thresholds::default());
+            let f = &f[0];
+            assert!(
+                !f.title.contains(" 1 connections") && !f.title.contains(" 1 times"),
+                "{}",
+                f.title
+            );
+            for sentence in f
+                .why
+                .split(". ")
+                .chain(f.fix.iter().flat_map(|st| st.text.split(". ")))
+            {
+                let first = sentence.trim_start().chars().next();
+                assert!(
+                    first.is_some_and(|c| !c.is_lowercase()),
+                    "starts lowercase: {sentence:?}"
+                );
+            }
+        }
+        let s = snapshot(vec![], (1, 2), (1, 2));
+        let f = check(&s, &Thresholds::default());
+        assert!(
+            f[0].title.contains(": 1 connection dropped in 2.0s"),
+            "{}",
+            f[0].title
+        );
+        let s = snapshot(vec![], (1, 1), (1, 1));
+        let f = check(&s, &Thresholds::default());
+        assert!(
+            f[0].title.contains("overflowed 1 time since boot"),
+            "{}",
+            f[0].title
+        );
     }
 
     #[test]

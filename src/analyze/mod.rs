@@ -1,6 +1,8 @@
 //! Rules: pure functions from a [`Snapshot`] to [`Finding`]s. No I/O and no clock here
 //! (time comes in the snapshot), so every rule is tested on hand-built snapshots.
-//! One rule per file; each exports `ID` and `check`.
+//! One rule per file; each exports `ID` and `check`. Not rules: [`merge`] (one finding
+//! per cause across namespaces), [`pointing`] (fix commands pointed at a namespace),
+//! [`trend`] and [`util`].
 
 pub mod close_wait_leak;
 pub mod close_wait_unaccepted;
@@ -9,8 +11,16 @@ pub mod ephemeral_port_exhaustion;
 pub mod fd_exhaustion;
 pub mod kernel_log;
 pub mod listen_overflow;
+pub mod merge;
 pub mod netns_sysctl_drift;
+pub mod nginx_client_keepalive;
+pub mod nginx_common;
+pub mod nginx_proxy_header_inheritance;
+pub mod nginx_proxy_keepalive_headers;
+pub mod nginx_upstream_keepalive;
+pub mod nginx_worker_connections;
 pub mod orphans;
+pub mod pointing;
 pub mod sysctl_audit;
 pub mod time_wait_pressure;
 pub mod trend;
@@ -18,7 +28,9 @@ pub mod util;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Finding, FixStep, HostSnapshot, NetnsInfo, Snapshot};
+use crate::model::{Finding, HostSnapshot, NetnsInfo, Snapshot};
+
+pub use pointing::{point_commands, point_commands_at};
 
 /// Thresholds the rules use. Every field can be set in the TOML config file (see
 /// docs/config.md); percentages are of the limit the rule compares against.
@@ -147,6 +159,33 @@ pub const RULES: &[Rule] = &[
         scope: Scope::Host,
         check: kernel_log::check,
     },
+    // nginx: configuration read from running masters (or `lint nginx`), judged with
+    // the host's evidence.
+    Rule {
+        id: nginx_upstream_keepalive::ID,
+        scope: Scope::Namespace,
+        check: nginx_upstream_keepalive::check,
+    },
+    Rule {
+        id: nginx_proxy_keepalive_headers::ID,
+        scope: Scope::Namespace,
+        check: nginx_proxy_keepalive_headers::check,
+    },
+    Rule {
+        id: nginx_proxy_header_inheritance::ID,
+        scope: Scope::Namespace,
+        check: nginx_proxy_header_inheritance::check,
+    },
+    Rule {
+        id: nginx_client_keepalive::ID,
+        scope: Scope::Namespace,
+        check: nginx_client_keepalive::check,
+    },
+    Rule {
+        id: nginx_worker_connections::ID,
+        scope: Scope::Namespace,
+        check: nginx_worker_connections::check,
+    },
 ];
 
 /// Rules across namespaces.
@@ -163,86 +202,68 @@ pub fn run(snapshot: &Snapshot, t: &Thresholds) -> Vec<Finding> {
     out
 }
 
-/// Fix steps are written for the namespace they run in. For a finding about another
-/// namespace each command is pointed at it, so that it works pasted into the user's
-/// shell: `tcpdoctor` commands get `--netns`, others run inside it through
-/// `ip netns exec NAME` or `nsenter -t PID -n`. Steps whose commands are still in
-/// their prose (not in `command`) get one closing step saying where to run them.
-pub fn point_commands_at(f: &mut Finding, ns: &NetnsInfo) {
-    let selector = match ns.ip_netns.first() {
-        Some(n) => n.clone(),
-        None if ns.first_pid.is_some() && ns.kind != crate::model::NetnsKind::Container => {
-            ns.first_pid.map(|p| p.to_string()).unwrap_or_default()
-        }
-        None => format!("'{}'", ns.name.replace('\'', "")),
-    };
-    let enter = match (ns.ip_netns.first(), ns.first_pid) {
-        (Some(n), _) => Some(format!("ip netns exec {n}")),
-        (None, Some(pid)) => Some(format!("nsenter -t {pid} -n")),
-        (None, None) => None,
-    };
-    let mut prose_commands = false;
-    for step in &mut f.fix {
-        if let Some(cmd) = &mut step.command {
-            if let Some(rest) = cmd.strip_prefix("tcpdoctor ") {
-                let (sub, args) = rest.split_once(' ').unwrap_or((rest, ""));
-                *cmd = format!("tcpdoctor {sub} --netns {selector} {args}")
-                    .trim_end()
-                    .to_string();
-            } else {
-                match &enter {
-                    Some(e) => *cmd = format!("{e} {cmd}"),
-                    None => *cmd = format!("nsenter --net=<a file of net:[{}]> {cmd}", ns.inode),
-                }
-            }
-        } else {
-            prose_commands |= ["ss ", "sysctl -w", "nstat"]
-                .iter()
-                .any(|c| step.text.contains(c));
-        }
-    }
-    if prose_commands {
-        let how = match &enter {
-            Some(e) => format!("{e} COMMAND"),
-            None => format!("nsenter --net=<a file of net:[{}]> COMMAND", ns.inode),
-        };
-        f.fix.push(FixStep::say(format!(
-            "The ss and sysctl commands above act on the network namespace they run in: run them inside {} ({how}). For a container, set sysctls in its spec (Kubernetes securityContext.sysctls, docker run --sysctl); a change made with nsenter is lost when it restarts.",
-            ns.name
-        )));
-    }
-}
-
 /// Runs the rules on every namespace of `host`: namespace rules on each, host-wide
-/// rules on the primary only, then the cross-namespace rules. When more than one
-/// namespace was looked at, each namespace finding names its namespace. Worst first;
-/// within a severity, by namespace order, then rule order.
+/// rules on the primary only, then the cross-namespace rules.
+///
+/// When more than one namespace was looked at, or another than tcpdoctor's own, each
+/// namespace finding names the namespaces it is about, and the same cause found in
+/// several namespaces ([`merge::same_cause`]) is one finding naming them all. Commands
+/// in the fixes are then pointed at those namespaces ([`point_commands`]), so they work
+/// pasted into the user's shell.
+///
+/// Order: worst first; within a severity, live problems before settings
+/// ([`Finding::rank`]); then namespace order (the current one first), then rule order.
 pub fn run_host(host: &HostSnapshot, t: &Thresholds) -> Vec<Finding> {
     let several = host.namespaces.len() > 1 || host.all_namespaces;
-    let mut out = Vec::new();
+    // Each cause: the findings made of it, each with the namespace it was found in
+    // (`None`: not named, host-wide or a run in tcpdoctor's own namespace only), with
+    // commands as the rules wrote them.
+    let mut causes: Vec<Vec<(Finding, Option<&NetnsInfo>)>> = Vec::new();
     for (i, snap) in host.namespaces.iter().enumerate() {
         for rule in RULES {
             if rule.scope == Scope::Host && i > 0 {
                 continue;
             }
-            for mut f in (rule.check)(snap, t) {
-                if let (Scope::Namespace, Some(ns)) = (rule.scope, &snap.netns) {
-                    // Name the namespace when there are several, or when it is not
-                    // the one tcpdoctor runs in; point commands at it in that case.
-                    if several || !ns.current {
-                        f.namespaces = vec![ns.to_ref()];
-                    }
-                    if !ns.current {
-                        point_commands_at(&mut f, ns);
-                    }
+            for f in (rule.check)(snap, t) {
+                let named = match (rule.scope, &snap.netns) {
+                    (Scope::Namespace, Some(ns)) if several || !ns.current => Some(ns),
+                    _ => None,
+                };
+                let same = named.and_then(|ns| {
+                    causes.iter().position(|found| {
+                        found
+                            .iter()
+                            .all(|(_, seen)| seen.is_some_and(|s| s.inode != ns.inode))
+                            && merge::same_cause(&found[0].0, &f)
+                    })
+                });
+                match same {
+                    Some(k) => causes[k].push((f, named)),
+                    None => causes.push(vec![(f, named)]),
                 }
-                out.push(f);
             }
         }
     }
+    let mut out: Vec<Finding> = causes
+        .into_iter()
+        .filter_map(|found| {
+            let namespaces: Vec<&NetnsInfo> = found.iter().filter_map(|(_, ns)| *ns).collect();
+            if namespaces.is_empty() {
+                return found.into_iter().next().map(|(f, _)| f);
+            }
+            let pairs: Vec<(Finding, &NetnsInfo)> = found
+                .into_iter()
+                .filter_map(|(f, ns)| ns.map(|ns| (f, ns)))
+                .collect();
+            let mut one = merge::merge(&pairs);
+            point_commands(&mut one, &namespaces);
+            Some(one)
+        })
+        .collect();
     for rule in HOST_RULES {
         out.extend((rule.check)(host, t));
     }
+    // Stable: namespace order, then rule order, within one rank.
     out.sort_by_key(Finding::rank);
     out
 }
@@ -250,69 +271,92 @@ pub fn run_host(host: &HostSnapshot, t: &Thresholds) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Nature, NetnsKind, Severity};
+    use crate::model::{NetnsKind, Severity};
 
-    fn finding(fix: &[&str]) -> Finding {
-        let mut f = Finding::new("close_wait_leak", Severity::Warning, Nature::Live, "t");
-        f.fix = fix
-            .iter()
-            .map(|s| match s.split_once(": ") {
-                Some((text, cmd)) => FixStep::run(text, cmd),
-                None => FixStep::say(*s),
-            })
-            .collect();
-        f
-    }
-
-    fn ns(ip: &[&str], pid: Option<u32>) -> NetnsInfo {
-        NetnsInfo {
-            inode: 4026532198,
-            name: "pod default/web".into(),
-            kind: NetnsKind::Container,
-            current: false,
+    fn snapshot(inode: u64, name: &str, current: bool, syncookies: &str) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.sysctls
+            .insert("net.ipv4.tcp_syncookies".into(), syncookies.into());
+        s.netns = Some(NetnsInfo {
+            inode,
+            name: name.into(),
+            kind: if current {
+                NetnsKind::Current
+            } else {
+                NetnsKind::IpNetns
+            },
+            current,
             container: None,
-            ip_netns: ip.iter().map(|s| s.to_string()).collect(),
+            ip_netns: if current { vec![] } else { vec![name.into()] },
             processes: 1,
-            first_pid: pid,
-        }
+            first_pid: Some(inode as u32),
+        });
+        s
     }
 
-    #[test]
-    fn commands_of_another_namespace_say_where_to_run() {
-        let mut f = finding(&[
-            "List them: tcpdoctor sockets --state close-wait --pid 9 -i",
-            "Stopgap: ss -K state close-wait sport = :80",
-        ]);
-        point_commands_at(&mut f, &ns(&[], Some(4242)));
-        assert_eq!(
-            f.fix[0].command.as_deref(),
-            Some("tcpdoctor sockets --netns 'pod default/web' --state close-wait --pid 9 -i")
-        );
-        assert_eq!(
-            f.fix[1].command.as_deref(),
-            Some("nsenter -t 4242 -n ss -K state close-wait sport = :80")
-        );
-        assert_eq!(f.fix.len(), 2, "every command is pointed: no closing note");
+    fn cookies(findings: &[Finding]) -> Vec<&Finding> {
+        findings
+            .iter()
+            .filter(|f| f.data["sysctl"] == "net.ipv4.tcp_syncookies")
+            .collect()
+    }
 
-        let mut g = finding(&["Set: sysctl -w net.ipv4.tcp_fin_timeout=30"]);
-        point_commands_at(&mut g, &ns(&["blue"], Some(1)));
-        assert_eq!(
-            g.fix[0].command.as_deref(),
-            Some("ip netns exec blue sysctl -w net.ipv4.tcp_fin_timeout=30")
-        );
-        let mut h = finding(&["then run ss -tan in it"]);
-        point_commands_at(&mut h, &ns(&["blue"], Some(1)));
+    fn commands(f: &Finding) -> Vec<&str> {
+        f.fix.iter().filter_map(|s| s.command.as_deref()).collect()
+    }
+
+    /// `--netns blue` alone: the finding names blue and its commands enter it.
+    #[test]
+    fn one_other_namespace_is_named_and_pointed_at() {
+        let host = HostSnapshot {
+            namespaces: vec![snapshot(7, "blue", false, "0")],
+            all_namespaces: false,
+            missing: Vec::new(),
+        };
+        let found = run_host(&host, &Thresholds::default());
+        let f = cookies(&found);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].namespaces.len(), 1);
         assert!(
-            h.fix[1].text.contains("ip netns exec blue COMMAND"),
-            "{}",
-            h.fix[1].text
+            commands(f[0]).contains(&"ip netns exec blue sysctl -w net.ipv4.tcp_syncookies=1"),
+            "{:?}",
+            commands(f[0])
         );
     }
 
+    /// The same setting in the host's namespace and two others: one finding, one loop
+    /// over the three; a different value elsewhere is another cause.
     #[test]
-    fn steps_without_commands_are_left_alone() {
-        let mut f = finding(&["Fix the code path that drops connections."]);
-        point_commands_at(&mut f, &ns(&[], Some(1)));
-        assert_eq!(f.fix.len(), 1);
+    fn same_cause_in_several_namespaces_is_one_finding() {
+        let host = HostSnapshot {
+            namespaces: vec![
+                snapshot(1, "host", true, "0"),
+                snapshot(7, "blue", false, "0"),
+                snapshot(8, "red", false, "2"),
+                snapshot(9, "green", false, "0"),
+            ],
+            all_namespaces: true,
+            missing: Vec::new(),
+        };
+        let found = run_host(&host, &Thresholds::default());
+        let f = cookies(&found);
+        assert_eq!(f.len(), 2, "{f:#?}");
+        let off = f
+            .iter()
+            .find(|f| f.data["value"] == "0")
+            .expect("syncookies=0");
+        let names: Vec<&str> = off.namespaces.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["host", "blue", "green"]);
+        assert_eq!(off.severity, Severity::Warning);
+        assert!(
+            commands(off).contains(&"for ns in /proc/$$/ns/net /run/netns/blue /run/netns/green; do nsenter --net=\"$ns\" sysctl -w net.ipv4.tcp_syncookies=1; done"),
+            "{:?}",
+            commands(off)
+        );
+        let red = f
+            .iter()
+            .find(|f| f.data["value"] == "2")
+            .expect("syncookies=2");
+        assert_eq!(red.namespaces.len(), 1);
     }
 }

@@ -12,7 +12,11 @@ use serde_json::json;
 
 use super::util::{counter, counter_interval_ms, pct};
 use super::Thresholds;
-use crate::model::{Evidence, Finding, FixStep, Nature, Severity, Snapshot, TcpState};
+use crate::model::kernel::defaults;
+use crate::model::units::{self, count};
+use crate::model::{
+    Evidence, Finding, FixStep, Nature, Severity, Snapshot, SysctlChange, TcpState,
+};
 
 pub const ID: &str = "orphans";
 
@@ -28,6 +32,10 @@ const ORPHAN_STATES: [TcpState; 4] = [
 ];
 
 const KERNEL_MESSAGE: &str = "too many orphaned sockets";
+
+/// The tcp_orphan_retries proposed when unresponsive peers keep orphans alive: fewer
+/// retransmissions than the effective default of 8 (a 0 in the sysctl means 8).
+const ORPHAN_RETRIES: i64 = 3;
 
 pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
     let totals = s.summary.total();
@@ -69,13 +77,19 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
         return Vec::new();
     };
 
+    let retries = s.sysctl_i64("net.ipv4.tcp_orphan_retries");
+    let fin_timeout = s.sysctl_i64("net.ipv4.tcp_fin_timeout");
+    // An orphaned FIN_WAIT2 stays a full socket, counted as an orphan, only while
+    // tcp_fin_timeout exceeds 60 s (for the part above 60); otherwise __tcp_close() turns
+    // it into a timewait minisocket at once, which the orphan count leaves out. So
+    // FIN_WAIT2 can be what the orphans are only with a raised tcp_fin_timeout.
+    let fin_wait2_orphans = fin_timeout.is_some_and(|v| v > defaults::FIN_TIMEOUT_S);
     let dominant = ORPHAN_STATES
         .iter()
         .copied()
+        .filter(|st| *st != TcpState::FinWait2 || fin_wait2_orphans)
         .max_by_key(|st| (state_count(*st), std::cmp::Reverse(st.code())))
         .filter(|st| state_count(*st) > 0);
-    let retries = s.sysctl_i64("net.ipv4.tcp_orphan_retries");
-    let fin_timeout = s.sysctl_i64("net.ipv4.tcp_fin_timeout");
     let tcp_mem_max = s
         .sysctl("net.ipv4.tcp_mem")
         .and_then(|v| v.split_whitespace().nth(2))
@@ -84,22 +98,27 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
 
     let title = if abort.rising() {
         let window = interval_ms
-            .map(|ms| format!(" in {}", crate::model::units::human_duration_ms(ms)))
+            .map(|ms| format!(" in {}", units::human_duration_ms(ms)))
             .unwrap_or_default();
         format!(
-            "Orphaned sockets being reset for lack of memory: {}{window} (TCPAbortOnMemory); {orphans} orphans",
-            abort.delta.unwrap_or(0)
+            "Orphaned sockets being reset for lack of memory: {}{window} (TCPAbortOnMemory); {} now",
+            abort.delta.unwrap_or(0),
+            count(orphans, "orphan", "orphans")
         )
     } else {
         match (limit, share) {
-            (Some(l), Some(p)) if p >= t.orphan_warn_pct => {
-                format!("{orphans} orphaned sockets: {p:.0}% of tcp_max_orphans {l}")
-            }
+            (Some(l), Some(p)) if p >= t.orphan_warn_pct => format!(
+                "{}: {p:.0}% of tcp_max_orphans {l}",
+                count(orphans, "orphaned socket", "orphaned sockets")
+            ),
             (_, _) if logged > 0 => format!(
-                "Kernel logged \"{KERNEL_MESSAGE}\" {logged} times; {orphans} orphans now"
+                "Kernel logged \"{KERNEL_MESSAGE}\" {}; {} now",
+                count(logged, "time", "times"),
+                count(orphans, "orphan", "orphans")
             ),
             _ => format!(
-                "{orphans} orphaned sockets (tcp_max_orphans is not visible in this network namespace)"
+                "{} (tcp_max_orphans is not visible in this network namespace)",
+                count(orphans, "orphaned socket", "orphaned sockets")
             ),
         }
     };
@@ -127,10 +146,14 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
         },
     ));
     for st in ORPHAN_STATES {
-        let note = if st == TcpState::FinWait2 {
-            " (mostly minisockets, counted with TIME_WAIT)"
-        } else {
-            ""
+        let note = match st {
+            TcpState::FinWait2 if fin_wait2_orphans => {
+                " (orphaned ones are full sockets for tcp_fin_timeout - 60 s, then minisockets)"
+            }
+            TcpState::FinWait2 => {
+                " (minisockets, counted with TIME_WAIT, or owned after shutdown(): not orphans)"
+            }
+            _ => "",
         };
         evidence.push(Evidence::new(
             st.name(),
@@ -146,7 +169,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
     if logged > 0 {
         evidence.push(Evidence::new(
             format!("kernel log \"{KERNEL_MESSAGE}\""),
-            format!("{logged} times in the buffer"),
+            format!("{} in the buffer", count(logged, "time", "times")),
         ));
     }
     if let Some(r) = retries {
@@ -178,39 +201,70 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
     );
 
     let mut fix = vec![
-        "See which peers they belong to: `ss -tno state fin-wait-1` and `ss -tno state last-ack` (a large Send-Q is data the peer never took).".to_string(),
+        FixStep::run(
+            "See which peers the FIN_WAIT1 orphans belong to (a large Send-Q is data the peer never took)",
+            "ss -tno state fin-wait-1",
+        ),
+        FixStep::run("The LAST_ACK ones too", "ss -tno state last-ack"),
     ];
+    let mut proposed = Vec::new();
+    let effective_retries = retries.map(|r| if r == 0 { 8 } else { r });
     match dominant {
-        Some(TcpState::FinWait1 | TcpState::LastAck | TcpState::Closing) => fix.push(format!(
-            "Let orphans give up sooner on unresponsive peers: `sysctl -w net.ipv4.tcp_orphan_retries=3` (per network namespace){}. A value of 0 does not mean no retries: the kernel uses 8.",
-            match retries {
-                Some(r) => format!("; now {r}{}", if r == 0 { ", i.e. 8" } else { "" }),
+        Some(TcpState::FinWait1 | TcpState::LastAck | TcpState::Closing)
+            if effective_retries.is_some_and(|r| r > ORPHAN_RETRIES) =>
+        {
+            let now = match retries {
+                Some(0) => " (now 0, which the kernel treats as 8)".to_string(),
+                Some(r) => format!(" (now {r})"),
                 None => String::new(),
-            }
-        )),
-        Some(TcpState::FinWait2) => fix.push(format!(
-            "Orphaned FIN_WAIT2 ends after tcp_fin_timeout{}: lowering it (e.g. `sysctl -w net.ipv4.tcp_fin_timeout=30`) is what that knob is for; it does not touch TIME_WAIT. FIN_WAIT2 sockets still owned after shutdown() need the application to close them.",
-            fin_timeout.map(|v| format!(" (now {v} s)")).unwrap_or_default()
-        )),
+            };
+            fix.push(FixStep::run(
+                format!("Let orphans give up sooner on unresponsive peers{now}; per network namespace. A value of 0 does not mean no retries: the kernel uses 8"),
+                format!("sysctl -w net.ipv4.tcp_orphan_retries={ORPHAN_RETRIES}"),
+            ));
+            proposed.push(SysctlChange {
+                key: "net.ipv4.tcp_orphan_retries".into(),
+                value: ORPHAN_RETRIES.to_string(),
+                was: retries.map(|r| r.to_string()),
+                why: format!(
+                    "Orphans waiting on peers that stopped answering give up after {ORPHAN_RETRIES} retransmissions instead of {}; 0 would mean 8.",
+                    effective_retries.unwrap_or(8)
+                ),
+            });
+        }
+        Some(TcpState::FinWait2) => {
+            // Only reached with tcp_fin_timeout above the default (see fin_wait2_orphans).
+            let now = fin_timeout.unwrap_or(defaults::FIN_TIMEOUT_S);
+            fix.push(FixStep::run(
+                format!("Orphaned FIN_WAIT2 sockets stay full sockets for tcp_fin_timeout - 60 s ({now} s now); at the default 60 they become small timewait entries at once and end after 60 s. That is what this knob is for; it does not touch TIME_WAIT. FIN_WAIT2 sockets still owned after shutdown() need the application to close them"),
+                format!("sysctl -w net.ipv4.tcp_fin_timeout={}", defaults::FIN_TIMEOUT_S),
+            ));
+            proposed.push(SysctlChange {
+                key: "net.ipv4.tcp_fin_timeout".into(),
+                value: defaults::FIN_TIMEOUT_S.to_string(),
+                was: Some(now.to_string()),
+                why: format!(
+                    "Was {now}. Orphaned FIN_WAIT2 sockets leave the orphan count at once and end after 60 s (this does not change TIME_WAIT)."
+                ),
+            });
+        }
         _ => {}
     }
-    fix.push(format!(
-        "Do not lower tcp_max_orphans. If memory allows, raise it (`sysctl -w net.ipv4.tcp_max_orphans={}`, host-wide); if TCP memory is the limit, compare sockstat mem with net.ipv4.tcp_mem.",
-        limit.map_or(262_144, |l| l * 2)
+    fix.push(FixStep::run(
+        "Do not lower tcp_max_orphans. If memory allows (each orphan can pin about 64 KB), raise it, host-wide; if TCP memory is the limit, compare sockstat mem with net.ipv4.tcp_mem instead",
+        format!(
+            "sysctl -w net.ipv4.tcp_max_orphans={}",
+            limit.map_or(262_144, |l| l * 2)
+        ),
     ));
-    fix.push("The limit and the count are host-wide: orphans from every container count, and the reset hits all of them. Read tcp_max_orphans on the host when it is not visible here.".to_string());
+    fix.push(FixStep::say("The limit and the count are host-wide: orphans from every container count, and the reset hits all of them. Read tcp_max_orphans on the host when it is not visible here."));
 
-    vec![Finding {
-        rule_id: ID,
-        namespaces: Vec::new(),
-        nature: Nature::Live,
-        severity,
-        title,
-        evidence,
-        why,
-        fix: fix.into_iter().map(FixStep::from).collect(),
-        proposed: Vec::new(),
-        data: json!({
+    let mut f = Finding::new(ID, severity, Nature::Live, title);
+    f.evidence = evidence;
+    f.why = why;
+    f.fix = fix;
+    f.proposed = proposed;
+    f.data = json!({
             "orphans": orphans,
             "orphans_source": source,
             "max_orphans": limit,
@@ -226,12 +280,12 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
             "interval_ms": interval_ms,
             "kernel_log_count": logged,
             "tcp_orphan_retries": retries,
-            "effective_orphan_retries": retries.map(|r| if r == 0 { 8 } else { r }),
+            "effective_orphan_retries": effective_retries,
             "tcp_fin_timeout": fin_timeout,
             "tcp_mem_pages": mem_pages,
             "tcp_mem_max_pages": tcp_mem_max,
-        }),
-    }]
+    });
+    vec![f]
 }
 
 #[cfg(test)]
@@ -274,10 +328,12 @@ mod tests {
         assert_eq!(f.data["dominant_state"], "FIN_WAIT1");
         assert_eq!(f.data["effective_orphan_retries"], 8);
         assert!(f.why.contains("FIN_WAIT1"));
-        assert!(f
-            .fix
-            .iter()
-            .any(|l| l.mentions("tcp_orphan_retries=3") && l.mentions("now 0, i.e. 8")));
+        assert!(f.fix.iter().any(|l| l.mentions("tcp_orphan_retries=3")
+            && l.mentions("now 0, which the kernel treats as 8")));
+        assert_eq!(f.proposed.len(), 1);
+        assert_eq!(f.proposed[0].key, "net.ipv4.tcp_orphan_retries");
+        assert_eq!(f.proposed[0].value, "3");
+        assert_eq!(f.proposed[0].was.as_deref(), Some("0"));
     }
 
     #[test]
@@ -294,7 +350,7 @@ mod tests {
         assert_eq!(f[0].severity, Severity::Critical);
         assert_eq!(
             f[0].title,
-            "Orphaned sockets being reset for lack of memory: 15 in 1.0s (TCPAbortOnMemory); 2000 orphans"
+            "Orphaned sockets being reset for lack of memory: 15 in 1.0s (TCPAbortOnMemory); 2000 orphans now"
         );
         assert_eq!(f[0].data["abort_on_memory"]["delta"], 15);
         assert_eq!(f[0].data["dominant_state"], "LAST_ACK");
@@ -317,6 +373,58 @@ mod tests {
         assert_eq!(f[0].severity, Severity::Info);
         assert!(f[0].title.contains("not visible"), "{}", f[0].title);
         assert_eq!(f[0].data["max_orphans"], serde_json::Value::Null);
+    }
+
+    /// Orphaned FIN_WAIT2 counts as orphans only while tcp_fin_timeout is above 60 s;
+    /// then (and only then) the rule proposes the default 60.
+    #[test]
+    fn fin_timeout_is_proposed_only_when_orphaned_fin_wait2_is_the_problem() {
+        let mut s = snapshot(40_000, 100, 100, Some(131_072));
+        s.summary.ipv4.0[TcpState::FinWait2.index()] = 39_000;
+        s.sysctls
+            .insert("net.ipv4.tcp_fin_timeout".into(), "300".into());
+        let f = check(&s, &Thresholds::default());
+        assert_eq!(f[0].data["dominant_state"], "FIN_WAIT2");
+        assert_eq!(f[0].proposed.len(), 1, "{:#?}", f[0].proposed);
+        assert_eq!(f[0].proposed[0].key, "net.ipv4.tcp_fin_timeout");
+        assert_eq!(f[0].proposed[0].value, "60");
+        assert_eq!(f[0].proposed[0].was.as_deref(), Some("300"));
+        // At 60 s or below those FIN_WAIT2 are minisockets, not orphans: the orphans
+        // are FIN_WAIT1 here, and tcp_fin_timeout is left alone.
+        for v in ["60", "10"] {
+            s.sysctls
+                .insert("net.ipv4.tcp_fin_timeout".into(), v.into());
+            let f = check(&s, &Thresholds::default());
+            assert_eq!(f[0].data["dominant_state"], "FIN_WAIT1");
+            assert!(
+                !f[0]
+                    .proposed
+                    .iter()
+                    .any(|c| c.key == "net.ipv4.tcp_fin_timeout"),
+                "{:#?}",
+                f[0].proposed
+            );
+        }
+    }
+
+    #[test]
+    fn retries_already_low_are_not_proposed_and_counts_agree() {
+        let mut s = snapshot(30_000, 25_000, 5_000, Some(131_072));
+        s.sysctls
+            .insert("net.ipv4.tcp_orphan_retries".into(), "2".into());
+        let f = check(&s, &Thresholds::default());
+        assert!(f[0].proposed.is_empty(), "{:#?}", f[0].proposed);
+        let mut one = snapshot(1, 1, 0, Some(131_072));
+        one.kernel_log = Some(vec![KernelLogEntry {
+            message: "TCP: too many orphaned sockets".into(),
+            count: 1,
+            last_seen_s: 10,
+        }]);
+        let f = check(&one, &Thresholds::default());
+        assert_eq!(
+            f[0].title,
+            "Kernel logged \"too many orphaned sockets\" 1 time; 1 orphan now"
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! Small helpers shared by rules: percentages, process labels.
+//! Small helpers shared by rules: percentages, process labels, closing rates.
 
 use std::collections::BTreeMap;
 
-use crate::model::{Owner, PortRange, Snapshot};
+use crate::model::{ClosingRate, Owner, PortRange, Snapshot, TimeWaitAges};
 
 pub use crate::model::rank::{sorted_counts, tally as top_counts};
 
@@ -31,10 +31,59 @@ pub fn owner_label(s: &Snapshot, owner: Option<Owner>) -> String {
     }
 }
 
-/// Connections per second implied by `count` TIME_WAIT entries in `s`'s namespace:
-/// each lives [`Snapshot::time_wait_len_s`].
-pub fn per_second_over_time_wait(s: &Snapshot, count: u64) -> f64 {
-    count as f64 / s.time_wait_len_s() as f64
+/// Connections closed first per second by a group of `count` TIME_WAIT entries whose
+/// ages are `ages`: the recent rate the ages give ([`TimeWaitAges::closing_rate`]), or,
+/// when no age is known, the count spread over the TIME_WAIT length of `s`'s namespace
+/// (a lower bound where tcp_tw_reuse takes entries over early). The one closing rate
+/// of rules and `watch`.
+pub fn closing_rate(s: &Snapshot, count: u64, ages: &TimeWaitAges) -> ClosingRate {
+    let len_ms = s.time_wait_policy().len_ms.max(1);
+    ages.closing_rate(len_ms).unwrap_or(ClosingRate {
+        per_s: count as f64 * 1000.0 / len_ms as f64,
+        window_ms: len_ms,
+    })
+}
+
+/// `~405/s over the last 32s`.
+pub fn describe_rate(r: &ClosingRate) -> String {
+    format!(
+        "~{}/s over the last {}",
+        rate_text(r.per_s),
+        window_text(r.window_ms)
+    )
+}
+
+/// A window or delay: `32s`, `1s`, `1.5s`, `250ms`.
+pub fn window_text(ms: u64) -> String {
+    if ms >= 1000 && ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        crate::model::units::human_duration_ms(ms)
+    }
+}
+
+/// A rate as the text shows it: one decimal below 10, whole numbers above.
+pub fn rate_text(per_s: f64) -> String {
+    if per_s < 10.0 {
+        format!("{per_s:.1}")
+    } else {
+        format!("{per_s:.0}")
+    }
+}
+
+/// Connections this namespace closed first per second during the counter interval:
+/// TIME_WAIT (or orphaned FIN_WAIT2) minisockets created, `TcpExt.TW` (timeout over
+/// 4 s) plus `TcpExt.TWKilled` (4 s or less), each counted once when the connection
+/// enters them (`__inet_twsk_schedule()`). Counts entries that tcp_tw_reuse later takes
+/// over too, which TIME_WAIT ages cannot see. `None` without a counter interval.
+pub fn measured_closes_per_s(s: &Snapshot) -> Option<f64> {
+    let tw = counter(s, "TcpExt.TW").rate?;
+    Some(tw + counter(s, "TcpExt.TWKilled").rate.unwrap_or(0.0))
+}
+
+/// Rounds to two decimals for a finding's `data`.
+pub fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }
 
 /// One kernel counter as rules report it: the value since boot, its growth between the
@@ -209,6 +258,42 @@ mod tests {
             "+10 in 2.0s (5.0/s), 110 since boot"
         );
         assert_eq!(r.json()["per_s"], 5.0);
-        assert_eq!(per_second_over_time_wait(&s, 600), 10.0);
+    }
+
+    #[test]
+    fn closing_rate_uses_ages_and_falls_back_to_the_count_over_the_length() {
+        let mut s = Snapshot::default();
+        // No ages: 600 entries over 60 s.
+        let r = closing_rate(&s, 600, &TimeWaitAges::default());
+        assert_eq!((r.per_s, r.window_ms), (10.0, 60_000));
+        assert_eq!(describe_rate(&r), "~10/s over the last 60s");
+        // A vendor length of 20 s.
+        s.sysctls
+            .insert("net.ipv4.tcp_tw_timeout".into(), "20".into());
+        assert_eq!(closing_rate(&s, 600, &TimeWaitAges::default()).per_s, 30.0);
+        // 400 entries, all under 1 s old: 400/s over the last second.
+        let mut ages = TimeWaitAges::default();
+        for i in 0..400 {
+            ages.add(Some(i * 2), 1000);
+        }
+        let r = closing_rate(&s, 400, &ages);
+        assert_eq!((r.per_s, r.window_ms), (400.0, 1000));
+        assert_eq!(rate_text(2.25), "2.2");
+    }
+
+    #[test]
+    fn measured_closes_add_the_short_lived_minisockets() {
+        let mut s = Snapshot::default();
+        assert_eq!(measured_closes_per_s(&s), None);
+        let mut c = crate::model::CounterSample {
+            interval_ms: 2000,
+            ..Default::default()
+        };
+        for (k, a, b) in [("TcpExt.TW", 100, 900), ("TcpExt.TWKilled", 0, 10)] {
+            c.before.insert(k.into(), a);
+            c.after.insert(k.into(), b);
+        }
+        s.counters = Some(c);
+        assert_eq!(measured_closes_per_s(&s), Some(405.0));
     }
 }

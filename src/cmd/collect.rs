@@ -19,7 +19,7 @@ use crate::collect::sockets::{self, CollectError, SocketQuery, SourcePref};
 use crate::collect::sysctl;
 use crate::model::{
     CounterSample, DigestBuilder, EphemeralPorts, HostSnapshot, KernelLogEntry, Notice, NoticeCode,
-    Owners, ProcessFacts, Snapshot, Socket, Sockstat, Source, StateSet, TcpState,
+    Owners, ProcessFacts, Snapshot, Socket, Sockstat, Source, StateSet, TcpState, TimeWaitPolicy,
     HOST_WIDE_SYSCTLS, PER_NETNS_SYSCTLS,
 };
 use crate::settings::Common;
@@ -108,7 +108,10 @@ fn collect_ns(
             .get("net.ipv4.ip_local_reserved_ports")
             .map(String::as_str),
     );
-    let mut builder = DigestBuilder::new(ports);
+    let mut builder =
+        DigestBuilder::new(ports).time_wait_policy(TimeWaitPolicy::from_sysctls(|k| {
+            sysctls.get(k).map(String::as_str)
+        }));
     if by_process {
         builder = builder.count_by_process();
     }
@@ -358,6 +361,14 @@ pub fn collect_host(
             .filter_map(|s| s.netns.as_ref().map(|n| n.inode))
             .collect();
         history.retain(|k, _| live.contains(k));
+    }
+
+    // nginx (check only; issue 12): masters in every namespace and their configuration,
+    // read while the counter interval runs. A standalone collector:
+    // collect::nginx::discover + attach.
+    if matches!(counters, Counters::Interval(_)) {
+        let (instances, notices) = crate::collect::nginx::discover(root);
+        crate::collect::nginx::attach(&mut host, instances, notices);
     }
 
     // check: the second counter reading, `interval` after the first.

@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod collect;
+pub mod lint;
 pub mod netns;
 pub mod sockets;
 pub mod states;

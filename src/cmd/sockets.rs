@@ -91,6 +91,7 @@ pub fn run(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdErr
         sockets,
         matched,
         owners,
+        filter: s.filter.clone(),
         tcp_info: s.tcp_info,
         namespaces: if several {
             selection.infos.clone()

@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod kmsg;
 pub mod netlink;
 pub mod netns;
+pub mod nginx;
 pub mod procfs;
 pub mod sockets;
 pub mod sysctl;

@@ -182,8 +182,7 @@ impl Exporter {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             c.sampler.sample(&self.common).map(|host| {
                 let findings = analyze::run_host(&host, &self.thresholds);
-                let merged = host.merged();
-                (host, merged, findings)
+                (host, findings)
             })
         }));
         c.collections += 1;
@@ -209,13 +208,12 @@ impl Exporter {
             started_unix_ms,
             top: self.top,
         };
-        let (host, snapshot, findings) = match &collected {
-            Some((host, snap, f)) => (Some(host), Some(snap), f.as_slice()),
-            None => (None, None, &[][..]),
+        let (host, findings) = match &collected {
+            Some((host, f)) => (Some(host), f.as_slice()),
+            None => (None, &[][..]),
         };
         metrics::render(&Exposition {
             host,
-            snapshot,
             findings,
             stats,
         })

@@ -1,5 +1,12 @@
 //! Builds a [`SocketDigest`] from streamed sockets: the aggregates the rules need,
 //! without keeping the socket list. Pure: owners are looked up through a closure.
+//!
+//! TIME_WAIT sockets are sorted by the side that closed first. The server side is
+//! grouped per local port served: a listener's port, a port outside the ephemeral range
+//! or reserved (connect() never picks those), or an ephemeral-range port that many
+//! peers' TIME_WAIT share after its listener is gone ([`served_in_range`]). The client
+//! side is grouped per destination. Each group keeps a fixed-size spread of ages
+//! ([`TimeWaitAges`]), never a record per socket.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -7,9 +14,35 @@ use std::net::IpAddr;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{
-    kernel::EphemeralPorts, CloseWaitSocket, Endpoint, ListenerSocket, Owner, PortUse, Socket,
-    SocketDigest, StateCounts, StateSummary, TcpState,
+    kernel::{EphemeralPorts, TimeWaitPolicy},
+    snapshot::sort_port_use,
+    CloseWaitSocket, Endpoint, ListenerSocket, Owner, PortUse, Socket, SocketDigest, StateCounts,
+    StateSummary, TcpState, TimeWaitAges, TimeWaitDigest, TimerKind,
 };
+
+/// Peers with one socket each that an ephemeral-range local port needs before it is
+/// taken for a port this host serves (its listener gone). A client's connections to
+/// different destinations land on the same local port only by chance (connect() starts
+/// its scan at a hash of the destination), and eight single-connection destinations
+/// meeting on one port is rare even for a crawler with thousands.
+const SERVED_MIN_PEERS: u32 = 8;
+
+/// ...and distinct remote ports among them: a crawler's destinations share a few
+/// service ports (80, 443), a server's peers come from their own ephemeral ports.
+const SERVED_MIN_REMOTE_PORTS: usize = 4;
+
+/// One destination (source ip, destination ip:port) while the dump streams.
+#[derive(Debug, Default)]
+struct PortAcc {
+    counts: StateCounts,
+    /// One socket inode with a descriptor, to name the owner.
+    inode: u64,
+    ages: TimeWaitAges,
+    /// The local port of its first socket, and whether all its sockets share it. A
+    /// "destination" with one local port may be a client of a port this host serves.
+    local_port: u16,
+    one_local_port: bool,
+}
 
 /// Feed listeners and CLOSE_WAIT sockets with [`add_first_pass`](Self::add_first_pass)
 /// (they come from a dump that asks for tcp_info), then everything else with
@@ -17,14 +50,18 @@ use super::{
 #[derive(Debug, Default)]
 pub struct DigestBuilder {
     ports: EphemeralPorts,
+    policy: TimeWaitPolicy,
     listen_ports: FxHashSet<u16>,
     summary: StateSummary,
     close_wait: Vec<CloseWaitSocket>,
     listeners: Vec<ListenerSocket>,
-    tw: super::TimeWaitDigest,
-    /// Deferred: TIME_WAIT and port use are classified against the listening ports,
-    /// which are only complete after the first pass.
-    port_use: FxHashMap<(IpAddr, Endpoint), (StateCounts, u64)>,
+    /// Server-side TIME_WAIT per local port, and per peer address.
+    served: FxHashMap<u16, TimeWaitAges>,
+    served_peers: FxHashMap<IpAddr, u64>,
+    /// Sockets on ephemeral local ports per destination, TIME_WAIT included. Whether a
+    /// local port is served is only known after the first pass (listeners) or at the
+    /// end (ports many peers share), so the client side is sorted out in `finish`.
+    port_use: FxHashMap<(IpAddr, Endpoint), PortAcc>,
     /// With [`count_by_process`](Self::count_by_process): every socket that holds a
     /// descriptor, resolved to its process in `finish` (owners are only known then).
     owned: Option<Vec<(u64, TcpState)>>,
@@ -37,6 +74,13 @@ impl DigestBuilder {
             ports,
             ..DigestBuilder::default()
         }
+    }
+
+    /// The namespace's TIME_WAIT length, reuse delay and reuse sysctls
+    /// ([`TimeWaitPolicy::from_sysctls`]); without it, upstream lengths and no reuse.
+    pub fn time_wait_policy(mut self, policy: TimeWaitPolicy) -> DigestBuilder {
+        self.policy = policy;
+        self
     }
 
     /// Also count sockets per owning process ([`SocketDigest::by_process`]). Costs one
@@ -107,40 +151,57 @@ impl DigestBuilder {
     }
 
     fn add_connection(&mut self, s: &Socket) {
-        if s.state == TcpState::TimeWait {
-            let peer = s.remote.canonical_ip();
-            *self.tw.by_peer.entry(peer).or_default() += 1;
-            if self.listen_ports.contains(&s.local.port) {
-                self.tw.server_side += 1;
-                *self.tw.by_listen_port.entry(s.local.port).or_default() += 1;
-            } else {
-                self.tw.client_side += 1;
-                let dest = Endpoint::new(peer, s.remote.port);
-                *self.tw.by_destination.entry(dest).or_default() += 1;
-            }
+        if s.state != TcpState::TimeWait {
+            self.count_port_use(s.state, s.local, s.remote, s.inode);
+            return;
         }
-        self.count_port_use(s.state, s.local, s.remote, s.inode);
+        // sock_diag and /proc/net/tcp both report the TIME_WAIT timer's remaining time.
+        let age = s
+            .timer
+            .filter(|t| t.kind == TimerKind::TimeWait)
+            .map(|t| self.policy.age_ms(t.remaining_ms));
+        let delay = self.policy.reuse_delay_ms;
+        if self.is_ephemeral(s.local.port) && s.remote.port != 0 {
+            let e = self.port_entry(s.local, s.remote);
+            e.counts.add(TcpState::TimeWait);
+            e.ages.add(age, delay);
+        } else {
+            self.served.entry(s.local.port).or_default().add(age, delay);
+            *self
+                .served_peers
+                .entry(s.remote.canonical_ip())
+                .or_default() += 1;
+        }
     }
 
     fn is_ephemeral(&self, port: u16) -> bool {
         self.ports.is_ephemeral(port) && !self.listen_ports.contains(&port)
     }
 
-    fn count_port_use(&mut self, state: TcpState, local: Endpoint, remote: Endpoint, inode: u64) {
-        if state == TcpState::Listen || remote.port == 0 || !self.is_ephemeral(local.port) {
-            return;
-        }
+    /// The destination's entry, noting the local port (before the socket is counted).
+    fn port_entry(&mut self, local: Endpoint, remote: Endpoint) -> &mut PortAcc {
         let key = (
             local.canonical_ip(),
             Endpoint::new(remote.canonical_ip(), remote.port),
         );
-        let e = self
-            .port_use
-            .entry(key)
-            .or_insert((StateCounts::default(), 0));
-        e.0.add(state);
-        if e.1 == 0 && inode != 0 {
-            e.1 = inode;
+        let e = self.port_use.entry(key).or_default();
+        if e.counts.total() == 0 {
+            e.local_port = local.port;
+            e.one_local_port = true;
+        } else if e.local_port != local.port {
+            e.one_local_port = false;
+        }
+        e
+    }
+
+    fn count_port_use(&mut self, state: TcpState, local: Endpoint, remote: Endpoint, inode: u64) {
+        if state == TcpState::Listen || remote.port == 0 || !self.is_ephemeral(local.port) {
+            return;
+        }
+        let e = self.port_entry(local, remote);
+        e.counts.add(state);
+        if e.inode == 0 && inode != 0 {
+            e.inode = inode;
         }
     }
 
@@ -175,23 +236,56 @@ impl DigestBuilder {
             l.owner = resolve(l.inode);
         }
         let usable = self.ports.usable();
-        let mut port_use: Vec<PortUse> = self
-            .port_use
-            .into_iter()
-            .map(|((local_ip, remote), (counts, inode))| PortUse {
+        let policy = self.policy;
+        let mut tw = TimeWaitDigest {
+            policy,
+            ..TimeWaitDigest::default()
+        };
+        let served_ports = served_in_range(&self.port_use);
+        let mut port_use: Vec<PortUse> = Vec::with_capacity(self.port_use.len().min(4096));
+        for ((local_ip, remote), acc) in self.port_use {
+            let time_wait = acc.ages.total();
+            if acc.one_local_port && served_ports.contains(&acc.local_port) {
+                // A peer of a port this host serves: server side, and no port use.
+                if time_wait > 0 {
+                    self.served
+                        .entry(acc.local_port)
+                        .or_default()
+                        .merge(&acc.ages);
+                    *self.served_peers.entry(remote.address).or_default() += time_wait;
+                }
+                continue;
+            }
+            if time_wait > 0 {
+                tw.client_side += time_wait;
+                tw.client_ages.merge(&acc.ages);
+                *tw.by_destination.entry(remote).or_default() += time_wait;
+                tw.ages_by_destination
+                    .entry(remote)
+                    .or_default()
+                    .merge(&acc.ages);
+                *tw.by_peer.entry(remote.address).or_default() += time_wait;
+            }
+            port_use.push(PortUse {
                 local_ip,
                 remote,
-                counts,
-                sample_owner: resolve(inode),
+                counts: acc.counts,
+                sample_owner: resolve(acc.inode),
                 usable,
-            })
-            .collect();
-        port_use.sort_by(|a, b| {
-            b.counts
-                .total()
-                .cmp(&a.counts.total())
-                .then((a.local_ip, a.remote).cmp(&(b.local_ip, b.remote)))
-        });
+                time_wait_ages: acc.ages,
+                tw_reuse: policy.reuse_applies(local_ip, remote.address),
+            });
+        }
+        for (port, ages) in self.served {
+            tw.server_side += ages.total();
+            tw.server_ages.merge(&ages);
+            tw.by_listen_port.insert(port, ages.total());
+            tw.ages_by_served_port.insert(port, ages);
+        }
+        for (ip, n) in self.served_peers {
+            *tw.by_peer.entry(ip).or_default() += n;
+        }
+        sort_port_use(&mut port_use);
         port_use.truncate(super::snapshot::PORT_USE_KEPT);
         self.listeners
             .sort_by_key(|l| (l.local.port, l.local.address));
@@ -200,7 +294,7 @@ impl DigestBuilder {
             SocketDigest {
                 close_wait: self.close_wait,
                 listeners: self.listeners,
-                time_wait: self.tw,
+                time_wait: tw,
                 port_use,
                 by_process,
             },
@@ -208,9 +302,37 @@ impl DigestBuilder {
     }
 }
 
+/// Ephemeral-range local ports that carry one-socket "destinations" from at least
+/// [`SERVED_MIN_PEERS`] peers on [`SERVED_MIN_REMOTE_PORTS`] remote ports or more: a
+/// service's port whose listener has exited, its TIME_WAIT left behind. Without this,
+/// each of its peers would look like a destination of its own.
+fn served_in_range(port_use: &FxHashMap<(IpAddr, Endpoint), PortAcc>) -> FxHashSet<u16> {
+    let mut peers: FxHashMap<u16, (u32, [u16; SERVED_MIN_REMOTE_PORTS], usize)> =
+        FxHashMap::default();
+    for ((_, remote), acc) in port_use {
+        if !acc.one_local_port {
+            continue;
+        }
+        let (n, seen, distinct) = peers.entry(acc.local_port).or_default();
+        *n += 1;
+        if *distinct < SERVED_MIN_REMOTE_PORTS && !seen[..*distinct].contains(&remote.port) {
+            seen[*distinct] = remote.port;
+            *distinct += 1;
+        }
+    }
+    peers
+        .into_iter()
+        .filter(|(_, (n, _, distinct))| {
+            *n >= SERVED_MIN_PEERS && *distinct >= SERVED_MIN_REMOTE_PORTS
+        })
+        .map(|(port, _)| port)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::kernel::TimeWaitPolicy;
     use crate::model::{Family, TcpInfo};
 
     fn sock(state: TcpState, local: &str, remote: &str, inode: u64) -> Socket {
@@ -282,6 +404,147 @@ mod tests {
         assert_eq!(pu.counts.get(TcpState::TimeWait), 1);
         assert_eq!(pu.sample_owner, Some(Owner { pid: 7, fd: 3 }));
         assert_eq!(d.listeners.len(), 1);
+    }
+
+    fn time_wait(local: &str, remote: &str, remaining_ms: u64) -> Socket {
+        let mut s = sock(TcpState::TimeWait, local, remote, 0);
+        s.timer = Some(crate::model::Timer {
+            kind: TimerKind::TimeWait,
+            remaining_ms,
+            retransmits: 0,
+        });
+        s
+    }
+
+    fn loopback_policy(tw_reuse: &str) -> TimeWaitPolicy {
+        let sysctls = [
+            ("net.ipv4.tcp_tw_reuse", tw_reuse),
+            ("net.ipv4.tcp_timestamps", "1"),
+            ("net.ipv4.tcp_tw_reuse_delay", "1000"),
+        ];
+        TimeWaitPolicy::from_sysctls(|k| sysctls.iter().find(|(n, _)| *n == k).map(|(_, v)| *v))
+    }
+
+    #[test]
+    fn client_time_wait_ages_give_young_entries_and_unavailable_ports() {
+        let ports = EphemeralPorts::from_sysctls(Some("40000 40199"), Some(""));
+        let mut b = DigestBuilder::new(ports.clone()).time_wait_policy(loopback_policy("2"));
+        // 300 TIME_WAIT towards 127.0.0.1:5001, one every 10 ms: 100 under 1 s old.
+        for i in 0..300u64 {
+            let local = format!("127.0.0.1:{}", 40000 + (i % 200));
+            let remote = if i < 200 {
+                "127.0.0.1:5001"
+            } else {
+                "127.0.0.2:5001"
+            };
+            b.add(&time_wait(&local, remote, 60_000 - i * 10));
+        }
+        // One without a timer (age unknown), and two open connections.
+        let mut no_timer = time_wait("127.0.0.1:40150", "127.0.0.1:5001", 0);
+        no_timer.timer = None;
+        b.add(&no_timer);
+        b.add(&sock(
+            TcpState::Established,
+            "127.0.0.1:40198",
+            "127.0.0.1:5001",
+            5,
+        ));
+        b.add(&sock(
+            TcpState::FinWait2,
+            "127.0.0.1:40199",
+            "127.0.0.1:5001",
+            0,
+        ));
+        let (_, d) = b.finish(|_| None);
+        let tw = &d.time_wait;
+        assert_eq!((tw.client_side, tw.server_side), (301, 0));
+        assert_eq!(tw.policy.reuse_delay_ms, 1000);
+        let dst: Endpoint = Endpoint::new("127.0.0.1".parse().expect("ip"), 5001);
+        let ages = tw.ages_by_destination[&dst];
+        // Ages 0, 10, ... 1990 ms: 100 in [0,1) s, 100 in [1,2) s; one unknown.
+        assert_eq!(ages.buckets[..3], [100, 100, 0]);
+        assert_eq!((ages.young, ages.unknown, ages.total()), (100, 1, 201));
+        assert_eq!(tw.client_ages.total(), 301);
+        let pu = d
+            .port_use
+            .iter()
+            .find(|p| p.remote == dst)
+            .expect("port use");
+        assert!(pu.tw_reuse, "loopback with tcp_tw_reuse=2");
+        assert_eq!((pu.used(), pu.time_wait(), pu.held_open()), (203, 201, 2));
+        // 2 open + 100 young + 1 of unknown age.
+        assert_eq!(pu.unavailable(), 103);
+        assert_eq!(pu.headroom(), 97);
+        // 198 ports not held open, each reused after 1 s.
+        assert_eq!(pu.sustainable_per_s(&tw.policy), 198.0);
+        // The same sockets with reuse off: every TIME_WAIT port is taken.
+        let mut b = DigestBuilder::new(ports).time_wait_policy(loopback_policy("0"));
+        for i in 0..200u64 {
+            let local = format!("127.0.0.1:{}", 40000 + i);
+            b.add(&time_wait(&local, "127.0.0.1:5001", 60_000 - i * 10));
+        }
+        let (_, d) = b.finish(|_| None);
+        let pu = &d.port_use[0];
+        assert!(!pu.tw_reuse);
+        assert_eq!((pu.unavailable(), pu.headroom()), (200, 0));
+        assert!((pu.sustainable_per_s(&d.time_wait.policy) - 200.0 / 60.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn server_side_time_wait_of_a_gone_listener_is_one_served_port() {
+        let mut b = DigestBuilder::new(EphemeralPorts::from_sysctls(
+            Some("32768 60999"),
+            Some("45100"),
+        ))
+        .time_wait_policy(loopback_policy("2"));
+        // No listener: a service on 45000 (inside the range) closed 300 connections
+        // first, from 300 client ports; one on 8080 (outside) 20; one on the reserved
+        // 45100 (inside, reserved) 3.
+        for i in 0..300u16 {
+            let remote = format!("127.0.0.1:{}", 50000 + i);
+            b.add(&time_wait("127.0.0.1:45000", &remote, 50_000));
+        }
+        for i in 0..20u16 {
+            let remote = format!("10.0.0.{}:{}", 1 + i % 3, 40000 + i);
+            b.add(&time_wait("10.0.0.1:8080", &remote, 30_000));
+        }
+        for i in 0..3u16 {
+            let remote = format!("10.0.0.9:{}", 33000 + i);
+            b.add(&time_wait("10.0.0.1:45100", &remote, 30_000));
+        }
+        // A crawler: one connection each to 40 hosts on port 443 that all happened to
+        // get local port 50123: stays client side (a few remote ports only).
+        for i in 0..40u16 {
+            let remote = format!("192.0.2.{}:443", 1 + i);
+            b.add(&time_wait("10.0.0.1:50123", &remote, 59_000));
+        }
+        // A real client with two connections to one backend.
+        b.add(&time_wait("10.0.0.1:33001", "10.0.0.7:5432", 59_000));
+        b.add(&time_wait("10.0.0.1:33003", "10.0.0.7:5432", 58_000));
+        let (summary, d) = b.finish(|_| None);
+        let tw = &d.time_wait;
+        assert_eq!(summary.total().get(TcpState::TimeWait), 365);
+        assert_eq!(tw.server_side, 323);
+        assert_eq!(tw.client_side, 42);
+        let served: Vec<(u16, u64)> = tw.by_listen_port.iter().map(|(p, n)| (*p, *n)).collect();
+        assert_eq!(served, vec![(8080, 20), (45000, 300), (45100, 3)]);
+        assert_eq!(tw.ages_by_served_port[&45000].total(), 300);
+        assert_eq!(tw.ages_by_served_port[&45000].buckets[4], 300, "10 s old");
+        assert_eq!(
+            tw.by_destination.len(),
+            41,
+            "40 crawled hosts and the backend"
+        );
+        assert_eq!(
+            tw.by_peer.get(&"127.0.0.1".parse::<IpAddr>().expect("ip")),
+            Some(&300)
+        );
+        // The served port's peers are no port use; the crawler's and the backend are.
+        assert_eq!(d.port_use.len(), 41);
+        assert!(d
+            .port_use
+            .iter()
+            .all(|p| p.remote.port == 443 || p.remote.port == 5432));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 
-use super::{Endpoint, Owners, Socket};
+use super::{Endpoint, Owner, Owners, Socket};
 
 /// `10.0.0.0/8`, `10.1.2.3`, `10.1.2.3:443`, `[::1]:443`, `::1`, `2001:db8::/32`,
 /// `[2001:db8::]/32:443`, `*:443` or `:443`.
@@ -132,13 +132,34 @@ impl SocketFilter {
         if s.inode == 0 {
             return false;
         }
-        owners.map.owners(s.inode).any(|o| {
-            (self.pids.is_empty() || self.pids.contains(&o.pid))
-                && (self.comms.is_empty()
-                    || owners
-                        .process(o.pid)
-                        .is_some_and(|p| self.comms.contains(&p.comm)))
-        })
+        owners
+            .map
+            .owners(s.inode)
+            .any(|o| self.wants_owner(o, owners))
+    }
+
+    /// Whether this one owner has a wanted pid and a wanted name (true when the filter
+    /// says nothing about owners).
+    pub fn wants_owner(&self, o: Owner, owners: &Owners) -> bool {
+        (self.pids.is_empty() || self.pids.contains(&o.pid))
+            && (self.comms.is_empty()
+                || owners
+                    .process(o.pid)
+                    .is_some_and(|p| self.comms.contains(&p.comm)))
+    }
+
+    /// The owners of `s`, those this filter asked for first (a socket shared after
+    /// fork shows the process `--comm` or `--pid` named, not whichever was found first).
+    pub fn owners_of(&self, s: &Socket, owners: &Owners) -> Vec<Owner> {
+        if s.inode == 0 {
+            return Vec::new();
+        }
+        let mut all: Vec<Owner> = owners.map.owners(s.inode).collect();
+        if self.needs_owners() {
+            // Stable: scan order within each group.
+            all.sort_by_key(|o| !self.wants_owner(*o, owners));
+        }
+        all
     }
 }
 

@@ -59,6 +59,10 @@ pub struct FixStep {
     pub text: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
+    /// A change to a file as a unified diff (`--- file`, `+++ file`, `@@` hunks), shown
+    /// as is; absent for steps that change no file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
 }
 
 impl FixStep {
@@ -67,6 +71,7 @@ impl FixStep {
         FixStep {
             text: text.into(),
             command: None,
+            patch: None,
         }
     }
 
@@ -75,6 +80,16 @@ impl FixStep {
         FixStep {
             text: text.into(),
             command: Some(command.into()),
+            patch: None,
+        }
+    }
+
+    /// A step that changes a file: what and why in words, the change as a diff.
+    pub fn patch(text: impl Into<String>, patch: impl Into<String>) -> FixStep {
+        FixStep {
+            text: text.into(),
+            command: None,
+            patch: Some(patch.into()),
         }
     }
 }
@@ -82,7 +97,9 @@ impl FixStep {
 impl FixStep {
     /// Whether the step's words or its command contain `needle`.
     pub fn mentions(&self, needle: &str) -> bool {
-        self.text.contains(needle) || self.command.as_deref().is_some_and(|c| c.contains(needle))
+        self.text.contains(needle)
+            || self.command.as_deref().is_some_and(|c| c.contains(needle))
+            || self.patch.as_deref().is_some_and(|p| p.contains(needle))
     }
 }
 

@@ -18,6 +18,13 @@ pub const TIME_WAIT_LEN_S: u64 = 60;
 /// 2 and 3: 1-600 s, default 60). Absent upstream.
 pub const VENDOR_TIME_WAIT_SYSCTL: &str = "net.ipv4.tcp_tw_timeout";
 
+/// The per-namespace sysctl (6.14+, commits 19ce8cd30465 and ca6a6f93867a) that sets how
+/// many milliseconds a TIME_WAIT entry must have lived before connect() may take its port
+/// over; default [`defaults::TW_REUSE_DELAY_MS`]. Older kernels have no such sysctl: they
+/// reuse once the whole-second clock has passed the peer's last timestamp, which is at
+/// most about a second.
+pub const TW_REUSE_DELAY_SYSCTL: &str = "net.ipv4.tcp_tw_reuse_delay";
+
 /// Kernel defaults of the sysctls tcpdoctor judges (ip-sysctl.rst; live 6.18 values).
 pub mod defaults {
     /// `tcp_fin_timeout`: orphaned FIN_WAIT2 lifetime, seconds.
@@ -207,6 +214,80 @@ pub fn tw_reuse_applies(
         }
 }
 
+/// How TIME_WAIT behaves in one network namespace: how long an entry lives, how old it
+/// must be before connect() may take its port over, and the sysctls that decide whether
+/// it may at all. Built from the namespace's sysctls ([`TimeWaitPolicy::from_sysctls`]);
+/// the digest counts ages with it and the rules judge ports with the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TimeWaitPolicy {
+    /// Lifetime of a TIME_WAIT entry, milliseconds: [`TIME_WAIT_LEN_S`], or the vendor
+    /// [`VENDOR_TIME_WAIT_SYSCTL`] where a kernel has it.
+    pub len_ms: u64,
+    /// Age a TIME_WAIT entry needs before connect() may reuse its port
+    /// ([`TW_REUSE_DELAY_SYSCTL`], or about 1 s on kernels without it).
+    pub reuse_delay_ms: u64,
+    /// Whether `reuse_delay_ms` was read from the sysctl (6.14+) rather than assumed.
+    pub reuse_delay_seen: bool,
+    /// `tcp_tw_reuse`; `None` when not visible (then reuse is not assumed).
+    pub tw_reuse: Option<i64>,
+    /// `tcp_timestamps`; `None` when not visible.
+    pub timestamps: Option<i64>,
+}
+
+impl Default for TimeWaitPolicy {
+    /// Upstream lengths; nothing known about reuse, so it is not assumed.
+    fn default() -> Self {
+        TimeWaitPolicy {
+            len_ms: TIME_WAIT_LEN_S * 1000,
+            reuse_delay_ms: defaults::TW_REUSE_DELAY_MS,
+            reuse_delay_seen: false,
+            tw_reuse: None,
+            timestamps: None,
+        }
+    }
+}
+
+impl TimeWaitPolicy {
+    /// From a namespace's sysctls (dotted names, values as read). A vendor length or a
+    /// reuse delay that is absent, not a number or not positive means the default.
+    pub fn from_sysctls<'a>(get: impl Fn(&str) -> Option<&'a str>) -> TimeWaitPolicy {
+        let int = |k: &str| get(k).and_then(|v| v.trim().parse::<i64>().ok());
+        let positive = |k: &str| {
+            int(k)
+                .and_then(|v| u64::try_from(v).ok())
+                .filter(|v| *v > 0)
+        };
+        let delay = positive(TW_REUSE_DELAY_SYSCTL);
+        TimeWaitPolicy {
+            len_ms: positive(VENDOR_TIME_WAIT_SYSCTL).unwrap_or(TIME_WAIT_LEN_S) * 1000,
+            reuse_delay_ms: delay.unwrap_or(defaults::TW_REUSE_DELAY_MS),
+            reuse_delay_seen: delay.is_some(),
+            tw_reuse: int("net.ipv4.tcp_tw_reuse"),
+            timestamps: int("net.ipv4.tcp_timestamps"),
+        }
+    }
+
+    /// TIME_WAIT length in whole seconds.
+    pub fn len_s(&self) -> u64 {
+        self.len_ms / 1000
+    }
+
+    /// Whether connect() may take over a TIME_WAIT port from `local` towards `remote`
+    /// ([`tw_reuse_applies`]).
+    pub fn reuse_applies(&self, local: IpAddr, remote: IpAddr) -> bool {
+        tw_reuse_applies(self.tw_reuse, self.timestamps, local, remote)
+    }
+
+    /// How long ago a TIME_WAIT entry whose timer has `remaining_ms` left entered
+    /// TIME_WAIT: the length minus the time left (`inet_twsk_diag_fill()` reports the
+    /// timer's remaining ms). An estimate: the kernel re-arms the full timer when the
+    /// peer sends a bare ACK or a segment that fails PAWS or the window check
+    /// (`tcp_timewait_state_process()`), so such an entry looks younger than it is.
+    pub fn age_ms(&self, remaining_ms: u64) -> u64 {
+        self.len_ms.saturating_sub(remaining_ms)
+    }
+}
+
 /// Loopback as `tcp_twsk_unique()` counts it: 127.0.0.0/8, ::1, and IPv4-mapped
 /// 127.0.0.0/8.
 pub fn is_loopback(ip: IpAddr) -> bool {
@@ -281,6 +362,47 @@ mod tests {
         assert!(!tw_reuse_applies(Some(1), Some(0), far, far));
         assert!(!tw_reuse_applies(Some(0), Some(1), lo, lo));
         assert!(!tw_reuse_applies(None, Some(1), lo, lo));
+    }
+
+    #[test]
+    fn time_wait_policy_reads_the_namespace_sysctls() {
+        let sysctls = [
+            ("net.ipv4.tcp_tw_reuse", "2"),
+            ("net.ipv4.tcp_timestamps", "1"),
+            ("net.ipv4.tcp_tw_reuse_delay", "2500"),
+        ];
+        let get = |k: &str| sysctls.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+        let p = TimeWaitPolicy::from_sysctls(get);
+        assert_eq!(
+            (p.len_ms, p.reuse_delay_ms, p.reuse_delay_seen),
+            (60_000, 2500, true)
+        );
+        let lo: IpAddr = "127.0.0.1".parse().expect("ip");
+        let far: IpAddr = "10.0.0.5".parse().expect("ip");
+        assert!(p.reuse_applies(lo, lo) && !p.reuse_applies(far, far));
+        assert_eq!(p.age_ms(59_000), 1000);
+        assert_eq!(
+            p.age_ms(70_000),
+            0,
+            "a timer longer than the length is age 0"
+        );
+
+        let vendor = [
+            ("net.ipv4.tcp_tw_timeout", "20"),
+            ("net.ipv4.tcp_tw_reuse_delay", "x"),
+        ];
+        let get = |k: &str| vendor.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+        let p = TimeWaitPolicy::from_sysctls(get);
+        assert_eq!((p.len_ms, p.len_s()), (20_000, 20));
+        assert_eq!((p.reuse_delay_ms, p.reuse_delay_seen), (1000, false));
+        assert!(
+            !p.reuse_applies(lo, lo),
+            "tcp_tw_reuse not visible: not assumed"
+        );
+        assert_eq!(
+            TimeWaitPolicy::from_sysctls(|_| None),
+            TimeWaitPolicy::default()
+        );
     }
 
     #[test]

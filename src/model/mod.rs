@@ -12,6 +12,7 @@ mod finding;
 pub mod flow;
 pub mod kernel;
 mod netns;
+pub mod nginx;
 mod notice;
 mod process;
 pub mod rank;
@@ -33,13 +34,15 @@ pub use flow::{
     Closer, ConnectFailures, Direction, FlowCounts, FlowEvent, FlowEventKind, FlowFilter,
     FlowInterval, FlowKey, FlowPeer, FlowRow, Lifetimes, TraceLosses, TraceSummary,
 };
-pub use kernel::{EphemeralPorts, PortRange};
+pub use kernel::{EphemeralPorts, PortRange, TimeWaitPolicy};
 pub use netns::{name_namespace, NetnsInfo, NetnsKind, NetnsRef};
-pub use report::{CheckReport, GroupRow, Groups, NamespaceCounts, SocketsReport, StatesReport};
+pub use report::{
+    CheckReport, GroupRow, Groups, LintReport, NamespaceCounts, SocketsReport, StatesReport,
+};
 pub use snapshot::{
-    CloseWaitSocket, CounterSample, FileTable, HostSnapshot, KernelLogEntry, Limit, ListenerSocket,
-    PortUse, ProcessFacts, Snapshot, SocketDigest, Sockstat, TimeWaitDigest, HOST_WIDE_SYSCTLS,
-    PER_NETNS_SYSCTLS,
+    sort_port_use, CloseWaitSocket, ClosingRate, CounterSample, FileTable, HostSnapshot,
+    KernelLogEntry, Limit, ListenerSocket, PortUse, ProcessFacts, Snapshot, SocketDigest, Sockstat,
+    TimeWaitAges, TimeWaitDigest, AGE_BUCKETS, HOST_WIDE_SYSCTLS, PER_NETNS_SYSCTLS,
 };
 pub use socket::{Endpoint, Family, Socket, TcpInfo, Timer, TimerKind};
 pub use state::{StateCounts, StateSet, TcpState};

@@ -39,6 +39,8 @@ pub enum NoticeCode {
     NetnsReplay,
     /// A replayed capture lacks some evidence a live run reads.
     ReplayMissing,
+    /// A running nginx's configuration could not be read or parsed.
+    NginxConfigUnreadable,
     /// The connection tracer runs without some of its programs (the kernel refused
     /// them); the message says what is not seen.
     TraceDegraded,
@@ -65,13 +67,14 @@ impl NoticeCode {
             NoticeCode::NetnsUnreadable => "netns_unreadable",
             NoticeCode::NetnsReplay => "netns_replay",
             NoticeCode::ReplayMissing => "replay_missing",
+            NoticeCode::NginxConfigUnreadable => "nginx_config_unreadable",
             NoticeCode::TraceDegraded => "trace_degraded",
             NoticeCode::TraceLosses => "trace_losses",
         }
     }
 
     /// Every code, for the exporter's series and the docs.
-    pub const ALL: [NoticeCode; 18] = [
+    pub const ALL: [NoticeCode; 19] = [
         NoticeCode::NetlinkUnavailable,
         NoticeCode::Ipv6Unavailable,
         NoticeCode::TcpInfoUnavailable,
@@ -88,6 +91,7 @@ impl NoticeCode {
         NoticeCode::NetnsUnreadable,
         NoticeCode::NetnsReplay,
         NoticeCode::ReplayMissing,
+        NoticeCode::NginxConfigUnreadable,
         NoticeCode::TraceDegraded,
         NoticeCode::TraceLosses,
     ];
@@ -106,6 +110,7 @@ impl NoticeCode {
                 | NoticeCode::NetnsCurrentOnly
                 | NoticeCode::NetnsUnreadable
                 | NoticeCode::ReplayMissing
+                | NoticeCode::NginxConfigUnreadable
                 | NoticeCode::TraceLosses
         )
     }

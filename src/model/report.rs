@@ -2,9 +2,27 @@
 //! renderers turn them into bytes. Neither side imports the other; both import this.
 
 use super::{
-    Finding, GroupBy, GroupKey, HostSnapshot, NetnsInfo, Notice, Owners, Socket, Source,
-    StateCounts, StateSet, StateSummary,
+    Finding, GroupBy, GroupKey, HostSnapshot, NetnsInfo, Notice, Owners, Socket, SocketFilter,
+    Source, StateCounts, StateSet, StateSummary,
 };
+
+/// What `lint` shows: each configuration looked at (with its load error, if any) and
+/// the findings of the rules that judge configurations alone.
+#[derive(Debug, Clone)]
+pub struct LintReport {
+    /// `nginx`.
+    pub target: &'static str,
+    pub configs: Vec<super::nginx::NginxInstance>,
+    pub findings: Vec<Finding>,
+    pub notices: Vec<Notice>,
+}
+
+impl LintReport {
+    /// Some configuration could not be read or parsed.
+    pub fn failed(&self) -> bool {
+        self.configs.iter().any(|c| c.error.is_some())
+    }
+}
 
 /// What `check` shows.
 #[derive(Debug, Clone)]
@@ -12,6 +30,26 @@ pub struct CheckReport {
     pub hostname: String,
     pub host: HostSnapshot,
     pub findings: Vec<Finding>,
+}
+
+impl CheckReport {
+    /// What could not be seen that may hide a problem (other namespaces, owners,
+    /// counters, the kernel log...): the notices whose code
+    /// [hides problems](super::NoticeCode::hides_problems).
+    pub fn gaps(&self) -> Vec<Notice> {
+        self.host
+            .all_missing()
+            .into_iter()
+            .filter(|n| n.code.hides_problems())
+            .collect()
+    }
+
+    /// Whether everything the rules judge was seen: no finding can be missing for lack
+    /// of evidence. `check` exits 4 instead of 0 when it found no problem but this is
+    /// false.
+    pub fn complete(&self) -> bool {
+        self.gaps().is_empty()
+    }
 }
 
 /// Everything `states` shows.
@@ -86,6 +124,9 @@ pub struct SocketsReport {
     pub matched: usize,
     /// `None` when owners were not looked up (`--no-owners`).
     pub owners: Option<Owners>,
+    /// The filters the sockets were chosen by: owners they asked for (`--comm`,
+    /// `--pid`) are shown first.
+    pub filter: SocketFilter,
     pub tcp_info: bool,
     /// The namespaces read, when there are several (`--netns`); empty otherwise.
     pub namespaces: Vec<NetnsInfo>,

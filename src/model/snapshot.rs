@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::kernel::{self, EphemeralPorts, PortRange};
+use super::kernel::{self, EphemeralPorts, PortRange, TimeWaitPolicy};
 use super::{Endpoint, NetnsInfo, Notice, Owner, Source, StateCounts, StateSummary};
 
 /// Destinations kept in [`SocketDigest::port_use`]: a handful of connections cannot be
@@ -155,6 +155,134 @@ impl ListenerSocket {
     }
 }
 
+/// Age buckets of [`TimeWaitAges`]: [0,1) s, [1,2), [2,4), ... [128,256), [256 s, ...).
+pub const AGE_BUCKETS: usize = 10;
+
+/// A rate estimate starts from the shortest window holding at least this many entries
+/// (or the whole TIME_WAIT length when none does).
+const RATE_MIN_ENTRIES: u64 = 20;
+
+/// A window is widened over the next bucket only when that bucket holds at least this
+/// share of what the rate so far predicts (less two standard deviations of a Poisson
+/// count, so that random traffic does not stop it early).
+const RATE_BUCKET_FULL: f64 = 0.95;
+
+/// How old a group of TIME_WAIT entries is, in fixed buckets: a few dozen bytes per
+/// group, never one record per socket. An entry's age is the TIME_WAIT length minus its
+/// timer ([`TimeWaitPolicy::age_ms`]), so one dump tells when each entry's connection
+/// closed, and so the closing rate over the last seconds. Ages are estimates: the kernel
+/// restarts the timer when the peer keeps sending, which makes such an entry look young.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TimeWaitAges {
+    /// Entries per age bucket (see [`AGE_BUCKETS`]).
+    pub buckets: [u32; AGE_BUCKETS],
+    /// Entries younger than the reuse delay: connect() cannot take their port yet even
+    /// where tcp_tw_reuse applies.
+    pub young: u32,
+    /// Entries whose timer was not reported: no age (not in `buckets`).
+    pub unknown: u32,
+}
+
+/// Closing rate read from TIME_WAIT ages: connections closed first per second over the
+/// last `window_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ClosingRate {
+    pub per_s: f64,
+    pub window_ms: u64,
+}
+
+impl TimeWaitAges {
+    /// The bucket of an age: 0 below 1 s, then one per doubling.
+    fn bucket(age_ms: u64) -> usize {
+        match age_ms / 1000 {
+            0 => 0,
+            s => (s.ilog2() as usize + 1).min(AGE_BUCKETS - 1),
+        }
+    }
+
+    /// Counts one entry of `age_ms` (`None`: timer not reported).
+    pub fn add(&mut self, age_ms: Option<u64>, reuse_delay_ms: u64) {
+        match age_ms {
+            Some(age) => {
+                let b = &mut self.buckets[Self::bucket(age)];
+                *b = b.saturating_add(1);
+                if age < reuse_delay_ms {
+                    self.young = self.young.saturating_add(1);
+                }
+            }
+            None => self.unknown = self.unknown.saturating_add(1),
+        }
+    }
+
+    pub fn merge(&mut self, other: &TimeWaitAges) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a = a.saturating_add(b);
+        }
+        self.young = self.young.saturating_add(other.young);
+        self.unknown = self.unknown.saturating_add(other.unknown);
+    }
+
+    /// Every entry, aged or not.
+    pub fn total(&self) -> u64 {
+        self.known() + u64::from(self.unknown)
+    }
+
+    /// Entries with an age.
+    pub fn known(&self) -> u64 {
+        self.buckets.iter().map(|b| u64::from(*b)).sum()
+    }
+
+    /// Entries whose port connect() cannot take over yet: younger than the reuse delay,
+    /// or of unknown age.
+    pub fn not_reusable_yet(&self) -> u64 {
+        u64::from(self.young) + u64::from(self.unknown)
+    }
+
+    /// Connections closed per second, from the ages. It starts with the shortest recent
+    /// window of 1, 2, 4, ... s holding 20 entries or more, and widens it bucket by
+    /// bucket (up to the TIME_WAIT length `len_ms`) while the older bucket is as full as
+    /// the rate so far predicts. Where tcp_tw_reuse took entries over early (never
+    /// before the reuse delay) or traffic paused, the older buckets are thin and the
+    /// window stops before them: the rate is that of the connections still counted,
+    /// not the count spread over the whole length. `None` when no entry has an age.
+    pub fn closing_rate(&self, len_ms: u64) -> Option<ClosingRate> {
+        let known = self.known();
+        if known == 0 || len_ms == 0 {
+            return None;
+        }
+        // (window ms, entries younger than it), shortest first, the whole length last.
+        let mut windows: Vec<(u64, u64)> = Vec::with_capacity(AGE_BUCKETS);
+        let mut within = 0u64;
+        for (i, n) in self.buckets.iter().enumerate() {
+            within += u64::from(*n);
+            let end = 1000u64 << i;
+            if end >= len_ms || i == AGE_BUCKETS - 1 {
+                break;
+            }
+            windows.push((end, within));
+        }
+        windows.push((len_ms, known));
+        let start = windows
+            .iter()
+            .position(|(_, n)| *n >= RATE_MIN_ENTRIES)
+            .unwrap_or(windows.len() - 1);
+        let per_s = |(w, n): (u64, u64)| n as f64 * 1000.0 / w as f64;
+        let mut at = windows[start];
+        for next in &windows[start + 1..] {
+            let expected = per_s(at) * (next.0 - at.0) as f64 / 1000.0;
+            let added = (next.1 - at.1) as f64;
+            if added < RATE_BUCKET_FULL * expected - 2.0 * expected.sqrt() {
+                break;
+            }
+            at = *next;
+        }
+        Some(ClosingRate {
+            per_s: per_s(at),
+            window_ms: at.0,
+        })
+    }
+}
+
 /// Sockets that hold a local port from ip_local_port_range towards one destination.
 /// Ephemeral ports are unique per (source ip, destination ip, destination port).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -167,6 +295,12 @@ pub struct PortUse {
     /// Ports connect() may use towards this destination in its namespace
     /// ([`EphemeralPorts::usable`] of that namespace).
     pub usable: u64,
+    /// Ages of this destination's TIME_WAIT sockets (as many as
+    /// `counts.get(TimeWait)` when the digest built it).
+    pub time_wait_ages: TimeWaitAges,
+    /// Whether connect() may take over these TIME_WAIT ports once they are older than
+    /// the reuse delay ([`TimeWaitPolicy::reuse_applies`] of the namespace).
+    pub tw_reuse: bool,
 }
 
 impl PortUse {
@@ -175,25 +309,108 @@ impl PortUse {
         self.counts.total()
     }
 
-    /// Ports still free towards this destination.
+    /// Ports held by sockets other than TIME_WAIT: never reusable.
+    pub fn held_open(&self) -> u64 {
+        self.used() - self.time_wait()
+    }
+
+    pub fn time_wait(&self) -> u64 {
+        self.counts.get(super::TcpState::TimeWait)
+    }
+
+    /// Ports connect() cannot pick now: every socket other than TIME_WAIT, plus the
+    /// TIME_WAIT ones it may not take over: all where reuse does not apply, else those
+    /// younger than the reuse delay (or of unknown age).
+    pub fn unavailable(&self) -> u64 {
+        let tw = self.time_wait();
+        let blocked = if self.tw_reuse {
+            self.time_wait_ages.not_reusable_yet().min(tw)
+        } else {
+            tw
+        };
+        self.held_open() + blocked
+    }
+
+    /// Ports connect() can still pick towards this destination.
     pub fn headroom(&self) -> u64 {
-        self.usable.saturating_sub(self.used())
+        self.usable.saturating_sub(self.unavailable())
+    }
+
+    /// The most new connections per second this destination sustains while its open
+    /// connections stay: each port not held open serves one connection per reuse delay
+    /// where reuse applies, else one per TIME_WAIT length.
+    pub fn sustainable_per_s(&self, policy: &TimeWaitPolicy) -> f64 {
+        let free = self.usable.saturating_sub(self.held_open()) as f64;
+        let hold_ms = if self.tw_reuse {
+            policy.reuse_delay_ms
+        } else {
+            policy.len_ms
+        };
+        free * 1000.0 / hold_ms.max(1) as f64
     }
 }
 
-/// TIME_WAIT sockets, split by who closed first.
+/// Orders destinations as the digest keeps them: least headroom first (the ones the
+/// rules judge), then most ports held.
+pub fn sort_port_use(v: &mut [PortUse]) {
+    v.sort_by(|a, b| {
+        b.unavailable()
+            .cmp(&a.unavailable())
+            .then(b.used().cmp(&a.used()))
+            .then((a.local_ip, a.remote).cmp(&(b.local_ip, b.remote)))
+    });
+}
+
+/// TIME_WAIT sockets, split by who closed first. The server side is grouped per local
+/// port served, the client side per destination ip:port.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TimeWaitDigest {
-    /// On a local listening port: this host served the connection and closed first.
+    /// On a port this host serves: a listener's, one outside the ephemeral range or
+    /// reserved, or one many peers' TIME_WAIT share (a service whose listener is gone).
+    /// This host served the connection and closed first.
     pub server_side: u64,
-    /// On any other local port: this host was the client and closed first.
+    /// On an ephemeral port: this host was the client and closed first.
     pub client_side: u64,
     /// Per remote address (IPv4-mapped shown as IPv4).
     pub by_peer: BTreeMap<IpAddr, u64>,
-    /// Server side, per local listening port.
+    /// Server side, per local port served (see `server_side`).
     pub by_listen_port: BTreeMap<u16, u64>,
     /// Client side, per destination ip:port.
     pub by_destination: BTreeMap<Endpoint, u64>,
+    /// The length and reuse delay the ages were counted with.
+    pub policy: TimeWaitPolicy,
+    /// Ages of the server side and of the client side.
+    pub server_ages: TimeWaitAges,
+    pub client_ages: TimeWaitAges,
+    /// Ages per entry of `by_listen_port`.
+    pub ages_by_served_port: BTreeMap<u16, TimeWaitAges>,
+    /// Ages per entry of `by_destination`.
+    pub ages_by_destination: BTreeMap<Endpoint, TimeWaitAges>,
+}
+
+impl TimeWaitDigest {
+    /// Folds another namespace's table into this one (counts and ages summed).
+    pub fn merge(&mut self, other: &TimeWaitDigest) {
+        self.server_side += other.server_side;
+        self.client_side += other.client_side;
+        for (k, v) in &other.by_peer {
+            *self.by_peer.entry(*k).or_default() += v;
+        }
+        for (k, v) in &other.by_listen_port {
+            *self.by_listen_port.entry(*k).or_default() += v;
+        }
+        for (k, v) in &other.by_destination {
+            *self.by_destination.entry(*k).or_default() += v;
+        }
+        self.server_ages.merge(&other.server_ages);
+        self.client_ages.merge(&other.client_ages);
+        for (k, v) in &other.ages_by_served_port {
+            self.ages_by_served_port.entry(*k).or_default().merge(v);
+        }
+        for (k, v) in &other.ages_by_destination {
+            self.ages_by_destination.entry(*k).or_default().merge(v);
+        }
+    }
 }
 
 /// Socket aggregates built while the dump streams past.
@@ -298,6 +515,10 @@ pub struct Snapshot {
     /// The network namespace this snapshot is of; `None` when only the current one was
     /// read and namespaces were not looked at (a replayed capture).
     pub netns: Option<NetnsInfo>,
+    /// nginx masters running in this namespace, with their configuration
+    /// (collect::nginx).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nginx: Vec<super::nginx::NginxInstance>,
 }
 
 /// Every namespace looked at in one run. The first is the primary: the current one
@@ -378,24 +599,14 @@ impl HostSnapshot {
                     }
                 }
             }
-            let tw = &mut m.sockets.time_wait;
-            tw.server_side += d.time_wait.server_side;
-            tw.client_side += d.time_wait.client_side;
-            for (k, v) in &d.time_wait.by_peer {
-                *tw.by_peer.entry(*k).or_default() += v;
-            }
-            for (k, v) in &d.time_wait.by_listen_port {
-                *tw.by_listen_port.entry(*k).or_default() += v;
-            }
-            for (k, v) in &d.time_wait.by_destination {
-                *tw.by_destination.entry(*k).or_default() += v;
-            }
+            m.sockets.time_wait.merge(&d.time_wait);
             for (pid, c) in &d.by_process {
                 m.sockets.by_process.entry(*pid).or_default().merge(c);
             }
             for (pid, p) in &s.processes {
                 m.processes.entry(*pid).or_insert_with(|| p.clone());
             }
+            m.nginx.extend(s.nginx.iter().cloned());
             if let Some(st) = s.sockstat {
                 // orphan, alloc and memory are host-wide: the first namespace's.
                 let t = sockstat.get_or_insert(Sockstat {
@@ -419,13 +630,11 @@ impl HostSnapshot {
                 }
             }
         }
+        // Ages were counted with each namespace's own length and delay; the merged view
+        // is read with the primary's (its sysctls are the ones kept).
+        m.sockets.time_wait.policy = primary.sockets.time_wait.policy;
         m.sockets.port_use = port_use.into_values().collect();
-        m.sockets.port_use.sort_by(|a, b| {
-            b.counts
-                .total()
-                .cmp(&a.counts.total())
-                .then((a.local_ip, a.remote).cmp(&(b.local_ip, b.remote)))
-        });
+        sort_port_use(&mut m.sockets.port_use);
         m.sockets.port_use.truncate(PORT_USE_KEPT);
         m.sockstat = sockstat;
         m.counters = counters;
@@ -486,13 +695,15 @@ impl Snapshot {
         )
     }
 
+    /// How TIME_WAIT behaves here: length, reuse delay, whether reuse may apply.
+    pub fn time_wait_policy(&self) -> TimeWaitPolicy {
+        TimeWaitPolicy::from_sysctls(|k| self.sysctl(k))
+    }
+
     /// How long TIME_WAIT lasts here, in seconds: the vendor `tcp_tw_timeout` where a
     /// kernel has one, else the fixed 60 s of upstream Linux.
     pub fn time_wait_len_s(&self) -> u64 {
-        self.sysctl_i64(kernel::VENDOR_TIME_WAIT_SYSCTL)
-            .and_then(|v| u64::try_from(v).ok())
-            .filter(|v| *v > 0)
-            .unwrap_or(kernel::TIME_WAIT_LEN_S)
+        self.time_wait_policy().len_s()
     }
 
     /// The kernel default of `tcp_max_tw_buckets` for this namespace's hash table.
@@ -502,12 +713,7 @@ impl Snapshot {
 
     /// Whether connect() may reuse a TIME_WAIT port from `local` towards `remote` here.
     pub fn tw_reuse_applies(&self, local: IpAddr, remote: IpAddr) -> bool {
-        kernel::tw_reuse_applies(
-            self.sysctl_i64("net.ipv4.tcp_tw_reuse"),
-            self.sysctl_i64("net.ipv4.tcp_timestamps"),
-            local,
-            remote,
-        )
+        self.time_wait_policy().reuse_applies(local, remote)
     }
 
     pub fn process(&self, pid: u32) -> Option<&ProcessFacts> {
@@ -533,6 +739,8 @@ mod tests {
                 counts,
                 sample_owner: None,
                 usable,
+                time_wait_ages: TimeWaitAges::default(),
+                tw_reuse: false,
             });
             s.sockstat = Some(Sockstat {
                 inuse: used,
@@ -576,6 +784,63 @@ mod tests {
         let c = m.counters.expect("counters");
         assert_eq!(c.delta("TcpExt.ListenOverflows"), Some(30));
         assert_eq!(c.rate("TcpExt.ListenOverflows"), Some(15.0));
+    }
+
+    /// `n` entries spread evenly over [`from_ms`, `to_ms`).
+    fn spread(a: &mut TimeWaitAges, n: u64, from_ms: u64, to_ms: u64) {
+        for i in 0..n {
+            a.add(Some(from_ms + i * (to_ms - from_ms) / n), 1000);
+        }
+    }
+
+    #[test]
+    fn time_wait_ages_fall_into_doubling_buckets() {
+        let mut a = TimeWaitAges::default();
+        for age in [
+            0, 999, 1000, 1999, 2000, 3999, 4000, 59_999, 60_000, 300_000,
+        ] {
+            a.add(Some(age), 1000);
+        }
+        a.add(None, 1000);
+        assert_eq!(a.buckets, [2, 2, 2, 1, 0, 0, 2, 0, 0, 1]);
+        assert_eq!((a.young, a.unknown, a.known(), a.total()), (2, 1, 10, 11));
+        assert_eq!(a.not_reusable_yet(), 3);
+        let mut b = a;
+        b.merge(&a);
+        assert_eq!((b.buckets[0], b.young, b.total()), (4, 4, 22));
+        // Bounded whatever the count: a fixed array, no list of sockets.
+        assert_eq!(std::mem::size_of::<TimeWaitAges>(), 4 * (AGE_BUCKETS + 2));
+    }
+
+    #[test]
+    fn closing_rate_follows_the_ages() {
+        let rate = |a: &TimeWaitAges| a.closing_rate(60_000).map(|r| (r.per_s, r.window_ms));
+        // Steady 100/s for a whole minute: the count over 60 s.
+        let mut steady = TimeWaitAges::default();
+        spread(&mut steady, 6000, 0, 60_000);
+        assert_eq!(rate(&steady), Some((100.0, 60_000)));
+        // 400/s for the last 3.5 s only: 400/s over the last 2 s, not 1400/60.
+        let mut burst = TimeWaitAges::default();
+        spread(&mut burst, 1400, 0, 3500);
+        assert_eq!(rate(&burst), Some((400.0, 2000)));
+        // 405/s, with tcp_tw_reuse taking entries over from ~30 s on: the 16 s window.
+        let mut reused = TimeWaitAges::default();
+        spread(&mut reused, 12_150, 0, 30_000);
+        assert_eq!(rate(&reused), Some((405.0, 16_000)));
+        // Ports reused as soon as allowed: all under ~1 s.
+        let mut starved = TimeWaitAges::default();
+        spread(&mut starved, 200, 0, 1000);
+        assert_eq!(rate(&starved), Some((200.0, 1000)));
+        // Too few for a short window: the count over the length.
+        let mut few = TimeWaitAges::default();
+        spread(&mut few, 6, 0, 3000);
+        assert_eq!(rate(&few), Some((0.1, 60_000)));
+        // A vendor length of 20 s: its windows stop there.
+        assert_eq!(
+            steady.closing_rate(20_000).map(|r| r.window_ms),
+            Some(20_000)
+        );
+        assert_eq!(TimeWaitAges::default().closing_rate(60_000), None);
     }
 
     #[test]

@@ -41,6 +41,48 @@ pub fn ellipsize(text: &str, max: usize) -> String {
     out
 }
 
+/// Like [`ellipsize`], but cut between words, so that a figure is never cut in two
+/// (`2084 socket…` is fine, `20…` would mislead). A single word longer than `max` is
+/// cut where it must be.
+pub fn ellipsize_words(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let keep: String = text.chars().take(max.saturating_sub(1)).collect();
+    // The next character decides whether the cut falls inside a word.
+    let next = text.chars().nth(keep.chars().count());
+    let cut = match next {
+        Some(c) if c.is_whitespace() => keep.trim_end().len(),
+        _ => match keep.rfind(char::is_whitespace) {
+            Some(i) if i > 0 => keep[..i].trim_end().len(),
+            _ => keep.len(),
+        },
+    };
+    let mut out = keep[..cut].to_string();
+    // Leftover punctuation before the cut reads as part of the sentence: drop it.
+    while out.ends_with([',', ':', ';', '(', '.']) {
+        out.pop();
+    }
+    out.push('…');
+    out
+}
+
+/// The first `shown` items and how many more: `a`, `a and b`, `a, b and c`,
+/// `a, b, c and 9 more` (never "and 1 more": the one is named instead).
+pub fn compact_list(items: &[String], shown: usize) -> String {
+    let shown = shown.max(1);
+    match items.len() {
+        0 => String::new(),
+        1 => items[0].clone(),
+        n if n <= shown + 1 => format!("{} and {}", items[..n - 1].join(", "), items[n - 1]),
+        n => format!(
+            "{} and {n_more} more",
+            items[..shown].join(", "),
+            n_more = n - shown
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +109,38 @@ mod tests {
         assert_eq!(ellipsize("abcdefghij", 5), "abcd…");
         assert_eq!(ellipsize("ééééé", 3), "éé…");
         assert_eq!(ellipsize("x", 0), "…");
+    }
+
+    #[test]
+    fn word_ellipsis_never_cuts_a_figure() {
+        let t = "sockfarm (pid 21930) leaks CLOSE_WAIT: 2084 sockets, oldest idle 2m10s";
+        assert_eq!(ellipsize_words(t, 100), t);
+        assert_eq!(
+            ellipsize_words(t, 45),
+            "sockfarm (pid 21930) leaks CLOSE_WAIT: 2084…"
+        );
+        assert_eq!(
+            ellipsize_words(t, 42),
+            "sockfarm (pid 21930) leaks CLOSE_WAIT…"
+        );
+        assert_eq!(
+            ellipsize_words(t, 44),
+            "sockfarm (pid 21930) leaks CLOSE_WAIT: 2084…"
+        );
+        assert_eq!(ellipsize_words("abcdefghij", 5), "abcd…", "one long word");
+        for n in 1..t.len() {
+            assert!(ellipsize_words(t, n).chars().count() <= n.max(1), "{n}");
+        }
+    }
+
+    #[test]
+    fn lists_name_a_few_and_count_the_rest() {
+        let names: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+        assert_eq!(compact_list(&names[..0], 3), "");
+        assert_eq!(compact_list(&names[..1], 3), "a");
+        assert_eq!(compact_list(&names[..2], 3), "a and b");
+        assert_eq!(compact_list(&names[..3], 3), "a, b and c");
+        assert_eq!(compact_list(&names[..4], 3), "a, b, c and d");
+        assert_eq!(compact_list(&names, 3), "a, b, c and 2 more");
     }
 }

@@ -2,9 +2,11 @@
 //! Renderers write to any `io::Write`; only `main` decides that it is stdout.
 
 pub mod check;
+pub mod lint;
 pub mod metrics;
 pub mod sockets;
 pub mod states;
+pub mod sysctl_file;
 pub mod trace;
 pub mod watch;
 

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::analyze::trend::{CloseWaitTrend, PidTrend, TrendConfig};
+use crate::analyze::util::closing_rate;
 use crate::model::{Endpoint, Finding, Severity, Snapshot, Source, StateCounts, TcpState};
 
 /// Samples of history kept for the sparklines (4 minutes at the default 2 s).
@@ -139,7 +140,8 @@ pub struct TimeWaitRow {
     /// `10.0.0.5:5432` for a destination, `:8080 served` for a listening port.
     pub label: String,
     pub count: u64,
-    /// Closes per second this count implies (count / the namespace's TIME_WAIT length).
+    /// Connections closed per second, from the TIME_WAIT ages (the rate `check` gives:
+    /// [`crate::analyze::util::closing_rate`]), in thousandths.
     pub per_s_milli: u64,
 }
 
@@ -148,10 +150,13 @@ pub struct TimeWaitRow {
 pub struct PortRow {
     pub local_ip: IpAddr,
     pub remote: Endpoint,
-    pub used: u64,
+    /// Ports connect() cannot pick now ([`crate::model::PortUse::unavailable`]):
+    /// TIME_WAIT that tcp_tw_reuse may take over is not among them.
+    pub unavailable: u64,
     pub time_wait: u64,
+    /// Usable minus unavailable.
     pub headroom: u64,
-    pub used_pct: f64,
+    pub unavailable_pct: f64,
     pub who: String,
 }
 
@@ -289,19 +294,22 @@ impl WatchApp {
         processes.truncate(ROWS_KEPT);
 
         let tw = &snap.sockets.time_wait;
-        let tw_len_s = snap.time_wait_len_s().max(1);
+        let milli = |count: u64, ages: Option<&crate::model::TimeWaitAges>| {
+            let r = closing_rate(snap, count, &ages.copied().unwrap_or_default());
+            (r.per_s * 1000.0).round() as u64
+        };
         let mut time_wait: Vec<TimeWaitRow> = tw
             .by_destination
             .iter()
             .map(|(ep, n)| TimeWaitRow {
                 label: ep.to_string(),
                 count: *n,
-                per_s_milli: *n * 1000 / tw_len_s,
+                per_s_milli: milli(*n, tw.ages_by_destination.get(ep)),
             })
             .chain(tw.by_listen_port.iter().map(|(port, n)| TimeWaitRow {
                 label: format!(":{port} served"),
                 count: *n,
-                per_s_milli: *n * 1000 / tw_len_s,
+                per_s_milli: milli(*n, tw.ages_by_served_port.get(port)),
             }))
             .collect();
         time_wait.sort_by(|a, b| b.count.cmp(&a.count).then(a.label.cmp(&b.label)));
@@ -314,17 +322,17 @@ impl WatchApp {
             .iter()
             .map(|p| {
                 let usable = p.usable;
-                let used = p.used();
+                let unavailable = p.unavailable();
                 PortRow {
                     local_ip: p.local_ip,
                     remote: p.remote,
-                    used,
+                    unavailable,
                     time_wait: p.counts.get(TcpState::TimeWait),
                     headroom: p.headroom(),
-                    used_pct: if usable == 0 {
+                    unavailable_pct: if usable == 0 {
                         100.0
                     } else {
-                        used as f64 * 100.0 / usable as f64
+                        unavailable as f64 * 100.0 / usable as f64
                     },
                     who: p
                         .sample_owner
@@ -337,7 +345,7 @@ impl WatchApp {
         ports.sort_by(|a, b| {
             a.headroom
                 .cmp(&b.headroom)
-                .then(b.used.cmp(&a.used))
+                .then(b.unavailable.cmp(&a.unavailable))
                 .then((a.local_ip, a.remote).cmp(&(b.local_ip, b.remote)))
         });
         ports.truncate(ROWS_KEPT);
@@ -610,4 +618,55 @@ fn push_bounded<T>(q: &mut VecDeque<T>, v: T) {
         q.pop_front();
     }
     q.push_back(v);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{PortUse, TimeWaitAges};
+
+    #[test]
+    fn time_wait_and_port_panels_show_the_rates_and_ports_check_judges() {
+        let lo: IpAddr = "127.0.0.1".parse().expect("ip");
+        let dst = Endpoint::new(lo, 5001);
+        // 800 TIME_WAIT made over the last 2 s (400/s), 400 of them under 1 s old.
+        let mut ages = TimeWaitAges::default();
+        for i in 0..800u64 {
+            ages.add(Some(i * 2000 / 800), 1000);
+        }
+        let mut snap = Snapshot::default();
+        let tw = &mut snap.sockets.time_wait;
+        tw.by_destination.insert(dst, 800);
+        tw.ages_by_destination.insert(dst, ages);
+        tw.by_listen_port.insert(8080, 600);
+        let mut counts = StateCounts::default();
+        counts.0[TcpState::TimeWait.index()] = 800;
+        counts.0[TcpState::Established.index()] = 10;
+        snap.sockets.port_use.push(PortUse {
+            local_ip: lo,
+            remote: dst,
+            counts,
+            sample_owner: None,
+            usable: 2000,
+            time_wait_ages: ages,
+            tw_reuse: true,
+        });
+        let mut app = WatchApp::new(WatchConfig::default());
+        app.ingest(0, &snap, Vec::new());
+        let rows = app.visible_time_wait();
+        // From the ages: 400/s, not 800 / 60 s.
+        assert_eq!(
+            (rows[0].label.as_str(), rows[0].per_s_milli),
+            ("127.0.0.1:5001", 400_000)
+        );
+        // No ages for the served port: its count over 60 s.
+        assert_eq!(
+            (rows[1].label.as_str(), rows[1].per_s_milli),
+            (":8080 served", 10_000)
+        );
+        let ports = app.visible_ports();
+        // 10 open + 400 not yet reusable; the 400 older TIME_WAIT ports are free.
+        assert_eq!((ports[0].unavailable, ports[0].headroom), (410, 1590));
+        assert_eq!(ports[0].unavailable_pct, 20.5);
+    }
 }

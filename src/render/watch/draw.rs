@@ -15,7 +15,7 @@ use ratatui::widgets::{
 use ratatui::Frame;
 
 use super::app::{Overlay, WatchApp, RATES};
-use crate::model::units::human_duration_ms;
+use crate::model::units::{count, human_duration_ms};
 use crate::model::{Finding, Severity, TcpState};
 
 const SPARK: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
@@ -81,7 +81,7 @@ pub fn draw(frame: &mut Frame, app: &WatchApp) {
         Constraint::Length(1),
     ])
     .areas(area);
-    frame.render_widget(Paragraph::new(header_line(app, &p)), header);
+    frame.render_widget(Paragraph::new(header_line(app, &p, header.width)), header);
     frame.render_widget(Paragraph::new(footer_line(app, &p)), footer);
 
     if app.view.is_none() {
@@ -107,7 +107,11 @@ pub fn draw(frame: &mut Frame, app: &WatchApp) {
     }
 }
 
-fn header_line(app: &WatchApp, p: &Palette) -> Line<'static> {
+/// `tcpdoctor watch on HOST: N TCP sockets in all K netns at HH:MM:SS UTC, every 2.0s`.
+/// Narrower than that, whole fields leave (the clock first, then the cap's flag name,
+/// the host, the namespaces) so that no figure is ever cut; PAUSED and the socket count
+/// always stay.
+fn header_line(app: &WatchApp, p: &Palette, width: u16) -> Line<'static> {
     let host = if app.config.hostname.is_empty() {
         "this host".to_string()
     } else {
@@ -123,28 +127,72 @@ fn header_line(app: &WatchApp, p: &Palette) -> Line<'static> {
                 .add_modifier(Modifier::BOLD | Modifier::REVERSED),
         ));
     }
-    spans.push(Span::raw(format!(" on {host}")));
-    if let Some(v) = &app.view {
-        let (n, all) = app.namespaces;
-        let scope = match (n, all) {
-            (0 | 1, _) => String::new(),
-            (n, true) => format!(" in all {n} netns"),
-            (n, false) => format!(" in {n} netns"),
-        };
-        let every = app.config.interval;
-        let cadence = match app.spacing {
-            Some(s) if s > every + std::time::Duration::from_millis(50) => format!(
-                "every {} (CPU cap; --max-cpu)",
+    let Some(v) = &app.view else {
+        spans.push(Span::raw(format!(" on {host}")));
+        return Line::from(spans);
+    };
+    let (n, all) = app.namespaces;
+    let scope = match (n, all) {
+        (0 | 1, _) => String::new(),
+        (n, true) => format!(" in all {n} netns"),
+        (n, false) => format!(" in {n} netns"),
+    };
+    let every = app.config.interval;
+    let (cadence, cap) = match app.spacing {
+        Some(s) if s > every + std::time::Duration::from_millis(50) => (
+            format!(
+                ", every {} (CPU cap",
                 human_duration_ms(s.as_millis() as u64)
             ),
-            _ => format!("every {}", human_duration_ms(every.as_millis() as u64)),
-        };
-        spans.push(Span::raw(format!(
-            ": {} TCP sockets{scope} at {} UTC, {cadence}",
-            v.total.total(),
-            clock(v.taken_at_unix_ms),
-        )));
+            "; --max-cpu",
+        ),
+        _ => (
+            format!(", every {}", human_duration_ms(every.as_millis() as u64)),
+            "",
+        ),
+    };
+    let close = if cap.is_empty() { "" } else { ")" };
+    // (field, the order it leaves in when the line is too long; 0: never)
+    let fields: Vec<(String, u8)> = vec![
+        (format!(" on {host}"), 3),
+        (
+            format!(": {}", count(v.total.total(), "TCP socket", "TCP sockets")),
+            0,
+        ),
+        (scope, 4),
+        (format!(" at {} UTC", clock(v.taken_at_unix_ms)), 1),
+        (cadence, 0),
+        (cap.to_string(), 2),
+        (close.to_string(), 0),
+    ];
+    let fixed: usize = spans.iter().map(|s| s.content.chars().count()).sum();
+    let mut keep: Vec<bool> = vec![true; fields.len()];
+    let used = |keep: &[bool]| {
+        fixed
+            + fields
+                .iter()
+                .zip(keep)
+                .filter(|(_, k)| **k)
+                .map(|((f, _), _)| f.chars().count())
+                .sum::<usize>()
+    };
+    for rank in 1..=4u8 {
+        if used(&keep) <= usize::from(width) {
+            break;
+        }
+        for (i, (_, r)) in fields.iter().enumerate() {
+            if *r == rank {
+                keep[i] = false;
+            }
+        }
     }
+    let rest: String = fields
+        .iter()
+        .zip(&keep)
+        .filter(|(_, k)| **k)
+        .map(|((f, _), _)| f.as_str())
+        .collect();
+    spans.push(Span::raw(rest));
     Line::from(spans)
 }
 
@@ -494,18 +542,18 @@ fn draw_ports(frame: &mut Frame, app: &WatchApp, area: Rect, p: &Palette) {
         .iter()
         .take(shown)
         .map(|r| {
-            let style = if r.used_pct >= app.config.port_critical_pct {
+            let style = if r.unavailable_pct >= app.config.port_critical_pct {
                 p.fg(Color::Red).add_modifier(Modifier::BOLD)
-            } else if r.used_pct >= app.config.port_warn_pct {
+            } else if r.unavailable_pct >= app.config.port_warn_pct {
                 p.fg(Color::Yellow)
             } else {
                 Style::new()
             };
             Row::new(vec![
                 Cell::from(r.remote.to_string()),
-                Cell::from(r.used.to_string()),
+                Cell::from(r.unavailable.to_string()),
                 Cell::from(r.headroom.to_string()),
-                Cell::from(Span::styled(format!("{:.0}%", r.used_pct), style)),
+                Cell::from(Span::styled(format!("{:.0}%", r.unavailable_pct), style)),
             ])
         })
         .collect();
@@ -631,7 +679,7 @@ fn draw_finding(frame: &mut Frame, area: Rect, f: &Finding, scroll: u16, p: &Pal
     );
 }
 
-const HELP: [(&str, &str); 9] = [
+const HELP: [(&str, &str); 10] = [
     ("q, Ctrl-C", "quit"),
     ("p", "pause / resume sampling"),
     ("s", "sort tables: count, growth, name"),
@@ -640,7 +688,8 @@ const HELP: [(&str, &str); 9] = [
     ("j/k, arrows", "select a finding"),
     ("Enter", "explain the selected finding"),
     ("?", "this help"),
-    ("CONN/S", "TIME_WAIT / 60 s: connections closed per second"),
+    ("CONN/S", "closes per second, read from TIME_WAIT ages"),
+    ("USED", "ports connect() cannot pick now"),
 ];
 
 fn draw_help(frame: &mut Frame, app: &WatchApp, area: Rect, p: &Palette) {
