@@ -10,11 +10,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-// Churn mode lives beside this file; declared here because the binary's root is not
-// ours to edit (relative to this file's folder).
-#[path = "churn.rs"]
-mod churn;
-
 use crate::cli::Args;
 use crate::host;
 use crate::plan::{Phase, Plan, Request};
@@ -450,8 +445,8 @@ impl Leak {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if let Some(c) = churn::Churn::from_args(&args)? {
-        return churn::run(c);
+    if let Some(c) = crate::churn::Churn::from_args(&args)? {
+        return crate::churn::run(c);
     }
     let started = Instant::now();
     let request = Request::from_args(args)?;
