@@ -11,7 +11,7 @@ use std::process::Output;
 
 use common::{run_bounded, FarmReady, Netns, RUN_TIMEOUT, SOCKFARM, TCPDOCTOR};
 use serde_json::Value;
-use tcpdoctor::collect::procfs::bpf_owners;
+use tcpdoctor::collect::owners::bpf as bpf_owners;
 
 /// Starts a farm (a listener and CLOSE_WAIT connections held by 2 worker processes) in
 /// the namespace, prints its ready line, then the output of

@@ -270,6 +270,7 @@ mod tests {
             name: "pod default/web".into(),
             kind: NetnsKind::Container,
             current: false,
+            initial: false,
             container: None,
             ip_netns: ip.iter().map(|s| s.to_string()).collect(),
             processes: 1,
