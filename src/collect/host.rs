@@ -21,6 +21,7 @@ use super::owners::{self, OwnerScan, ScanStats, Wanted};
 use super::procfs::{detached, process};
 use super::sockets::{CollectError, SourcePref};
 use super::sysctl;
+use crate::model::units::count;
 use crate::model::{
     HostSnapshot, KernelLogEntry, Notice, NoticeCode, Owners, ProcessFacts, Snapshot,
 };
@@ -254,16 +255,17 @@ fn read_kernel_log(
 fn unreadable_processes(st: &ScanStats) -> Option<Notice> {
     (st.denied > 0).then(|| {
         let euid = owners::effective_uid();
-        let who = if euid == 0 {
+        let why = if euid == 0 {
             "even to root (hardened /proc or a security module)".to_string()
         } else {
-            format!("to uid {euid}; run as root to read them")
+            format!("as uid {euid} (run as root)")
         };
         Notice::new(
             NoticeCode::FdCountsPartial,
             format!(
-                "the descriptors of {} of {} processes could not be read {who}: their open files against RLIMIT_NOFILE, the sockets they own and the closed sockets they still hold are not in this report",
-                st.denied, st.processes
+                "the descriptors of {} of {} are not readable {why}: their open files against RLIMIT_NOFILE, the sockets they own and the closed sockets they still hold are not in this report",
+                st.denied,
+                count(st.processes, "process", "processes")
             ),
         )
     })

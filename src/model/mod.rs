@@ -32,9 +32,9 @@ pub use kernel::{EphemeralPorts, PortRange};
 pub use netns::{name_namespace, NetnsInfo, NetnsKind, NetnsRef};
 pub use report::{CheckReport, GroupRow, Groups, NamespaceCounts, SocketsReport, StatesReport};
 pub use snapshot::{
-    CloseWaitSocket, CounterSample, FileTable, HostSnapshot, KernelLogEntry, Limit, ListenerSocket,
-    PortUse, ProcessFacts, Snapshot, SocketDigest, Sockstat, TimeWaitDigest, HOST_WIDE_SYSCTLS,
-    PER_NETNS_SYSCTLS,
+    CloseWaitRecheck, CloseWaitSocket, CounterSample, DetachedFds, DetachedProcess, FileTable,
+    HostSnapshot, KernelLogEntry, Limit, ListenerSocket, PortUse, ProcessFacts, Snapshot,
+    SocketDigest, Sockstat, TimeWaitDigest, HOST_WIDE_SYSCTLS, PER_NETNS_SYSCTLS,
 };
 pub use socket::{Endpoint, Family, Socket, TcpInfo, Timer, TimerKind};
 pub use state::{StateCounts, StateSet, TcpState};

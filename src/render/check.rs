@@ -268,6 +268,8 @@ struct JsonNamespace<'a> {
     info: Option<&'a crate::model::NetnsInfo>,
     source: Option<&'static str>,
     counts: JsonCounts,
+    close_wait: crate::model::CloseWaitRecheck,
+    detached_tcp_fds: Option<crate::model::DetachedFds>,
 }
 
 pub fn status(findings: &[Finding]) -> Option<Severity> {
@@ -300,6 +302,8 @@ pub fn write_json(out: &mut impl Write, r: &CheckReport) -> io::Result<()> {
                 info: n.netns.as_ref(),
                 source: n.source.map(|x| x.name()),
                 counts: JsonCounts::from(&n.summary),
+                close_wait: n.close_wait_recheck(),
+                detached_tcp_fds: n.detached_tcp_fds(),
             })
             .collect(),
         findings: &r.findings,

@@ -15,6 +15,7 @@ use std::path::Path;
 
 use rustc_hash::FxHashSet;
 
+use crate::model::units::count;
 use crate::model::{Notice, NoticeCode, Owners};
 
 /// What happened during a scan, for the partial-data notice.
@@ -216,23 +217,26 @@ pub fn missing_owner_notice(
     if unowned == 0 {
         return None;
     }
+    let sockets = count(unowned, "socket", "sockets");
+    let have = if unowned == 1 { "has" } else { "have" };
     let msg = if replay {
         format!(
-            "{unowned} sockets have no owner in the capture: no PID/fd/N link in it names their inode"
+            "{sockets} {have} no owner in the capture: no PID/fd/N link in it names their inode"
         )
     } else if stats.denied > 0 && euid != 0 {
         format!(
-            "run as root to see the owners of {unowned} sockets ({} of {} processes could not be read as uid {euid})",
-            stats.denied, stats.processes
+            "run as root to see the owners of {sockets} ({} of {} could not be read as uid {euid})",
+            stats.denied,
+            count(stats.processes, "process", "processes")
         )
     } else if stats.denied > 0 {
         format!(
-            "{unowned} sockets have no owner: {} processes denied access to /proc/PID/fd even to root (hardened /proc or a security module)",
-            stats.denied
+            "{sockets} {have} no owner: {} denied access to /proc/PID/fd even to root (hardened /proc or a security module)",
+            count(stats.denied, "process", "processes")
         )
     } else {
         format!(
-            "{unowned} sockets have no owner in /proc: their process exited during the scan, or lives in another PID namespace"
+            "{sockets} {have} no owner in /proc: their process exited during the scan, or lives in another PID namespace"
         )
     };
     Some(Notice::new(NoticeCode::OwnersPartial, msg))
