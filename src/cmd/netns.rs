@@ -10,6 +10,7 @@ use crate::collect::cgroup::{self, RuntimeRoots};
 use crate::collect::netns::{self, Discovered, Discovery, NsTarget};
 use crate::collect::procfs::status::{self, CAP_SYS_ADMIN};
 use crate::collect::replay::{Capture, Uses};
+use crate::model::units::count;
 use crate::model::{name_namespace, Container, NetnsInfo, NetnsKind, Notice, NoticeCode};
 use crate::settings::{Common, NetnsChoice};
 
@@ -255,34 +256,34 @@ pub fn select_cached(
 }
 
 /// Namespaces named in the `netns_current_only` notice before "and N more".
-const UNREAD_NAMED: usize = 5;
+const UNREAD_NAMED: usize = 10;
 
 /// The notice of a run that wanted every namespace but may not enter them (not root):
-/// which namespaces it saw but did not read, and how many processes' it could not see.
+/// which namespaces it saw but did not read (the newest first: inodes grow with
+/// creation), and how many processes' namespaces it could not see.
 fn others_not_read(discovery: &Discovery, current: Option<u64>) -> Notice {
-    let others: Vec<String> = discovery
+    let mut others: Vec<&Discovered> = discovery
         .namespaces
         .iter()
         .filter(|d| Some(d.inode) != current)
-        .map(|d| match d.ip_netns.first() {
-            Some(n) => format!("{n} (net:[{}])", d.inode),
-            None => format!("net:[{}]", d.inode),
-        })
         .collect();
+    others.sort_by_key(|d| std::cmp::Reverse(d.inode));
+    let name = |d: &Discovered| match d.ip_netns.first() {
+        Some(n) => format!("{n} (net:[{}])", d.inode),
+        None => format!("net:[{}]", d.inode),
+    };
     let seen = match others.len() {
         0 => String::new(),
         n => {
-            let mut named = others[..n.min(UNREAD_NAMED)].join(", ");
+            let mut named: Vec<String> =
+                others.iter().take(UNREAD_NAMED).map(|d| name(d)).collect();
             if n > UNREAD_NAMED {
-                named.push_str(&format!(" and {} more", n - UNREAD_NAMED));
+                named.push(format!("{} more", n - UNREAD_NAMED));
             }
             format!(
-                "{} it can see ({named})",
-                if n == 1 {
-                    "1 other namespace".to_string()
-                } else {
-                    format!("{n} other namespaces")
-                }
+                "{} it can see ({})",
+                count(n as u64, "other namespace", "other namespaces"),
+                named.join(", ")
             )
         }
     };
