@@ -80,6 +80,17 @@ fn check_inside_a_namespace_reads_only_it_and_calls_the_initial_one_host() {
         notice(&v, "netns_current_only").is_none(),
         "asked for: not a gap"
     );
+    // The report's first line says which namespace it is about.
+    let human = run_inside(&ns, &["check", "--interval", "0"]);
+    let first = String::from_utf8_lossy(&human.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        first.contains(&format!("in network namespace {}", ns.name())),
+        "{first}"
+    );
 
     // --netns all from inside: the initial namespace first, named "host".
     let v = json(&run_inside(

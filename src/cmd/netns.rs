@@ -3,12 +3,10 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::collect::cgroup::{self, RuntimeRoots};
 use crate::collect::netns::{self, Discovered, Discovery, NsTarget};
-use crate::collect::procfs::status::{self, CAP_SYS_ADMIN};
 use crate::collect::replay::{Capture, Uses};
 use crate::model::units::count;
 use crate::model::{name_namespace, Container, NetnsInfo, NetnsKind, Notice, NoticeCode};
@@ -49,12 +47,6 @@ pub enum Purpose {
     Diagnosis,
     /// `states`, `sockets`: the current namespace, as `ss` does.
     Sockets { owners: bool },
-}
-
-/// Whether this process may enter other network namespaces (CAP_SYS_ADMIN in its
-/// effective set).
-pub fn can_enter_namespaces(proc_root: &Path) -> bool {
-    std::fs::read(proc_root.join("self/status")).is_ok_and(|st| status::has_cap(&st, CAP_SYS_ADMIN))
 }
 
 /// The namespace of a replayed capture: "host" when its sysctls are those of an
@@ -137,7 +129,7 @@ pub fn select_cached(
     let discovery = netns::discover(proc_root, Path::new("/run/netns"));
     let current = discovery.current;
     let initial = netns::initial_inode(proc_root, current);
-    let privileged = can_enter_namespaces(proc_root);
+    let privileged = netns::may_enter_others(proc_root);
     let roots = RuntimeRoots::host();
     // Forget namespaces that are gone; identify new ones on first sight.
     cache.0.retain(|inode, _| discovery.get(*inode).is_some());
@@ -172,17 +164,8 @@ pub fn select_cached(
         }
         NetnsChoice::Current => false,
         NetnsChoice::Path(p) => {
-            let m = std::fs::metadata(p)
-                .map_err(|e| CmdError::Netns(format!("--netns '{}': {e}", p.display())))?;
-            // nsfs files share one device; anything else cannot be entered.
-            let nsfs = std::fs::metadata(proc_root.join("self/ns/net")).map(|n| n.dev());
-            if nsfs.is_ok_and(|dev| dev != m.dev()) {
-                return Err(CmdError::Netns(format!(
-                    "--netns '{}' is not a network namespace file (use /run/netns/NAME or /proc/PID/ns/net)",
-                    p.display()
-                )));
-            }
-            let inode = m.ino();
+            let inode = netns::nsfs_file_inode(proc_root, p)
+                .map_err(|e| CmdError::Netns(format!("--netns {e}")))?;
             let mut d = discovery.get(inode).cloned().unwrap_or_else(|| Discovered {
                 inode,
                 pids: Vec::new(),
@@ -403,11 +386,7 @@ fn describe(
     let is_current = Some(d.inode) == current;
     let is_initial = Some(d.inode) == initial;
     let first_pid = d.pids.first().copied();
-    let comm = first_pid.and_then(|pid| {
-        std::fs::read_to_string(proc_root.join(pid.to_string()).join("comm"))
-            .ok()
-            .map(|s| s.trim_end().to_string())
-    });
+    let comm = first_pid.and_then(|pid| netns::comm_of(proc_root, pid));
     let (name, kind) = name_namespace(
         is_initial,
         container.as_ref(),

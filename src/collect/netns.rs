@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use super::procfs::status;
 use super::sockets::CollectError;
 use crate::model::{NetnsInfo, Notice, NoticeCode};
 
@@ -185,6 +186,50 @@ pub fn discover(proc_root: &Path, run_netns: &Path) -> Discovery {
     }
     out.namespaces = by_inode.into_values().collect();
     out
+}
+
+/// Whether this process may enter other network namespaces: CAP_SYS_ADMIN in its
+/// effective set (`setns(2)` on a network namespace needs it).
+pub fn may_enter_others(proc_root: &Path) -> bool {
+    std::fs::read(proc_root.join("self/status"))
+        .is_ok_and(|st| status::has_cap(&st, status::CAP_SYS_ADMIN))
+}
+
+/// Why a file given as a namespace is not one.
+#[derive(Debug, thiserror::Error)]
+pub enum NsFileError {
+    #[error("'{}': {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("'{}' is not a network namespace file (use /run/netns/NAME or /proc/PID/ns/net)", path.display())]
+    NotNsfs { path: PathBuf },
+}
+
+/// The inode of the namespace a file such as /run/netns/NAME or /proc/PID/ns/net
+/// refers to. nsfs files share one device, that of our own /proc/self/ns/net: a file
+/// on another device cannot be entered.
+pub fn nsfs_file_inode(proc_root: &Path, path: &Path) -> Result<u64, NsFileError> {
+    let m = std::fs::metadata(path).map_err(|source| NsFileError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let nsfs = std::fs::metadata(proc_root.join("self/ns/net")).map(|n| n.dev());
+    if nsfs.is_ok_and(|dev| dev != m.dev()) {
+        return Err(NsFileError::NotNsfs {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(m.ino())
+}
+
+/// The short name of a process (`/proc/PID/comm`), to name a namespace after it.
+pub fn comm_of(proc_root: &Path, pid: u32) -> Option<String> {
+    std::fs::read_to_string(proc_root.join(pid.to_string()).join("comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
 }
 
 /// Why a namespace could not be read.

@@ -89,7 +89,9 @@ pub struct ProcessFacts {
     pub nofile_hard: Option<Limit>,
     /// TCP sockets the process holds as descriptors that are in no kernel socket table
     /// (state CLOSE: reset, aborted by keepalive, failed connect(), or never
-    /// connected), so `ss` does not show them; `None` when not measured.
+    /// connected), so `ss` does not show them; `None` when not measured (only `check`
+    /// counts them, and not on a replay). A socket of a namespace that was not read
+    /// counts too: this is exact when every namespace its sockets live in was read.
     pub detached_tcp_fds: Option<u64>,
 }
 
@@ -324,13 +326,14 @@ pub struct Snapshot {
     /// Whether processes could be attributed at all (false with --no-owners or when
     /// /proc was unreadable).
     pub owners_known: bool,
-    /// The network namespace this snapshot is of; `None` when only the current one was
-    /// read and namespaces were not looked at (a replayed capture).
+    /// The network namespace this snapshot is of (inode 0 for a replayed capture);
+    /// `None` only in snapshots built by hand.
     pub netns: Option<NetnsInfo>,
 }
 
-/// Every namespace looked at in one run. The first is the primary: the current one
-/// when it was included; it carries the host-wide evidence.
+/// Every namespace looked at in one run. The first is the primary: the initial (host)
+/// namespace when it was included, else the current one; it carries the host-wide
+/// evidence.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct HostSnapshot {
     pub namespaces: Vec<Snapshot>,

@@ -62,7 +62,7 @@ pub fn write_human(
         format!(" in {n_ns} network namespaces")
     } else {
         match &snap.netns {
-            Some(ns) if !ns.current => format!(" in network namespace {}", ns.name),
+            Some(ns) if !ns.initial => format!(" in network namespace {}", ns.name),
             _ => String::new(),
         }
     };
