@@ -11,7 +11,7 @@ use tcpdoctor::cli::Cli;
 use tcpdoctor::cmd;
 use tcpdoctor::model::Severity;
 use tcpdoctor::render::{self, Style};
-use tcpdoctor::settings::{self, Action, Terminal};
+use tcpdoctor::settings::{self, Action, Environment, Terminal};
 
 /// Exit codes (documented in README and `--help`).
 mod exit {
@@ -88,7 +88,7 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
         stdout_is_tty: io::stdout().is_terminal(),
         no_color_env: std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
     };
-    let (common, action) = settings::resolve(cli, term)?;
+    let (common, action) = settings::resolve(cli, term, &Environment::from_process())?;
     let style = Style {
         color: common.color,
     };

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::collect::netns as ns;
-use crate::collect::procfs::owners::{self, Wanted};
+use crate::collect::owners::{self, Wanted};
 use crate::collect::sockets::{self, SocketQuery};
 use crate::collect::trace::records::RawFlowKey;
 use crate::collect::trace::{EventOptions, SeedListener, TraceOptions, Tracer};
@@ -22,7 +22,7 @@ use crate::model::{
 };
 use crate::settings::{Common, NetnsChoice};
 
-use super::netns::{self, ContainerCache};
+use super::netns::{self, ContainerCache, Purpose};
 use super::CmdError;
 
 /// A flow idle for this many reads is removed from the kernel's table once the table is
@@ -81,8 +81,8 @@ impl TraceSession {
             ..common.clone()
         };
         if !matches!(common.netns, NetnsChoice::Default | NetnsChoice::All) {
-            let sel = netns::select(common, true)?;
-            filter.netns = sel.infos.iter().map(|i| i.inode).collect();
+            let sel = netns::select(common, Purpose::Diagnosis)?;
+            filter.netns = sel.targets.iter().map(|t| t.info.inode).collect();
         }
         let events = options.events_per_second.map(|per_second| EventOptions {
             per_second,
@@ -106,11 +106,11 @@ impl TraceSession {
         }
 
         let mut containers = ContainerCache::default();
-        let sel = netns::select_cached(&everywhere, true, &mut containers)?;
+        let sel = netns::select_cached(&everywhere, Purpose::Diagnosis, &mut containers)?;
         let names = sel
-            .infos
+            .targets
             .iter()
-            .map(|i| (i.inode, i.name.clone()))
+            .map(|t| (t.info.inode, t.info.name.clone()))
             .collect();
         let seeds = existing_listeners(&everywhere, &sel);
         let unfit = tracer.seed_listeners(&seeds);
@@ -294,9 +294,11 @@ impl TraceSession {
             return;
         }
         self.names_refreshed = Some(now);
-        if let Ok(sel) = netns::select_cached(&self.common, true, &mut self.containers) {
-            for i in sel.infos {
-                self.names.insert(i.inode, i.name);
+        if let Ok(sel) =
+            netns::select_cached(&self.common, Purpose::Diagnosis, &mut self.containers)
+        {
+            for t in sel.targets {
+                self.names.insert(t.info.inode, t.info.name);
             }
         }
     }
@@ -407,9 +409,8 @@ fn existing_listeners(common: &Common, sel: &netns::Selection) -> Vec<SeedListen
         tcp_info: false,
         source: common.source,
     };
-    let targets = sel.targets();
     let found = ns::for_each(
-        &targets,
+        &sel.targets,
         &common.proc_root,
         common.threads.max(1),
         |_, roots| {
@@ -419,14 +420,18 @@ fn existing_listeners(common: &Common, sel: &netns::Selection) -> Vec<SeedListen
         },
     );
     let mut listeners: Vec<(u64, u16, u64)> = Vec::new();
-    for ((i, _), r) in targets.iter().zip(found) {
+    for (t, r) in sel.targets.iter().zip(found) {
         let Ok(v) = r else { continue };
-        let inode = sel.infos[*i].inode;
+        let inode = t.info.inode;
         listeners.extend(v.into_iter().map(|(port, sock)| (inode, port, sock)));
     }
     let wanted: rustc_hash::FxHashSet<u64> =
         listeners.iter().map(|l| l.2).filter(|i| *i != 0).collect();
-    let (owners, _) = owners::scan(&common.proc_root, Wanted::Inodes(&wanted), common.threads);
+    let (owners, _) = owners::scan(
+        &common.proc_root,
+        Wanted::Inodes(&wanted),
+        &common.owner_scan,
+    );
     let mut seen = HashSet::new();
     listeners
         .into_iter()

@@ -40,9 +40,10 @@ pub use report::{
     CheckReport, GroupRow, Groups, LintReport, NamespaceCounts, SocketsReport, StatesReport,
 };
 pub use snapshot::{
-    sort_port_use, CloseWaitSocket, ClosingRate, CounterSample, FileTable, HostSnapshot,
-    KernelLogEntry, Limit, ListenerSocket, PortUse, ProcessFacts, Snapshot, SocketDigest, Sockstat,
-    TimeWaitAges, TimeWaitDigest, AGE_BUCKETS, HOST_WIDE_SYSCTLS, PER_NETNS_SYSCTLS,
+    sort_port_use, CloseWaitRecheck, CloseWaitSocket, ClosingRate, CounterSample, DetachedFds,
+    DetachedProcess, FileTable, HostSnapshot, KernelLogEntry, Limit, ListenerSocket, PortUse,
+    ProcessFacts, Snapshot, SocketDigest, Sockstat, TimeWaitAges, TimeWaitDigest, AGE_BUCKETS,
+    HOST_WIDE_SYSCTLS, PER_NETNS_SYSCTLS,
 };
 pub use socket::{Endpoint, Family, Socket, TcpInfo, Timer, TimerKind};
 pub use state::{StateCounts, StateSet, TcpState};

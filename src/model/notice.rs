@@ -35,6 +35,9 @@ pub enum NoticeCode {
     NetnsCurrentOnly,
     /// A network namespace could not be read.
     NetnsUnreadable,
+    /// A network namespace disappeared between discovery and reading (its sockets went
+    /// with it, so nothing is hidden).
+    NetnsVanished,
     /// `--netns` does not apply to a replayed capture.
     NetnsReplay,
     /// A replayed capture lacks some evidence a live run reads.
@@ -65,6 +68,7 @@ impl NoticeCode {
             NoticeCode::CloseWaitUnavailable => "close_wait_unavailable",
             NoticeCode::NetnsCurrentOnly => "netns_current_only",
             NoticeCode::NetnsUnreadable => "netns_unreadable",
+            NoticeCode::NetnsVanished => "netns_vanished",
             NoticeCode::NetnsReplay => "netns_replay",
             NoticeCode::ReplayMissing => "replay_missing",
             NoticeCode::NginxConfigUnreadable => "nginx_config_unreadable",
@@ -74,7 +78,7 @@ impl NoticeCode {
     }
 
     /// Every code, for the exporter's series and the docs.
-    pub const ALL: [NoticeCode; 19] = [
+    pub const ALL: [NoticeCode; 20] = [
         NoticeCode::NetlinkUnavailable,
         NoticeCode::Ipv6Unavailable,
         NoticeCode::TcpInfoUnavailable,
@@ -89,6 +93,7 @@ impl NoticeCode {
         NoticeCode::CloseWaitUnavailable,
         NoticeCode::NetnsCurrentOnly,
         NoticeCode::NetnsUnreadable,
+        NoticeCode::NetnsVanished,
         NoticeCode::NetnsReplay,
         NoticeCode::ReplayMissing,
         NoticeCode::NginxConfigUnreadable,

@@ -39,6 +39,13 @@ pub struct Args {
     #[arg(long = "close-wait", value_name = "N", default_value_t = 0)]
     pub close_wait: u64,
 
+    /// Then reset the --close-wait connections: each client closes with SO_LINGER
+    /// {1, 0}, and the RST takes the server end out of CLOSE_WAIT into CLOSE, out of
+    /// every socket table (`ss` and sock_diag no longer list it), while the worker
+    /// keeps its descriptor: a leaked descriptor of a closed socket ("detached").
+    #[arg(long = "reset-close-wait")]
+    pub reset_close_wait: bool,
+
     /// Like --close-wait, but the server read the EOF (CLOSE_WAIT with Recv-Q 0).
     #[arg(long = "close-wait-read", value_name = "N", default_value_t = 0)]
     pub close_wait_read: u64,

@@ -138,7 +138,7 @@ impl Tracer {
             return Err(TraceError::NotBuilt);
         }
         let status = std::fs::read("/proc/self/status").unwrap_or_default();
-        if !crate::collect::procfs::bpf_owners::may_load_tracing_programs(&status) {
+        if !crate::collect::owners::bpf::may_load_tracing_programs(&status) {
             return Err(TraceError::NotPermitted);
         }
         let (loaded, degraded) = Loaded::load(options)?;
