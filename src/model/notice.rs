@@ -101,14 +101,16 @@ impl NoticeCode {
         NoticeCode::TraceLosses,
     ];
 
-    /// Whether a report with this notice may have missed a problem: sockets, owners,
-    /// namespaces or evidence that rules judge were not seen. (A missing IPv6 stack or
-    /// a skipped attribute does not hide a problem.)
+    /// Whether a report with this notice may have missed a problem: sockets, processes,
+    /// namespaces or evidence that rules judge were not seen. A socket whose owner is
+    /// not visible (its process exited during the scan, or lives in another pid
+    /// namespace) is still judged, only not named, so `owners_partial` alone does not
+    /// hide a problem; unreadable descriptor tables do (`fd_counts_partial`). A missing
+    /// IPv6 stack or a skipped attribute does not hide a problem either.
     pub fn hides_problems(self) -> bool {
         matches!(
             self,
-            NoticeCode::OwnersPartial
-                | NoticeCode::FdCountsPartial
+            NoticeCode::FdCountsPartial
                 | NoticeCode::CountersUnavailable
                 | NoticeCode::KernelLogUnavailable
                 | NoticeCode::CloseWaitUnavailable

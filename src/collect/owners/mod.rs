@@ -219,9 +219,10 @@ pub fn missing_owner_notice(
     }
     let sockets = count(unowned, "socket", "sockets");
     let have = if unowned == 1 { "has" } else { "have" };
+    let their = if unowned == 1 { "its" } else { "their" };
     let msg = if replay {
         format!(
-            "{sockets} {have} no owner in the capture: no PID/fd/N link in it names their inode"
+            "{sockets} {have} no owner in the capture: no PID/fd/N link in it names {their} inode"
         )
     } else if stats.denied > 0 && euid != 0 {
         format!(
@@ -236,7 +237,7 @@ pub fn missing_owner_notice(
         )
     } else {
         format!(
-            "{sockets} {have} no owner in /proc: their process exited during the scan, or lives in another PID namespace"
+            "{sockets} {have} no owner in /proc: {their} process exited during the scan, or lives in another PID namespace"
         )
     };
     Some(Notice::new(NoticeCode::OwnersPartial, msg))
