@@ -228,6 +228,11 @@ pub struct CheckArgs {
     /// (the JSON report has them in each finding's "proposed").
     #[arg(long, conflicts_with = "json")]
     pub emit_sysctl: bool,
+    /// Do not trace connections during the interval (by default, as root with BPF, the
+    /// tracer names who opens short connections and counts failed connect() calls and
+    /// resets).
+    #[arg(long)]
+    pub no_trace: bool,
     /// Print JSON (schema: docs/json.md).
     #[arg(long)]
     pub json: bool,
@@ -241,6 +246,7 @@ impl CheckArgs {
             || !self.threshold.is_empty()
             || self.verbose
             || self.emit_sysctl
+            || self.no_trace
             || self.json
     }
 }

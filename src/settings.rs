@@ -89,6 +89,9 @@ pub struct CheckSettings {
     pub thresholds: Thresholds,
     pub verbose: bool,
     pub emit_sysctl: bool,
+    /// Trace connections during the interval when the tracer can run (not
+    /// `--no-trace`).
+    pub trace: bool,
     pub json: bool,
 }
 
@@ -407,6 +410,7 @@ fn check_settings(a: &cli::CheckArgs) -> Result<CheckSettings, SettingsError> {
         thresholds: thresholds(a.config.as_deref(), &a.threshold)?,
         verbose: a.verbose,
         emit_sysctl: a.emit_sysctl,
+        trace: !a.no_trace,
         json: a.json,
     })
 }

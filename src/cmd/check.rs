@@ -2,11 +2,17 @@
 //! when run as root from the host's own), read it again `--interval` later for counter
 //! rates and the CLOSE_WAIT re-check, run the rules, return the report. The readings
 //! are `collect::host`'s; this file decides when they happen and what the rates are.
+//!
+//! When it can (root, BPF), `check` traces connections from just before the first
+//! reading to the second ([`FlowTracing`]), so the rules see who opened, closed and
+//! failed connections during the interval. When it cannot, one notice says so and
+//! nothing else changes.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::analyze;
+use crate::collect::flows::{self, FlowTracing};
 use crate::collect::host::{self, Collected, HostOptions};
 use crate::collect::namespace::CounterReading;
 use crate::model::{CheckReport, CounterSample, HostSnapshot};
@@ -31,8 +37,16 @@ fn host_options(common: &Common, by_process: bool, detached_fds: bool) -> HostOp
 pub fn run(common: &Common, s: &CheckSettings) -> Result<CheckReport, CmdError> {
     let selection = netns::select(common, Purpose::Diagnosis)?;
     let opts = host_options(common, false, true);
+    // Attached before the first reading, read at the second: the tracer covers the
+    // counter interval. Without an interval (or on a capture) there is nothing to trace.
+    let mut tracing = (s.trace && !common.replay && !s.interval.is_zero()).then(FlowTracing::start);
     let started = Instant::now();
     let mut collected = host::collect(&selection.targets, selection.all, selection.notices, &opts)?;
+    match &mut tracing {
+        Some(Ok(t)) => t.seed(&collected.host),
+        Some(Err(e)) => collected.host.missing.push(flows::unavailable_notice(e)),
+        None => {}
+    }
     // nginx masters in every namespace and their configuration (issue 12), read while
     // the counter interval runs.
     let (instances, notices) = crate::collect::nginx::discover(&common.proc_root);
@@ -46,6 +60,11 @@ pub fn run(common: &Common, s: &CheckSettings) -> Result<CheckReport, CmdError> 
             std::thread::sleep(rest);
         }
         let second = host::read_again(&selection.targets, &opts, &mut collected);
+        if let Some(Ok(t)) = &mut tracing {
+            t.attach(&mut collected.host);
+        }
+        // Detached: the tracer stops at the second reading.
+        drop(tracing);
         rates_between_readings(&mut collected, &second);
     }
     let Collected { host, hostname, .. } = collected;
@@ -86,6 +105,19 @@ pub struct Sampler {
     history: CounterHistory,
     by_process: bool,
     containers: netns::ContainerCache,
+    tracing: Tracing,
+}
+
+/// The tracer of a [`Sampler`].
+#[derive(Debug, Default)]
+enum Tracing {
+    #[default]
+    Off,
+    /// Started at the first sample.
+    Wanted,
+    On(Box<FlowTracing>),
+    /// It could not start: this notice goes with every sample.
+    Unavailable(crate::model::Notice),
 }
 
 impl Sampler {
@@ -100,15 +132,38 @@ impl Sampler {
         self
     }
 
+    /// Keep the connection tracer attached: each sample's namespaces get the flows
+    /// counted since the previous sample (`Snapshot::flows`). It starts with the first
+    /// sample; when it cannot, every sample carries a `trace_unavailable` notice.
+    pub fn with_tracing(mut self) -> Sampler {
+        self.tracing = Tracing::Wanted;
+        self
+    }
+
     /// Collects a snapshot of every selected namespace. The first sample's counter
     /// deltas are zero (nothing to compare), and so are a replayed capture's.
     pub fn sample(&mut self, common: &Common) -> Result<HostSnapshot, CmdError> {
         let selection = netns::select_cached(common, Purpose::Diagnosis, &mut self.containers)?;
         let opts = host_options(common, self.by_process, false);
+        if matches!(self.tracing, Tracing::Wanted) {
+            self.tracing = match (common.replay, FlowTracing::start()) {
+                (true, _) => Tracing::Off,
+                (false, Ok(t)) => Tracing::On(Box::new(t)),
+                (false, Err(e)) => Tracing::Unavailable(flows::unavailable_notice(&e)),
+            };
+        }
         let mut collected =
             host::collect(&selection.targets, selection.all, selection.notices, &opts)?;
         if !common.replay {
             self.rates_since_previous(&mut collected);
+        }
+        match &mut self.tracing {
+            Tracing::On(t) => {
+                t.seed(&collected.host);
+                t.attach(&mut collected.host);
+            }
+            Tracing::Unavailable(n) => collected.host.missing.push(n.clone()),
+            Tracing::Off | Tracing::Wanted => {}
         }
         Ok(collected.host)
     }

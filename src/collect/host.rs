@@ -63,6 +63,8 @@ pub struct Collected {
     pub hostname: String,
     /// Each namespace's first reading, by namespace inode.
     pub readings: BTreeMap<u64, FirstReading>,
+    /// When the owner scan (and its descriptor counts) ended; `None` without one.
+    pub owners_at: Option<Instant>,
 }
 
 /// Reads every target. Namespaces that cannot be read become `netns_unreadable`
@@ -73,7 +75,7 @@ pub fn collect(
     notices: Vec<Notice>,
     opts: &HostOptions,
 ) -> Result<Collected, NamespaceError> {
-    let (results, scan) = read_namespaces_and_owners(targets, opts);
+    let (results, scan, owners_at) = read_namespaces_and_owners(targets, opts);
     let mut host = HostSnapshot {
         namespaces: Vec::new(),
         all_namespaces,
@@ -180,18 +182,19 @@ pub fn collect(
         host,
         hostname: sysctl::hostname(root),
         readings,
+        owners_at,
     })
 }
 
 /// One namespace's reading, or why there is none.
 type NsResult = Result<Result<NsReading, CollectError>, NetnsError>;
 
-/// The namespace readings (in target order) and the owner scan; see the module text
-/// for the order they run in.
+/// The namespace readings (in target order), the owner scan and when it ended; see the
+/// module text for the order they run in.
 fn read_namespaces_and_owners(
     targets: &[NsTarget],
     opts: &HostOptions,
-) -> (Vec<NsResult>, Option<(Owners, ScanStats)>) {
+) -> (Vec<NsResult>, Option<(Owners, ScanStats)>, Option<Instant>) {
     let root = opts.proc_root.as_path();
     let ns_opts = NsOptions {
         source: opts.source,
@@ -206,16 +209,20 @@ fn read_namespaces_and_owners(
             namespace::read(roots, &ns_opts, Some(t.info.inode) == primary)
         })
     };
-    let scan = || owners::scan(root, Wanted::All, &opts.owner_scan);
+    let scan = || {
+        let scanned = owners::scan(root, Wanted::All, &opts.owner_scan);
+        (scanned, Instant::now())
+    };
     if opts.detached_fds {
-        let scanned = scan();
-        (read_all(), Some(scanned))
+        let (scanned, at) = scan();
+        (read_all(), Some(scanned), Some(at))
     } else {
         std::thread::scope(|scope| {
             let scan = scope.spawn(scan);
             let results = read_all();
             // A panic in the scan is a bug; treat it as "no owners" rather than abort.
-            (results, scan.join().ok())
+            let (scanned, at) = scan.join().ok().unzip();
+            (results, scanned, at)
         })
     }
 }
@@ -409,5 +416,40 @@ pub fn read_again(
             out.insert(inode, r);
         }
     }
+    if let Some(at) = c.owners_at {
+        recount_descriptors(&opts.proc_root, at, &mut c.host);
+    }
     out
+}
+
+/// Counts again the open descriptors of every process holding CLOSE_WAIT sockets
+/// (`Snapshot::descriptor_recheck`), so a leak's growth over the interval shows. The
+/// count is the size of /proc/PID/fd (Linux 6.2+ gives the number of open descriptors
+/// there, without listing them); where it is 0 (older kernels) nothing is recorded.
+fn recount_descriptors(root: &Path, first_at: Instant, host: &mut HostSnapshot) {
+    for snap in &mut host.namespaces {
+        let pids: std::collections::BTreeSet<u32> = snap
+            .sockets
+            .close_wait
+            .iter()
+            .filter(|c| c.inode != 0)
+            .filter_map(|c| c.owner.map(|o| o.pid))
+            .filter(|pid| snap.processes.contains_key(pid))
+            .collect();
+        for pid in pids {
+            let Ok(meta) = std::fs::metadata(root.join(pid.to_string()).join("fd")) else {
+                continue;
+            };
+            if meta.len() == 0 {
+                continue;
+            }
+            snap.descriptor_recheck.insert(
+                pid,
+                crate::model::DescriptorRecheck {
+                    open_fds: meta.len(),
+                    after_ms: first_at.elapsed().as_millis() as u64,
+                },
+            );
+        }
+    }
 }

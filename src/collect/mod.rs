@@ -6,6 +6,7 @@
 //! namespaces a command chose; [`namespace`] is what is read inside one of them.
 
 pub mod cgroup;
+pub mod flows;
 pub mod host;
 pub mod kmsg;
 pub mod namespace;

@@ -318,6 +318,72 @@ pub struct FlowRow {
     pub counts: FlowCounts,
 }
 
+/// A flow's counts as JSON shows them, with their rates over `duration_ms` (the same
+/// shape in `trace --json` and in `check`'s namespaces).
+#[derive(Debug, Clone, Serialize)]
+pub struct RatedCounts<'a> {
+    pub opened: u64,
+    pub opened_per_s: f64,
+    pub closed: ClosedBySide,
+    pub closed_per_s: f64,
+    pub closer: Option<Closer>,
+    pub resets: ResetsBySide,
+    pub connect_failures: &'a ConnectFailures,
+    pub failed_per_s: f64,
+    pub lifetimes: &'a Lifetimes,
+}
+
+/// Connections that ended, by who closed first.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ClosedBySide {
+    pub local: u64,
+    pub peer: u64,
+    pub unknown: u64,
+}
+
+/// Resets sent by this host and received from the peer.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ResetsBySide {
+    pub sent: u64,
+    pub received: u64,
+}
+
+impl<'a> RatedCounts<'a> {
+    pub fn new(c: &'a FlowCounts, duration_ms: u64) -> RatedCounts<'a> {
+        let rate = |n: u64| round3(per_second(n, duration_ms));
+        RatedCounts {
+            opened: c.opened,
+            opened_per_s: rate(c.opened),
+            closed: ClosedBySide {
+                local: c.closed_local,
+                peer: c.closed_peer,
+                unknown: c.closed_unknown,
+            },
+            closed_per_s: rate(c.closed()),
+            closer: c.closer(),
+            resets: ResetsBySide {
+                sent: c.resets_sent,
+                received: c.resets_received,
+            },
+            connect_failures: &c.connect_failures,
+            failed_per_s: rate(c.connect_failures.total()),
+            lifetimes: &c.lifetimes,
+        }
+    }
+}
+
+/// `n` per second over `duration_ms` (0 over no time).
+pub fn per_second(n: u64, duration_ms: u64) -> f64 {
+    if duration_ms == 0 {
+        return 0.0;
+    }
+    n as f64 * 1000.0 / duration_ms as f64
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
 /// What the tracer could not count. Any non-zero field means some numbers are low.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct TraceLosses {
@@ -383,10 +449,7 @@ pub struct FlowInterval {
 impl FlowInterval {
     /// Per second over the interval.
     pub fn rate(&self, n: u64) -> f64 {
-        if self.duration_ms == 0 {
-            return 0.0;
-        }
-        n as f64 * 1000.0 / self.duration_ms as f64
+        per_second(n, self.duration_ms)
     }
 }
 
@@ -400,6 +463,129 @@ pub struct TraceSummary {
     pub programs: Vec<ProgramCost>,
     pub bpf_stats_enabled: bool,
     pub notices: Vec<super::Notice>,
+}
+
+/// Flows kept per namespace in a snapshot, the biggest; the others are in the totals
+/// only (`NamespaceFlows::omitted`).
+pub const FLOWS_KEPT: usize = 200;
+
+/// What the tracer counted in one network namespace while a command looked at it:
+/// `check`'s counter interval, or the time since the previous sample of `watch` and
+/// `serve`. Plain data for the rules and views; the tracer (`collect::flows`) fills it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NamespaceFlows {
+    pub duration_ms: u64,
+    /// Flows with something in that time, biggest first (opened + failed + closed),
+    /// at most [`FLOWS_KEPT`].
+    pub flows: Vec<FlowRow>,
+    /// Flows left out of `flows` (their counts are in `totals`), and their counts by
+    /// direction.
+    pub omitted: u64,
+    pub omitted_active: FlowCounts,
+    pub omitted_passive: FlowCounts,
+    pub totals: FlowCounts,
+    /// Whether connect() failures are told apart by errno. Without the kernel's fexit
+    /// hooks only EADDRNOTAVAIL is seen (and failures after the SYN: refused, timed
+    /// out).
+    pub all_errnos: bool,
+}
+
+impl NamespaceFlows {
+    /// Per second over the time traced.
+    pub fn rate(&self, n: u64) -> f64 {
+        per_second(n, self.duration_ms)
+    }
+
+    /// Outgoing flows toward `remote` (IPv4-mapped addresses compared as IPv4).
+    pub fn toward(&self, remote: Endpoint) -> impl Iterator<Item = &FlowRow> {
+        let want = Endpoint::new(remote.canonical_ip(), remote.port);
+        self.flows.iter().filter(move |f| {
+            matches!(f.key.peer, FlowPeer::Remote(e) if Endpoint::new(e.canonical_ip(), e.port) == want)
+        })
+    }
+
+    /// Incoming flows on the listening port `port`.
+    pub fn on_port(&self, port: u16) -> impl Iterator<Item = &FlowRow> {
+        self.flows
+            .iter()
+            .filter(move |f| f.key.peer == FlowPeer::ListeningPort(port))
+    }
+
+    /// Connections opened per second toward `remote`, all processes together; `None`
+    /// when no flow toward it was seen.
+    pub fn opened_per_s_toward(&self, remote: Endpoint) -> Option<f64> {
+        let mut seen = false;
+        let mut n = 0;
+        for f in self.toward(remote) {
+            seen = true;
+            n += f.counts.opened;
+        }
+        seen.then(|| self.rate(n))
+    }
+
+    /// Sorts flows biggest first (opened, failed and closed connections; then the key)
+    /// and keeps [`FLOWS_KEPT`] of them; `totals` stays the sum of all.
+    pub fn keep_biggest(&mut self) {
+        let weight = |c: &FlowCounts| c.opened + c.connect_failures.total() + c.closed();
+        self.flows.sort_by(|a, b| {
+            weight(&b.counts)
+                .cmp(&weight(&a.counts))
+                .then_with(|| a.key.cmp(&b.key))
+        });
+        if self.flows.len() > FLOWS_KEPT {
+            for r in self.flows.drain(FLOWS_KEPT..) {
+                self.omitted += 1;
+                match r.key.direction {
+                    Direction::Active => self.omitted_active.add(&r.counts),
+                    Direction::Passive => self.omitted_passive.add(&r.counts),
+                }
+            }
+        }
+    }
+}
+
+/// One flow as JSON shows it within its namespace.
+#[derive(Serialize)]
+struct JsonNsFlow<'a> {
+    /// 0: not known.
+    pid: u32,
+    comm: &'a str,
+    direction: Direction,
+    remote: Option<String>,
+    local_port: Option<u16>,
+    #[serde(flatten)]
+    counts: RatedCounts<'a>,
+}
+
+impl Serialize for NamespaceFlows {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let flows: Vec<JsonNsFlow> = self
+            .flows
+            .iter()
+            .map(|r| JsonNsFlow {
+                pid: r.key.pid,
+                comm: &r.comm,
+                direction: r.key.direction,
+                remote: match r.key.peer {
+                    FlowPeer::Remote(e) => Some(e.to_string()),
+                    FlowPeer::ListeningPort(_) => None,
+                },
+                local_port: match r.key.peer {
+                    FlowPeer::Remote(_) => None,
+                    FlowPeer::ListeningPort(p) => Some(p),
+                },
+                counts: RatedCounts::new(&r.counts, self.duration_ms),
+            })
+            .collect();
+        let mut st = s.serialize_struct("NamespaceFlows", 5)?;
+        st.serialize_field("duration_ms", &self.duration_ms)?;
+        st.serialize_field("flows", &flows)?;
+        st.serialize_field("omitted_flows", &self.omitted)?;
+        st.serialize_field("totals", &RatedCounts::new(&self.totals, self.duration_ms))?;
+        st.serialize_field("all_errnos", &self.all_errnos)?;
+        st.end()
+    }
 }
 
 /// Kinds of raw events (`--events`).

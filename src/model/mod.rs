@@ -32,7 +32,7 @@ pub use filter::{AddrFilter, BadAddrFilter, SocketFilter};
 pub use finding::{Evidence, Finding, FixStep, Nature, Severity, SysctlChange};
 pub use flow::{
     Closer, ConnectFailures, Direction, FlowCounts, FlowEvent, FlowEventKind, FlowFilter,
-    FlowInterval, FlowKey, FlowPeer, FlowRow, Lifetimes, TraceLosses, TraceSummary,
+    FlowInterval, FlowKey, FlowPeer, FlowRow, Lifetimes, NamespaceFlows, TraceLosses, TraceSummary,
 };
 pub use kernel::{EphemeralPorts, PortRange, TimeWaitPolicy};
 pub use netns::{name_namespace, NetnsInfo, NetnsKind, NetnsRef};
@@ -40,10 +40,10 @@ pub use report::{
     CheckReport, GroupRow, Groups, LintReport, NamespaceCounts, SocketsReport, StatesReport,
 };
 pub use snapshot::{
-    sort_port_use, CloseWaitRecheck, CloseWaitSocket, ClosingRate, CounterSample, DetachedFds,
-    DetachedProcess, FileTable, HostSnapshot, KernelLogEntry, Limit, ListenerSocket, PortUse,
-    ProcessFacts, Snapshot, SocketDigest, Sockstat, TimeWaitAges, TimeWaitDigest, AGE_BUCKETS,
-    HOST_WIDE_SYSCTLS, PER_NETNS_SYSCTLS,
+    sort_port_use, CloseWaitRecheck, CloseWaitSocket, ClosingRate, CounterSample,
+    DescriptorRecheck, DetachedFds, DetachedProcess, FileTable, HostSnapshot, KernelLogEntry,
+    Limit, ListenerSocket, PortUse, ProcessFacts, Snapshot, SocketDigest, Sockstat, TimeWaitAges,
+    TimeWaitDigest, AGE_BUCKETS, HOST_WIDE_SYSCTLS, PER_NETNS_SYSCTLS,
 };
 pub use socket::{Endpoint, Family, Socket, TcpInfo, Timer, TimerKind};
 pub use state::{StateCounts, StateSet, TcpState};

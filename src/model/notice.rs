@@ -49,6 +49,11 @@ pub enum NoticeCode {
     TraceDegraded,
     /// The connection tracer lost counts or events (full tables, rate limit).
     TraceLosses,
+    /// `check`, `watch` or `serve` could not trace connections (not root, no BPF or
+    /// BTF): nothing is hidden that a run without the tracer would show, but findings
+    /// do not name who opens connections, and failed connect() calls and resets are
+    /// not counted.
+    TraceUnavailable,
 }
 
 impl NoticeCode {
@@ -74,11 +79,12 @@ impl NoticeCode {
             NoticeCode::NginxConfigUnreadable => "nginx_config_unreadable",
             NoticeCode::TraceDegraded => "trace_degraded",
             NoticeCode::TraceLosses => "trace_losses",
+            NoticeCode::TraceUnavailable => "trace_unavailable",
         }
     }
 
     /// Every code, for the exporter's series and the docs.
-    pub const ALL: [NoticeCode; 20] = [
+    pub const ALL: [NoticeCode; 21] = [
         NoticeCode::NetlinkUnavailable,
         NoticeCode::Ipv6Unavailable,
         NoticeCode::TcpInfoUnavailable,
@@ -99,6 +105,7 @@ impl NoticeCode {
         NoticeCode::NginxConfigUnreadable,
         NoticeCode::TraceDegraded,
         NoticeCode::TraceLosses,
+        NoticeCode::TraceUnavailable,
     ];
 
     /// Whether a report with this notice may have missed a problem: sockets, processes,

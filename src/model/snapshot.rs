@@ -487,6 +487,16 @@ pub struct DetachedProcess {
     pub count: u64,
 }
 
+/// A process's open descriptors looked at again at `check`'s second reading (only
+/// processes holding CLOSE_WAIT sockets are).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DescriptorRecheck {
+    pub open_fds: u64,
+    /// Milliseconds since the first count ([`ProcessFacts::open_fds`], from the owner
+    /// scan).
+    pub after_ms: u64,
+}
+
 /// A kernel log line that one of the rules explains.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KernelLogEntry {
@@ -550,6 +560,15 @@ pub struct Snapshot {
     /// (collect::nginx).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nginx: Vec<super::nginx::NginxInstance>,
+    /// Connections the tracer saw opening, closing and failing in this namespace while
+    /// the command looked (`check`: its counter interval); `None` when nothing was
+    /// traced (not root, no BPF, a replay, `--no-trace`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flows: Option<super::NamespaceFlows>,
+    /// Descriptors of the processes holding CLOSE_WAIT sockets, counted again at
+    /// `check`'s second reading, by pid; empty when not counted again.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub descriptor_recheck: BTreeMap<u32, DescriptorRecheck>,
 }
 
 /// Every namespace looked at in one run. The first is the primary: the initial (host)
@@ -670,7 +689,31 @@ impl HostSnapshot {
         m.sockets.port_use.truncate(PORT_USE_KEPT);
         m.sockstat = sockstat;
         m.counters = counters;
+        m.flows = self.merged_flows();
         m
+    }
+
+    /// Every namespace's flows in one table (rows keep their namespace), the biggest
+    /// kept; `None` when no namespace was traced.
+    fn merged_flows(&self) -> Option<super::NamespaceFlows> {
+        let mut out: Option<super::NamespaceFlows> = None;
+        for f in self.namespaces.iter().filter_map(|s| s.flows.as_ref()) {
+            let m = out.get_or_insert_with(|| super::NamespaceFlows {
+                duration_ms: f.duration_ms,
+                all_errnos: f.all_errnos,
+                ..super::NamespaceFlows::default()
+            });
+            m.duration_ms = m.duration_ms.max(f.duration_ms);
+            m.flows.extend(f.flows.iter().cloned());
+            m.omitted += f.omitted;
+            m.omitted_active.add(&f.omitted_active);
+            m.omitted_passive.add(&f.omitted_passive);
+            m.totals.add(&f.totals);
+        }
+        if let Some(m) = &mut out {
+            m.keep_biggest();
+        }
+        out
     }
 
     /// Whether nothing that could hide a problem is missing: every namespace asked for

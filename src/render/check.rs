@@ -231,8 +231,12 @@ fn write_header(out: &mut impl Write, r: &CheckReport, view: HumanView) -> io::R
         Some(c) => format!(", counters over {:.1} s", c.interval_ms as f64 / 1000.0),
         None => String::new(),
     };
+    let traced = match &snap.flows {
+        Some(_) => ", connections traced",
+        None => "",
+    };
     let sockets = count(total.total(), "TCP socket", "TCP sockets");
-    let line = format!("  {sockets}{scope} (sockets via {source}{counters})");
+    let line = format!("  {sockets}{scope} (sockets via {source}{counters}{traced})");
     writeln!(out, "{}", ellipsize_words(&line, view.width))?;
     write_state_line(out, &total, view.style)?;
     if !gaps.is_empty() {
@@ -670,6 +674,9 @@ struct JsonNamespace<'a> {
     counts: JsonCounts,
     close_wait: crate::model::CloseWaitRecheck,
     detached_tcp_fds: Option<crate::model::DetachedFds>,
+    /// What the tracer saw during the interval; absent when not traced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flows: Option<&'a crate::model::NamespaceFlows>,
 }
 
 pub fn status(findings: &[Finding]) -> Option<Severity> {
@@ -705,6 +712,7 @@ pub fn write_json(out: &mut impl Write, r: &CheckReport) -> io::Result<()> {
                 counts: JsonCounts::from(&n.summary),
                 close_wait: n.close_wait_recheck(),
                 detached_tcp_fds: n.detached_tcp_fds(),
+                flows: n.flows.as_ref(),
             })
             .collect(),
         findings: &r.findings,

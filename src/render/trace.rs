@@ -7,11 +7,11 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::{Paint, Style, Table, JSON_SCHEMA_VERSION};
-use crate::model::flow::{errno_name, ProgramCost};
+use crate::model::flow::{errno_name, ProgramCost, RatedCounts};
 use crate::model::units::count;
 use crate::model::{
     Closer, ConnectFailures, Direction, FlowCounts, FlowEvent, FlowEventKind, FlowInterval,
-    FlowPeer, FlowRow, Lifetimes, Notice, TraceLosses, TraceSummary,
+    FlowPeer, FlowRow, Notice, TraceLosses, TraceSummary,
 };
 
 /// What the table needs to know besides the flows.
@@ -370,58 +370,9 @@ struct JsonNetns<'a> {
     name: &'a str,
 }
 
-#[derive(Serialize)]
-struct JsonClosed {
-    local: u64,
-    peer: u64,
-    unknown: u64,
-}
-
-#[derive(Serialize)]
-struct JsonResets {
-    sent: u64,
-    received: u64,
-}
-
 /// Counts with their rates over the interval.
-#[derive(Serialize)]
-struct JsonCounts<'a> {
-    opened: u64,
-    opened_per_s: f64,
-    closed: JsonClosed,
-    closed_per_s: f64,
-    closer: Option<Closer>,
-    resets: JsonResets,
-    connect_failures: &'a ConnectFailures,
-    failed_per_s: f64,
-    lifetimes: &'a Lifetimes,
-}
-
-impl<'a> JsonCounts<'a> {
-    fn new(c: &'a FlowCounts, interval: &FlowInterval) -> JsonCounts<'a> {
-        JsonCounts {
-            opened: c.opened,
-            opened_per_s: round3(interval.rate(c.opened)),
-            closed: JsonClosed {
-                local: c.closed_local,
-                peer: c.closed_peer,
-                unknown: c.closed_unknown,
-            },
-            closed_per_s: round3(interval.rate(c.closed())),
-            closer: c.closer(),
-            resets: JsonResets {
-                sent: c.resets_sent,
-                received: c.resets_received,
-            },
-            connect_failures: &c.connect_failures,
-            failed_per_s: round3(interval.rate(c.connect_failures.total())),
-            lifetimes: &c.lifetimes,
-        }
-    }
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
+fn rated<'a>(c: &'a FlowCounts, interval: &FlowInterval) -> RatedCounts<'a> {
+    RatedCounts::new(c, interval.duration_ms)
 }
 
 #[derive(Serialize)]
@@ -436,7 +387,7 @@ struct JsonFlow<'a> {
     /// Incoming: the listening port; null for outgoing.
     local_port: Option<u16>,
     #[serde(flatten)]
-    counts: JsonCounts<'a>,
+    counts: RatedCounts<'a>,
 }
 
 fn json_flows(interval: &FlowInterval) -> Vec<JsonFlow<'_>> {
@@ -459,7 +410,7 @@ fn json_flows(interval: &FlowInterval) -> Vec<JsonFlow<'_>> {
                 FlowPeer::Remote(_) => None,
                 FlowPeer::ListeningPort(p) => Some(p),
             },
-            counts: JsonCounts::new(&r.counts, interval),
+            counts: rated(&r.counts, interval),
         })
         .collect()
 }
@@ -472,7 +423,7 @@ struct IntervalLine<'a> {
     start_ms: u64,
     duration_ms: u64,
     flows: Vec<JsonFlow<'a>>,
-    totals: JsonCounts<'a>,
+    totals: RatedCounts<'a>,
     losses: &'a TraceLosses,
 }
 
@@ -485,7 +436,7 @@ pub fn write_interval_json(out: &mut impl Write, interval: &FlowInterval) -> io:
         start_ms: interval.start_ms,
         duration_ms: interval.duration_ms,
         flows: json_flows(interval),
-        totals: JsonCounts::new(&interval.totals, interval),
+        totals: rated(&interval.totals, interval),
         losses: &interval.losses,
     };
     serde_json::to_writer(&mut *out, &line)?;
@@ -505,7 +456,7 @@ struct SummaryLine<'a> {
     record: &'static str,
     duration_ms: u64,
     flows: Vec<JsonFlow<'a>>,
-    totals: JsonCounts<'a>,
+    totals: RatedCounts<'a>,
     losses: &'a TraceLosses,
     bpf: JsonBpf<'a>,
     notices: &'a [Notice],
@@ -519,7 +470,7 @@ pub fn write_summary_json(out: &mut impl Write, s: &TraceSummary) -> io::Result<
         record: "summary",
         duration_ms: s.flows.duration_ms,
         flows: json_flows(&s.flows),
-        totals: JsonCounts::new(&s.flows.totals, &s.flows),
+        totals: rated(&s.flows.totals, &s.flows),
         losses: &s.flows.losses,
         bpf: JsonBpf {
             stats_enabled: s.bpf_stats_enabled,

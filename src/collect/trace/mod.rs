@@ -189,6 +189,12 @@ impl Tracer {
         self.loaded.remove_flows(keys);
     }
 
+    /// Whether failed connect() calls are told apart by errno (both fexit connect()
+    /// hooks attached); without them only EADDRNOTAVAIL is recognised before the SYN.
+    pub fn connect_errnos(&self) -> bool {
+        self.loaded.connect_hooks()
+    }
+
     /// Losses since the tracer started (cumulative).
     pub fn losses(&self) -> Result<TraceLosses, TraceError> {
         let mut l = self.loaded.counters()?;
@@ -307,6 +313,9 @@ impl Loaded {
     fn seed_listener(&mut self, _: RawListenerKey, _: RawListenerOwner) -> bool {
         false
     }
+    fn connect_hooks(&self) -> bool {
+        false
+    }
     fn read_flows(&self) -> Result<FlowRead, TraceError> {
         Err(TraceError::NotBuilt)
     }
@@ -377,6 +386,7 @@ struct Loaded {
     counters: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
     events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
     max_flows: u32,
+    connect_hooks: bool,
 }
 
 #[cfg(not(tcpdoctor_no_trace_bpf))]
@@ -513,9 +523,14 @@ impl Loaded {
                 counters,
                 events,
                 max_flows: options.max_flows.max(64),
+                connect_hooks: config.connect_hook == 1,
             },
             degraded,
         ))
+    }
+
+    fn connect_hooks(&self) -> bool {
+        self.connect_hooks
     }
 
     fn seed_listener(&mut self, key: RawListenerKey, owner: RawListenerOwner) -> bool {
