@@ -105,6 +105,8 @@ fn finding_for(s: &Snapshot, t: &Thresholds, pid: Option<u32>, leak: &Leak) -> O
     if let Some((port, n)) = local_ports.first() {
         evidence.push(Evidence::new("local port", format!("{port}: {n}")));
     }
+    // Descriptors counted again at check's second reading: how soon the limit comes.
+    evidence.extend(super::runway::descriptor_evidence(s, pid));
 
     let recv_hint = if eof_unread >= eof_read {
         "Most of them still have the EOF unread (Recv-Q > 0): the code stopped using these connections without reading to the end, typically a pooled connection abandoned after an error or a response body that was never consumed."
@@ -165,6 +167,7 @@ fn finding_for(s: &Snapshot, t: &Thresholds, pid: Option<u32>, leak: &Leak) -> O
             "nofile_soft": soft_limit,
             "local_ports": local_ports.iter().take(20).map(|(p, n)| json!({"port": p, "count": n})).collect::<Vec<_>>(),
             "peers": peers.iter().take(20).map(|(ip, n)| json!({"address": ip.to_string(), "count": n})).collect::<Vec<_>>(),
+            "descriptor_runway": super::runway::descriptor_json(s, pid),
         }),
     })
 }

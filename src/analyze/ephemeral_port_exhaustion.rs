@@ -13,16 +13,24 @@
 //! would pass `port_warn_pct`. A rate is a forecast (a burst looks like one too), so it
 //! never makes a finding critical on its own: ports that really run out are. One
 //! finding lists the destinations; the worst one names the severity and the title.
+//!
+//! When connections were traced (`Snapshot::flows`), the rate is the one measured:
+//! connections opened toward the destination per second plus connect() calls that
+//! failed there with EADDRNOTAVAIL (what was asked, not only what got a port), and the
+//! process making them is named. EADDRNOTAVAIL traced toward a destination means its
+//! ports ran out during the interval: critical. Either way the finding says whether the
+//! rate is sustainable and, when not, when the ports run out ([`runway::ports`]).
 
 use std::net::IpAddr;
 
 use serde_json::json;
 
+use super::runway::{self, PortRunway};
 use super::util::{
     closing_rate, counter, counter_interval_ms, describe_rate, owner_label, pct, rate_text, round2,
     unreserved_listeners_in, widened_port_range, window_text,
 };
-use super::Thresholds;
+use super::{traced, Thresholds};
 use crate::model::kernel::is_loopback;
 use crate::model::{
     ClosingRate, Evidence, Finding, FixStep, Nature, PortRange, PortUse, Severity, Snapshot,
@@ -34,12 +42,58 @@ pub const ID: &str = "ephemeral_port_exhaustion";
 /// Destinations shown in the evidence.
 const TOP: usize = 5;
 
+/// What the tracer saw toward one destination (every process together).
+struct TracedDemand {
+    opened: u64,
+    eaddrnotavail: u64,
+    /// (opened + EADDRNOTAVAIL) per second.
+    per_s: f64,
+    duration_ms: u64,
+    /// The process that asked most: `python3 (pid 812)`, its pid.
+    who: String,
+    pid: u32,
+}
+
+/// Connections asked of `remote` while traced; `None` when it was not traced or no
+/// flow went there.
+fn traced_demand(s: &Snapshot, remote: crate::model::Endpoint) -> Option<TracedDemand> {
+    let f = s.flows.as_ref()?;
+    let mut d = TracedDemand {
+        opened: 0,
+        eaddrnotavail: 0,
+        per_s: 0.0,
+        duration_ms: f.duration_ms,
+        who: String::new(),
+        pid: 0,
+    };
+    let mut top = 0;
+    let mut seen = false;
+    for r in f.toward(remote) {
+        seen = true;
+        let asked = r.counts.opened + r.counts.connect_failures.eaddrnotavail;
+        d.opened += r.counts.opened;
+        d.eaddrnotavail += r.counts.connect_failures.eaddrnotavail;
+        if asked > top || d.who.is_empty() {
+            top = asked;
+            d.who = traced::who(s, r);
+            d.pid = r.key.pid;
+        }
+    }
+    d.per_s = f.rate(d.opened + d.eaddrnotavail);
+    seen.then_some(d)
+}
+
 /// What the numbers are for one destination.
 struct DestinationUse<'a> {
     entry: &'a PortUse,
     unavailable: u64,
     unavailable_pct: f64,
+    /// The closing rate from TIME_WAIT ages (the rate without a tracer).
     rate: ClosingRate,
+    traced: Option<TracedDemand>,
+    /// New connections per second asked of it: traced, else the closing rate.
+    demand_per_s: f64,
+    runway: PortRunway,
     sustainable_per_s: f64,
     /// Ports unavailable once this closing rate has gone on for a reuse delay (with
     /// reuse) or a TIME_WAIT length (without), as a share of the usable ones.
@@ -49,7 +103,21 @@ struct DestinationUse<'a> {
 
 impl DestinationUse<'_> {
     fn sustainable(&self) -> bool {
-        self.rate.per_s < self.sustainable_per_s
+        self.demand_per_s < self.sustainable_per_s
+    }
+
+    /// EADDRNOTAVAIL traced toward it: connect() found no port.
+    fn ran_out(&self) -> u64 {
+        self.traced.as_ref().map_or(0, |t| t.eaddrnotavail)
+    }
+
+    /// `python3 (pid 812)`: the traced process when there is one, else the sample
+    /// owner of its sockets.
+    fn who(&self, s: &Snapshot) -> String {
+        match &self.traced {
+            Some(t) if !t.who.is_empty() && t.pid != 0 => t.who.clone(),
+            _ => owner_label(s, self.entry.sample_owner),
+        }
     }
 }
 
@@ -73,6 +141,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
     flagged.sort_by(|a, b| {
         b.severity
             .cmp(&a.severity)
+            .then(b.ran_out().cmp(&a.ran_out()))
             .then(b.unavailable_pct.total_cmp(&a.unavailable_pct))
             .then(b.projected_pct.total_cmp(&a.projected_pct))
             .then(a.entry.remote.cmp(&b.entry.remote))
@@ -84,7 +153,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
     let recycled = counter(s, "TcpExt.TWRecycled");
     let active_opens = counter(s, "Tcp.ActiveOpens");
 
-    let worst_who = owner_label(s, worst.entry.sample_owner);
+    let worst_who = worst.who(s);
     let title = title(worst, &policy, flagged.len(), &worst_who);
 
     let mut evidence = vec![Evidence::new(
@@ -180,31 +249,46 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
             "active_opens": active_opens.json(),
             "interval_ms": interval_ms,
             "listening_ports_in_range": listeners_in_range,
-            "destinations": flagged.iter().map(|d| json!({
-                "local_ip": d.entry.local_ip.to_string(),
-                "remote_ip": d.entry.remote.canonical_ip().to_string(),
-                "remote_port": d.entry.remote.port,
-                "used": d.entry.used(),
-                "time_wait": d.entry.time_wait(),
-                "time_wait_young": d.entry.time_wait_ages.not_reusable_yet(),
-                "established": d.entry.counts.get(TcpState::Established),
-                "unavailable": d.unavailable,
-                "headroom": d.entry.headroom(),
-                "used_pct": round2(pct(d.entry.used(), d.entry.usable)),
-                "unavailable_pct": round2(d.unavailable_pct),
-                "judged_pct": round2(d.unavailable_pct),
-                "tw_reuse_applies": d.entry.tw_reuse,
-                "closes_per_s": round2(d.rate.per_s),
-                "closes_window_ms": d.rate.window_ms,
-                "sustainable_per_s": round2(d.sustainable_per_s),
-                "sustainable": d.sustainable(),
-                "projected_pct": round2(d.projected_pct),
-                "severity": d.severity,
-                "pid": d.entry.sample_owner.map(|o| o.pid),
-                "comm": d.entry.sample_owner.and_then(|o| s.process(o.pid)).map(|p| p.comm.clone()),
-            })).collect::<Vec<_>>(),
+            "destinations": flagged.iter().map(|d| destination_json(s, d)).collect::<Vec<_>>(),
         }),
     }]
+}
+
+/// One destination for the finding's `data`.
+fn destination_json(s: &Snapshot, d: &DestinationUse) -> serde_json::Value {
+    json!({
+            "local_ip": d.entry.local_ip.to_string(),
+            "remote_ip": d.entry.remote.canonical_ip().to_string(),
+            "remote_port": d.entry.remote.port,
+            "used": d.entry.used(),
+            "time_wait": d.entry.time_wait(),
+            "time_wait_young": d.entry.time_wait_ages.not_reusable_yet(),
+            "established": d.entry.counts.get(TcpState::Established),
+            "unavailable": d.unavailable,
+            "headroom": d.entry.headroom(),
+            "used_pct": round2(pct(d.entry.used(), d.entry.usable)),
+            "unavailable_pct": round2(d.unavailable_pct),
+            "judged_pct": round2(d.unavailable_pct),
+            "tw_reuse_applies": d.entry.tw_reuse,
+            "closes_per_s": round2(d.rate.per_s),
+            "closes_window_ms": d.rate.window_ms,
+            "sustainable_per_s": round2(d.sustainable_per_s),
+            "sustainable": d.sustainable(),
+            "projected_pct": round2(d.projected_pct),
+            "demand_per_s": round2(d.demand_per_s),
+            "demand_source": if d.traced.is_some() { "traced" } else { "time_wait_ages" },
+            "traced": d.traced.as_ref().map(|t| json!({
+                "opened": t.opened,
+                "eaddrnotavail": t.eaddrnotavail,
+                "per_s": round2(t.per_s),
+                "duration_ms": t.duration_ms,
+                "pid": t.pid,
+            })),
+            "runway": d.runway.json(),
+            "severity": d.severity,
+            "pid": d.entry.sample_owner.map(|o| o.pid),
+            "comm": d.entry.sample_owner.and_then(|o| s.process(o.pid)).map(|p| p.comm.clone()),
+    })
 }
 
 fn assess<'a>(
@@ -218,19 +302,23 @@ fn assess<'a>(
     let unavailable = entry.unavailable();
     let unavailable_pct = share(unavailable);
     let rate = closing_rate(s, entry.time_wait(), &entry.time_wait_ages);
+    let traced = traced_demand(s, entry.remote);
+    let demand_per_s = traced.as_ref().map_or(rate.per_s, |t| t.per_s);
+    let runway = runway::ports(entry, policy, demand_per_s);
     let sustainable_per_s = entry.sustainable_per_s(policy);
     let hold_ms = if entry.tw_reuse {
         policy.reuse_delay_ms
     } else {
         policy.len_ms
     };
-    let projected = entry.held_open() as f64 + rate.per_s * hold_ms as f64 / 1000.0;
+    let projected = entry.held_open() as f64 + demand_per_s * hold_ms as f64 / 1000.0;
     let projected_pct = if usable == 0 {
         100.0
     } else {
         projected * 100.0 / usable as f64
     };
-    let now = if unavailable_pct >= t.port_critical_pct {
+    let ran_out = traced.as_ref().is_some_and(|d| d.eaddrnotavail > 0);
+    let now = if unavailable_pct >= t.port_critical_pct || ran_out {
         Some(Severity::Critical)
     } else if unavailable_pct >= t.port_warn_pct {
         Some(Severity::Warning)
@@ -239,7 +327,7 @@ fn assess<'a>(
     };
     // The rate alone: faster than the ports sustain (connect() fails once the free
     // ports are used up), or a steady state past the warning share.
-    let at_rate = ((rate.per_s > 0.0 && rate.per_s >= sustainable_per_s)
+    let at_rate = ((demand_per_s > 0.0 && demand_per_s >= sustainable_per_s)
         || projected_pct >= t.port_warn_pct)
         .then_some(Severity::Warning);
     let severity = now.max(at_rate)?;
@@ -248,6 +336,9 @@ fn assess<'a>(
         unavailable,
         unavailable_pct,
         rate,
+        traced,
+        demand_per_s,
+        runway,
         sustainable_per_s,
         projected_pct,
         severity,
@@ -260,28 +351,47 @@ fn title(worst: &DestinationUse, policy: &TimeWaitPolicy, flagged: usize, who: &
         1 => String::new(),
         n => format!("; {} more destinations near the limit", n - 1),
     };
-    let (rate, most) = (worst.rate.per_s, worst.sustainable_per_s);
+    let (rate, most) = (worst.demand_per_s, worst.sustainable_per_s);
+    // Traced: what was asked of it (opened and refused for want of a port); else the
+    // closing rate its TIME_WAIT ages give.
+    let doing = if worst.traced.is_some() {
+        "opening"
+    } else {
+        "closing"
+    };
     // At the limit the kernel itself holds the rate there (connect() fails until a
     // port frees up); above it only while free ports last.
     let pace = if rate > most * 1.05 {
         format!(
-            "closing ~{}/s, more than the ~{}/s it sustains",
+            "{doing} ~{}/s, more than the ~{}/s it sustains",
             rate_text(rate),
             rate_text(most)
         )
     } else if rate >= most * 0.95 {
         format!(
-            "closing ~{}/s, at the ~{}/s it sustains",
+            "{doing} ~{}/s, at the ~{}/s it sustains",
             rate_text(rate),
             rate_text(most)
         )
     } else {
         format!(
-            "closing ~{}/s of ~{}/s it sustains",
+            "{doing} ~{}/s of ~{}/s it sustains",
             rate_text(rate),
             rate_text(most)
         )
     };
+    if let Some(t) = worst.traced.as_ref().filter(|t| t.eaddrnotavail > 0) {
+        return format!(
+            "{who} failed {} connect() calls with EADDRNOTAVAIL toward {} in {}: {} of {} ephemeral ports from {} unavailable, {} left; {pace}{more}",
+            t.eaddrnotavail,
+            e.remote,
+            crate::model::units::human_duration_ms(t.duration_ms),
+            worst.unavailable,
+            e.usable,
+            e.local_ip,
+            e.headroom()
+        );
+    }
     let reuse = if e.tw_reuse {
         format!(
             "TIME_WAIT ports reused after {}",
@@ -326,14 +436,29 @@ fn destination_text(s: &Snapshot, d: &DestinationUse, policy: &TimeWaitPolicy) -
     } else {
         format!("{tw} TIME_WAIT (tcp_tw_reuse does not apply: all held)")
     };
+    let traced = match &d.traced {
+        Some(t) => format!(
+            "; traced over {}: {} opened{}, {}/s asked ({})",
+            crate::model::units::human_duration_ms(t.duration_ms),
+            t.opened,
+            if t.eaddrnotavail > 0 {
+                format!(", {} failed with EADDRNOTAVAIL", t.eaddrnotavail)
+            } else {
+                String::new()
+            },
+            rate_text(t.per_s),
+            d.who(s)
+        ),
+        None => format!("; {}", owner_label(s, e.sample_owner)),
+    };
     format!(
-        "{} unavailable ({:.1}%), {} left: {open}; {tw_text}; closing {}, ~{}/s sustainable; {}",
+        "{} unavailable ({:.1}%), {} left: {open}; {tw_text}; closing {}, ~{}/s sustainable{traced}; {}",
         d.unavailable,
         d.unavailable_pct,
         e.headroom(),
         describe_rate(&d.rate),
         rate_text(d.sustainable_per_s),
-        owner_label(s, e.sample_owner)
+        d.runway.text()
     )
 }
 
@@ -808,6 +933,93 @@ mod tests {
         let f = check(&snapshot(vec![e]), &Thresholds::default());
         assert_eq!(f[0].severity, Severity::Warning);
         assert_eq!(f[0].data["destinations"][0]["projected_pct"], 66.15);
+    }
+
+    /// Traced flows of pid 91 toward `remote` over 1 s.
+    fn traced(s: &mut Snapshot, remote: Endpoint, opened: u64, eaddrnotavail: u64) {
+        use crate::model::{
+            ConnectFailures, Direction, FlowCounts, FlowKey, FlowPeer, FlowRow, NamespaceFlows,
+        };
+        s.flows = Some(NamespaceFlows {
+            duration_ms: 1000,
+            flows: vec![FlowRow {
+                key: FlowKey {
+                    pid: 91,
+                    netns: 1,
+                    direction: Direction::Active,
+                    peer: FlowPeer::Remote(remote),
+                },
+                comm: "java".into(),
+                netns_name: String::new(),
+                counts: FlowCounts {
+                    opened,
+                    closed_local: opened,
+                    connect_failures: ConnectFailures {
+                        eaddrnotavail,
+                        ..ConnectFailures::default()
+                    },
+                    ..FlowCounts::default()
+                },
+            }],
+            ..NamespaceFlows::default()
+        });
+    }
+
+    #[test]
+    fn traced_eaddrnotavail_is_critical_and_names_who_failed() {
+        // 100 ports, all held open: connect() fails, 1312 times in the second traced.
+        let mut e = port_use("10.0.0.7", 443, counts(100, 0));
+        e.usable = 100;
+        let remote = e.remote;
+        let mut s = snapshot(vec![e]);
+        traced(&mut s, remote, 0, 1312);
+        let f = check(&s, &Thresholds::default());
+        assert_eq!(f[0].severity, Severity::Critical);
+        assert!(
+            f[0].title.starts_with(
+                "java (pid 91) failed 1312 connect() calls with EADDRNOTAVAIL toward 10.0.0.7:443 in 1.0s: 100 of 100 ephemeral ports from 10.0.0.1 unavailable, 0 left"
+            ),
+            "{}",
+            f[0].title
+        );
+        let d = &f[0].data["destinations"][0];
+        assert_eq!(d["demand_source"], "traced");
+        assert_eq!(d["traced"]["eaddrnotavail"], 1312);
+        assert_eq!(d["demand_per_s"], 1312.0);
+        assert_eq!(d["runway"]["exhausted_in_s"], 0.0);
+        assert_eq!(d["runway"]["sustainable"], false);
+    }
+
+    #[test]
+    fn the_traced_rate_says_whether_ports_last_and_when_they_run_out() {
+        // 27211 usable, 5000 TIME_WAIT (no reuse); the ages alone would say ~83/s.
+        let mut e = port_use("10.0.0.5", 443, counts(0, 5_000));
+        let remote = e.remote;
+        e.time_wait_ages = ages(5_000, 60_000, 1000);
+        // Traced: 1000/s. 27211 / 60 = 453.5/s sustainable; 22211 free, 83.3/s
+        // coming free: about 24 s left.
+        let mut s = snapshot(vec![e.clone()]);
+        traced(&mut s, remote, 1000, 0);
+        let f = check(&s, &Thresholds::default());
+        assert_eq!(f[0].severity, Severity::Warning);
+        let d = &f[0].data["destinations"][0];
+        assert_eq!(d["demand_per_s"], 1000.0);
+        assert_eq!(d["sustainable"], false);
+        let left = d["runway"]["exhausted_in_s"].as_f64().expect("runs out");
+        assert!((left - 24.2).abs() < 0.1, "{left}");
+        assert!(
+            f[0].title
+                .contains("opening ~1000/s, more than the ~454/s it sustains"),
+            "{}",
+            f[0].title
+        );
+        assert!(f[0].evidence.iter().any(|l| l.value.contains(
+            "not sustainable: at 1000/s (~454/s sustainable) the ports run out in about 24."
+        )));
+        // Traced at 100/s: sustainable, and no finding for 18% of the ports.
+        let mut calm = snapshot(vec![e]);
+        traced(&mut calm, remote, 100, 0);
+        assert!(check(&calm, &Thresholds::default()).is_empty());
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! (time comes in the snapshot), so every rule is tested on hand-built snapshots.
 //! One rule per file; each exports `ID` and `check`. Not rules: [`merge`] (one finding
 //! per cause across namespaces), [`pointing`] (fix commands pointed at a namespace),
-//! [`trend`] and [`util`].
+//! [`runway`] (time until ports or descriptors run out), [`traced`] (flows the tracer
+//! saw), [`trend`] and [`util`].
 
 pub mod close_wait_leak;
 pub mod close_wait_unaccepted;
+pub mod connect_failures;
+pub mod connection_resets;
 pub mod conntrack_table;
 pub mod ephemeral_port_exhaustion;
 pub mod fd_exhaustion;
@@ -21,8 +24,10 @@ pub mod nginx_upstream_keepalive;
 pub mod nginx_worker_connections;
 pub mod orphans;
 pub mod pointing;
+pub mod runway;
 pub mod sysctl_audit;
 pub mod time_wait_pressure;
+pub mod traced;
 pub mod trend;
 pub mod util;
 
@@ -130,9 +135,19 @@ pub const RULES: &[Rule] = &[
         check: ephemeral_port_exhaustion::check,
     },
     Rule {
+        id: connect_failures::ID,
+        scope: Scope::Namespace,
+        check: connect_failures::check,
+    },
+    Rule {
         id: time_wait_pressure::ID,
         scope: Scope::Namespace,
         check: time_wait_pressure::check,
+    },
+    Rule {
+        id: connection_resets::ID,
+        scope: Scope::Namespace,
+        check: connection_resets::check,
     },
     Rule {
         id: orphans::ID,

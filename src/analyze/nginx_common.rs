@@ -15,6 +15,22 @@ use crate::model::{Endpoint, FixStep, Severity, Snapshot, TcpState};
 /// then judge churn from TIME_WAIT alone.
 pub type OpenRates = BTreeMap<(u32, Endpoint), f64>;
 
+/// The rates the tracer measured in `s` (outgoing flows of [`Snapshot::flows`]); empty
+/// when connections were not traced.
+pub fn open_rates(s: &Snapshot) -> OpenRates {
+    let mut out = OpenRates::new();
+    let Some(f) = &s.flows else {
+        return out;
+    };
+    for r in &f.flows {
+        if let crate::model::FlowPeer::Remote(e) = r.key.peer {
+            *out.entry((r.key.pid, Endpoint::new(e.canonical_ip(), e.port)))
+                .or_default() += f.rate(r.counts.opened);
+        }
+    }
+    out
+}
+
 /// How the version decides the defaults.
 pub struct Defaults {
     /// Upstream keep-alive, `proxy_http_version 1.1` and no `Connection: close` by

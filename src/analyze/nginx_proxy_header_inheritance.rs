@@ -18,7 +18,7 @@ use crate::model::{Endpoint, Evidence, Finding, FixStep, Nature, Snapshot};
 pub const ID: &str = "nginx_proxy_header_inheritance";
 
 pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
-    check_with_rates(s, t, &OpenRates::new())
+    check_with_rates(s, t, &super::nginx_common::open_rates(s))
 }
 
 pub fn check_with_rates(s: &Snapshot, t: &Thresholds, rates: &OpenRates) -> Vec<Finding> {

@@ -23,7 +23,7 @@ use crate::model::{Endpoint, Evidence, Finding, FixStep, Nature, Snapshot};
 pub const ID: &str = "nginx_proxy_keepalive_headers";
 
 pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
-    check_with_rates(s, t, &OpenRates::new())
+    check_with_rates(s, t, &super::nginx_common::open_rates(s))
 }
 
 /// What defeats keep-alive in one location.

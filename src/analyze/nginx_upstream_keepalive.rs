@@ -25,7 +25,7 @@ use crate::model::{Endpoint, Evidence, Finding, FixStep, Nature, Snapshot};
 pub const ID: &str = "nginx_upstream_keepalive";
 
 pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
-    check_with_rates(s, t, &OpenRates::new())
+    check_with_rates(s, t, &super::nginx_common::open_rates(s))
 }
 
 /// What proxies without a connection cache: an upstream block, or a literal address.
@@ -458,6 +458,43 @@ mod tests {
             "{}",
             up.title
         );
+        // The same rate from the flows `check` traced (worker pid 7, 2400 in 2 s).
+        {
+            use crate::model::{Direction, FlowCounts, FlowKey, FlowPeer, FlowRow, NamespaceFlows};
+            let mut traced = s.clone();
+            traced.flows = Some(NamespaceFlows {
+                duration_ms: 2000,
+                flows: vec![FlowRow {
+                    key: FlowKey {
+                        pid: 7,
+                        netns: 1,
+                        direction: Direction::Active,
+                        peer: FlowPeer::Remote(Endpoint::new(
+                            "127.0.0.1".parse().expect("ip"),
+                            18080,
+                        )),
+                    },
+                    comm: "nginx".into(),
+                    netns_name: String::new(),
+                    counts: FlowCounts {
+                        opened: 2400,
+                        ..FlowCounts::default()
+                    },
+                }],
+                ..NamespaceFlows::default()
+            });
+            let f = check(&traced, &Thresholds::default());
+            let up = f
+                .iter()
+                .find(|f| f.data["target"]["kind"] == "upstream")
+                .expect("upstream");
+            assert!(
+                up.title
+                    .ends_with(": 1200 connections/s traced, 600 TIME_WAIT"),
+                "{}",
+                up.title
+            );
+        }
 
         // Ports toward the backend nearly gone: critical, and owned by a worker.
         let mut counts = StateCounts::default();

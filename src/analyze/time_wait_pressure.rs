@@ -13,6 +13,11 @@
 //! over the counter interval for the namespace, and the TIME_WAIT ages of each group
 //! for each served port and destination. The count over 60 s undercounts wherever
 //! tcp_tw_reuse takes entries over early (`TcpExt.TWRecycled`).
+//!
+//! A TIME_WAIT entry has no owner. When connections were traced (`Snapshot::flows`),
+//! the flows that closed first name who makes them ("python3 (pid 812) opens 410
+//! connections/s to 10.0.0.5:8080 and closes first"), and a process closing first at
+//! [`TRACED_CHURN_PER_S`] or more is an Info finding even while TIME_WAIT is small.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -23,11 +28,11 @@ use super::util::{
     closing_rate, counter, counter_interval_ms, describe_rate, measured_closes_per_s, pct,
     proposed_tw_buckets, rate_text, round2, window_text, CounterReading,
 };
-use super::Thresholds;
+use super::{traced, Thresholds};
 use crate::model::kernel::is_loopback;
 use crate::model::{
-    ClosingRate, Endpoint, Evidence, Finding, FixStep, Nature, PortUse, Severity, Snapshot,
-    SysctlChange, TcpState, TimeWaitAges, TimeWaitPolicy,
+    ClosingRate, Endpoint, Evidence, Finding, FixStep, FlowPeer, FlowRow, NamespaceFlows, Nature,
+    PortUse, Severity, Snapshot, SysctlChange, TcpState, TimeWaitAges, TimeWaitPolicy,
 };
 
 pub const ID: &str = "time_wait_pressure";
@@ -35,6 +40,11 @@ pub const ID: &str = "time_wait_pressure";
 /// TIME_WAIT count that earns an Info finding even far from the limit: about 167
 /// connections per second closed first by this host.
 pub const LARGE_TIME_WAIT: u64 = 10_000;
+
+/// Connections per second one traced flow closes first that earn an Info finding on
+/// their own: a process opening (or accepting) short connections at this rate holds
+/// 6000 TIME_WAIT entries at the 60 s length.
+pub const TRACED_CHURN_PER_S: f64 = 100.0;
 
 /// Share of classified TIME_WAIT one side needs to be called the closer.
 const DOMINANT_PCT: f64 = 80.0;
@@ -104,6 +114,67 @@ struct Measured<'a> {
     recycled: CounterReading,
     policy: TimeWaitPolicy,
     destinations: Vec<DestinationRow<'a>>,
+    /// Traced flows that closed first, most closes first: who makes the TIME_WAIT.
+    closers: Vec<TracedCloser<'a>>,
+}
+
+/// A traced flow whose connections this host closed first.
+struct TracedCloser<'a> {
+    flows: &'a NamespaceFlows,
+    row: &'a FlowRow,
+    who: String,
+    /// TIME_WAIT now toward its destination (outgoing) or on its port (incoming).
+    time_wait: u64,
+}
+
+impl TracedCloser<'_> {
+    fn closed_first_per_s(&self) -> f64 {
+        self.flows.rate(self.row.counts.closed_local)
+    }
+
+    /// `python3 (pid 812) opens 410 connections/s to 10.0.0.5:8080 and closes first`.
+    fn sentence(&self) -> String {
+        format!(
+            "{} {}",
+            self.who,
+            traced::churn_phrase(self.flows, self.row)
+        )
+    }
+}
+
+/// The traced flows of `s` that closed connections first, most first (at most `TOP`).
+fn traced_closers(s: &Snapshot) -> Vec<TracedCloser<'_>> {
+    let Some(flows) = &s.flows else {
+        return Vec::new();
+    };
+    let digest = &s.sockets.time_wait;
+    let mut out: Vec<TracedCloser> = flows
+        .flows
+        .iter()
+        .filter(|r| r.counts.closed_local > 0)
+        .map(|r| TracedCloser {
+            flows,
+            row: r,
+            who: traced::who(s, r),
+            time_wait: match r.key.peer {
+                FlowPeer::Remote(e) => digest
+                    .by_destination
+                    .get(&Endpoint::new(e.canonical_ip(), e.port))
+                    .copied()
+                    .unwrap_or(0),
+                FlowPeer::ListeningPort(p) => digest.by_listen_port.get(&p).copied().unwrap_or(0),
+            },
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.row
+            .counts
+            .closed_local
+            .cmp(&a.row.counts.closed_local)
+            .then(a.row.key.cmp(&b.row.key))
+    });
+    out.truncate(TOP);
+    out
 }
 
 pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
@@ -125,7 +196,12 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
         Severity::Critical
     } else if share.is_some_and(|p| p >= t.time_wait_warn_pct) {
         Severity::Warning
-    } else if overflow.ever() || time_wait >= LARGE_TIME_WAIT {
+    } else if overflow.ever()
+        || time_wait >= LARGE_TIME_WAIT
+        || traced_closers(s)
+            .first()
+            .is_some_and(|c| c.closed_first_per_s() >= TRACED_CHURN_PER_S)
+    {
         Severity::Info
     } else {
         return Vec::new();
@@ -179,6 +255,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
         recycled,
         policy,
         destinations,
+        closers: traced_closers(s),
     };
     let title = title(&m);
 
@@ -253,6 +330,21 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
             format!(
                 "server side (on a port this host serves): {}; client side (ephemeral port): {}",
                 digest.server_side, digest.client_side
+            ),
+        ));
+    }
+    for c in &m.closers {
+        evidence.push(Evidence::new(
+            format!("traced {}: {}", traced::over(c.flows), c.who),
+            format!(
+                "{}{}; {} TIME_WAIT {} now",
+                traced::churn_phrase(c.flows, c.row),
+                traced::lifetime_note(c.row),
+                c.time_wait,
+                match c.row.key.peer {
+                    FlowPeer::Remote(_) => "toward it",
+                    FlowPeer::ListeningPort(_) => "on that port",
+                }
             ),
         ));
     }
@@ -333,6 +425,14 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
             "top_peers": peers.iter().map(|(ip, n)| json!({
                 "address": ip.to_string(), "count": n,
             })).collect::<Vec<_>>(),
+            "traced": s.flows.as_ref().map(|f| json!({
+                "duration_ms": f.duration_ms,
+                "closers": m.closers.iter().map(|c| {
+                    let mut v = traced::flow_json(f, c.row);
+                    v["time_wait"] = json!(c.time_wait);
+                    v
+                }).collect::<Vec<_>>(),
+            })),
         }),
     }]
 }
@@ -451,8 +551,13 @@ fn title(m: &Measured) -> String {
         Closer::Client => ", mostly as a client",
         Closer::Mixed | Closer::Unknown => "",
     };
+    let traced = m
+        .closers
+        .first()
+        .map(|c| format!(": {}", c.sentence()))
+        .unwrap_or_default();
     let rate = format!(
-        "~{} connections/s closed first by this host{side}{}",
+        "~{} connections/s closed first by this host{side}{traced}{}",
         rate_text(m.closes_per_s),
         reuse_note(m)
     );
@@ -473,10 +578,15 @@ fn title(m: &Measured) -> String {
         (Severity::Critical | Severity::Warning, Some(l), Some(p)) => {
             format!("TIME_WAIT at {p:.0}% of tcp_max_tw_buckets: {used} of {l}; {rate}")
         }
-        _ if time_wait < LARGE_TIME_WAIT => format!(
+        _ if time_wait < LARGE_TIME_WAIT && overflow.ever() => format!(
             "TIME_WAIT overflowed tcp_max_tw_buckets {} times since boot (not now); {time_wait} TIME_WAIT now",
             overflow.total.unwrap_or(0)
         ),
+        // Traced churn alone: the process is the news.
+        _ if time_wait < LARGE_TIME_WAIT => match m.closers.first() {
+            Some(c) => format!("{}: {} TIME_WAIT", c.sentence(), c.time_wait),
+            None => format!("{time_wait} TIME_WAIT sockets: {rate}"),
+        },
         _ => format!("{time_wait} TIME_WAIT sockets: {rate}"),
     }
 }
@@ -538,6 +648,15 @@ fn fix(s: &Snapshot, m: &Measured) -> (Vec<FixStep>, Vec<SysctlChange>) {
                 "If a reverse proxy fronts this server, fix it there: {nginx}"
             )));
         }
+    }
+    if let Some(c) = m.closers.first().filter(|c| c.row.key.pid != 0) {
+        fix.push(FixStep::run(
+            format!(
+                "Watch {}'s connections open and close, per destination, as they happen",
+                c.who
+            ),
+            format!("tcpdoctor trace --pid {}", c.row.key.pid),
+        ));
     }
     if m.severity > Severity::Info {
         if let Some(v) =
@@ -888,6 +1007,87 @@ mod tests {
         let f = check(&past, &Thresholds::default());
         assert_eq!(f[0].severity, Severity::Info);
         assert!(f[0].title.contains("7 times since boot"), "{}", f[0].title);
+    }
+
+    /// A traced flow of `pid` to 10.0.0.5:8080 over 1 s.
+    fn traced(s: &mut Snapshot, pid: u32, opened: u64, closed_local: u64, closed_peer: u64) {
+        use crate::model::{Direction, FlowCounts, FlowKey, FlowRow, NamespaceFlows};
+        let dst = Endpoint::new("10.0.0.5".parse().expect("ip"), 8080);
+        s.flows = Some(NamespaceFlows {
+            duration_ms: 1000,
+            flows: vec![FlowRow {
+                key: FlowKey {
+                    pid,
+                    netns: 1,
+                    direction: Direction::Active,
+                    peer: FlowPeer::Remote(dst),
+                },
+                comm: "python3".into(),
+                netns_name: String::new(),
+                counts: FlowCounts {
+                    opened,
+                    closed_local,
+                    closed_peer,
+                    ..FlowCounts::default()
+                },
+            }],
+            ..NamespaceFlows::default()
+        });
+    }
+
+    #[test]
+    fn traced_churn_names_the_process_and_destination_even_when_time_wait_is_small() {
+        let mut s = snapshot(300, 262_144);
+        let dst = Endpoint::new("10.0.0.5".parse().expect("ip"), 8080);
+        s.sockets.time_wait.client_side = 300;
+        s.sockets.time_wait.by_destination.insert(dst, 300);
+        traced(&mut s, 812, 410, 409, 0);
+        let f = check(&s, &Thresholds::default());
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].severity, Severity::Info);
+        assert_eq!(
+            f[0].title,
+            "python3 (pid 812) opens 410 connections/s to 10.0.0.5:8080 and closes first: 300 TIME_WAIT"
+        );
+        let c = &f[0].data["traced"]["closers"][0];
+        assert_eq!(c["pid"], 812);
+        assert_eq!(c["remote"], "10.0.0.5:8080");
+        assert_eq!(c["opened_per_s"], 410.0);
+        assert_eq!(c["time_wait"], 300);
+        assert!(f[0]
+            .evidence
+            .iter()
+            .any(|e| e.label == "traced over 1.0s: python3 (pid 812)"));
+        assert!(f[0]
+            .fix
+            .iter()
+            .any(|l| l.command.as_deref() == Some("tcpdoctor trace --pid 812")));
+
+        // With many TIME_WAIT the count leads and the process follows.
+        let mut big = snapshot(24_600, 262_144);
+        big.sockets.time_wait.client_side = 24_600;
+        big.sockets.time_wait.by_destination.insert(dst, 24_600);
+        traced(&mut big, 812, 410, 410, 0);
+        let f = check(&big, &Thresholds::default());
+        assert!(
+            f[0].title.starts_with("24600 TIME_WAIT sockets: ~410 connections/s closed first by this host, mostly as a client: python3 (pid 812) opens 410 connections/s to 10.0.0.5:8080 and closes first"),
+            "{}",
+            f[0].title
+        );
+    }
+
+    #[test]
+    fn traced_keep_alive_or_slow_churn_is_no_finding() {
+        let mut s = snapshot(40, 262_144);
+        // One connection opened and kept.
+        traced(&mut s, 9, 1, 0, 0);
+        assert!(check(&s, &Thresholds::default()).is_empty());
+        // 50/s closed first: below TRACED_CHURN_PER_S.
+        traced(&mut s, 9, 50, 50, 0);
+        assert!(check(&s, &Thresholds::default()).is_empty());
+        // 400/s, but the peer closes first: no TIME_WAIT here.
+        traced(&mut s, 9, 400, 0, 400);
+        assert!(check(&s, &Thresholds::default()).is_empty());
     }
 
     #[test]
