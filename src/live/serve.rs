@@ -19,7 +19,7 @@ use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::analyze::{self, Thresholds};
 use crate::cmd::check::Sampler;
-use crate::render::metrics::{self, CollectionStats, Exposition};
+use crate::render::metrics::{self, CollectionStats, Exposition, FlowCounters};
 use crate::settings::{Common, ServeSettings};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -117,6 +117,15 @@ struct Collector {
     sampler: Sampler,
     collections: u64,
     failures: u64,
+    /// Connection counters since the exporter started (the sampler keeps the tracer
+    /// attached and hands over each collection's flows).
+    flows: FlowCounters,
+}
+
+/// The sampler `serve` collects with: sockets per process, and the connection tracer
+/// kept attached (when it can run).
+fn sampler() -> Sampler {
+    Sampler::new().with_sockets_by_process().with_tracing()
 }
 
 impl Exporter {
@@ -128,9 +137,10 @@ impl Exporter {
             thresholds: s.thresholds.clone(),
             shared: SharedCollection::new(),
             collector: Mutex::new(Collector {
-                sampler: Sampler::new().with_sockets_by_process(),
+                sampler: sampler(),
                 collections: 0,
                 failures: 0,
+                flows: FlowCounters::new(),
             }),
         }
     }
@@ -187,7 +197,10 @@ impl Exporter {
         }));
         c.collections += 1;
         let collected = match outcome {
-            Ok(Ok(v)) => Some(v),
+            Ok(Ok(v)) => {
+                c.flows.add(&v.0, self.top);
+                Some(v)
+            }
             Ok(Err(e)) => {
                 c.failures += 1;
                 eprintln!("tcpdoctor serve: collection failed: {e}");
@@ -196,7 +209,7 @@ impl Exporter {
             Err(_) => {
                 c.failures += 1;
                 // The sampler may be half-updated; start its counter baseline afresh.
-                c.sampler = Sampler::new().with_sockets_by_process();
+                c.sampler = sampler();
                 eprintln!("tcpdoctor serve: collection failed: internal error (panic); see above");
                 None
             }
@@ -216,6 +229,7 @@ impl Exporter {
             host,
             findings,
             stats,
+            flows: Some(&c.flows),
         })
     }
 }

@@ -100,6 +100,7 @@ mod tests {
             host: Some(&host),
             findings: &[],
             stats: stats(),
+            flows: None,
         });
         // Not 1007: a sum would drop when the second namespace goes away.
         assert!(

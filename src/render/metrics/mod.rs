@@ -21,6 +21,7 @@ mod counters;
 mod ephemeral_ports;
 mod file_descriptors;
 mod findings;
+mod flows;
 mod listeners;
 mod namespaces;
 mod processes;
@@ -35,6 +36,7 @@ use std::io::{self, Write};
 
 use crate::model::{Finding, HostSnapshot};
 
+pub use flows::FlowCounters;
 use namespaces::NetnsLabels;
 
 /// The `Content-Type` of what [`write`] produces.
@@ -68,6 +70,9 @@ pub struct Exposition<'a> {
     pub host: Option<&'a HostSnapshot>,
     pub findings: &'a [Finding],
     pub stats: CollectionStats,
+    /// Connection counters kept across collections while the tracer is attached;
+    /// `None` when the exporter does not trace.
+    pub flows: Option<&'a FlowCounters>,
 }
 
 /// Writes the whole exposition.
@@ -98,6 +103,9 @@ pub fn render(e: &Exposition<'_>) -> String {
     // namespaces would go down whenever a container exits, which Prometheus reads as a
     // counter reset.
     counters::write(&mut t, host.primary().unwrap_or(s));
+    if let Some(f) = e.flows {
+        flows::write(&mut t, f);
+    }
     findings::write(&mut t, e.findings);
     t.buf
 }
@@ -248,6 +256,7 @@ mod tests {
             host: None,
             findings: &[],
             stats: stats(),
+            flows: None,
         });
         assert!(text.contains("tcpdoctor_source_up{source=\"sockets\"} 0\n"));
         assert!(text.contains("tcpdoctor_collection_failures_total 1\n"));
@@ -274,6 +283,7 @@ mod tests {
             host: Some(&host),
             findings: &f,
             stats: stats(),
+            flows: None,
         });
         assert_unique_series(&text);
         assert!(text.contains("netns=\"(unnamed) net:[7]\""), "{text}");
