@@ -80,7 +80,7 @@ fn run_headless(
     out: &mut impl Write,
 ) -> Result<(), BoxError> {
     let started = Instant::now();
-    let mut sampler = Sampler::new();
+    let mut sampler = Sampler::new().with_tracing();
     let mut app = WatchApp::new(config);
     loop {
         let tick = Instant::now();
@@ -171,7 +171,7 @@ fn sampling_loop(
     tx: mpsc::Sender<SampleMsg>,
 ) {
     let started = Instant::now();
-    let mut sampler = Sampler::new();
+    let mut sampler = Sampler::new().with_tracing();
     let mut spacing = s.interval;
     loop {
         let tick = Instant::now();

@@ -125,11 +125,70 @@ pub struct ProcessRow {
     /// Longest time since the peer was last heard, over its CLOSE_WAIT sockets.
     pub oldest_idle_ms: Option<u64>,
     pub trend: Option<PidTrend>,
+    /// Seconds until its descriptors reach the soft limit at the CLOSE_WAIT growth of
+    /// its trend ([`crate::analyze::runway::descriptors`]); `None` when not growing or
+    /// the limit is not known.
+    pub fds_exhausted_in_s: Option<f64>,
 }
 
 impl ProcessRow {
     fn growth(&self) -> f64 {
         self.trend.as_ref().map_or(0.0, |t| t.growth_per_min)
+    }
+}
+
+/// One traced flow in the churn panel: a process and the destination it opens
+/// connections to (or the port it accepts them on), over the time since the previous
+/// sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChurnRow {
+    pub pid: u32,
+    pub comm: String,
+    /// `10.0.0.5:8080` (outgoing) or `:8080 in` (accepted on that port).
+    pub peer: String,
+    pub opened_per_s: f64,
+    /// `local 100%`, `peer 98%`, `mixed 60% local`, or `-` when none ended.
+    pub closer: String,
+    /// Failed connect() calls, and the commonest errno.
+    pub failed: u64,
+    pub failed_errno: Option<&'static str>,
+    pub resets: u64,
+}
+
+impl ChurnRow {
+    fn from_flow(f: &crate::model::NamespaceFlows, r: &crate::model::FlowRow) -> ChurnRow {
+        let c = &r.counts;
+        let known = c.closed_local + c.closed_peer;
+        let pct = |n: u64| (n as f64 * 100.0 / known.max(1) as f64).round();
+        let closer = match c.closer() {
+            None => "-".to_string(),
+            Some(crate::model::Closer::Local) => format!("local {}%", pct(c.closed_local)),
+            Some(crate::model::Closer::Peer) => format!("peer {}%", pct(c.closed_peer)),
+            Some(crate::model::Closer::Both) => format!("mixed {}% local", pct(c.closed_local)),
+        };
+        ChurnRow {
+            pid: r.key.pid,
+            comm: if r.comm.is_empty() {
+                "?".to_string()
+            } else {
+                r.comm.clone()
+            },
+            peer: match r.key.peer {
+                crate::model::FlowPeer::Remote(e) => e.to_string(),
+                crate::model::FlowPeer::ListeningPort(p) => format!(":{p} in"),
+            },
+            opened_per_s: f.rate(c.opened),
+            closer,
+            failed: c.connect_failures.total(),
+            failed_errno: c
+                .connect_failures
+                .named()
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .max_by_key(|(_, n)| *n)
+                .map(|(name, _)| name),
+            resets: c.resets_sent + c.resets_received,
+        }
     }
 }
 
@@ -177,6 +236,10 @@ pub struct View {
     pub usable_ports: u64,
     /// Per [`RATES`] entry; `None` on the first sample or when the counter is missing.
     pub rates: Vec<Option<f64>>,
+    /// Traced flows, most connections first; `None` when connections are not traced.
+    pub churn: Option<Vec<ChurnRow>>,
+    /// What the churn rates cover.
+    pub churn_interval_ms: Option<u64>,
     pub findings: Vec<Finding>,
     pub notices: usize,
 }
@@ -280,14 +343,33 @@ impl WatchApp {
         }
         let mut processes: Vec<ProcessRow> = counts
             .iter()
-            .map(|(pid, n)| ProcessRow {
-                pid: *pid,
-                comm: snap
-                    .process(*pid)
-                    .map_or_else(|| "?".to_string(), |p| p.comm.clone()),
-                close_wait: *n,
-                oldest_idle_ms: oldest.get(pid).copied(),
-                trend: self.trend.get(*pid),
+            .map(|(pid, n)| {
+                let trend = self.trend.get(*pid);
+                // A confirmed leak grows its descriptors as fast as its CLOSE_WAIT.
+                let fds_exhausted_in_s = trend
+                    .as_ref()
+                    .filter(|t| t.confirmed_leak)
+                    .and_then(|t| {
+                        let p = snap.process(*pid)?;
+                        let limit = p.nofile_soft.and_then(|l| l.value())?;
+                        crate::analyze::runway::descriptors(
+                            p.open_fds,
+                            limit,
+                            t.growth_per_min / 60.0,
+                            60_000,
+                        )
+                    })
+                    .map(|r| r.exhausted_in_s);
+                ProcessRow {
+                    pid: *pid,
+                    comm: snap
+                        .process(*pid)
+                        .map_or_else(|| "?".to_string(), |p| p.comm.clone()),
+                    close_wait: *n,
+                    oldest_idle_ms: oldest.get(pid).copied(),
+                    trend,
+                    fds_exhausted_in_s,
+                }
             })
             .collect();
         processes.sort_by(|a, b| b.close_wait.cmp(&a.close_wait).then(a.pid.cmp(&b.pid)));
@@ -350,6 +432,20 @@ impl WatchApp {
         });
         ports.truncate(ROWS_KEPT);
 
+        let churn = snap.flows.as_ref().map(|f| {
+            let mut rows: Vec<ChurnRow> =
+                f.flows.iter().map(|r| ChurnRow::from_flow(f, r)).collect();
+            rows.sort_by(|a, b| {
+                b.opened_per_s
+                    .total_cmp(&a.opened_per_s)
+                    .then(b.failed.cmp(&a.failed))
+                    .then(a.pid.cmp(&b.pid))
+                    .then(a.peer.cmp(&b.peer))
+            });
+            rows.truncate(ROWS_KEPT);
+            rows
+        });
+
         let rates: Vec<Option<f64>> = RATES
             .iter()
             .map(|(_, key)| snap.counters.as_ref().and_then(|c| c.rate(key)))
@@ -396,6 +492,8 @@ impl WatchApp {
             ports,
             usable_ports: snap.ephemeral_ports().usable(),
             rates,
+            churn_interval_ms: snap.flows.as_ref().map(|f| f.duration_ms),
+            churn,
             findings,
             notices: snap.missing.len(),
         });
@@ -592,6 +690,22 @@ impl WatchApp {
             rows.sort_by(|a, b| a.remote.cmp(&b.remote).then(a.local_ip.cmp(&b.local_ip)));
         }
         rows
+    }
+
+    /// Churn rows (traced flows) that pass the filter, in the chosen order; `None` when
+    /// connections are not traced.
+    pub fn visible_churn(&self) -> Option<Vec<&ChurnRow>> {
+        let rows = self.view.as_ref()?.churn.as_ref()?;
+        let mut rows: Vec<&ChurnRow> = rows
+            .iter()
+            .filter(|r| {
+                self.matches(&r.comm) || self.matches(&r.pid.to_string()) || self.matches(&r.peer)
+            })
+            .collect();
+        if self.sort == SortKey::Name {
+            rows.sort_by(|a, b| a.comm.cmp(&b.comm).then(a.peer.cmp(&b.peer)));
+        }
+        Some(rows)
     }
 
     /// Case-insensitive substring match against the filter (an empty filter matches).

@@ -1,6 +1,7 @@
 //! Draws a [`WatchApp`] into a ratatui frame: header, state counts with sparklines,
-//! counter rates, CLOSE_WAIT by process, TIME_WAIT by destination, port headroom,
-//! findings, footer, and the help / finding popups. Pure: reads the app, writes cells.
+//! counter rates, CLOSE_WAIT by process, churn (traced flows, when the tracer runs),
+//! TIME_WAIT by destination, port headroom, findings, footer, and the help / finding
+//! popups. Pure: reads the app, writes cells.
 //!
 //! Layout from 80x24 up: every panel keeps a minimum height there; extra rows go to
 //! what has more to show (states, tables, findings), the rest to the findings. Smaller
@@ -254,42 +255,62 @@ fn panel(title: String, borders: Borders, p: &Palette) -> Block<'static> {
         .title(Span::styled(title, p.title()))
 }
 
-/// Heights of (states/rates, processes, time-wait/ports, findings) for `body` rows.
-fn heights(app: &WatchApp, body: u16) -> [u16; 4] {
+/// Heights of (states/rates, processes, churn, time-wait/ports, findings) for `body`
+/// rows; churn gets none when connections are not traced.
+fn heights(app: &WatchApp, body: u16) -> [u16; 5] {
     let findings = app.view.as_ref().map_or(0, |v| v.findings.len()) as u16;
     let procs = app.visible_processes().len() as u16 + 2;
+    let churn = app.visible_churn().map(|r| r.len() as u16 + 2);
     let tw = app.visible_time_wait().len().max(app.visible_ports().len()) as u16 + 2;
     let top = (app.config.top as u16).saturating_add(2);
     // A title line plus one row per state worth showing, and at least the six rates.
     let states = (states_shown(app, TcpState::ALL.len()).len() as u16 + 1).max(7);
-    // Minimums, the 80x24 layout, then what the content could use.
-    let stages: [[u16; 4]; 3] = [
-        [4, 3, 3, 3],
-        [7, 5, 5, 5],
-        [states, procs.min(top), tw.min(top), findings + 1],
-    ];
-    let mut h = [0u16; 4];
+    // Minimums, the 80x24 layout, then what the content could use. The churn panel
+    // takes its rows from the others at 80x24.
+    let stages: [[u16; 5]; 3] = match churn {
+        None => [
+            [4, 3, 0, 3, 3],
+            [7, 5, 0, 5, 5],
+            [states, procs.min(top), 0, tw.min(top), findings + 1],
+        ],
+        Some(churn) => [
+            [4, 3, 3, 3, 3],
+            [6, 4, 4, 4, 4],
+            [
+                states,
+                procs.min(top),
+                churn.min(top),
+                tw.min(top),
+                findings + 1,
+            ],
+        ],
+    };
+    let mut h = [0u16; 5];
     let mut left = body;
     for stage in stages {
-        for i in 0..4 {
+        for i in 0..5 {
             let want = stage[i].saturating_sub(h[i]).min(left);
             h[i] += want;
             left -= want;
         }
     }
-    h[3] += left;
+    h[4] += left;
     h
 }
 
 fn draw_dashboard(frame: &mut Frame, app: &WatchApp, body: Rect, p: &Palette) {
-    let [h_top, h_procs, h_mid, h_find] = heights(app, body.height);
-    let [top, procs, mid, find] = Layout::vertical([
+    let [h_top, h_procs, h_churn, h_mid, h_find] = heights(app, body.height);
+    let [top, procs, churn, mid, find] = Layout::vertical([
         Constraint::Length(h_top),
         Constraint::Length(h_procs),
+        Constraint::Length(h_churn),
         Constraint::Length(h_mid),
         Constraint::Length(h_find),
     ])
     .areas(body);
+    if h_churn > 0 {
+        draw_churn(frame, app, churn, p);
+    }
     let [states, rates] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(top);
     let [tw, ports] =
@@ -438,7 +459,14 @@ fn draw_processes(frame: &mut Frame, app: &WatchApp, area: Rect, p: &Palette) {
         .map(|r| {
             let (status, style) = match &r.trend {
                 Some(t) if t.confirmed_leak => (
-                    format!("LEAK +{:.0}/min", t.growth_per_min),
+                    match r.fds_exhausted_in_s {
+                        Some(s) => format!(
+                            "LEAK +{:.0}/min, fds out in {}",
+                            t.growth_per_min,
+                            human_duration_ms((s * 1000.0).round() as u64)
+                        ),
+                        None => format!("LEAK +{:.0}/min", t.growth_per_min),
+                    },
                     p.fg(Color::Red).add_modifier(Modifier::BOLD),
                 ),
                 Some(t) if t.samples < 2 => ("new".to_string(), Style::new()),
@@ -491,6 +519,76 @@ fn draw_processes(frame: &mut Frame, app: &WatchApp, area: Rect, p: &Palette) {
                 "OLDEST",
                 "GROWTH/MIN",
                 "TREND",
+            ],
+            p,
+        ))
+        .block(panel(title, Borders::TOP, p));
+    frame.render_widget(table, area);
+}
+
+/// Traced flows: who opens connections to where, how fast, who closes first, and
+/// what fails.
+fn draw_churn(frame: &mut Frame, app: &WatchApp, area: Rect, p: &Palette) {
+    let Some(rows_all) = app.visible_churn() else {
+        return;
+    };
+    let room = (area.height as usize).saturating_sub(2).min(app.config.top);
+    let shown = room.min(rows_all.len());
+    let over = app
+        .view
+        .as_ref()
+        .and_then(|v| v.churn_interval_ms)
+        .map(|ms| format!(", last {}", human_duration_ms(ms)))
+        .unwrap_or_default();
+    let title = format!(
+        " Churn: process -> destination{over}{} ",
+        shown_of(shown, rows_all.len())
+    );
+    let rows: Vec<Row> = rows_all
+        .iter()
+        .take(shown)
+        .map(|r| {
+            let failed = match (r.failed, r.failed_errno) {
+                (0, _) => "-".to_string(),
+                (n, Some(e)) => format!("{n} {e}"),
+                (n, None) => n.to_string(),
+            };
+            let style = if r.failed > 0 {
+                p.fg(Color::Red)
+            } else {
+                Style::new()
+            };
+            Row::new(vec![
+                Cell::from(r.comm.clone()),
+                Cell::from(if r.pid == 0 {
+                    "-".to_string()
+                } else {
+                    r.pid.to_string()
+                }),
+                Cell::from(r.peer.clone()),
+                Cell::from(format!("{:.1}", r.opened_per_s)),
+                Cell::from(r.closer.clone()),
+                Cell::from(Span::styled(failed, style)),
+            ])
+        })
+        .collect();
+    let widths = [
+        Constraint::Length(14),
+        Constraint::Length(7),
+        Constraint::Min(16),
+        Constraint::Length(7),
+        Constraint::Length(11),
+        Constraint::Length(16),
+    ];
+    let table = Table::new(rows, widths)
+        .header(header_row(
+            &[
+                "PROCESS",
+                "PID",
+                "DESTINATION",
+                "OPEN/S",
+                "CLOSER",
+                "FAILED",
             ],
             p,
         ))

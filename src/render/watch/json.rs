@@ -27,6 +27,9 @@ struct SampleLine<'a> {
     rates: BTreeMap<&'static str, Option<f64>>,
     /// Per process with CLOSE_WAIT sockets now or within the trend window.
     close_wait: Vec<TrendLine<'a>>,
+    /// Traced flows since the previous sample, most connections first; null when
+    /// connections are not traced.
+    churn: Option<Vec<ChurnLine<'a>>>,
     findings: Vec<FindingLine<'a>>,
     missing_evidence: &'a [Notice],
 }
@@ -36,6 +39,19 @@ struct TrendLine<'a> {
     comm: Option<&'a str>,
     #[serde(flatten)]
     trend: PidTrend,
+}
+
+#[derive(Serialize)]
+struct ChurnLine<'a> {
+    pid: u32,
+    comm: &'a str,
+    /// `10.0.0.5:8080`, or `:8080 in` for connections accepted on that port.
+    peer: &'a str,
+    opened_per_s: f64,
+    closer: &'a str,
+    failed: u64,
+    failed_errno: Option<&'static str>,
+    resets: u64,
 }
 
 #[derive(Serialize)]
@@ -78,6 +94,20 @@ pub fn write_sample_line(
                 trend: t,
             })
             .collect(),
+        churn: app.visible_churn().map(|rows| {
+            rows.into_iter()
+                .map(|r| ChurnLine {
+                    pid: r.pid,
+                    comm: &r.comm,
+                    peer: &r.peer,
+                    opened_per_s: (r.opened_per_s * 100.0).round() / 100.0,
+                    closer: &r.closer,
+                    failed: r.failed,
+                    failed_errno: r.failed_errno,
+                    resets: r.resets,
+                })
+                .collect()
+        }),
         findings: v
             .findings
             .iter()
