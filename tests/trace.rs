@@ -9,120 +9,16 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use common::churn::{run_client, start_server, Lines, STOP_TIMEOUT};
 use common::netns::Netns;
 use common::run::run_bounded;
 use common::{require_root, sockfarm, TCPDOCTOR};
-
-/// How long a child may take to print a line it owes.
-const LINE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the tracer may take to print its summary and exit after SIGTERM.
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A child whose stdout lines arrive on a channel; killed by pid if still running when
-/// dropped.
-struct Lines {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    rx: mpsc::Receiver<String>,
-    what: String,
-}
-
-impl Lines {
-    fn spawn(mut cmd: Command, what: &str) -> Lines {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .env("NO_COLOR", "1")
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        let stdin = child.stdin.take();
-        let (tx, rx) = mpsc::channel();
-        if let Some(out) = child.stdout.take() {
-            thread::spawn(move || {
-                for line in BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        Lines {
-            child,
-            stdin,
-            rx,
-            what: what.to_string(),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The next line, as JSON.
-    fn next_json(&self) -> Value {
-        let line = self
-            .rx
-            .recv_timeout(LINE_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{}: no line within {LINE_TIMEOUT:?}: {e}", self.what));
-        serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", self.what))
-    }
-
-    /// Closes stdin (the churn processes then exit) and waits, bounded.
-    fn finish(mut self) -> Vec<Value> {
-        self.stdin = None;
-        self.wait_exit()
-    }
-
-    /// SIGTERM (the tracer then prints its summary) and waits, bounded.
-    fn terminate(mut self) -> Vec<Value> {
-        // SAFETY: plain syscall on our own unreaped child's pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        self.wait_exit()
-    }
-
-    fn wait_exit(&mut self) -> Vec<Value> {
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(s)) => break s,
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-                _ => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    panic!("{} did not exit within {STOP_TIMEOUT:?}", self.what);
-                }
-            }
-        };
-        assert!(status.success(), "{} exited with {status}", self.what);
-        let mut rest = Vec::new();
-        while let Ok(line) = self.rx.recv_timeout(Duration::from_secs(5)) {
-            rest.push(
-                serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", self.what)),
-            );
-        }
-        rest
-    }
-}
-
-impl Drop for Lines {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// `tcpdoctor trace --json` on the host, narrowed to `ns`, started and attached (its
 /// first interval line has arrived).
@@ -141,34 +37,6 @@ fn start_trace(ns: &Netns, extra: &[&str]) -> Lines {
     let first = t.next_json();
     assert_eq!(first["record"], "interval", "{first}");
     t
-}
-
-/// The churn server in `ns`; returns it and its listening port.
-fn start_server(ns: &Netns, extra: &[&str]) -> (Lines, u16) {
-    let mut args = vec!["--churn-serve", "127.0.0.1:0", "--hold-secs", "300"];
-    args.extend_from_slice(extra);
-    let s = Lines::spawn(ns.command(sockfarm(), &args), "churn server");
-    let ready = s.next_json();
-    let listen = ready["listen"].as_str().expect("listen address");
-    let port = listen
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("a port");
-    assert_eq!(ready["pid"], s.pid(), "ip netns exec keeps the pid");
-    (s, port)
-}
-
-/// Runs a churn client in `ns` to completion; returns its pid and result line.
-fn run_client(ns: &Netns, port: u16, extra: &[&str]) -> (u32, Value) {
-    let to = format!("127.0.0.1:{port}");
-    let mut args = vec!["--churn-connect", to.as_str(), "--hold-secs", "300"];
-    args.extend_from_slice(extra);
-    let c = Lines::spawn(ns.command(sockfarm(), &args), "churn client");
-    let pid = c.pid();
-    let result = c.next_json();
-    c.finish();
-    (pid, result)
 }
 
 /// The summary line among the tracer's last lines.

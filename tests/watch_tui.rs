@@ -754,3 +754,151 @@ fn header_at_80_columns_drops_whole_fields_never_figures() {
         "{first}"
     );
 }
+
+/// Sample `i` with traced flows: the crawler (pid 6000) opens 300/s to 10.0.0.5:5432
+/// and closes first, java (pid 91) fails with EADDRNOTAVAIL toward 10.0.0.7:443, nginx
+/// (pid 5151) accepts on :8080 and its clients close first.
+fn traced_sample(i: u64) -> Snapshot {
+    use tcpdoctor::model::{
+        ConnectFailures, Direction, FlowCounts, FlowKey, FlowPeer, FlowRow, NamespaceFlows,
+    };
+    let row = |pid: u32, comm: &str, direction, peer, counts| FlowRow {
+        key: FlowKey {
+            pid,
+            netns: 1,
+            direction,
+            peer,
+        },
+        comm: comm.to_string(),
+        netns_name: "host".to_string(),
+        counts,
+    };
+    let mut s = sample(i);
+    s.processes.insert(91, process(91, "java"));
+    s.flows = Some(NamespaceFlows {
+        duration_ms: STEP_MS,
+        flows: vec![
+            row(
+                6000,
+                "crawler",
+                Direction::Active,
+                FlowPeer::Remote(ep("10.0.0.5", 5432)),
+                FlowCounts {
+                    opened: 600,
+                    closed_local: 600,
+                    ..FlowCounts::default()
+                },
+            ),
+            row(
+                91,
+                "java",
+                Direction::Active,
+                FlowPeer::Remote(ep("10.0.0.7", 443)),
+                FlowCounts {
+                    opened: 4,
+                    closed_local: 4,
+                    connect_failures: ConnectFailures {
+                        eaddrnotavail: 1312,
+                        ..ConnectFailures::default()
+                    },
+                    ..FlowCounts::default()
+                },
+            ),
+            row(
+                5151,
+                "nginx",
+                Direction::Passive,
+                FlowPeer::ListeningPort(8080),
+                FlowCounts {
+                    opened: 80,
+                    closed_peer: 78,
+                    closed_local: 2,
+                    ..FlowCounts::default()
+                },
+            ),
+        ],
+        ..NamespaceFlows::default()
+    });
+    s
+}
+
+#[test]
+fn churn_panel_80x24_golden() {
+    let mut app = WatchApp::new(config());
+    for i in 0..4 {
+        assert!(app.ingest(i * STEP_MS, &traced_sample(i), findings()));
+    }
+    let screen = render(&app, 80, 24);
+    assert_golden!("watch_80x24_churn", &screen);
+    for needle in [
+        "Churn: process -> destination, last 2.0s",
+        "crawler",
+        "10.0.0.5:5432",
+        "300.0",
+        "local 100%",
+        "1312 EADDRNOTAVAIL",
+    ] {
+        assert!(screen.contains(needle), "{needle:?} missing:\n{screen}");
+    }
+    assert!(screen.lines().all(|l| l.chars().count() <= 80));
+    // The filter narrows it as it does the other tables.
+    app.handle_key(Key::Char('/'));
+    for c in "java".chars() {
+        app.handle_key(Key::Char(c));
+    }
+    app.handle_key(Key::Enter);
+    let rows = app.visible_churn().expect("traced");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].pid, 91);
+    // Not traced: no panel, the usual layout.
+    let plain = render(&app_after(4), 80, 24);
+    assert!(!plain.contains("Churn"), "{plain}");
+}
+
+#[test]
+fn headless_lines_carry_the_churn_rows() {
+    let mut app = WatchApp::new(config());
+    app.ingest(0, &traced_sample(0), findings());
+    let mut out = Vec::new();
+    tcpdoctor::render::watch::write_sample_line(&mut out, &app, &[]).expect("line");
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    // Most connect() calls first, the failed ones included.
+    assert_eq!(v["churn"][0]["pid"], 91);
+    assert_eq!(v["churn"][0]["failed"], 1312);
+    assert_eq!(v["churn"][0]["failed_errno"], "EADDRNOTAVAIL");
+    assert_eq!(v["churn"][1]["pid"], 6000);
+    assert_eq!(v["churn"][1]["opened_per_s"], 300.0);
+    let mut plain = WatchApp::new(config());
+    plain.ingest(0, &sample(0), findings());
+    let mut out = Vec::new();
+    tcpdoctor::render::watch::write_sample_line(&mut out, &plain, &[]).expect("line");
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert!(v["churn"].is_null(), "{v}");
+}
+
+#[test]
+fn a_confirmed_leak_says_when_its_descriptors_run_out() {
+    let mut app = WatchApp::new(config());
+    for i in 0..6 {
+        let mut s = sample(i);
+        // 4 more CLOSE_WAIT per 2 s sample = 120/min; 1000 of 1024 descriptors open.
+        let mut p = process(4242, "api-server");
+        p.open_fds = 1000;
+        p.nofile_soft = Some(tcpdoctor::model::Limit::Value(1024));
+        s.processes.insert(4242, p);
+        app.ingest(i * STEP_MS, &s, findings());
+    }
+    let row = app
+        .visible_processes()
+        .into_iter()
+        .find(|r| r.pid == 4242)
+        .expect("api-server")
+        .clone();
+    // 24 left at 2/s.
+    assert_eq!(row.fds_exhausted_in_s, Some(12.0));
+    let screen = render(&app, 120, 40);
+    assert!(
+        screen.contains("LEAK +120/min, fds out in 12.0s"),
+        "{screen}"
+    );
+}

@@ -229,7 +229,8 @@ impl Exporter {
             host,
             findings,
             stats,
-            flows: Some(&c.flows),
+            // A replayed capture is not traced.
+            flows: (!self.common.replay).then_some(&c.flows),
         })
     }
 }

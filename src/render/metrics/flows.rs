@@ -60,6 +60,36 @@ impl Family {
 /// Label pairs other than `comm`, all static.
 type Labels = Vec<(&'static str, &'static str)>;
 
+/// Every label set (besides `comm`) of a family, in output order: the `other` series
+/// are written for all of them, so each family always shows its labels.
+fn label_sets(f: Family) -> Vec<Labels> {
+    let dirs = ["active", "passive"];
+    match f {
+        Family::Opened => dirs.iter().map(|d| vec![("direction", *d)]).collect(),
+        Family::Closed => dirs
+            .iter()
+            .flat_map(|d| {
+                ["local", "peer", "unknown"]
+                    .into_iter()
+                    .map(move |c| vec![("direction", *d), ("first_closer", c)])
+            })
+            .collect(),
+        Family::Failures => crate::model::ConnectFailures::default()
+            .named()
+            .into_iter()
+            .map(|(errno, _)| vec![("errno", errno)])
+            .collect(),
+        Family::Resets => dirs
+            .iter()
+            .flat_map(|d| {
+                ["local", "peer"]
+                    .into_iter()
+                    .map(move |by| vec![("direction", *d), ("sent_by", by)])
+            })
+            .collect(),
+    }
+}
+
 /// One collection's increments of one process name: (family, labels) -> count.
 fn increments(c: &FlowCounts, direction: Direction, out: &mut BTreeMap<(Family, Labels), u64>) {
     let dir = direction.name();
@@ -216,13 +246,11 @@ pub(super) fn write(t: &mut Text, c: &FlowCounters) {
             all.extend(labels.iter().copied());
             t.sample(family.name(), &all, *n);
         }
-        for ((f, labels), n) in &c.other {
-            if *f != family {
-                continue;
-            }
+        for labels in label_sets(family) {
+            let n = c.other.get(&(family, labels.clone())).copied().unwrap_or(0);
             let mut all: Vec<(&str, &str)> = vec![("comm", OTHER)];
             all.extend(labels.iter().copied());
-            t.sample(family.name(), &all, *n);
+            t.sample(family.name(), &all, n);
         }
     }
 }
@@ -305,6 +333,7 @@ mod tests {
                 "tcpdoctor_connections_opened_total{comm=\"java\",direction=\"active\"} 10",
                 "tcpdoctor_connections_opened_total{comm=\"python3\",direction=\"active\"} 400",
                 "tcpdoctor_connections_opened_total{comm=\"other\",direction=\"active\"} 1",
+                "tcpdoctor_connections_opened_total{comm=\"other\",direction=\"passive\"} 0",
             ]
         );
         assert!(text.contains(
@@ -349,10 +378,11 @@ mod tests {
                 assert!(*v >= before, "round {round}: {k} went from {before} to {v}");
                 highest.insert(k.clone(), *v);
             }
-            // At most top + other series per label set.
+            // At most the top 2 and other for each label set.
             let opened: Vec<&String> = now
                 .keys()
                 .filter(|k| k.starts_with("tcpdoctor_connections_opened_total{"))
+                .filter(|k| k.contains("direction=\"active\""))
                 .collect();
             assert!(opened.len() <= 3, "{opened:?}");
         }
@@ -392,6 +422,7 @@ mod tests {
             vec![
                 "tcpdoctor_connections_opened_total{comm=\"p0\",direction=\"active\"} 1",
                 "tcpdoctor_connections_opened_total{comm=\"other\",direction=\"active\"} 1004095",
+                "tcpdoctor_connections_opened_total{comm=\"other\",direction=\"passive\"} 0",
             ]
         );
     }

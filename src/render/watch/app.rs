@@ -149,8 +149,9 @@ pub struct ChurnRow {
     pub opened_per_s: f64,
     /// `local 100%`, `peer 98%`, `mixed 60% local`, or `-` when none ended.
     pub closer: String,
-    /// Failed connect() calls, and the commonest errno.
+    /// Failed connect() calls, per second, and the commonest errno.
     pub failed: u64,
+    pub failed_per_s: f64,
     pub failed_errno: Option<&'static str>,
     pub resets: u64,
 }
@@ -180,6 +181,7 @@ impl ChurnRow {
             opened_per_s: f.rate(c.opened),
             closer,
             failed: c.connect_failures.total(),
+            failed_per_s: f.rate(c.connect_failures.total()),
             failed_errno: c
                 .connect_failures
                 .named()
@@ -435,9 +437,11 @@ impl WatchApp {
         let churn = snap.flows.as_ref().map(|f| {
             let mut rows: Vec<ChurnRow> =
                 f.flows.iter().map(|r| ChurnRow::from_flow(f, r)).collect();
+            // Most connect() calls first, failed ones included: a process that cannot
+            // get a port is news.
             rows.sort_by(|a, b| {
-                b.opened_per_s
-                    .total_cmp(&a.opened_per_s)
+                (b.opened_per_s + b.failed_per_s)
+                    .total_cmp(&(a.opened_per_s + a.failed_per_s))
                     .then(b.failed.cmp(&a.failed))
                     .then(a.pid.cmp(&b.pid))
                     .then(a.peer.cmp(&b.peer))

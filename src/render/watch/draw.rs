@@ -572,13 +572,14 @@ fn draw_churn(frame: &mut Frame, app: &WatchApp, area: Rect, p: &Palette) {
             ])
         })
         .collect();
+    // Fits 80 columns with the longest closer (`mixed 60% local`) and errno text.
     let widths = [
-        Constraint::Length(14),
+        Constraint::Length(12),
         Constraint::Length(7),
         Constraint::Min(16),
         Constraint::Length(7),
-        Constraint::Length(11),
-        Constraint::Length(16),
+        Constraint::Length(15),
+        Constraint::Length(18),
     ];
     let table = Table::new(rows, widths)
         .header(header_row(

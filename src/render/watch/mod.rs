@@ -7,8 +7,8 @@ mod draw;
 mod json;
 
 pub use app::{
-    Key, Overlay, PortRow, ProcessRow, SortKey, TimeWaitRow, View, WatchApp, WatchConfig, HISTORY,
-    RATES,
+    ChurnRow, Key, Overlay, PortRow, ProcessRow, SortKey, TimeWaitRow, View, WatchApp, WatchConfig,
+    HISTORY, RATES,
 };
 pub use draw::{draw, sparkline};
 pub use json::write_sample_line;
