@@ -192,6 +192,13 @@ tests:
         values: '7x40'
       - series: 'tcpdoctor_process_fd_headroom{{instance="h1",job="t",comm="nginx",pid="7"}}'
         values: '24x40'
+      # connect() failures: a crawler out of ports (3/s), and refusals elsewhere.
+      - series: 'tcpdoctor_connect_failures_total{{instance="h1",job="t",comm="crawler",errno="EADDRNOTAVAIL"}}'
+        values: '0+180x40'
+      - series: 'tcpdoctor_connect_failures_total{{instance="h1",job="t",comm="curl",errno="ECONNREFUSED"}}'
+        values: '0+600x40'
+      - series: 'tcpdoctor_connect_failures_total{{instance="h1",job="t",comm="other",errno="EADDRNOTAVAIL"}}'
+        values: '0x40'
       - series: 'tcpdoctor_process_fd_limit{{instance="h1",job="t",comm="nginx",pid="7"}}'
         values: '1024x40'
     alert_rule_test:
@@ -227,6 +234,13 @@ tests:
             exp_annotations:
               summary: "h1: TIME_WAIT entries dropped (tcp_max_tw_buckets reached)"
               description: "1/s connections skip TIME_WAIT. Raise net.ipv4.tcp_max_tw_buckets and reduce connection churn; do not lower it."
+      - eval_time: 35m
+        alertname: TcpConnectNoFreePort
+        exp_alerts:
+          - exp_labels: {{severity: critical, instance: h1, comm: crawler}}
+            exp_annotations:
+              summary: "crawler on h1 cannot get ephemeral ports"
+              description: "3/s connect() calls fail with EADDRNOTAVAIL ('Cannot assign requested address'). Run `tcpdoctor check` on the host: it names the destination and says how fast the ports run out."
       - eval_time: 35m
         alertname: TcpListenOverflowsRising
         exp_alerts: []
