@@ -389,6 +389,23 @@ def commands(bin_dir, nsa=()):
         # every rule. --interval 0: the counter sample adds no waiting.
         Command("tcpdoctor check --interval 0", [td, "check", "--interval", "0"] + nsa, "check",
                 True, 5),
+    ] + traced_check(td, nsa)
+
+
+def traced_check(td, nsa):
+    """check with its default 1 s interval, with and without the connection tracer (root
+    with BPF: attached before the first reading, read at the second). Wall time is then
+    the interval plus what does not overlap it; CPU time is the measure. Left out for a
+    tcpdoctor that predates --no-trace."""
+    helptext = subprocess.run([td, "check", "--help"], capture_output=True, text=True,
+                              timeout=30).stdout
+    if "--no-trace" not in helptext:
+        return []
+    return [
+        Command("tcpdoctor check --interval 1 --no-trace",
+                [td, "check", "--interval", "1", "--no-trace"] + nsa, "check", True, 5),
+        Command("tcpdoctor check --interval 1 (tracer on)",
+                [td, "check", "--interval", "1"] + nsa, "check", True, 5),
     ]
 
 

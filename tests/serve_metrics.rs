@@ -49,6 +49,10 @@ fn serve_fixture_replay_matches_golden_and_promtool() {
 fn serve_in_netns_reports_the_farm_exactly_over_http() {
     require_root();
     let ns = Netns::new("serve");
+    // No TIME_WAIT reuse: every TIME_WAIT port stays unavailable, so headroom is usable
+    // minus used exactly, however long the scrape takes (with the loopback default, entries
+    // older than tcp_tw_reuse_delay would count as free).
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
     let farm = ns.spawn_farm(&[
         "--listen",
         "127.0.0.1:0",
