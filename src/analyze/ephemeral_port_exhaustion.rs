@@ -380,18 +380,6 @@ fn title(worst: &DestinationUse, policy: &TimeWaitPolicy, flagged: usize, who: &
             rate_text(most)
         )
     };
-    if let Some(t) = worst.traced.as_ref().filter(|t| t.eaddrnotavail > 0) {
-        return format!(
-            "{who} failed {} connect() calls with EADDRNOTAVAIL toward {} in {}: {} of {} ephemeral ports from {} unavailable, {} left; {pace}{more}",
-            t.eaddrnotavail,
-            e.remote,
-            crate::model::units::human_duration_ms(t.duration_ms),
-            worst.unavailable,
-            e.usable,
-            e.local_ip,
-            e.headroom()
-        );
-    }
     let reuse = if e.tw_reuse {
         format!(
             "TIME_WAIT ports reused after {}",
@@ -403,6 +391,18 @@ fn title(worst: &DestinationUse, policy: &TimeWaitPolicy, flagged: usize, who: &
             window_text(policy.len_ms)
         )
     };
+    if let Some(t) = worst.traced.as_ref().filter(|t| t.eaddrnotavail > 0) {
+        return format!(
+            "{who} failed {} connect() calls with EADDRNOTAVAIL toward {} in {}: {} of {} ephemeral ports from {} unavailable, {} left; {pace} ({reuse}){more}",
+            t.eaddrnotavail,
+            e.remote,
+            crate::model::units::human_duration_ms(t.duration_ms),
+            worst.unavailable,
+            e.usable,
+            e.local_ip,
+            e.headroom()
+        );
+    }
     format!(
         "Ephemeral ports towards {} from {} at {:.0}%: {} of {} unavailable, {} left; {pace} ({reuse}) ({who}){more}",
         e.remote,
