@@ -62,7 +62,7 @@ fn sum(rows: &[&FlowRow]) -> ConnectFailures {
 /// `1312 EADDRNOTAVAIL, 3 ECONNREFUSED`: the errnos that occurred, most first.
 fn errno_list(f: &ConnectFailures) -> String {
     let mut named: Vec<(&str, u64)> = f.named().into_iter().filter(|(_, n)| *n > 0).collect();
-    named.sort_by(|a, b| b.1.cmp(&a.1));
+    named.sort_by_key(|x| std::cmp::Reverse(x.1));
     named
         .iter()
         .map(|(name, n)| format!("{n} {name}"))

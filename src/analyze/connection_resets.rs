@@ -63,7 +63,7 @@ pub fn check(s: &Snapshot, _t: &Thresholds) -> Vec<Finding> {
         .into_values()
         .filter_map(|rows| finding_for(s, flows, rows))
         .collect();
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|x| std::cmp::Reverse(x.0));
     out.into_iter().map(|(_, f)| f).collect()
 }
 
