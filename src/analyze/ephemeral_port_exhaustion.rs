@@ -437,18 +437,24 @@ fn destination_text(s: &Snapshot, d: &DestinationUse, policy: &TimeWaitPolicy) -
         format!("{tw} TIME_WAIT (tcp_tw_reuse does not apply: all held)")
     };
     let traced = match &d.traced {
-        Some(t) => format!(
-            "; traced over {}: {} opened{}, {}/s asked ({})",
-            crate::model::units::human_duration_ms(t.duration_ms),
-            t.opened,
-            if t.eaddrnotavail > 0 {
-                format!(", {} failed with EADDRNOTAVAIL", t.eaddrnotavail)
-            } else {
-                String::new()
-            },
-            rate_text(t.per_s),
-            d.who(s)
-        ),
+        Some(t) => {
+            format!(
+                "; traced over {}: {} opened{}, {}/s asked ({})",
+                crate::model::units::human_duration_ms(t.duration_ms),
+                t.opened,
+                if t.eaddrnotavail > 0 {
+                    format!(", {} failed with EADDRNOTAVAIL", t.eaddrnotavail)
+                } else {
+                    String::new()
+                },
+                rate_text(t.per_s),
+                d.who(s)
+            ) + &match e.sample_owner {
+                // The process holding the ports may not be the one asking for more.
+                Some(o) if o.pid != t.pid => format!("; ports held by {}", owner_label(s, Some(o))),
+                _ => String::new(),
+            }
+        }
         None => format!("; {}", owner_label(s, e.sample_owner)),
     };
     format!(
@@ -988,6 +994,11 @@ mod tests {
         assert_eq!(d["demand_per_s"], 1312.0);
         assert_eq!(d["runway"]["exhausted_in_s"], 0.0);
         assert_eq!(d["runway"]["sustainable"], false);
+        // The crawler holds the ports, java asks for more: both are named.
+        assert!(f[0].evidence.iter().any(|l| l.value.contains(
+            "1312 failed with EADDRNOTAVAIL, 1312/s asked (java (pid 91)); ports held by crawler (pid 42)"
+        )));
+        assert!(f[0].evidence.iter().any(|l| l.value.contains("no port left now")));
     }
 
     #[test]
