@@ -320,10 +320,10 @@ impl Loaded {
         static OBJECT: &[u8] =
             aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/owners.bpf.o"));
 
-        let btf = aya::Btf::from_sys_fs()
-            .map_err(|e| BpfScanError::Load(format!("kernel BTF: {}", chain(&e))))?;
+        let btf = crate::collect::btf::kernel()
+            .map_err(|e| BpfScanError::Load(format!("kernel BTF: {e}")))?;
         let mut ebpf = aya::EbpfLoader::new()
-            .btf(Some(&btf))
+            .btf(Some(btf))
             .load(OBJECT)
             .map_err(|e| BpfScanError::Load(chain(&e)))?;
         for (program, iter_type) in [(FILE_PROGRAM, "task_file"), (PROCESS_PROGRAM, "task")] {
@@ -332,7 +332,7 @@ impl Loaded {
                 .ok_or_else(|| BpfScanError::Load(format!("no program {program:?} in object")))?
                 .try_into()
                 .map_err(|e| BpfScanError::Load(format!("{program}: {}", chain(&e))))?;
-            prog.load(iter_type, &btf)
+            prog.load(iter_type, btf)
                 .map_err(|e| BpfScanError::Load(format!("{program}: {}", chain(&e))))?;
         }
         Ok(Loaded { ebpf })

@@ -398,7 +398,7 @@ impl Loaded {
         static OBJECT: &[u8] =
             aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trace.bpf.o"));
 
-        let btf = aya::Btf::from_sys_fs().map_err(|e| TraceError::NoBtf(chain(&e)))?;
+        let btf = crate::collect::btf::kernel().map_err(TraceError::NoBtf)?;
         let (events, per_cpu, tgid, netns, port) = match &options.events {
             Some(ev) => {
                 let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
@@ -415,7 +415,7 @@ impl Loaded {
         };
         let mut loader = aya::EbpfLoader::new();
         loader
-            .btf(Some(&btf))
+            .btf(Some(btf))
             .override_global("cfg_events", &events, true)
             .override_global("cfg_events_per_cpu_s", &per_cpu, true)
             .override_global("cfg_tgid", &tgid, true)
@@ -440,7 +440,7 @@ impl Loaded {
                 .ok_or_else(|| format!("no program {program} in the object"))
                 .and_then(|p| {
                     let p: &mut FExit = p.try_into().map_err(|e| chain(&e))?;
-                    p.load(function, &btf).map_err(|e| chain(&e))?;
+                    p.load(function, btf).map_err(|e| chain(&e))?;
                     p.attach().map_err(|e| chain(&e))?;
                     Ok(())
                 });
@@ -482,7 +482,7 @@ impl Loaded {
                 .map_err(|e: aya::programs::ProgramError| {
                     TraceError::Load(format!("{program}: {}", chain(&e)))
                 })?;
-            p.load(tracepoint, &btf)
+            p.load(tracepoint, btf)
                 .map_err(|e| TraceError::Load(format!("{program}: {}", chain(&e))))?;
             p.attach().map_err(|e| TraceError::Attach {
                 program,
