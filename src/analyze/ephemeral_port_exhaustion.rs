@@ -998,7 +998,10 @@ mod tests {
         assert!(f[0].evidence.iter().any(|l| l.value.contains(
             "1312 failed with EADDRNOTAVAIL, 1312/s asked (java (pid 91)); ports held by crawler (pid 42)"
         )));
-        assert!(f[0].evidence.iter().any(|l| l.value.contains("no port left now")));
+        assert!(f[0]
+            .evidence
+            .iter()
+            .any(|l| l.value.contains("no port left now")));
     }
 
     #[test]

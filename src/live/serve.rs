@@ -7,6 +7,10 @@
 //! time, a scrape that arrives during one waits for it and serves its result, and a
 //! result younger than `--cache` is served as is. Slow or many scrapes therefore never
 //! pile up work on the host.
+//!
+//! The sampler keeps the connection tracer attached (when it can run), and the server
+//! keeps the connection counters across collections ([`FlowCounters`]): each collection
+//! adds what the tracer counted since the previous one.
 
 use std::io;
 use std::net::SocketAddr;

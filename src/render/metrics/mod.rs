@@ -4,7 +4,8 @@
 //!
 //! One file per concept, each writing its families: collector health, states,
 //! namespaces, processes, TIME_WAIT, ephemeral ports, file descriptors, listeners,
-//! kernel counters, findings. This file holds what they share (the text builder,
+//! kernel counters, traced connections (counters kept across scrapes, see
+//! [`FlowCounters`]), findings. This file holds what they share (the text builder,
 //! escaping, the fold label values) and the order the families are written in.
 //!
 //! Two rules hold everywhere. Cardinality is bounded: per-process, per-namespace,
