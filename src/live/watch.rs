@@ -1,7 +1,7 @@
 //! `tcpdoctor watch`: the live view's run loop. Owns the terminal (raw mode, alternate
 //! screen, restored on every exit path: return, panic, SIGTERM/SIGINT/SIGHUP), the
 //! sampling thread (`Sampler`, with the connection tracer kept attached when it can run,
-//! + the `check` rules every `--interval`) and key events.
+//! and the `check` rules every `--interval`) and key events.
 //! What is shown and how keys act is `render::watch`; this file only moves data to it.
 //!
 //! `--headless` (hidden, a scripting and debug mode) skips the terminal and prints one
