@@ -146,10 +146,14 @@ impl Sampler {
         let selection = netns::select_cached(common, Purpose::Diagnosis, &mut self.containers)?;
         let opts = host_options(common, self.by_process, false);
         if matches!(self.tracing, Tracing::Wanted) {
-            self.tracing = match (common.replay, FlowTracing::start()) {
-                (true, _) => Tracing::Off,
-                (false, Ok(t)) => Tracing::On(Box::new(t)),
-                (false, Err(e)) => Tracing::Unavailable(flows::unavailable_notice(&e)),
+            // A replayed capture is not traced: nothing there happens now.
+            self.tracing = if common.replay {
+                Tracing::Off
+            } else {
+                match FlowTracing::start() {
+                    Ok(t) => Tracing::On(Box::new(t)),
+                    Err(e) => Tracing::Unavailable(flows::unavailable_notice(&e)),
+                }
             };
         }
         let mut collected =
