@@ -123,3 +123,76 @@ fn descriptors_of_close_wait_sockets_reset_by_the_peer_are_counted_as_detached()
     assert_eq!(n["close_wait"]["still_there"], 6, "{n:#}");
     drop(calm);
 }
+
+/// The soft RLIMIT_NOFILE of `pid` from /proc/PID/limits.
+fn nofile_soft(pid: u32) -> f64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no soft limit in {limits}"))
+}
+
+#[test]
+#[ignore = "needs root"]
+fn descriptors_of_a_growing_leak_are_counted_again_and_the_limit_is_dated() {
+    let ns = Netns::new("cwrunway");
+    // The parent leaks 3 connections every 500 ms, holding both ends: +6 descriptors a
+    // step, 12 per second.
+    let farm = ns.spawn_farm(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--close-wait",
+        "12",
+        "--grow-close-wait",
+        "3",
+        "--grow-every-ms",
+        "500",
+        "--grow-steps",
+        "100",
+        "--hold-secs",
+        "120",
+    ]);
+    let parent = farm.ready.pid;
+    let v = check(&ns, "2");
+    let leak = v["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["rule_id"] == "close_wait_leak" && f["data"]["pid"] == parent)
+        .unwrap_or_else(|| panic!("no leak finding for pid {parent}: {:#}", v["findings"]));
+    let r = &leak["data"]["descriptor_runway"];
+    let num = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} in {r:#}"));
+    // About 2 s between the scan and the recount: 3 to 5 steps of 6.
+    let growth = num("growth_per_s");
+    assert!((6.0..=18.0).contains(&growth), "{growth}/s: {r:#}");
+    let over = num("over_ms");
+    assert!((1500.0..=4000.0).contains(&over), "{r:#}");
+    // 2 to 6 steps of 6 descriptors (the first count is the owner scan's, a little
+    // before the interval starts).
+    let gained = (growth * over / 1000.0).round();
+    assert!((12.0..=36.0).contains(&gained), "{gained} gained: {r:#}");
+    assert_eq!(num("soft_limit"), nofile_soft(parent), "{r:#}");
+    let open = num("open_fds");
+    // Every leaked connection is two of its descriptors, plus its listeners and stdio.
+    let close_wait = leak["data"]["count"].as_f64().expect("count");
+    assert!(open >= 2.0 * close_wait, "{open} open, {close_wait} CLOSE_WAIT");
+    let left = (num("soft_limit") - open) / growth;
+    assert!(
+        (num("exhausted_in_s") - left).abs() < 0.01,
+        "{} s, expected {left}: {r:#}",
+        num("exhausted_in_s")
+    );
+    assert!(
+        leak["evidence"]
+            .as_array()
+            .expect("evidence")
+            .iter()
+            .any(|e| e["label"] == "descriptors growing"
+                && e["value"].as_str().is_some_and(|t| t.contains("it is reached in about"))),
+        "{:#}",
+        leak["evidence"]
+    );
+}
