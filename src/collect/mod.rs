@@ -4,9 +4,11 @@
 
 pub mod cgroup;
 pub mod kmsg;
+pub mod limits_source;
 pub mod netlink;
 pub mod netns;
 pub mod nginx;
 pub mod procfs;
 pub mod sockets;
 pub mod sysctl;
+pub mod sysctl_files;
