@@ -371,6 +371,13 @@ pub fn collect_host(
         crate::collect::nginx::attach(&mut host, instances, notices);
     }
 
+    // Persisted settings (check only; issue 12): the sysctl files applied at boot (in
+    // the primary snapshot) and where each process's open-files limit is set, read from
+    // the host's files. A standalone collector: collect::limits_source::attach_host_config.
+    if matches!(counters, Counters::Interval(_)) {
+        crate::collect::limits_source::attach_host_config(&mut host, root);
+    }
+
     // check: the second counter reading, `interval` after the first.
     if let Counters::Interval(interval) = counters {
         if let Some(rest) = interval.checked_sub(started.elapsed()) {
