@@ -830,6 +830,10 @@ mod tests {
         assert!(!f.fix.iter().any(|st| st.mentions("systemctl edit UNIT")));
         assert_eq!(f.data["limit_origin"]["source"], "unit");
         assert_eq!(f.data["limit_origin"]["at"]["line"], 2);
+        assert_eq!(
+            f.data["limit_origin"]["configured"],
+            json!({"soft": 1024, "hard": 524_288})
+        );
     }
 
     /// A package's unit file is overridden from a new drop-in in /etc; the systemd

@@ -9,6 +9,9 @@
 //!   one finding listing them;
 //! - other values that differ from the live ones: one finding listing them (info).
 //!
+//! Missing keys and other differences are reported for the TCP, socket, port, conntrack
+//! and descriptor keys only ([`in_scope`]); drift elsewhere is not a connection problem.
+//!
 //! One cause, one finding: where the audit flags a live value, the line that persists it
 //! goes into the audit's own finding ([`for_audit`], which the audit calls) and nothing is
 //! reported here. Interface keys (`net.ipv4.conf.eth1.*`) of an absent interface are not
@@ -44,6 +47,26 @@ fn missing_hint(key: &str) -> Option<&'static str> {
         k if k.starts_with("net.bridge.") => Some("the br_netfilter module is not loaded"),
         _ => None,
     }
+}
+
+/// The keys this rule reports when they are missing or differ from live: the TCP,
+/// socket, port, conntrack and descriptor settings tcpdoctor reasons about. Other drift
+/// (kernel.pid_max, fs.protected_*) is not a connection problem.
+fn in_scope(key: &str) -> bool {
+    [
+        "net.ipv4.tcp_",
+        "net.ipv4.ip_local_",
+        "net.ipv4.ip_unprivileged_port_start",
+        "net.ipv4.ip_autobind_reuse",
+        "net.ipv6.tcp_",
+        "net.core.",
+        "net.netfilter.nf_conntrack",
+        "net.nf_conntrack",
+        "fs.file-max",
+        "fs.nr_open",
+    ]
+    .iter()
+    .any(|p| key.starts_with(p))
 }
 
 /// A per-interface key (`net.ipv4.conf.eth1.rp_filter`) of an interface other than
@@ -466,7 +489,7 @@ fn missing_keys(p: &PersistedSysctls) -> Option<Finding> {
     let missing: Vec<&PersistedSysctl> = p
         .settings
         .iter()
-        .filter(|ps| ps.live == LiveValue::Missing && !interface_key(&ps.key))
+        .filter(|ps| ps.live == LiveValue::Missing && in_scope(&ps.key) && !interface_key(&ps.key))
         .collect();
     if missing.is_empty() {
         return None;
@@ -552,6 +575,7 @@ fn differs_from_live(
         .iter()
         .filter(|ps| {
             ps.differs_from_live()
+                && in_scope(&ps.key)
                 && !live_flagged.contains(ps.key.as_str())
                 && !reported.contains(&ps.key)
         })
@@ -779,20 +803,23 @@ mod tests {
             vec!["--- /etc/sysctl.conf\n+++ /etc/sysctl.conf\n@@ -2 +1,0 @@\n-net.ipv4.tcp_tw_recycle = 1\n"]
         );
 
-        // Other differences: the glob's value for `default`, not an audit matter.
+        // Other differences: a buffer size the audit has nothing to say about, set in a
+        // package's file, so kept from /etc; the glob's rp_filter is no connection matter.
         let differ = f
             .iter()
             .find(|x| x.data.get("settings").is_some())
             .expect("differences");
-        assert_eq!(
-            differ.data["settings"][0]["sysctl"],
-            "net.ipv4.conf.default.rp_filter"
-        );
+        assert_eq!(differ.data["settings"][0]["sysctl"], "net.core.rmem_max");
+        assert_eq!(differ.data["settings"][0]["live"], "212992");
         assert_eq!(differ.data["settings"].as_array().map(Vec::len), Some(1));
         assert!(
             differ.title.starts_with("1 live kernel setting differs"),
             "{}",
             differ.title
+        );
+        assert_eq!(
+            patches(differ),
+            vec!["--- /dev/null\n+++ /etc/sysctl.d/99-zz-local.conf\n@@ -0,0 +1,1 @@\n+net.core.rmem_max = 212992\n"]
         );
     }
 
@@ -874,6 +901,22 @@ mod tests {
             .any(|e| e.label == "in the sysctl files" && e.value.starts_with("not set")));
         assert!(ts.data["persisted"].is_null());
         assert!(!ts.fix.iter().any(|st| st.mentions("grep -rn")));
+    }
+
+    /// Debian 12's own files on a VM whose kernel.pid_max and fs.protected_* differ from
+    /// them: real drift, but no connection matter.
+    #[test]
+    fn drift_outside_connection_settings_is_not_reported() {
+        let root = fixture("debian12");
+        let s = Snapshot {
+            persisted_sysctls: Some(crate::collect::sysctl_files::collect(&root, &root).0),
+            ..Snapshot::default()
+        };
+        assert!(s
+            .persisted_sysctls
+            .as_ref()
+            .is_some_and(|p| p.settings.iter().any(|x| x.differs_from_live())));
+        assert!(check(&s, &Thresholds::default()).is_empty());
     }
 
     #[test]

@@ -77,6 +77,11 @@ pub const SYSTEMD_DEFAULT_NOFILE: NofilePair = NofilePair {
     hard: Limit::Value(524_288),
 };
 
+/// Where a process's limit is looked up from: at least this share (%) of its soft limit
+/// in use. Below it fd_exhaustion cannot fire with any sane threshold, and looking up
+/// every process of a big host (four small reads each) would cost more than the check.
+pub const ORIGIN_FROM_PCT: u64 = 25;
+
 /// Names of shells: a process whose parent is one of these got its limit from it.
 const SHELLS: &[&str] = &[
     "bash", "sh", "dash", "zsh", "ksh", "mksh", "fish", "tcsh", "csh", "ash", "busybox",
@@ -531,10 +536,7 @@ pub type PamSide = Option<(Limit, SourceRef)>;
 
 /// The limit pam_limits gives `user`'s sessions: soft and hard, each with its line.
 /// `None` when no line applies (the session keeps the login daemon's limit).
-pub fn pam_limit_for(
-    lines: &[PamLine],
-    user: &Account,
-) -> Option<(PamSide, PamSide)> {
+pub fn pam_limit_for(lines: &[PamLine], user: &Account) -> Option<(PamSide, PamSide)> {
     // pam_limits' sources: the user's own line 0, a group 1, `*` 4; a line applies
     // when its source is at most the one that set the value (`process_limit()`).
     let mut soft: Option<(u8, Limit, SourceRef)> = None;
@@ -932,8 +934,9 @@ fn read_cgroup(proc_root: &Path, pid: u32) -> String {
     s
 }
 
-/// Reads the host's configuration files for `check`: the sysctl files into the primary
-/// snapshot ([`sysctl_files::collect`]), and where every process's open-files limit is
+/// Reads the host's configuration files for `check`: the sysctl files into the snapshot
+/// of tcpdoctor's own namespace when it was read ([`sysctl_files::collect`]), and where
+/// every process's open-files limit is
 /// set into the snapshot that holds the process ([`attach_origins`]). On a replay
 /// without `etc/` nothing is read and a notice says so; lines skipped are a notice too.
 pub fn attach_host_config(host: &mut HostSnapshot, proc_root: &Path) {
@@ -949,9 +952,19 @@ pub fn attach_host_config(host: &mut HostSnapshot, proc_root: &Path) {
             return;
         }
     };
-    let (persisted, notices) = sysctl_files::collect(&root, proc_root);
-    host.namespaces[0].persisted_sysctls = Some(persisted);
-    host.namespaces[0].missing.extend(notices);
+    // The sysctl files set the namespace the host boots with: tcpdoctor's own when it is
+    // init's (PID 1's; unknown without root, then assumed), or the one a replay
+    // captured. With only other namespaces read (`--netns NAME`), or run inside another
+    // one (`ip netns exec`), they are no evidence about what was read. Live values are
+    // read from this thread, which stays in tcpdoctor's own namespace.
+    let init = crate::collect::netns::ns_link_inode(&proc_root.join("1/ns/net"))
+        .ok()
+        .flatten();
+    if let Some(i) = boot_namespace(host, init) {
+        let (persisted, notices) = sysctl_files::collect(&root, proc_root);
+        host.namespaces[i].persisted_sysctls = Some(persisted);
+        host.namespaces[i].missing.extend(notices);
+    }
     let bad = attach_origins(host, &root, proc_root);
     if let Some(first) = bad.first() {
         host.namespaces[0].missing.push(Notice::new(
@@ -964,6 +977,16 @@ pub fn attach_host_config(host: &mut HostSnapshot, proc_root: &Path) {
     }
 }
 
+/// The snapshot the host's sysctl files are about: tcpdoctor's own namespace when it is
+/// init's (`init`: PID 1's namespace, `None` when unknown), or a replay's; `None` when
+/// no snapshot read is that namespace.
+pub fn boot_namespace(host: &HostSnapshot, init: Option<u64>) -> Option<usize> {
+    host.namespaces.iter().position(|s| match &s.netns {
+        None => true,
+        Some(n) => n.inode == 0 || n.current && init.is_none_or(|i| i == n.inode),
+    })
+}
+
 /// Finds where the open-files limit of every process in `host` comes from, reading the
 /// configuration under `root` once (units once each), and puts each origin into the
 /// snapshot that holds the process. Returns the lines skipped and files unreadable.
@@ -972,7 +995,12 @@ pub fn attach_origins(host: &mut HostSnapshot, root: &Path, proc_root: &Path) ->
     for snap in &mut host.namespaces {
         let mut origins = BTreeMap::new();
         for p in snap.processes.values() {
-            if p.nofile_soft.is_none() {
+            // Only processes that use a fair share of their limit: the rest cannot be
+            // near it, and a host has thousands.
+            let Some(soft) = p.nofile_soft.and_then(Limit::value) else {
+                continue;
+            };
+            if p.open_fds.saturating_mul(100) < soft.saturating_mul(ORIGIN_FROM_PCT) {
                 continue;
             }
             let cgroup = read_cgroup(proc_root, p.pid);
@@ -1402,5 +1430,49 @@ mod tests {
             (NofileSource::SystemdDefault, Some(true))
         );
         assert!(cfg.bad.is_empty(), "{:?}", cfg.bad);
+    }
+
+    #[test]
+    fn sysctl_files_belong_to_the_boot_namespace_only() {
+        use crate::model::{NetnsInfo, NetnsKind, Snapshot};
+        let ns = |inode: u64, current: bool| Snapshot {
+            netns: Some(NetnsInfo {
+                inode,
+                name: inode.to_string(),
+                kind: NetnsKind::IpNetns,
+                current,
+                container: None,
+                ip_netns: Vec::new(),
+                processes: 1,
+                first_pid: None,
+            }),
+            ..Snapshot::default()
+        };
+        let host = |v: Vec<Snapshot>| HostSnapshot {
+            namespaces: v,
+            all_namespaces: false,
+            missing: Vec::new(),
+        };
+        // The host's namespace, first or not.
+        assert_eq!(
+            boot_namespace(&host(vec![ns(1, true), ns(2, false)]), Some(1)),
+            Some(0)
+        );
+        assert_eq!(
+            boot_namespace(&host(vec![ns(2, false), ns(1, true)]), Some(1)),
+            Some(1)
+        );
+        // --netns NAME: only another namespace was read.
+        assert_eq!(boot_namespace(&host(vec![ns(2, false)]), Some(1)), None);
+        // Run inside another namespace (ip netns exec): not the one the files set.
+        assert_eq!(boot_namespace(&host(vec![ns(2, true)]), Some(1)), None);
+        // Without root PID 1's namespace is unknown: tcpdoctor's own is assumed.
+        assert_eq!(boot_namespace(&host(vec![ns(2, true)]), None), Some(0));
+        // A replay.
+        assert_eq!(boot_namespace(&host(vec![ns(0, true)]), Some(1)), Some(0));
+        assert_eq!(
+            boot_namespace(&host(vec![Snapshot::default()]), Some(1)),
+            Some(0)
+        );
     }
 }

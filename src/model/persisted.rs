@@ -124,11 +124,21 @@ pub fn same_sysctl_value(a: &str, b: &str) -> bool {
     matches!((ints(&wa), ints(&wb)), (Some(x), Some(y)) if x == y)
 }
 
-/// A soft and hard open-files limit as a configuration file writes it.
+/// A soft and hard open-files limit as a configuration file writes it. In JSON each is
+/// a number or `"unlimited"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct NofilePair {
+    #[serde(serialize_with = "limit_json")]
     pub soft: Limit,
+    #[serde(serialize_with = "limit_json")]
     pub hard: Limit,
+}
+
+fn limit_json<S: serde::Serializer>(l: &Limit, s: S) -> Result<S::Ok, S::Error> {
+    match l {
+        Limit::Value(v) => s.serialize_u64(*v),
+        Limit::Unlimited => s.serialize_str("unlimited"),
+    }
 }
 
 /// Who sets a process's open-files limit.
