@@ -1475,4 +1475,36 @@ mod tests {
             Some(0)
         );
     }
+
+    #[test]
+    fn malformed_limit_files_never_panic() {
+        let mut bad = Vec::new();
+        for text in [
+            "",
+            "=",
+            "[",
+            "[]",
+            "\\",
+            "a\\",
+            "\u{0}=\u{0}",
+            "LimitNOFILE=\n[Service]\nLimitNOFILE=-1",
+        ] {
+            let _ = parse_ini(text, "/x", &mut bad);
+            let _ = parse_limits(text, "/x", &mut bad);
+            let _ = parse_docker_default(text, "/x");
+        }
+        assert_eq!(parse_limit_nofile("-1"), None);
+        assert_eq!(parse_limit_nofile("18446744073709551616"), None);
+        for d in ["@:", ":", "1:x", "@x:1"] {
+            let l = parse_limits(&format!("{d} soft nofile 5\n"), "/x", &mut bad);
+            assert!(l.is_empty(), "{d}");
+        }
+        assert_eq!(
+            parse_docker_default(
+                "{\"default-ulimits\": {\"nofile\": {\"Soft\": \"x\"}}}",
+                "/x"
+            ),
+            None
+        );
+    }
 }

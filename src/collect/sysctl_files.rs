@@ -814,4 +814,34 @@ mod tests {
             assert_eq!(host_config_root(Path::new("/proc")), Ok(PathBuf::from("/")));
         }
     }
+
+    /// Whatever sits in the directories, nothing panics or hangs: a directory, a FIFO
+    /// and a looping link named *.conf are not configuration; a dangling link claims no
+    /// name; bytes that are not UTF-8 or lines that are not assignments are counted.
+    #[test]
+    fn odd_files_and_malformed_bytes_are_skipped_and_counted() {
+        let tmp = std::env::temp_dir().join(format!("tcpdoctor-sysctl-odd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let d = tmp.join("etc/sysctl.d");
+        std::fs::create_dir_all(d.join("a.conf")).expect("dir");
+        let fifo =
+            std::ffi::CString::new(d.join("b.conf").to_string_lossy().as_bytes()).expect("path");
+        // SAFETY: a valid NUL-terminated path; mkfifo has no other preconditions.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        std::fs::write(
+            d.join("c.conf"),
+            b"net.core.somaxconn = 1\xff\n\x00\n=\n-\n-=\n[x\nnet/../../etc = 1\nnet.ipv4.tcp_fin_timeout\n",
+        )
+        .expect("write");
+        std::os::unix::fs::symlink("nowhere.conf", d.join("d.conf")).expect("link");
+        std::os::unix::fs::symlink("e.conf", d.join("e.conf")).expect("loop");
+        let (p, notices) = collect(&tmp, &tmp.join("proc"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        assert_eq!(p.files, vec!["/etc/sysctl.d/c.conf"]);
+        // `\xff` is read as U+FFFD, so that line still sets a value (systemd would
+        // write those bytes); the other seven lines are refused.
+        assert_eq!(p.settings.len(), 1);
+        assert_eq!(p.skipped, 7, "{:?}", p.skipped_examples);
+        assert_eq!(notices.len(), 1);
+    }
 }
