@@ -1,5 +1,5 @@
-/* The few kernel types and BPF helpers owners.bpf.c uses, written by hand instead of a
- * generated vmlinux.h or libbpf's headers.
+/* The few kernel types and BPF helpers owners.bpf.c and trace.bpf.c use, written by
+ * hand instead of a generated vmlinux.h or libbpf's headers.
  *
  * Kernel structs carry only the fields the program reads and are marked
  * preserve_access_index: clang records each field access as a CO-RE relocation, and
@@ -15,9 +15,13 @@ typedef unsigned short __u16;
 typedef unsigned int __u32;
 typedef unsigned long long __u64;
 typedef int __s32;
+typedef long long __s64;
 
 #define SEC(name) __attribute__((section(name), used))
 #define CORE __attribute__((preserve_access_index))
+#define __always_inline inline __attribute__((always_inline))
+/* A BPF subprogram: the verifier checks it per call, with that call's argument types. */
+#define __noinline __attribute__((noinline))
 
 /* include/uapi/linux/stat.h */
 #define S_IFMT 00170000
@@ -67,11 +71,114 @@ struct file {
 } CORE;
 
 struct task_struct {
+	unsigned int flags; /* PF_* */
 	int pid;  /* thread id, initial pid namespace */
 	int tgid; /* process id, initial pid namespace */
+	struct task_struct *group_leader;
+	char comm[16]; /* TASK_COMM_LEN */
 	struct pid *thread_pid;
 	struct nsproxy *nsproxy; /* NULL once the task has started to exit */
 } CORE;
+
+/* include/linux/sched.h */
+#define PF_KTHREAD 0x00200000
+
+/* ---- Sockets (trace.bpf.c) ---- */
+
+/* include/linux/socket.h, include/uapi/linux/in.h */
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+/* include/net/tcp_states.h */
+enum {
+	TCP_ESTABLISHED = 1,
+	TCP_SYN_SENT,
+	TCP_SYN_RECV,
+	TCP_FIN_WAIT1,
+	TCP_FIN_WAIT2,
+	TCP_TIME_WAIT,
+	TCP_CLOSE,
+	TCP_CLOSE_WAIT,
+	TCP_LAST_ACK,
+	TCP_LISTEN,
+	TCP_CLOSING,
+	TCP_NEW_SYN_RECV,
+};
+
+/* Copied whole (16 bytes) with bpf_probe_read_kernel, so its inner union does not
+ * matter here. */
+struct in6_addr {
+	__u8 bytes[16];
+};
+
+/* include/net/net_namespace.h: a struct around the pointer (empty without
+ * CONFIG_NET_NS, which no kernel with BTF-enabled tracing lacks in practice). */
+typedef struct {
+	struct net *net;
+} CORE possible_net_t;
+
+/* include/net/sock.h. In the kernel the address and port pairs sit in anonymous unions;
+ * CO-RE finds members through anonymous members, so they are flat here. */
+struct sock_common {
+	__u32 skc_daddr;     /* __be32, remote IPv4 address */
+	__u32 skc_rcv_saddr; /* __be32, local IPv4 address */
+	__u16 skc_dport;     /* __be16, remote port */
+	__u16 skc_num;       /* local port, host order */
+	unsigned short skc_family;
+	volatile unsigned char skc_state;
+	possible_net_t skc_net;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+} CORE;
+
+struct sock {
+	struct sock_common __sk_common;
+	int sk_err;
+	__u16 sk_protocol; /* a u16 since 5.6; a bitfield before */
+} CORE;
+
+/* include/linux/tcp.h; read with bpf_probe_read_kernel: the verifier knows a
+ * tracepoint's sk as a struct sock and refuses loads past its end. */
+struct tcp_sock {
+	__u32 segs_out; /* segments sent, SYN included */
+} CORE;
+
+struct inet_sock {
+	__u16 inet_sport; /* __be16; set by bind() or when connect() finds a port */
+} CORE;
+
+struct net_device {
+	possible_net_t nd_net;
+} CORE;
+
+struct sk_buff {
+	struct net_device *dev;
+	unsigned char *head;
+	unsigned char *data;
+	__u16 network_header; /* offset from head */
+} CORE;
+
+/* UAPI layouts (stable ABI, not CO-RE). */
+struct sockaddr_in {
+	__u16 sin_family;
+	__u16 sin_port; /* __be16 */
+	__u32 sin_addr; /* __be32 */
+	__u8 pad[8];
+};
+
+struct sockaddr_in6 {
+	__u16 sin6_family;
+	__u16 sin6_port; /* __be16 */
+	__u32 sin6_flowinfo;
+	struct in6_addr sin6_addr;
+	__u32 sin6_scope_id;
+};
+
+struct tcphdr_ports {
+	__u16 source; /* __be16 */
+	__u16 dest;   /* __be16 */
+};
 
 /* Iterator contexts (include/linux/bpf.h, kernel/bpf/task_iter.c). Not CO-RE: they are
  * ABI, every member one 8-byte slot (__bpf_md_ptr), and the verifier checks each access
@@ -95,10 +202,42 @@ struct bpf_iter__task_file {
 	struct file *file;
 };
 
+/* Maps defined the way libbpf and aya read them from the .maps section (BTF). */
+#define __uint(name, val) int (*name)[val]
+#define __type(name, val) typeof(val) *name
+
+/* enum bpf_map_type */
+#define BPF_MAP_TYPE_HASH 1
+#define BPF_MAP_TYPE_ARRAY 2
+#define BPF_MAP_TYPE_PERCPU_HASH 5
+#define BPF_MAP_TYPE_PERCPU_ARRAY 6
+#define BPF_MAP_TYPE_LRU_HASH 9
+#define BPF_MAP_TYPE_RINGBUF 27
+
+/* map_flags */
+#define BPF_F_NO_PREALLOC 1
+
+/* map update flags */
+#define BPF_ANY 0
+#define BPF_NOEXIST 1
+#define BPF_EXIST 2
+
 /* Helpers, by their ids in enum bpf_func_id (include/uapi/linux/bpf.h). */
+static void *(*const bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
+static long (*const bpf_map_update_elem)(void *map, const void *key, const void *value,
+					 __u64 flags) = (void *)2;
+static long (*const bpf_map_delete_elem)(void *map, const void *key) = (void *)3;
+static __u64 (*const bpf_ktime_get_ns)(void) = (void *)5;
+static __u64 (*const bpf_get_current_pid_tgid)(void) = (void *)14;
 static long (*const bpf_probe_read_kernel)(void *dst, __u32 size, const void *unsafe_ptr) =
 	(void *)113;
 static long (*const bpf_seq_write)(struct seq_file *m, const void *data, __u32 len) = (void *)127;
+static void *(*const bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)131;
+static void (*const bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)132;
 static struct task_struct *(*const bpf_get_current_task_btf)(void) = (void *)158;
+/* fexit only: the traced function's argument n, and its return value, wherever the
+ * function's signature puts them (Linux 5.17). */
+static long (*const bpf_get_func_arg)(void *ctx, __u32 n, __u64 *value) = (void *)183;
+static long (*const bpf_get_func_ret)(void *ctx, __u64 *value) = (void *)184;
 
 #endif

@@ -74,6 +74,10 @@ pub enum Command {
     States(StatesArgs),
     /// List TCP sockets with their owning process, like `ss -tanp` but fast.
     Sockets(SocketsArgs),
+    /// Trace connections as they open and close (BPF, root): per process and
+    /// destination, connections per second, lifetimes, who closes first, resets and
+    /// failed connect() calls by errno. Every network namespace unless --netns says.
+    Trace(TraceArgs),
     /// Check a configuration offline, without a running process: `lint nginx [FILE]`.
     Lint(LintArgs),
 }
@@ -286,4 +290,42 @@ pub struct ServeArgs {
     /// Override one threshold, e.g. --threshold port_warn_pct=60 (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     pub threshold: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Seconds between refreshes of the live table (and JSON interval lines).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub interval: f64,
+    /// Stop after this many seconds and print the summary (default: until Ctrl-C).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Rows in the table (0 = all).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+    /// Only connections of these processes (comma-separated).
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    pub pid: Vec<u32>,
+    /// Only connections of processes with this exact name (/proc/PID/comm).
+    #[arg(long, value_name = "NAME")]
+    pub comm: Vec<String>,
+    /// Only connections to this remote port (outgoing) or on this listening port
+    /// (incoming); comma-separated.
+    #[arg(long, value_name = "PORT", value_delimiter = ',')]
+    pub port: Vec<u16>,
+    /// Only outgoing connections to this address, CIDR and/or port: 10.0.0.0/8,
+    /// 10.1.2.3:443, [::1]:80.
+    #[arg(long, value_name = "ADDR")]
+    pub peer: Vec<AddrFilter>,
+    /// Also print raw events (state changes, resets, failed connect() calls) as they
+    /// happen, at most --events-limit per second (a hard limit in the kernel).
+    #[arg(long)]
+    pub events: bool,
+    /// Events per second at most, in all.
+    #[arg(long, value_name = "N", default_value_t = 1000, requires = "events")]
+    pub events_limit: u32,
+    /// Print JSON lines: one per interval, one per event, and a final summary
+    /// (schema: docs/json.md).
+    #[arg(long)]
+    pub json: bool,
 }

@@ -11,7 +11,7 @@ use tcpdoctor::cli::Cli;
 use tcpdoctor::cmd;
 use tcpdoctor::model::Severity;
 use tcpdoctor::render::{self, Style};
-use tcpdoctor::settings::{self, Action, Terminal};
+use tcpdoctor::settings::{self, Action, Environment, Terminal};
 
 /// Exit codes (documented in README and `--help`).
 mod exit {
@@ -88,7 +88,7 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
         stdout_is_tty: io::stdout().is_terminal(),
         no_color_env: std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
     };
-    let (common, action) = settings::resolve(cli, term)?;
+    let (common, action) = settings::resolve(cli, term, &Environment::from_process())?;
     let style = Style {
         color: common.color,
     };
@@ -150,6 +150,11 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
             // The server logs from its worker threads: release stdout.
             drop(out);
             tcpdoctor::live::serve::run(&common, &s)?;
+            return Ok(exit::OK);
+        }
+        Action::Trace(s) => {
+            drop(out);
+            tcpdoctor::live::trace::run(&common, &s)?;
             return Ok(exit::OK);
         }
         Action::States(s) => {

@@ -7,16 +7,22 @@ use std::time::Duration;
 use crate::analyze::Thresholds;
 
 use crate::cli::{self, ByArg, ColorArg, SourceArg, StateWord};
+use crate::collect::owners::{BpfUse, OwnerScan, BPF_MIN_FILES};
 use crate::collect::sockets::SourcePref;
-use crate::model::{GroupBy, SocketFilter, StateSet, TcpState};
+use crate::model::{FlowFilter, GroupBy, SocketFilter, StateSet, TcpState};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Common {
     pub source: SourcePref,
     pub proc_root: PathBuf,
+    /// `proc_root` is not the live /proc but a captured host: read only the capture
+    /// (sockets from its net/tcp{,6}, never from sock_diag), one reading, no namespaces.
+    pub replay: bool,
     pub color: bool,
-    /// Threads for the /proc owner scan and for reading namespaces.
+    /// Threads for reading namespaces.
     pub threads: usize,
+    /// How to find socket owners (threads of the /proc pass, when to use BPF).
+    pub owner_scan: OwnerScan,
     pub netns: NetnsChoice,
 }
 
@@ -121,12 +127,27 @@ pub struct LintSettings {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub struct TraceSettings {
+    pub interval: Duration,
+    /// Stop after this long; `None`: at Ctrl-C or SIGTERM.
+    pub duration: Option<Duration>,
+    /// Rows in the table (`usize::MAX`: all).
+    pub top: usize,
+    /// `--netns` is resolved by the command into `filter.netns`.
+    pub filter: FlowFilter,
+    /// Raw events, at most this many per second; `None`: no events.
+    pub events: Option<u32>,
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Check(CheckSettings),
     Watch(WatchSettings),
     Serve(ServeSettings),
     States(StatesSettings),
     Sockets(SocketsSettings),
+    Trace(TraceSettings),
     Lint(LintSettings),
 }
 
@@ -155,8 +176,18 @@ pub enum SettingsError {
     MaxCpu(f64),
     #[error("--netns '{0}' is not a namespace: use all, current, a path such as /run/netns/NAME, a pid, or a name")]
     Netns(String),
+    #[error("trace --{flag} '{value}' is out of range ({range})")]
+    Trace {
+        flag: &'static str,
+        value: f64,
+        range: &'static str,
+    },
     #[error("--nginx-version '{0}' is not a version: give e.g. 1.24.0, nginx/1.29.7 or openresty/1.21.4.1")]
     NginxVersion(String),
+    #[error("--source netlink reads the live kernel and cannot replay --proc-root '{}': use --source proc, or leave --source out", .0.display())]
+    ReplayNetlink(PathBuf),
+    #[error("TCPDOCTOR_BPF_MIN_FILES '{0}' is not a number of open files (0: use the BPF owner scan whatever the size)")]
+    BpfMinFiles(String),
 }
 
 /// Facts about the terminal the caller knows (main owns stdout and the environment).
@@ -166,22 +197,79 @@ pub struct Terminal {
     pub no_color_env: bool,
 }
 
-pub fn resolve(cli: cli::Cli, term: Terminal) -> Result<(Common, Action), SettingsError> {
+/// Debugging and benchmarking knobs from the environment (main reads it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Environment {
+    /// `TCPDOCTOR_NO_BPF` is set: always the /proc owner scan.
+    pub no_bpf: bool,
+    /// `TCPDOCTOR_BPF_MIN_FILES`: open files from which the BPF owner scan is used.
+    pub bpf_min_files: Option<String>,
+    /// `TCPDOCTOR_DEBUG` is set: say on stderr which owner scan ran.
+    pub debug: bool,
+}
+
+impl Environment {
+    /// Reads the variables; a variable counts as set whatever its value.
+    pub fn from_process() -> Environment {
+        Environment {
+            no_bpf: std::env::var_os("TCPDOCTOR_NO_BPF").is_some(),
+            bpf_min_files: std::env::var_os("TCPDOCTOR_BPF_MIN_FILES")
+                .map(|v| v.to_string_lossy().into_owned()),
+            debug: std::env::var_os("TCPDOCTOR_DEBUG").is_some(),
+        }
+    }
+}
+
+/// The owner scan as the environment shapes it.
+fn owner_scan(env: &Environment, threads: usize) -> Result<OwnerScan, SettingsError> {
+    let bpf = if env.no_bpf {
+        BpfUse::Never
+    } else {
+        match &env.bpf_min_files {
+            Some(v) => BpfUse::FromOpenFiles(
+                v.trim()
+                    .parse()
+                    .map_err(|_| SettingsError::BpfMinFiles(v.clone()))?,
+            ),
+            None => BpfUse::FromOpenFiles(BPF_MIN_FILES),
+        }
+    };
+    Ok(OwnerScan {
+        bpf,
+        debug: env.debug,
+        threads,
+    })
+}
+
+pub fn resolve(
+    cli: cli::Cli,
+    term: Terminal,
+    env: &Environment,
+) -> Result<(Common, Action), SettingsError> {
     let g = cli.global;
     let color = match g.color {
         ColorArg::Always => true,
         ColorArg::Never => false,
         ColorArg::Auto => term.stdout_is_tty && !term.no_color_env,
     };
+    // Anything but the live /proc is a captured host (Path equality ignores a trailing
+    // slash). A capture is read from its files only: sock_diag would answer for this
+    // machine instead.
+    let replay = g.proc_root != Path::new("/proc");
+    let source = match (g.source, replay) {
+        (SourceArg::Netlink, true) => return Err(SettingsError::ReplayNetlink(g.proc_root)),
+        (SourceArg::Auto, true) | (SourceArg::Proc, _) => SourcePref::Proc,
+        (SourceArg::Auto, false) => SourcePref::Auto,
+        (SourceArg::Netlink, false) => SourcePref::Netlink,
+    };
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let common = Common {
-        source: match g.source {
-            SourceArg::Auto => SourcePref::Auto,
-            SourceArg::Netlink => SourcePref::Netlink,
-            SourceArg::Proc => SourcePref::Proc,
-        },
+        source,
         proc_root: g.proc_root,
+        replay,
         color,
-        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        threads,
+        owner_scan: owner_scan(env, threads)?,
         netns: match &g.netns {
             Some(v) => NetnsChoice::parse(v)?,
             None => NetnsChoice::Default,
@@ -272,8 +360,42 @@ pub fn resolve(cli: cli::Cli, term: Terminal) -> Result<(Common, Action), Settin
                 json: a.json,
             })
         }
+        Some(cli::Command::Trace(a)) => Action::Trace(trace_settings(a)?),
     };
     Ok((common, action))
+}
+
+fn trace_settings(a: cli::TraceArgs) -> Result<TraceSettings, SettingsError> {
+    let out_of_range = |flag, value, range| SettingsError::Trace { flag, value, range };
+    if !(0.1..=3600.0).contains(&a.interval) {
+        return Err(out_of_range("interval", a.interval, "0.1-3600 s"));
+    }
+    let duration = match a.duration {
+        None => None,
+        Some(d) if d > 0.0 && d <= 30.0 * 86400.0 => Some(Duration::from_secs_f64(d)),
+        Some(d) => return Err(out_of_range("duration", d, "above 0, at most 30 days")),
+    };
+    if !(1..=1_000_000).contains(&a.events_limit) {
+        return Err(out_of_range(
+            "events-limit",
+            f64::from(a.events_limit),
+            "1-1000000 per second",
+        ));
+    }
+    Ok(TraceSettings {
+        interval: Duration::from_secs_f64(a.interval),
+        duration,
+        top: if a.top == 0 { usize::MAX } else { a.top },
+        filter: FlowFilter {
+            pids: a.pid,
+            comms: a.comm,
+            ports: a.port,
+            peers: a.peer,
+            netns: Vec::new(),
+        },
+        events: a.events.then_some(a.events_limit),
+        json: a.json,
+    })
 }
 
 fn check_settings(a: &cli::CheckArgs) -> Result<CheckSettings, SettingsError> {
@@ -784,6 +906,71 @@ mod tests {
             .expect_err("too big")
             .to_string();
         assert!(e.len() < 300, "{} chars: {e}", e.len());
+    }
+
+    fn cli(args: &[&str]) -> cli::Cli {
+        use clap::Parser;
+        cli::Cli::try_parse_from(std::iter::once("tcpdoctor").chain(args.iter().copied()))
+            .expect("valid flags")
+    }
+
+    fn common(args: &[&str], env: &Environment) -> Result<Common, SettingsError> {
+        let term = Terminal {
+            stdout_is_tty: false,
+            no_color_env: false,
+        };
+        resolve(cli(args), term, env).map(|(c, _)| c)
+    }
+
+    #[test]
+    fn a_proc_root_other_than_proc_is_a_replay_read_from_its_files() {
+        let env = Environment::default();
+        let live = common(&["states"], &env).expect("live");
+        assert!(!live.replay);
+        assert_eq!(live.source, SourcePref::Auto);
+        let slash = common(&["--proc-root", "/proc/", "states"], &env).expect("live");
+        assert!(!slash.replay, "a trailing slash is still the live /proc");
+        let replay = common(&["--proc-root", "/tmp/cap", "states"], &env).expect("replay");
+        assert!(replay.replay);
+        assert_eq!(
+            replay.source,
+            SourcePref::Proc,
+            "never sock_diag on a replay"
+        );
+        let e = common(
+            &["--source", "netlink", "--proc-root", "/tmp/cap", "check"],
+            &env,
+        )
+        .expect_err("netlink cannot replay");
+        assert!(e.to_string().contains("'/tmp/cap'"), "{e}");
+    }
+
+    #[test]
+    fn bpf_knobs_come_from_the_environment_once() {
+        let scan = |env: Environment| common(&["states"], &env).map(|c| c.owner_scan);
+        let default = scan(Environment::default()).expect("default");
+        assert_eq!(default.bpf, BpfUse::FromOpenFiles(BPF_MIN_FILES));
+        assert!(!default.debug);
+        let off = scan(Environment {
+            no_bpf: true,
+            bpf_min_files: Some("0".into()),
+            debug: true,
+        })
+        .expect("off");
+        assert_eq!(off.bpf, BpfUse::Never, "TCPDOCTOR_NO_BPF wins");
+        assert!(off.debug);
+        let always = scan(Environment {
+            bpf_min_files: Some(" 0 ".into()),
+            ..Environment::default()
+        })
+        .expect("always");
+        assert_eq!(always.bpf, BpfUse::FromOpenFiles(0));
+        let e = scan(Environment {
+            bpf_min_files: Some("lots".into()),
+            ..Environment::default()
+        })
+        .expect_err("not a number");
+        assert!(e.to_string().contains("'lots'"), "{e}");
     }
 
     #[test]

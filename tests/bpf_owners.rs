@@ -15,7 +15,7 @@ use common::report::endpoint;
 use common::run::{run_bounded, RUN_TIMEOUT};
 use common::{require_root, sockfarm, TCPDOCTOR};
 use serde_json::Value;
-use tcpdoctor::collect::procfs::bpf_owners;
+use tcpdoctor::collect::owners::bpf as bpf_owners;
 
 /// Starts a farm (a listener and CLOSE_WAIT connections held by 2 worker processes) in
 /// the namespace, prints its ready line, then the output of

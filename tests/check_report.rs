@@ -48,7 +48,8 @@ fn namespace(inode: u64, name: &str, kind: NetnsKind, pid: u32) -> Snapshot {
             inode,
             name: name.to_string(),
             kind,
-            current: kind == NetnsKind::Current,
+            current: kind == NetnsKind::Host,
+            initial: kind == NetnsKind::Host,
             container: None,
             ip_netns: Vec::new(),
             processes: 1,
@@ -98,7 +99,7 @@ fn process(pid: u32, comm: &str, open_fds: u64) -> ProcessFacts {
 /// PostgreSQL, silent for 41 minutes and still there at the re-check; tcp_keepalive_time
 /// lowered.
 fn host_ns() -> Snapshot {
-    let mut s = namespace(4026531840, "host", NetnsKind::Current, 1);
+    let mut s = namespace(4026531840, "host", NetnsKind::Host, 1);
     s.sysctls
         .insert("net.ipv4.tcp_keepalive_time".into(), "600".into());
     s.summary.ipv4 = counts(&[
@@ -319,7 +320,7 @@ fn a_handful_of_findings_fits_forty_lines() {
 #[test]
 fn quiet_host_is_two_lines_and_a_state_line() {
     let host = HostSnapshot {
-        namespaces: vec![namespace(4026531840, "host", NetnsKind::Current, 1)],
+        namespaces: vec![namespace(4026531840, "host", NetnsKind::Host, 1)],
         all_namespaces: false,
         missing: Vec::new(),
     };
@@ -332,6 +333,6 @@ fn quiet_host_is_two_lines_and_a_state_line() {
     let text = render(&r, 100, false);
     assert_eq!(
         text,
-        "tcpdoctor check on node-7: no problems found, complete view\n  0 TCP sockets in this network namespace (sockets via netlink, counters over 1.0 s)\n  (no TCP sockets)\n"
+        "tcpdoctor check on node-7: no problems found, complete view\n  0 TCP sockets in the host network namespace (sockets via netlink, counters over 1.0 s)\n  (no TCP sockets)\n"
     );
 }

@@ -322,8 +322,11 @@ fn the_unit_capabilities_are_enough_to_see_other_users_owners() {
             args.extend(["--inh-caps=-all", "--bounding-set=-all"]);
         }
         // All top-N rows: other namespaces on the machine may hold bigger leakers.
+        // `--netns all`: run inside the test's namespace, the default is that one only.
         args.extend([
             TCPDOCTOR,
+            "--netns",
+            "all",
             "serve",
             "--listen",
             "127.0.0.1:0",

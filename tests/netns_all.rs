@@ -309,7 +309,8 @@ fn namespaces_vanishing_during_a_run_are_notes_not_failures() {
         let (code, v) = tcpdoctor_json(&["check", "--netns", "all", "--json", "--interval", "0"]);
         assert!((0..=2).contains(&code), "exit {code}: {v:#}");
         for n in v["missing_evidence"].as_array().expect("missing") {
-            if n["code"] == "netns_unreadable" {
+            assert_ne!(n["code"], "netns_unreadable", "{n:#}");
+            if n["code"] == "netns_vanished" {
                 assert!(
                     n["message"]
                         .as_str()

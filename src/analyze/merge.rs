@@ -134,6 +134,7 @@ mod tests {
             name: name.into(),
             kind: NetnsKind::IpNetns,
             current: false,
+            initial: false,
             container: None,
             ip_netns: vec![name.into()],
             processes: 0,

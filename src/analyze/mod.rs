@@ -288,11 +288,12 @@ mod tests {
             inode,
             name: name.into(),
             kind: if current {
-                NetnsKind::Current
+                NetnsKind::Host
             } else {
                 NetnsKind::IpNetns
             },
             current,
+            initial: current,
             container: None,
             ip_netns: if current { vec![] } else { vec![name.into()] },
             processes: 1,

@@ -35,17 +35,17 @@ const WATCHED: &[&str] = &[
 const SHOWN: usize = 8;
 
 pub fn check(h: &HostSnapshot, t: &Thresholds) -> Vec<Finding> {
-    // Only meaningful when the reference is the host's own namespace.
+    // Only meaningful when the reference is the host's own (initial) namespace.
     let Some(host) = h.primary() else {
         return Vec::new();
     };
-    if host.netns.as_ref().is_none_or(|n| !n.current) || h.namespaces.len() < 2 {
+    if host.netns.as_ref().is_none_or(|n| !n.initial) || h.namespaces.len() < 2 {
         return Vec::new();
     }
     let host_name = host
         .netns
         .as_ref()
-        .filter(|n| n.kind == NetnsKind::Current)
+        .filter(|n| n.kind == NetnsKind::Host)
         .map_or("this namespace".to_string(), |n| n.name.clone());
     // What the audit already reports, per namespace.
     let flagged: Vec<BTreeSet<&str>> = h
@@ -140,17 +140,18 @@ mod tests {
     use super::*;
     use crate::model::{NetnsInfo, Snapshot};
 
-    fn ns(name: &str, current: bool, port_range: &str) -> Snapshot {
+    fn ns(name: &str, initial: bool, port_range: &str) -> Snapshot {
         let mut s = Snapshot {
             netns: Some(NetnsInfo {
                 inode: name.len() as u64,
                 name: name.to_string(),
-                kind: if current {
-                    NetnsKind::Current
+                kind: if initial {
+                    NetnsKind::Host
                 } else {
                     NetnsKind::IpNetns
                 },
-                current,
+                current: initial,
+                initial,
                 container: None,
                 ip_netns: Vec::new(),
                 processes: 1,
@@ -266,5 +267,12 @@ mod tests {
             ns("pod-b", false, "32768 60999"),
         ]);
         assert!(check(&no_host, &Thresholds::default()).is_empty());
+        // Run inside pod-a (`ip netns exec`), it is the current namespace but not the
+        // host's: its values are no reference.
+        let mut inside = no_host.clone();
+        if let Some(n) = &mut inside.namespaces[0].netns {
+            n.current = true;
+        }
+        assert!(check(&inside, &Thresholds::default()).is_empty());
     }
 }

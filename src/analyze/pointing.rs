@@ -232,6 +232,7 @@ mod tests {
                 NetnsKind::IpNetns
             },
             current: false,
+            initial: false,
             container: None,
             ip_netns: ip.iter().map(|s| s.to_string()).collect(),
             processes: 1,

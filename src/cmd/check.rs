@@ -1,25 +1,86 @@
 //! `tcpdoctor check`: gather a [`HostSnapshot`] of this host (every network namespace
-//! when run as root), run the rules, return the report. Collection is in
-//! [`super::collect`].
+//! when run as root from the host's own), read it again `--interval` later for counter
+//! rates and the CLOSE_WAIT re-check, run the rules, return the report. The readings
+//! are `collect::host`'s; this file decides when they happen and what the rates are.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
 
 use crate::analyze;
-use crate::model::{CheckReport, HostSnapshot};
+use crate::collect::host::{self, Collected, HostOptions};
+use crate::collect::namespace::CounterReading;
+use crate::model::{CheckReport, CounterSample, HostSnapshot};
 use crate::settings::{CheckSettings, Common};
 
-use super::collect::{collect_host, CounterHistory, Counters};
-use super::netns;
+use super::netns::{self, Purpose};
 use super::CmdError;
 
+/// How `check`, `watch` and `serve` collect, from the common settings.
+fn host_options(common: &Common, by_process: bool, detached_fds: bool) -> HostOptions {
+    HostOptions {
+        proc_root: common.proc_root.clone(),
+        replay: common.replay,
+        source: common.source,
+        threads: common.threads.max(1),
+        owner_scan: common.owner_scan,
+        by_process,
+        detached_fds,
+    }
+}
+
 pub fn run(common: &Common, s: &CheckSettings) -> Result<CheckReport, CmdError> {
-    let selection = netns::select(common, true)?;
-    let host = collect_host(common, &selection, false, Counters::Interval(s.interval))?;
+    let selection = netns::select(common, Purpose::Diagnosis)?;
+    let opts = host_options(common, false, true);
+    let started = Instant::now();
+    let mut collected = host::collect(&selection.targets, selection.all, selection.notices, &opts)?;
+    // nginx masters in every namespace and their configuration (issue 12), read while
+    // the counter interval runs.
+    let (instances, notices) = crate::collect::nginx::discover(&common.proc_root);
+    crate::collect::nginx::attach(&mut collected.host, instances, notices);
+    // The host's configuration files (issue 12): the sysctl files applied at boot and
+    // where each process's open-files limit is set. A standalone collector:
+    // collect::limits_source::attach_host_config.
+    crate::collect::limits_source::attach_host_config(&mut collected.host, &common.proc_root);
+    // A capture is one reading: reading its files again after a wait would only give
+    // rates of zero. Its notice says so.
+    if !common.replay {
+        // The second reading `interval` after the collection started; a collection
+        // that took longer waits no more.
+        if let Some(rest) = s.interval.checked_sub(started.elapsed()) {
+            std::thread::sleep(rest);
+        }
+        let second = host::read_again(&selection.targets, &opts, &mut collected);
+        rates_between_readings(&mut collected, &second);
+    }
+    let Collected { host, hostname, .. } = collected;
     let findings = analyze::run_host(&host, &s.thresholds);
     Ok(CheckReport {
-        hostname: crate::collect::sysctl::hostname(&common.proc_root),
+        hostname,
         host,
         findings,
     })
 }
+
+/// Each namespace's counters over its own interval: the ones read late in a big run
+/// had their first reading later than the first namespace's.
+fn rates_between_readings(c: &mut Collected, second: &BTreeMap<u64, CounterReading>) {
+    for snap in &mut c.host.namespaces {
+        let Some(inode) = snap.netns.as_ref().map(|n| n.inode) else {
+            continue;
+        };
+        let first = c.readings.get(&inode).and_then(|r| r.counters.as_ref());
+        if let (Some(first), Some(second)) = (first, second.get(&inode)) {
+            snap.counters = Some(CounterSample {
+                before: first.values.clone(),
+                after: second.values.clone(),
+                interval_ms: second.at.saturating_duration_since(first.at).as_millis() as u64,
+            });
+        }
+    }
+}
+
+/// The last counter reading of each namespace, by inode, kept between samples.
+pub type CounterHistory = BTreeMap<u64, CounterReading>;
 
 /// Repeated snapshots for long-running views (`watch`, `serve`): each one's counter
 /// rates cover the time since the previous sample, so no sample waits. Namespaces are
@@ -44,14 +105,37 @@ impl Sampler {
     }
 
     /// Collects a snapshot of every selected namespace. The first sample's counter
-    /// deltas are zero (nothing to compare).
+    /// deltas are zero (nothing to compare), and so are a replayed capture's.
     pub fn sample(&mut self, common: &Common) -> Result<HostSnapshot, CmdError> {
-        let selection = netns::select_cached(common, true, &mut self.containers)?;
-        collect_host(
-            common,
-            &selection,
-            self.by_process,
-            Counters::SincePrevious(&mut self.history),
-        )
+        let selection = netns::select_cached(common, Purpose::Diagnosis, &mut self.containers)?;
+        let opts = host_options(common, self.by_process, false);
+        let mut collected =
+            host::collect(&selection.targets, selection.all, selection.notices, &opts)?;
+        if !common.replay {
+            self.rates_since_previous(&mut collected);
+        }
+        Ok(collected.host)
+    }
+
+    fn rates_since_previous(&mut self, c: &mut Collected) {
+        for snap in &mut c.host.namespaces {
+            let Some(inode) = snap.netns.as_ref().map(|n| n.inode) else {
+                continue;
+            };
+            let Some(now) = c.readings.get(&inode).and_then(|r| r.counters.clone()) else {
+                continue;
+            };
+            if let Some(before) = self.history.get(&inode) {
+                snap.counters = Some(CounterSample {
+                    before: before.values.clone(),
+                    after: now.values.clone(),
+                    interval_ms: now.at.saturating_duration_since(before.at).as_millis() as u64,
+                });
+            }
+            self.history.insert(inode, now);
+        }
+        // Forget namespaces that are gone.
+        self.history
+            .retain(|inode, _| c.readings.contains_key(inode));
     }
 }

@@ -1,100 +1,68 @@
-//! Which network namespaces a command reads (`--netns`), and what each is called.
+//! Which network namespaces a command reads (`--netns`), in what order, and what each
+//! is called. Policy only: discovery, entering and reading are in `collect`.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::collect::cgroup::{self, RuntimeRoots};
-use crate::collect::netns::{self, Discovered, NetnsError, NetnsHandle, Target};
-use crate::collect::sockets::CollectError;
+use crate::collect::netns::{self, Discovered, Discovery, NsTarget};
+use crate::collect::replay::{Capture, Uses};
+use crate::model::units::count;
 use crate::model::{name_namespace, Container, NetnsInfo, NetnsKind, Notice, NoticeCode};
 use crate::settings::{Common, NetnsChoice};
 
 use super::CmdError;
 
-/// The namespaces to read, the primary (host-wide evidence) first.
+/// The namespaces to read, the one that carries host-wide evidence first: the initial
+/// (host) namespace when it is read, else the current one.
 #[derive(Debug)]
 pub struct Selection {
-    pub infos: Vec<NetnsInfo>,
-    /// `None`: read without entering (the current namespace, or a replay).
-    handles: Vec<Option<NetnsHandle>>,
+    pub targets: Vec<NsTarget>,
     /// Every namespace on the host is included.
     pub all: bool,
     pub notices: Vec<Notice>,
 }
 
 impl Selection {
-    /// (index into `infos`, how to get there), in `infos` order.
-    pub fn targets(&self) -> Vec<(usize, Target<'_>)> {
-        self.handles
-            .iter()
-            .enumerate()
-            .map(|(i, h)| (i, h.as_ref()))
-            .collect()
-    }
-
     /// Several namespaces (their names then go on every row and finding).
     pub fn several(&self) -> bool {
-        self.infos.len() > 1 || self.all
+        self.targets.len() > 1 || self.all
     }
 
-    fn only_current(info: NetnsInfo, notices: Vec<Notice>) -> Selection {
+    fn only(target: NsTarget, notices: Vec<Notice>) -> Selection {
         Selection {
-            infos: vec![info],
-            handles: vec![None],
+            targets: vec![target],
             all: false,
             notices,
         }
     }
 }
 
-/// One namespace's result as a command uses it: the value; or, when several namespaces
-/// were read, a `netns_unreadable` note and `None`. When it was the only one, its
-/// failure is the command's.
-pub fn take<R>(
-    result: Result<Result<R, CollectError>, NetnsError>,
-    info: &NetnsInfo,
-    single: bool,
-    notices: &mut Vec<Notice>,
-) -> Result<Option<R>, CmdError> {
-    let why = match result {
-        Ok(Ok(v)) => return Ok(Some(v)),
-        Ok(Err(e)) if single => return Err(e.into()),
-        Err(e) if single => return Err(CmdError::Netns(format!("netns {}: {e}", info.name))),
-        Ok(Err(e)) => e.to_string(),
-        Err(e) => e.to_string(),
-    };
-    notices.push(Notice::new(
-        NoticeCode::NetnsUnreadable,
-        format!("netns {} (net:[{}]) skipped: {why}", info.name, info.inode),
-    ));
-    Ok(None)
+/// What a command is for, which decides what no `--netns` means and which evidence a
+/// replayed capture must be checked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `check`, `watch`, `serve`: every namespace, when run from the host's own.
+    Diagnosis,
+    /// `states`, `sockets`: the current namespace, as `ss` does.
+    Sockets { owners: bool },
 }
 
-/// Bit of CAP_SYS_ADMIN in the capability sets (linux/capability.h).
-const CAP_SYS_ADMIN: u32 = 21;
-
-/// Whether this process may enter other network namespaces (CAP_SYS_ADMIN in its
-/// effective set, from /proc/self/status).
-pub fn can_enter_namespaces(proc_root: &Path) -> bool {
-    let Ok(status) = std::fs::read_to_string(proc_root.join("self/status")) else {
-        return false;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
-}
-
-/// The current namespace when nothing more is known of it (a replay: inode 0).
-fn bare_current(inode: u64) -> NetnsInfo {
+/// The namespace of a replayed capture: "host" when its sysctls are those of an
+/// initial namespace, else "captured" (a container's or an `ip netns` namespace).
+fn captured(dir: &Path) -> NetnsInfo {
+    let initial = netns::sysctls_look_initial(dir);
     NetnsInfo {
-        inode,
-        name: "host".into(),
-        kind: NetnsKind::Current,
+        inode: 0,
+        name: if initial { "host" } else { "captured" }.into(),
+        kind: if initial {
+            NetnsKind::Host
+        } else {
+            NetnsKind::Unnamed
+        },
         current: true,
+        initial,
         container: None,
         ip_netns: Vec::new(),
         processes: 0,
@@ -102,10 +70,25 @@ fn bare_current(inode: u64) -> NetnsInfo {
     }
 }
 
-/// Resolves `--netns` for a command. `default_all`: what no `--netns` means (all for
-/// check/watch/serve, current for states/sockets).
-pub fn select(common: &Common, default_all: bool) -> Result<Selection, CmdError> {
-    select_cached(common, default_all, &mut ContainerCache::default())
+/// The current namespace when discovery could not place it.
+fn bare_current(inode: u64, initial: bool) -> NetnsInfo {
+    let (name, kind) = name_namespace(initial, None, &[], None);
+    NetnsInfo {
+        inode,
+        name: if initial { name } else { "current".into() },
+        kind,
+        current: true,
+        initial,
+        container: None,
+        ip_netns: Vec::new(),
+        processes: 0,
+        first_pid: None,
+    }
+}
+
+/// Resolves `--netns` for a command.
+pub fn select(common: &Common, purpose: Purpose) -> Result<Selection, CmdError> {
+    select_cached(common, purpose, &mut ContainerCache::default())
 }
 
 /// The container of each namespace seen so far, by inode. A namespace keeps its
@@ -117,27 +100,36 @@ pub struct ContainerCache(BTreeMap<u64, Option<Container>>);
 /// [`select`], reusing and updating `cache`.
 pub fn select_cached(
     common: &Common,
-    default_all: bool,
+    purpose: Purpose,
     cache: &mut ContainerCache,
 ) -> Result<Selection, CmdError> {
     let proc_root = common.proc_root.as_path();
-    let live = proc_root == Path::new("/proc");
     let mut notices = Vec::new();
 
-    if !live {
+    if common.replay {
         // A replayed capture has one namespace and nothing to enter.
+        let capture = Capture::open(proc_root)?;
         if !matches!(common.netns, NetnsChoice::Default | NetnsChoice::Current) {
             notices.push(Notice::new(
                 NoticeCode::NetnsReplay,
                 "--netns is ignored with --proc-root: a captured folder holds one namespace",
             ));
         }
-        return Ok(Selection::only_current(bare_current(0), notices));
+        let uses = match purpose {
+            Purpose::Diagnosis => Uses::Diagnosis,
+            Purpose::Sockets { owners } => Uses::Sockets { owners },
+        };
+        notices.extend(capture.notice(uses));
+        return Ok(Selection::only(
+            NsTarget::here(captured(proc_root)),
+            notices,
+        ));
     }
 
     let discovery = netns::discover(proc_root, Path::new("/run/netns"));
     let current = discovery.current;
-    let privileged = can_enter_namespaces(proc_root);
+    let initial = netns::initial_inode(proc_root, current);
+    let privileged = netns::may_enter_others(proc_root);
     let roots = RuntimeRoots::host();
     // Forget namespaces that are gone; identify new ones on first sight.
     cache.0.retain(|inode, _| discovery.get(*inode).is_some());
@@ -149,31 +141,31 @@ pub fn select_cached(
             cache.borrow_mut().0.insert(d.inode, c.clone());
             c
         });
-        describe(proc_root, d, current, container)
+        describe(proc_root, d, current, initial, container)
     };
     let current_info = || -> NetnsInfo {
         match current.and_then(|c| discovery.get(c)) {
             Some(d) => info_of(d),
-            None => bare_current(current.unwrap_or(0)),
+            None => bare_current(
+                current.unwrap_or(0),
+                current.is_some() && current == initial,
+            ),
         }
     };
+    let here = || NsTarget::here(current_info());
 
     let want_all = match &common.netns {
         NetnsChoice::All => true,
-        NetnsChoice::Default => default_all,
+        // Run from the host's own namespace, a diagnosis looks at every namespace; run
+        // inside one (`ip netns exec X tcpdoctor`, a container), at that one, as `ss`
+        // would.
+        NetnsChoice::Default => {
+            purpose == Purpose::Diagnosis && current.is_some() && current == initial
+        }
         NetnsChoice::Current => false,
         NetnsChoice::Path(p) => {
-            let m = std::fs::metadata(p)
-                .map_err(|e| CmdError::Netns(format!("--netns '{}': {e}", p.display())))?;
-            // nsfs files share one device; anything else cannot be entered.
-            let nsfs = std::fs::metadata(proc_root.join("self/ns/net")).map(|n| n.dev());
-            if nsfs.is_ok_and(|dev| dev != m.dev()) {
-                return Err(CmdError::Netns(format!(
-                    "--netns '{}' is not a network namespace file (use /run/netns/NAME or /proc/PID/ns/net)",
-                    p.display()
-                )));
-            }
-            let inode = m.ino();
+            let inode = netns::nsfs_file_inode(proc_root, p)
+                .map_err(|e| CmdError::Netns(format!("--netns {e}")))?;
             let mut d = discovery.get(inode).cloned().unwrap_or_else(|| Discovered {
                 inode,
                 pids: Vec::new(),
@@ -227,36 +219,11 @@ pub fn select_cached(
     };
 
     if !want_all {
-        return Ok(Selection::only_current(current_info(), notices));
+        return Ok(Selection::only(here(), notices));
     }
     if !privileged {
-        let others = discovery
-            .namespaces
-            .iter()
-            .filter(|d| Some(d.inode) != current)
-            .count();
-        let seen = match others {
-            0 => String::new(),
-            1 => "1 other namespace it can see".to_string(),
-            n => format!("{n} other namespaces it can see"),
-        };
-        let unseen = match discovery.denied {
-            0 => String::new(),
-            n => format!("the namespaces of {n} processes it cannot inspect"),
-        };
-        let what = match (seen.is_empty(), unseen.is_empty()) {
-            (false, false) => format!("{seen} and {unseen}"),
-            (false, true) => seen,
-            (true, false) => unseen,
-            (true, true) => "any other namespace".to_string(),
-        };
-        notices.push(Notice::new(
-            NoticeCode::NetnsCurrentOnly,
-            format!(
-                "looked at this network namespace only: reading {what} needs root (CAP_SYS_ADMIN); containers' sockets and sysctls are not in this report"
-            ),
-        ));
-        return Ok(Selection::only_current(current_info(), notices));
+        notices.push(others_not_read(&discovery, current));
+        return Ok(Selection::only(here(), notices));
     }
 
     let described: Vec<(&Discovered, NetnsInfo)> = discovery
@@ -265,48 +232,100 @@ pub fn select_cached(
         .map(|d| (d, info_of(d)))
         .collect();
     let mut sel = open_all(&described, current, notices);
-    if sel.infos.is_empty() {
-        sel.infos.push(current_info());
-        sel.handles.push(None);
+    if sel.targets.is_empty() {
+        sel.targets.push(here());
     }
     Ok(sel)
+}
+
+/// Namespaces named in the `netns_current_only` notice before "and N more".
+const UNREAD_NAMED: usize = 10;
+
+/// The notice of a run that wanted every namespace but may not enter them (not root):
+/// which namespaces it saw but did not read (the newest first: inodes grow with
+/// creation), and how many processes' namespaces it could not see.
+fn others_not_read(discovery: &Discovery, current: Option<u64>) -> Notice {
+    let mut others: Vec<&Discovered> = discovery
+        .namespaces
+        .iter()
+        .filter(|d| Some(d.inode) != current)
+        .collect();
+    others.sort_by_key(|d| std::cmp::Reverse(d.inode));
+    let name = |d: &Discovered| match d.ip_netns.first() {
+        Some(n) => format!("{n} (net:[{}])", d.inode),
+        None => format!("net:[{}]", d.inode),
+    };
+    let seen = match others.len() {
+        0 => String::new(),
+        n => {
+            let mut named: Vec<String> =
+                others.iter().take(UNREAD_NAMED).map(|d| name(d)).collect();
+            if n > UNREAD_NAMED {
+                named.push(format!("{} more", n - UNREAD_NAMED));
+            }
+            format!(
+                "{} it can see ({})",
+                count(n as u64, "other namespace", "other namespaces"),
+                named.join(", ")
+            )
+        }
+    };
+    let unseen = match discovery.denied {
+        0 => String::new(),
+        1 => "the namespace of 1 process it cannot inspect".to_string(),
+        n => format!("the namespaces of {n} processes it cannot inspect"),
+    };
+    let what = match (seen.is_empty(), unseen.is_empty()) {
+        (false, false) => format!("{seen} and {unseen}"),
+        (false, true) => seen,
+        (true, false) => unseen,
+        (true, true) => "any other namespace".to_string(),
+    };
+    Notice::new(
+        NoticeCode::NetnsCurrentOnly,
+        format!(
+            "looked at this network namespace only: reading {what} needs root (CAP_SYS_ADMIN); containers' sockets and sysctls are not in this report"
+        ),
+    )
 }
 
 /// Opens every namespace but the current one (read where it is). One that vanished
 /// since discovery, or cannot be opened, becomes a `netns_unreadable` notice. Once a
 /// handle is open the namespace cannot go away under the reader: the open file keeps
-/// it alive, so a later exit of its processes only empties it.
+/// it alive, so a later exit of its processes only empties it. Order: the initial
+/// namespace (it carries the host-wide evidence), the current one, then by name.
 fn open_all(
     described: &[(&Discovered, NetnsInfo)],
     current: Option<u64>,
     mut notices: Vec<Notice>,
 ) -> Selection {
-    let mut infos = Vec::new();
-    let mut handles = Vec::new();
-    let mut rest: Vec<(NetnsInfo, Option<NetnsHandle>)> = Vec::new();
+    let mut targets = Vec::new();
     for (d, info) in described {
-        // The current namespace first: it carries the host-wide evidence.
         if Some(d.inode) == current {
-            infos.insert(0, info.clone());
-            handles.insert(0, None);
+            targets.push(NsTarget::here(info.clone()));
             continue;
         }
-        match NetnsHandle::open(d) {
-            Ok(h) => rest.push((info.clone(), Some(h))),
+        match NsTarget::open(d, info.clone()) {
+            Ok(t) => targets.push(t),
             Err(e) => notices.push(Notice::new(
-                NoticeCode::NetnsUnreadable,
+                if matches!(e, netns::NetnsError::Vanished) {
+                    NoticeCode::NetnsVanished
+                } else {
+                    NoticeCode::NetnsUnreadable
+                },
                 format!("netns {} (net:[{}]) skipped: {e}", info.name, d.inode),
             )),
         }
     }
-    rest.sort_by(|a, b| a.0.name.cmp(&b.0.name).then(a.0.inode.cmp(&b.0.inode)));
-    for (info, h) in rest {
-        infos.push(info);
-        handles.push(h);
-    }
+    targets.sort_by(|a, b| {
+        let rank = |t: &NsTarget| (!t.info.initial, !t.info.current);
+        rank(a)
+            .cmp(&rank(b))
+            .then(a.info.name.cmp(&b.info.name))
+            .then(a.info.inode.cmp(&b.info.inode))
+    });
     Selection {
-        infos,
-        handles,
+        targets,
         all: true,
         notices,
     }
@@ -319,16 +338,12 @@ fn one(
     notices: Vec<Notice>,
 ) -> Result<Selection, CmdError> {
     if Some(d.inode) == current {
-        return Ok(Selection::only_current(info, notices));
+        return Ok(Selection::only(NsTarget::here(info), notices));
     }
-    let handle = NetnsHandle::open(d)
-        .map_err(|e| CmdError::Netns(format!("netns {} (net:[{}]): {e}", info.name, d.inode)))?;
-    Ok(Selection {
-        infos: vec![info],
-        handles: vec![Some(handle)],
-        all: false,
-        notices,
-    })
+    let name = info.name.clone();
+    let target = NsTarget::open(d, info)
+        .map_err(|e| CmdError::Netns(format!("netns {name} (net:[{}]): {e}", d.inode)))?;
+    Ok(Selection::only(target, notices))
 }
 
 /// `--netns NAME` matches the ip netns name, the display name, the container or pod
@@ -349,8 +364,6 @@ fn name_matches(info: &NetnsInfo, name: &str) -> bool {
         })
 }
 
-/// Names a namespace: container or pod from its processes' cgroups, else its ip netns
-/// name, else "host" for the current one, else its first process.
 /// The container or pod that owns a namespace, from the cgroups of its first processes
 /// (in a pod the first is usually the sandbox, "pause").
 fn identify(proc_root: &Path, d: &Discovered, roots: &RuntimeRoots) -> Option<Container> {
@@ -371,17 +384,15 @@ fn describe(
     proc_root: &Path,
     d: &Discovered,
     current: Option<u64>,
+    initial: Option<u64>,
     container: Option<Container>,
 ) -> NetnsInfo {
     let is_current = Some(d.inode) == current;
+    let is_initial = Some(d.inode) == initial;
     let first_pid = d.pids.first().copied();
-    let comm = first_pid.and_then(|pid| {
-        std::fs::read_to_string(proc_root.join(pid.to_string()).join("comm"))
-            .ok()
-            .map(|s| s.trim_end().to_string())
-    });
+    let comm = first_pid.and_then(|pid| netns::comm_of(proc_root, pid));
     let (name, kind) = name_namespace(
-        is_current,
+        is_initial,
         container.as_ref(),
         &d.ip_netns,
         first_pid.map(|p| (comm.as_deref().unwrap_or(""), p)),
@@ -391,6 +402,7 @@ fn describe(
         name,
         kind,
         current: is_current,
+        initial: is_initial,
         container,
         ip_netns: d.ip_netns.clone(),
         processes: d.pids.len() as u64,
@@ -408,6 +420,7 @@ mod tests {
             name: name.to_string(),
             kind: NetnsKind::IpNetns,
             current: false,
+            initial: false,
             container: None,
             ip_netns: d.ip_netns.clone(),
             processes: 0,
@@ -451,10 +464,10 @@ mod tests {
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &names[0]])
             .status();
-        assert_eq!(sel.infos.len(), 1, "the other one is still read");
-        assert_eq!(sel.infos[0].name, "stay");
+        assert_eq!(sel.targets.len(), 1, "the other one is still read");
+        assert_eq!(sel.targets[0].info.name, "stay");
         assert_eq!(sel.notices.len(), 1);
-        assert_eq!(sel.notices[0].code, NoticeCode::NetnsUnreadable);
+        assert_eq!(sel.notices[0].code, NoticeCode::NetnsVanished);
         assert!(
             sel.notices[0].message.contains("gone")
                 && sel.notices[0].message.contains("no longer exists"),
@@ -470,8 +483,10 @@ mod tests {
         let common = Common {
             source: SourcePref::Auto,
             proc_root: "/proc".into(),
+            replay: false,
             color: false,
             threads: 1,
+            owner_scan: crate::collect::owners::OwnerScan::default(),
             netns: NetnsChoice::Current,
         };
         let current = netns::discover(Path::new("/proc"), Path::new("/run/netns"))
@@ -487,12 +502,18 @@ mod tests {
         };
         cache.0.insert(current, Some(seen.clone()));
         cache.0.insert(1, None);
-        let sel = select_cached(&common, false, &mut cache).expect("select");
+        let sel =
+            select_cached(&common, Purpose::Sockets { owners: false }, &mut cache).expect("select");
+        let ns = &sel.targets[0].info;
         assert_eq!(
-            sel.infos[0].name, "docker redis",
+            ns.container.as_ref(),
+            Some(&seen),
             "from the cache, not re-read"
         );
-        assert_eq!(sel.infos[0].container.as_ref(), Some(&seen));
+        // The initial namespace is "host" whatever else it is; another is named after
+        // its container.
+        let expected = if ns.initial { "host" } else { "docker redis" };
+        assert_eq!(ns.name, expected);
         assert!(!cache.0.contains_key(&1));
         assert!(cache.0.contains_key(&current));
     }
@@ -505,6 +526,7 @@ mod tests {
             name: "pod default/web".into(),
             kind: NetnsKind::Container,
             current: false,
+            initial: false,
             container: Some(Container {
                 runtime: Runtime::Containerd,
                 id: "4f9e2c1a0b3d5e6f".into(),

@@ -4,17 +4,17 @@
 //! the scan on its own threads, the dumps on worker threads (one namespace at a time
 //! each, with `--netns`).
 
-use crate::collect::netns;
-use crate::collect::procfs::owners::{self, Wanted};
+use crate::collect::netns::{self, settle};
+use crate::collect::owners::{self, Wanted};
 use crate::collect::sockets::{self, SocketQuery};
 use crate::model::{Notice, Socket, SocketsReport, Source};
 use crate::settings::{Common, SocketsSettings};
 
-use super::netns::{select, take};
+use super::netns::{select, Purpose};
 use super::CmdError;
 
 pub fn run(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdError> {
-    let selection = select(common, false)?;
+    let selection = select(common, Purpose::Sockets { owners: s.owners })?;
     let query = SocketQuery {
         states: s.states,
         ipv4: s.ipv4,
@@ -22,12 +22,12 @@ pub fn run(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdErr
         tcp_info: s.tcp_info,
         source: common.source,
     };
-    let targets = selection.targets();
+    let targets = &selection.targets;
     let (dumps, scan) = std::thread::scope(|scope| {
-        let scan = s
-            .owners
-            .then(|| scope.spawn(|| owners::scan(&common.proc_root, Wanted::All, common.threads)));
-        let dumps = netns::for_each(&targets, &common.proc_root, common.threads, |_, roots| {
+        let scan = s.owners.then(|| {
+            scope.spawn(|| owners::scan(&common.proc_root, Wanted::All, &common.owner_scan))
+        });
+        let dumps = netns::for_each(targets, &common.proc_root, common.threads, |_, roots| {
             let mut list: Vec<Socket> = Vec::new();
             sockets::stream(&query, &roots.net, |sock| {
                 if s.filter.matches_socket(sock) {
@@ -46,9 +46,9 @@ pub fn run(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdErr
     let mut source: Option<Source> = None;
     // (namespace index, socket)
     let mut list: Vec<(u16, Socket)> = Vec::new();
-    for ((i, _), dump) in targets.iter().zip(dumps) {
-        let info = &selection.infos[*i];
-        let Some((report, sockets)) = take(dump, info, single, &mut notices)? else {
+    for (i, (t, dump)) in targets.iter().zip(dumps).enumerate() {
+        let info = &t.info;
+        let Some((report, sockets)) = settle(dump, info, single, &mut notices)? else {
             continue;
         };
         source.get_or_insert(report.source);
@@ -57,7 +57,7 @@ pub fn run(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdErr
                 notices.push(n);
             }
         }
-        let idx = u16::try_from(*i).unwrap_or(u16::MAX);
+        let idx = u16::try_from(i).unwrap_or(u16::MAX);
         list.extend(sockets.into_iter().map(|s| (idx, s)));
     }
 
@@ -76,6 +76,7 @@ pub fn run(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdErr
                 unowned,
                 st,
                 owners::effective_uid(),
+                common.replay,
             ));
         }
     }
@@ -94,7 +95,7 @@ pub fn run(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdErr
         filter: s.filter.clone(),
         tcp_info: s.tcp_info,
         namespaces: if several {
-            selection.infos.clone()
+            targets.iter().map(|t| t.info.clone()).collect()
         } else {
             Vec::new()
         },

@@ -2,8 +2,8 @@
 //! `--netns`, each selected namespace is read on worker threads and the counts added up
 //! (and kept per namespace for `--by netns` and the JSON).
 
-use crate::collect::netns;
-use crate::collect::procfs::owners::{self, Wanted};
+use crate::collect::netns::{self, settle};
+use crate::collect::owners::{self, Wanted};
 use crate::collect::sockets::{self, SocketQuery, StreamReport};
 use crate::model::{
     GroupBy, GroupKey, GroupRow, GroupedCounts, Groups, NamespaceCounts, Notice, Owners, Source,
@@ -11,7 +11,7 @@ use crate::model::{
 };
 use crate::settings::{Common, StatesSettings};
 
-use super::netns::{select, take};
+use super::netns::{select, Purpose};
 use super::CmdError;
 
 /// What one namespace gave.
@@ -23,7 +23,13 @@ struct Part {
 }
 
 pub fn run(common: &Common, s: &StatesSettings) -> Result<StatesReport, CmdError> {
-    let selection = select(common, false)?;
+    let owners_needed = s.by == Some(GroupBy::Process);
+    let selection = select(
+        common,
+        Purpose::Sockets {
+            owners: owners_needed,
+        },
+    )?;
     let query = SocketQuery {
         states: s.states,
         ipv4: s.ipv4,
@@ -34,13 +40,13 @@ pub fn run(common: &Common, s: &StatesSettings) -> Result<StatesReport, CmdError
     let mut notices: Vec<Notice> = selection.notices.clone();
     // Grouping by process needs the owner map before the dumps stream past; every other
     // grouping is decided from the socket alone.
-    let scan = (s.by == Some(GroupBy::Process))
-        .then(|| owners::scan(&common.proc_root, Wanted::All, common.threads));
+    let scan =
+        owners_needed.then(|| owners::scan(&common.proc_root, Wanted::All, &common.owner_scan));
     let owner_map: Option<&Owners> = scan.as_ref().map(|(o, _)| o);
 
-    let targets = selection.targets();
-    let parts = netns::for_each(&targets, &common.proc_root, common.threads, |i, roots| {
-        let inode = selection.infos[*i].inode;
+    let targets = &selection.targets;
+    let parts = netns::for_each(targets, &common.proc_root, common.threads, |t, roots| {
+        let inode = t.info.inode;
         let mut summary = StateSummary::default();
         let mut groups = GroupedCounts::default();
         let mut unowned = 0u64;
@@ -84,9 +90,9 @@ pub fn run(common: &Common, s: &StatesSettings) -> Result<StatesReport, CmdError
     let mut unowned = 0u64;
     let mut source: Option<Source> = None;
     let mut namespaces = Vec::new();
-    for ((i, _), part) in targets.iter().zip(parts) {
-        let info = &selection.infos[*i];
-        let Some(part) = take(part, info, single, &mut notices)? else {
+    for (t, part) in targets.iter().zip(parts) {
+        let info = &t.info;
+        let Some(part) = settle(part, info, single, &mut notices)? else {
             continue;
         };
         source.get_or_insert(part.report.source);
@@ -109,6 +115,7 @@ pub fn run(common: &Common, s: &StatesSettings) -> Result<StatesReport, CmdError
             unowned,
             stats,
             owners::effective_uid(),
+            common.replay,
         ));
     }
 

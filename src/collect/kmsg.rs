@@ -2,8 +2,11 @@
 //! the buffer. Each read() returns one record, `prio,seq,usec,flags[,...];message`
 //! (Documentation/ABI/testing/dev-kmsg). Needs CAP_SYSLOG when dmesg_restrict is 1.
 
+use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use crate::model::{KernelLogEntry, Notice, NoticeCode};
 
 /// One kernel log record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +54,63 @@ pub fn read_all(path: &Path) -> std::io::Result<Vec<KmsgRecord>> {
     Ok(out)
 }
 
+/// Where the kernel log is: `/dev/kmsg` on a live host; `<capture>/kmsg` (the records
+/// as /dev/kmsg gives them, one per line) when replaying a captured one.
+pub fn log_path(proc_root: &Path, replay: bool) -> PathBuf {
+    if replay {
+        proc_root.join("kmsg")
+    } else {
+        PathBuf::from("/dev/kmsg")
+    }
+}
+
+/// The kernel log grouped by message (count, last time seen). `Err` is the notice that
+/// says why it could not be read; `Ok(None)` when a replayed capture has no `kmsg`
+/// (the capture's inventory says so).
+pub fn read_log(proc_root: &Path, replay: bool) -> Result<Option<Vec<KernelLogEntry>>, Notice> {
+    let path = log_path(proc_root, replay);
+    let records = if replay {
+        std::fs::read(&path).map(|b| {
+            b.split(|c| *c == b'\n')
+                .filter_map(parse_record)
+                .collect::<Vec<_>>()
+        })
+    } else {
+        read_all(&path)
+    };
+    let records = match records {
+        Ok(r) => r,
+        Err(e) if replay && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                " (run as root, or allow it with kernel.dmesg_restrict=0)"
+            } else {
+                ""
+            };
+            return Err(Notice::new(
+                NoticeCode::KernelLogUnavailable,
+                format!("cannot read the kernel log '{}': {e}{hint}", path.display()),
+            ));
+        }
+    };
+    Ok(Some(group(records)))
+}
+
+/// One entry per distinct message.
+fn group(records: Vec<KmsgRecord>) -> Vec<KernelLogEntry> {
+    let mut grouped: BTreeMap<String, KernelLogEntry> = BTreeMap::new();
+    for r in records {
+        let e = grouped.entry(r.message.clone()).or_insert(KernelLogEntry {
+            message: r.message,
+            count: 0,
+            last_seen_s: 0,
+        });
+        e.count += 1;
+        e.last_seen_s = e.last_seen_s.max(r.usec / 1_000_000);
+    }
+    grouped.into_values().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +125,30 @@ mod tests {
         assert_eq!(parse_record(b"no semicolon"), None);
         assert_eq!(parse_record(b"x,1,2,-;msg"), None);
         assert_eq!(parse_record(b""), None);
+    }
+
+    #[test]
+    fn a_captured_log_is_grouped_by_message() {
+        let dir = std::env::temp_dir().join(format!("tcpdoctor-kmsg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(
+            dir.join("kmsg"),
+            "4,1,2000000,-;TCP: out of memory\n SUBSYSTEM=net\n4,2,5000000,-;TCP: out of memory\n6,3,9,-;hello\n",
+        )
+        .expect("write");
+        let log = read_log(&dir, true).expect("readable").expect("present");
+        let missing = read_log(Path::new("/nonexistent/capture"), true).expect("not an error");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(log.len(), 2);
+        let oom = log
+            .iter()
+            .find(|e| e.message == "TCP: out of memory")
+            .expect("oom");
+        assert_eq!((oom.count, oom.last_seen_s), (2, 5));
+        assert_eq!(
+            missing, None,
+            "a capture without kmsg: said by its inventory"
+        );
     }
 
     #[test]

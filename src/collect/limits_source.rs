@@ -952,15 +952,10 @@ pub fn attach_host_config(host: &mut HostSnapshot, proc_root: &Path) {
             return;
         }
     };
-    // The sysctl files set the namespace the host boots with: tcpdoctor's own when it is
-    // init's (PID 1's; unknown without root, then assumed), or the one a replay
-    // captured. With only other namespaces read (`--netns NAME`), or run inside another
-    // one (`ip netns exec`), they are no evidence about what was read. Live values are
-    // read from this thread, which stays in tcpdoctor's own namespace.
-    let init = crate::collect::netns::ns_link_inode(&proc_root.join("1/ns/net"))
-        .ok()
-        .flatten();
-    if let Some(i) = boot_namespace(host, init) {
+    // The sysctl files set the namespace the host boots with, the initial one. Their
+    // live values are read from this thread, which stays in tcpdoctor's own namespace,
+    // so they are judged only when that is the initial one (or a replay's).
+    if let Some(i) = boot_namespace(host) {
         let (persisted, notices) = sysctl_files::collect(&root, proc_root);
         host.namespaces[i].persisted_sysctls = Some(persisted);
         host.namespaces[i].missing.extend(notices);
@@ -977,13 +972,14 @@ pub fn attach_host_config(host: &mut HostSnapshot, proc_root: &Path) {
     }
 }
 
-/// The snapshot the host's sysctl files are about: tcpdoctor's own namespace when it is
-/// init's (`init`: PID 1's namespace, `None` when unknown), or a replay's; `None` when
-/// no snapshot read is that namespace.
-pub fn boot_namespace(host: &HostSnapshot, init: Option<u64>) -> Option<usize> {
+/// The snapshot the host's sysctl files are about: the initial (host) namespace when
+/// tcpdoctor runs in it, or a replayed capture; `None` when no snapshot read is that
+/// (`--netns NAME` alone, `ip netns exec X tcpdoctor`, or the initial namespace could
+/// not be told).
+pub fn boot_namespace(host: &HostSnapshot) -> Option<usize> {
     host.namespaces.iter().position(|s| match &s.netns {
         None => true,
-        Some(n) => n.inode == 0 || n.current && init.is_none_or(|i| i == n.inode),
+        Some(n) => n.inode == 0 || n.current && n.initial,
     })
 }
 
@@ -1435,12 +1431,13 @@ mod tests {
     #[test]
     fn sysctl_files_belong_to_the_boot_namespace_only() {
         use crate::model::{NetnsInfo, NetnsKind, Snapshot};
-        let ns = |inode: u64, current: bool| Snapshot {
+        let ns = |inode: u64, current: bool, initial: bool| Snapshot {
             netns: Some(NetnsInfo {
                 inode,
                 name: inode.to_string(),
                 kind: NetnsKind::IpNetns,
                 current,
+                initial,
                 container: None,
                 ip_netns: Vec::new(),
                 processes: 1,
@@ -1455,25 +1452,26 @@ mod tests {
         };
         // The host's namespace, first or not.
         assert_eq!(
-            boot_namespace(&host(vec![ns(1, true), ns(2, false)]), Some(1)),
+            boot_namespace(&host(vec![ns(1, true, true), ns(2, false, false)])),
             Some(0)
         );
         assert_eq!(
-            boot_namespace(&host(vec![ns(2, false), ns(1, true)]), Some(1)),
+            boot_namespace(&host(vec![ns(2, false, false), ns(1, true, true)])),
             Some(1)
         );
         // --netns NAME: only another namespace was read.
-        assert_eq!(boot_namespace(&host(vec![ns(2, false)]), Some(1)), None);
-        // Run inside another namespace (ip netns exec): not the one the files set.
-        assert_eq!(boot_namespace(&host(vec![ns(2, true)]), Some(1)), None);
-        // Without root PID 1's namespace is unknown: tcpdoctor's own is assumed.
-        assert_eq!(boot_namespace(&host(vec![ns(2, true)]), None), Some(0));
-        // A replay.
-        assert_eq!(boot_namespace(&host(vec![ns(0, true)]), Some(1)), Some(0));
+        assert_eq!(boot_namespace(&host(vec![ns(2, false, false)])), None);
+        // Run inside another namespace (ip netns exec), or the initial one unknown.
+        assert_eq!(boot_namespace(&host(vec![ns(2, true, false)])), None);
+        // The initial namespace read from elsewhere: its live values are not this
+        // thread's to read.
         assert_eq!(
-            boot_namespace(&host(vec![Snapshot::default()]), Some(1)),
-            Some(0)
+            boot_namespace(&host(vec![ns(2, true, false), ns(1, false, true)])),
+            None
         );
+        // A replay.
+        assert_eq!(boot_namespace(&host(vec![ns(0, true, false)])), Some(0));
+        assert_eq!(boot_namespace(&host(vec![Snapshot::default()])), Some(0));
     }
 
     #[test]

@@ -17,6 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use super::procfs::status;
+use super::sockets::CollectError;
+use crate::model::{NetnsInfo, Notice, NoticeCode};
+
 /// One namespace found on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Discovered {
@@ -62,6 +66,56 @@ pub fn parse_ns_link(link: &[u8]) -> Option<u64> {
 pub fn ns_link_inode(path: &Path) -> io::Result<Option<u64>> {
     let target = std::fs::read_link(path)?;
     Ok(parse_ns_link(target.as_os_str().as_bytes()))
+}
+
+/// `PF_KTHREAD` in the flags field of /proc/PID/stat (include/linux/sched.h).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Whether `pid` under `proc_root` is a kernel thread, from its world-readable `stat`.
+fn is_kernel_thread(proc_root: &Path, pid: u32) -> bool {
+    let Ok(stat) = std::fs::read(proc_root.join(pid.to_string()).join("stat")) else {
+        return false;
+    };
+    // "2 (kthreadd) S 0 0 0 0 -1 2129984 ...": the name may hold spaces and parentheses,
+    // so count fields after the last ')'; flags is the 7th of them (field 9).
+    let Some(close) = stat.iter().rposition(|&b| b == b')') else {
+        return false;
+    };
+    std::str::from_utf8(&stat[close + 1..])
+        .ok()
+        .and_then(|rest| rest.split_ascii_whitespace().nth(6))
+        .and_then(|f| f.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
+/// Whether the network namespace whose `/proc/sys` `proc_root` shows is the initial one:
+/// a few sysctls are registered for the initial namespace only (`ipv4_table` in
+/// net/ipv4/sysctl_net_ipv4.c: tcp_max_orphans, tcp_mem), so they exist there and
+/// nowhere else. Needs no privilege; also works on a captured host.
+pub fn sysctls_look_initial(proc_root: &Path) -> bool {
+    ["tcp_max_orphans", "tcp_mem"]
+        .iter()
+        .any(|k| proc_root.join("sys/net/ipv4").join(k).exists())
+}
+
+/// The inode of the initial network namespace (the host's own), when it can be told:
+/// kthreadd's namespace (kernel threads always live in init_net); else ours, when our
+/// `/proc/sys` holds the initial-only sysctls; else pid 1's, unless it is ours (in a
+/// container with its own pid namespace, pid 1 is the container's init). Without root
+/// and outside the initial namespace it cannot be told: `None`.
+pub fn initial_inode(proc_root: &Path, current: Option<u64>) -> Option<u64> {
+    if is_kernel_thread(proc_root, 2) {
+        if let Ok(Some(inode)) = ns_link_inode(&proc_root.join("2/ns/net")) {
+            return Some(inode);
+        }
+    }
+    if sysctls_look_initial(proc_root) {
+        return current;
+    }
+    match ns_link_inode(&proc_root.join("1/ns/net")) {
+        Ok(Some(inode)) if Some(inode) != current => Some(inode),
+        _ => None,
+    }
 }
 
 fn entry(by_inode: &mut BTreeMap<u64, Discovered>, inode: u64) -> &mut Discovered {
@@ -132,6 +186,50 @@ pub fn discover(proc_root: &Path, run_netns: &Path) -> Discovery {
     }
     out.namespaces = by_inode.into_values().collect();
     out
+}
+
+/// Whether this process may enter other network namespaces: CAP_SYS_ADMIN in its
+/// effective set (`setns(2)` on a network namespace needs it).
+pub fn may_enter_others(proc_root: &Path) -> bool {
+    std::fs::read(proc_root.join("self/status"))
+        .is_ok_and(|st| status::has_cap(&st, status::CAP_SYS_ADMIN))
+}
+
+/// Why a file given as a namespace is not one.
+#[derive(Debug, thiserror::Error)]
+pub enum NsFileError {
+    #[error("'{}': {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("'{}' is not a network namespace file (use /run/netns/NAME or /proc/PID/ns/net)", path.display())]
+    NotNsfs { path: PathBuf },
+}
+
+/// The inode of the namespace a file such as /run/netns/NAME or /proc/PID/ns/net
+/// refers to. nsfs files share one device, that of our own /proc/self/ns/net: a file
+/// on another device cannot be entered.
+pub fn nsfs_file_inode(proc_root: &Path, path: &Path) -> Result<u64, NsFileError> {
+    let m = std::fs::metadata(path).map_err(|source| NsFileError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let nsfs = std::fs::metadata(proc_root.join("self/ns/net")).map(|n| n.dev());
+    if nsfs.is_ok_and(|dev| dev != m.dev()) {
+        return Err(NsFileError::NotNsfs {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(m.ino())
+}
+
+/// The short name of a process (`/proc/PID/comm`), to name a namespace after it.
+pub fn comm_of(proc_root: &Path, pid: u32) -> Option<String> {
+    std::fs::read_to_string(proc_root.join(pid.to_string()).join("comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
 }
 
 /// Why a namespace could not be read.
@@ -237,34 +335,66 @@ impl NsRoots {
     }
 }
 
-/// A namespace to read: `None` reads the current one without entering anything.
-pub type Target<'a> = Option<&'a NetnsHandle>;
+/// A namespace to read: what it is, and how to get there (nothing to enter for the
+/// namespace tcpdoctor runs in, or for a replayed capture).
+#[derive(Debug)]
+pub struct NsTarget {
+    pub info: NetnsInfo,
+    handle: Option<NetnsHandle>,
+}
+
+impl NsTarget {
+    /// Read where the caller is: the current namespace, or a replayed capture.
+    pub fn here(info: NetnsInfo) -> NsTarget {
+        NsTarget { info, handle: None }
+    }
+
+    /// Opens a discovered namespace to enter it later.
+    pub fn open(d: &Discovered, info: NetnsInfo) -> Result<NsTarget, NetnsError> {
+        Ok(NsTarget {
+            info,
+            handle: Some(NetnsHandle::open(d)?),
+        })
+    }
+
+    /// Read without entering anything.
+    pub fn is_here(&self) -> bool {
+        self.handle.is_none()
+    }
+}
+
+impl AsRef<NsTarget> for NsTarget {
+    fn as_ref(&self) -> &NsTarget {
+        self
+    }
+}
 
 /// Runs `work` once per target on up to `workers` threads; each thread enters the
-/// target's namespace first. Results come back in target order. A target that cannot
-/// be entered gets its error; the others are unaffected.
-/// `None` targets read files below `proc_root` (which may be a replayed capture).
+/// target's namespace first and hands `work` only that namespace's roots. Results come
+/// back in target order. A target that cannot be entered gets its error; the others
+/// are unaffected. Targets read "here" read files below `here` (the live /proc, or a
+/// replayed capture).
 pub fn for_each<T, R, F>(
-    targets: &[(T, Target<'_>)],
-    proc_root: &Path,
+    targets: &[T],
+    here: &Path,
     workers: usize,
     work: F,
 ) -> Vec<Result<R, NetnsError>>
 where
-    T: Sync,
+    T: AsRef<NsTarget> + Sync,
     R: Send,
-    F: Fn(&T, &NsRoots) -> R + Sync,
+    F: Fn(&NsTarget, &NsRoots) -> R + Sync,
 {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<R, NetnsError>>>> =
         Mutex::new((0..targets.len()).map(|_| None).collect());
     let workers = workers.clamp(1, 64).min(targets.len().max(1));
-    // A worker that entered another namespace and then gets a `None` target must go
-    // back to where the caller is first.
+    // A worker that entered another namespace and then gets a target read "here" must
+    // go back to where the caller is first.
     let home = File::open("/proc/thread-self/ns/net").ok();
     let run_one = |i: usize, entered: &mut bool| -> Result<R, NetnsError> {
-        let (item, target) = &targets[i];
-        let roots = match target {
+        let target = targets[i].as_ref();
+        let roots = match &target.handle {
             Some(h) => {
                 *entered = true;
                 h.enter()?;
@@ -279,10 +409,10 @@ where
                     }
                     *entered = false;
                 }
-                NsRoots::here(proc_root)
+                NsRoots::here(here)
             }
         };
-        Ok(work(item, &roots))
+        Ok(work(target, &roots))
     };
     std::thread::scope(|s| {
         let mut handles = Vec::new();
@@ -331,6 +461,52 @@ where
         .into_iter()
         .map(|r| r.unwrap_or(Err(NetnsError::Panicked)))
         .collect()
+}
+
+/// A namespace whose failure ends the command: the only one asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceError {
+    #[error(transparent)]
+    Collect(#[from] CollectError),
+    #[error("netns {name}: {source}")]
+    Enter {
+        name: String,
+        #[source]
+        source: NetnsError,
+    },
+}
+
+/// One namespace's result as a reader of several uses it: the value; or, when several
+/// namespaces are read, a `netns_unreadable` notice and `None`. When it was the only
+/// one, its failure is the caller's.
+pub fn settle<R>(
+    result: Result<Result<R, CollectError>, NetnsError>,
+    info: &NetnsInfo,
+    single: bool,
+    notices: &mut Vec<Notice>,
+) -> Result<Option<R>, NamespaceError> {
+    let vanished = matches!(result, Err(NetnsError::Vanished));
+    let why = match result {
+        Ok(Ok(v)) => return Ok(Some(v)),
+        Ok(Err(e)) if single => return Err(e.into()),
+        Err(source) if single => {
+            return Err(NamespaceError::Enter {
+                name: info.name.clone(),
+                source,
+            })
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    notices.push(Notice::new(
+        if vanished {
+            NoticeCode::NetnsVanished
+        } else {
+            NoticeCode::NetnsUnreadable
+        },
+        format!("netns {} (net:[{}]) skipped: {why}", info.name, info.inode),
+    ));
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -406,35 +582,74 @@ mod tests {
             .expect("own netns")
     }
 
+    fn info(inode: u64) -> NetnsInfo {
+        NetnsInfo {
+            inode,
+            name: format!("ns{inode}"),
+            kind: crate::model::NetnsKind::Unnamed,
+            current: false,
+            initial: false,
+            container: None,
+            ip_netns: Vec::new(),
+            processes: 0,
+            first_pid: None,
+        }
+    }
+
     #[test]
     #[ignore = "needs root"]
     fn workers_read_the_target_namespace_and_callers_never_move() {
         let ns = TempNetns::new("enter");
         ns.run(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40099"]);
         let d = ns.discovered();
-        let h = NetnsHandle::open(&d).expect("open");
         let home = thread_netns();
         let host_range =
             std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").expect("host range");
-        // One worker: it enters the namespace, then must come back for the `None`.
-        let targets = vec![(0, Some(&h)), (1, None), (2, Some(&h))];
-        let r = for_each(&targets, Path::new("/proc"), 1, |_, roots| {
+        // One worker: it enters the namespace, then must come back for the one "here".
+        let targets = vec![
+            NsTarget::open(&d, info(d.inode)).expect("open"),
+            NsTarget::here(info(home)),
+            NsTarget::open(&d, info(d.inode)).expect("open"),
+        ];
+        let r = for_each(&targets, Path::new("/proc"), 1, |t, roots| {
             let range = std::fs::read_to_string(roots.sys.join("sys/net/ipv4/ip_local_port_range"))
                 .expect("range");
             let snmp = std::fs::read_to_string(roots.net.join("net/snmp")).is_ok();
-            (thread_netns(), range, snmp)
+            (t.info.inode, thread_netns(), range, snmp)
         });
         let r: Vec<_> = r.into_iter().map(|x| x.expect("ran")).collect();
-        assert_eq!(r[0].0, d.inode);
+        assert_eq!((r[0].0, r[0].1), (d.inode, d.inode));
         assert_eq!(
-            r[0].1.split_whitespace().collect::<Vec<_>>(),
+            r[0].2.split_whitespace().collect::<Vec<_>>(),
             ["40000", "40099"]
         );
-        assert!(r[0].2);
-        assert_eq!(r[1].0, home, "a None target runs where the caller is");
-        assert_eq!(r[1].1, host_range);
-        assert_eq!(r[2].0, d.inode);
+        assert!(r[0].3);
+        assert_eq!(r[1].1, home, "a target read here runs where the caller is");
+        assert_eq!(r[1].2, host_range);
+        assert_eq!(r[2].1, d.inode);
         assert_eq!(thread_netns(), home, "the calling thread never moved");
+        assert!(!targets[0].is_here() && targets[1].is_here());
+    }
+
+    #[test]
+    #[ignore = "needs root"]
+    fn the_initial_namespace_is_kthreadds_and_a_child_namespace_lacks_global_sysctls() {
+        let root = Path::new("/proc");
+        assert!(is_kernel_thread(root, 2), "pid 2 is kthreadd");
+        assert!(!is_kernel_thread(root, std::process::id()));
+        let initial = initial_inode(root, None).expect("visible as root");
+        let ns = TempNetns::new("initial");
+        let d = ns.discovered();
+        assert_ne!(initial, d.inode);
+        // Inside the child namespace the global-only sysctls are gone.
+        let targets = vec![NsTarget::open(&d, info(d.inode)).expect("open")];
+        let seen = for_each(&targets, root, 1, |_, roots| {
+            sysctls_look_initial(&roots.sys)
+        });
+        assert_eq!(seen[0].as_ref().ok(), Some(&false));
+        if thread_netns() == initial {
+            assert!(sysctls_look_initial(root));
+        }
     }
 
     #[test]
@@ -448,24 +663,26 @@ mod tests {
 
     #[test]
     fn current_target_runs_without_entering() {
-        let items = [1u32, 2, 3];
-        let targets: Vec<_> = items.iter().map(|i| (*i, None)).collect();
-        let r = for_each(&targets, Path::new("/proc"), 2, |i, roots| {
+        let targets: Vec<NsTarget> = [1u64, 2, 3]
+            .into_iter()
+            .map(|i| NsTarget::here(info(i)))
+            .collect();
+        let r = for_each(&targets, Path::new("/proc"), 2, |t, roots| {
             assert_eq!(roots.net, Path::new("/proc"));
-            i * 10
+            t.info.inode * 10
         });
-        let r: Vec<u32> = r.into_iter().map(|x| x.expect("ran")).collect();
+        let r: Vec<u64> = r.into_iter().map(|x| x.expect("ran")).collect();
         assert_eq!(r, vec![10, 20, 30]);
     }
 
     #[test]
     fn a_panicking_target_is_an_error_not_a_crash() {
-        let targets = vec![(0u32, None), (1u32, None)];
-        let r = for_each(&targets, Path::new("/proc"), 1, |i, _| {
-            if *i == 0 {
+        let targets = vec![NsTarget::here(info(0)), NsTarget::here(info(1))];
+        let r = for_each(&targets, Path::new("/proc"), 1, |t, _| {
+            if t.info.inode == 0 {
                 panic!("boom");
             }
-            *i
+            t.info.inode
         });
         assert!(matches!(r[0], Err(NetnsError::Panicked)));
         assert_eq!(r[1].as_ref().ok(), Some(&1));

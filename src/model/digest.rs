@@ -127,7 +127,7 @@ impl DigestBuilder {
                     recv_q: s.recv_q,
                     owner: None,
                     idle_ms,
-                    cookie: None,
+                    cookie: s.cookie,
                     still_there: None,
                 });
             }
@@ -559,8 +559,20 @@ mod tests {
         b.add_first_pass(&s);
         let (_, d) = b.finish(|_| Some(Owner { pid: 1, fd: 4 }));
         assert_eq!(d.close_wait[0].idle_ms, Some(7000));
+        assert_eq!(d.close_wait[0].cookie, None);
         assert_eq!(d.close_wait[0].owner, Some(Owner { pid: 1, fd: 4 }));
         assert!(d.by_process.is_empty(), "not asked for");
+    }
+
+    #[test]
+    fn close_wait_keeps_the_kernel_cookie_for_the_recheck() {
+        let mut b = DigestBuilder::new(EphemeralPorts::default());
+        let mut s = sock(TcpState::CloseWait, "10.0.0.1:8080", "10.0.0.9:50000", 9);
+        s.cookie = Some(0xfeed);
+        b.add_first_pass(&s);
+        let (_, d) = b.finish(|_| None);
+        assert_eq!(d.close_wait[0].cookie, Some(0xfeed));
+        assert_eq!(d.close_wait[0].still_there, None, "not re-checked yet");
     }
 
     #[test]

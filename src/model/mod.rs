@@ -9,6 +9,7 @@ mod container;
 mod digest;
 mod filter;
 mod finding;
+pub mod flow;
 pub mod kernel;
 mod netns;
 pub mod nginx;
@@ -30,15 +31,20 @@ pub use container::{Container, Pod, Runtime};
 pub use digest::DigestBuilder;
 pub use filter::{AddrFilter, BadAddrFilter, SocketFilter};
 pub use finding::{Evidence, Finding, FixStep, Nature, Severity, SysctlChange};
+pub use flow::{
+    Closer, ConnectFailures, Direction, FlowCounts, FlowEvent, FlowEventKind, FlowFilter,
+    FlowInterval, FlowKey, FlowPeer, FlowRow, Lifetimes, TraceLosses, TraceSummary,
+};
 pub use kernel::{EphemeralPorts, PortRange, TimeWaitPolicy};
 pub use netns::{name_namespace, NetnsInfo, NetnsKind, NetnsRef};
 pub use report::{
     CheckReport, GroupRow, Groups, LintReport, NamespaceCounts, SocketsReport, StatesReport,
 };
 pub use snapshot::{
-    sort_port_use, CloseWaitSocket, ClosingRate, CounterSample, FileTable, HostSnapshot,
-    KernelLogEntry, Limit, ListenerSocket, PortUse, ProcessFacts, Snapshot, SocketDigest, Sockstat,
-    TimeWaitAges, TimeWaitDigest, AGE_BUCKETS, HOST_WIDE_SYSCTLS, PER_NETNS_SYSCTLS,
+    sort_port_use, CloseWaitRecheck, CloseWaitSocket, ClosingRate, CounterSample, DetachedFds,
+    DetachedProcess, FileTable, HostSnapshot, KernelLogEntry, Limit, ListenerSocket, PortUse,
+    ProcessFacts, Snapshot, SocketDigest, Sockstat, TimeWaitAges, TimeWaitDigest, AGE_BUCKETS,
+    HOST_WIDE_SYSCTLS, PER_NETNS_SYSCTLS,
 };
 pub use socket::{Endpoint, Family, Socket, TcpInfo, Timer, TimerKind};
 pub use state::{StateCounts, StateSet, TcpState};

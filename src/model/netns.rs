@@ -9,8 +9,8 @@ use super::Container;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NetnsKind {
-    /// The namespace tcpdoctor itself runs in, when nothing names it better: "host".
-    Current,
+    /// The initial network namespace (the one kernel threads live in): "host".
+    Host,
     /// A container or pod, named from the cgroup of its processes.
     Container,
     /// A name under /run/netns (`ip netns add NAME`).
@@ -31,6 +31,10 @@ pub struct NetnsInfo {
     pub kind: NetnsKind,
     /// Whether tcpdoctor runs in this namespace.
     pub current: bool,
+    /// Whether this is the initial network namespace, the host's own (where kernel
+    /// threads live; global sysctls such as tcp_max_orphans exist only there). False
+    /// also when that could not be told (not root, and tcpdoctor runs elsewhere).
+    pub initial: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<Container>,
     /// Names under /run/netns that refer to it.
@@ -59,21 +63,24 @@ pub struct NetnsRef {
     pub name: String,
 }
 
-/// Picks the human name of a namespace from what is known about it.
+/// Picks the human name of a namespace from what is known about it: "host" for the
+/// initial namespace, else its container or pod, its `ip netns` name, its first process.
+/// Whether tcpdoctor runs in it plays no part: `ip netns exec blue tcpdoctor` calls
+/// its namespace "blue", not "host".
 pub fn name_namespace(
-    current: bool,
+    initial: bool,
     container: Option<&Container>,
     ip_netns: &[String],
     first_process: Option<(&str, u32)>,
 ) -> (String, NetnsKind) {
+    if initial {
+        return ("host".to_string(), NetnsKind::Host);
+    }
     if let Some(c) = container {
         return (c.display(), NetnsKind::Container);
     }
     if let Some(n) = ip_netns.first() {
         return (n.clone(), NetnsKind::IpNetns);
-    }
-    if current {
-        return ("host".to_string(), NetnsKind::Current);
     }
     match first_process {
         Some((comm, pid)) if !comm.is_empty() => (format!("{comm}[{pid}]"), NetnsKind::Process),
@@ -87,11 +94,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_prefer_ip_netns_then_process() {
-        let n = |cur, ip: &[String], p| name_namespace(cur, None, ip, p);
-        assert_eq!(n(true, &[], Some(("init", 1))).0, "host");
+    fn names_prefer_host_then_ip_netns_then_process() {
+        let n = |initial, ip: &[String], p| name_namespace(initial, None, ip, p);
+        assert_eq!(
+            n(true, &[], Some(("systemd", 1))),
+            ("host".to_string(), NetnsKind::Host)
+        );
         let blue = vec!["blue".to_string()];
-        assert_eq!(n(true, &blue, Some(("init", 1))).0, "blue");
+        assert_eq!(
+            n(true, &blue, Some(("systemd", 1))).0,
+            "host",
+            "initial wins"
+        );
         assert_eq!(
             n(false, &blue, Some(("nginx", 40))),
             ("blue".to_string(), NetnsKind::IpNetns)

@@ -35,12 +35,20 @@ pub enum NoticeCode {
     NetnsCurrentOnly,
     /// A network namespace could not be read.
     NetnsUnreadable,
+    /// A network namespace disappeared between discovery and reading (its sockets went
+    /// with it, so nothing is hidden).
+    NetnsVanished,
     /// `--netns` does not apply to a replayed capture.
     NetnsReplay,
     /// A replayed capture lacks some evidence a live run reads.
     ReplayMissing,
     /// A running nginx's configuration could not be read or parsed.
     NginxConfigUnreadable,
+    /// The connection tracer runs without some of its programs (the kernel refused
+    /// them); the message says what is not seen.
+    TraceDegraded,
+    /// The connection tracer lost counts or events (full tables, rate limit).
+    TraceLosses,
 }
 
 impl NoticeCode {
@@ -60,14 +68,17 @@ impl NoticeCode {
             NoticeCode::CloseWaitUnavailable => "close_wait_unavailable",
             NoticeCode::NetnsCurrentOnly => "netns_current_only",
             NoticeCode::NetnsUnreadable => "netns_unreadable",
+            NoticeCode::NetnsVanished => "netns_vanished",
             NoticeCode::NetnsReplay => "netns_replay",
             NoticeCode::ReplayMissing => "replay_missing",
             NoticeCode::NginxConfigUnreadable => "nginx_config_unreadable",
+            NoticeCode::TraceDegraded => "trace_degraded",
+            NoticeCode::TraceLosses => "trace_losses",
         }
     }
 
     /// Every code, for the exporter's series and the docs.
-    pub const ALL: [NoticeCode; 17] = [
+    pub const ALL: [NoticeCode; 20] = [
         NoticeCode::NetlinkUnavailable,
         NoticeCode::Ipv6Unavailable,
         NoticeCode::TcpInfoUnavailable,
@@ -82,9 +93,12 @@ impl NoticeCode {
         NoticeCode::CloseWaitUnavailable,
         NoticeCode::NetnsCurrentOnly,
         NoticeCode::NetnsUnreadable,
+        NoticeCode::NetnsVanished,
         NoticeCode::NetnsReplay,
         NoticeCode::ReplayMissing,
         NoticeCode::NginxConfigUnreadable,
+        NoticeCode::TraceDegraded,
+        NoticeCode::TraceLosses,
     ];
 
     /// Whether a report with this notice may have missed a problem: sockets, owners,
@@ -102,6 +116,7 @@ impl NoticeCode {
                 | NoticeCode::NetnsUnreadable
                 | NoticeCode::ReplayMissing
                 | NoticeCode::NginxConfigUnreadable
+                | NoticeCode::TraceLosses
         )
     }
 }

@@ -70,6 +70,15 @@ impl SocketOwnerMap {
             .chain(self.more.get(&inode).into_iter().flatten().copied())
     }
 
+    /// Every (inode, owner) pair: each socket's first owner, then its other owners.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, Owner)> + '_ {
+        self.first.iter().map(|(i, o)| (*i, *o)).chain(
+            self.more
+                .iter()
+                .flat_map(|(i, v)| v.iter().map(move |o| (*i, *o))),
+        )
+    }
+
     /// Number of distinct socket inodes with an owner.
     pub fn len(&self) -> usize {
         self.first.len()
@@ -122,5 +131,15 @@ mod tests {
         );
         assert_eq!(m.len(), 2);
         assert_eq!(m.owners(8).count(), 0);
+        let mut all: Vec<(u64, Owner)> = m.iter().collect();
+        all.sort_by_key(|(i, o)| (*i, o.pid, o.fd));
+        assert_eq!(
+            all,
+            vec![
+                (7, Owner { pid: 1, fd: 3 }),
+                (7, Owner { pid: 2, fd: 3 }),
+                (9, Owner { pid: 1, fd: 4 })
+            ]
+        );
     }
 }

@@ -89,7 +89,9 @@ pub struct ProcessFacts {
     pub nofile_hard: Option<Limit>,
     /// TCP sockets the process holds as descriptors that are in no kernel socket table
     /// (state CLOSE: reset, aborted by keepalive, failed connect(), or never
-    /// connected), so `ss` does not show them; `None` when not measured.
+    /// connected), so `ss` does not show them; `None` when not measured (only `check`
+    /// counts them, and not on a replay). A socket of a namespace that was not read
+    /// counts too: this is exact when every namespace its sockets live in was read.
     pub detached_tcp_fds: Option<u64>,
 }
 
@@ -456,6 +458,35 @@ impl CounterSample {
     }
 }
 
+/// What `check`'s second look found of one namespace's CLOSE_WAIT sockets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CloseWaitRecheck {
+    /// CLOSE_WAIT sockets in the first dump.
+    pub sockets: u64,
+    /// Milliseconds between the two dumps; `None` when not re-checked.
+    pub rechecked_after_ms: Option<u64>,
+    /// How many of them were still in CLOSE_WAIT at the second dump; `None` when not
+    /// re-checked.
+    pub still_there: Option<u64>,
+}
+
+/// TCP descriptors held by processes of one namespace whose socket is in no kernel
+/// table (closed under the process, never close()d).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DetachedFds {
+    /// Summed over the processes.
+    pub total: u64,
+    /// Processes holding any, most first.
+    pub processes: Vec<DetachedProcess>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DetachedProcess {
+    pub pid: u32,
+    pub comm: String,
+    pub count: u64,
+}
+
 /// A kernel log line that one of the rules explains.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KernelLogEntry {
@@ -512,8 +543,8 @@ pub struct Snapshot {
     /// Whether processes could be attributed at all (false with --no-owners or when
     /// /proc was unreadable).
     pub owners_known: bool,
-    /// The network namespace this snapshot is of; `None` when only the current one was
-    /// read and namespaces were not looked at (a replayed capture).
+    /// The network namespace this snapshot is of (inode 0 for a replayed capture);
+    /// `None` only in snapshots built by hand.
     pub netns: Option<NetnsInfo>,
     /// nginx masters running in this namespace, with their configuration
     /// (collect::nginx).
@@ -530,8 +561,9 @@ pub struct Snapshot {
     pub nofile_origins: BTreeMap<u32, super::persisted::NofileOrigin>,
 }
 
-/// Every namespace looked at in one run. The first is the primary: the current one
-/// when it was included; it carries the host-wide evidence.
+/// Every namespace looked at in one run. The first is the primary: the initial (host)
+/// namespace when it was included, else the current one; it carries the host-wide
+/// evidence.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct HostSnapshot {
     pub namespaces: Vec<Snapshot>,
@@ -650,6 +682,23 @@ impl HostSnapshot {
         m
     }
 
+    /// Whether nothing that could hide a problem is missing: every namespace asked for
+    /// was read, every process's descriptors were seen, every source answered. A
+    /// report of an incomplete snapshot can say "no problems found" only about what
+    /// it saw; [`gaps`](Self::gaps) says what it did not.
+    pub fn complete(&self) -> bool {
+        self.gaps().is_empty()
+    }
+
+    /// The notices of [`all_missing`](Self::all_missing) that may hide a problem
+    /// ([`NoticeCode::hides_problems`](super::NoticeCode::hides_problems)).
+    pub fn gaps(&self) -> Vec<Notice> {
+        self.all_missing()
+            .into_iter()
+            .filter(|n| n.code.hides_problems())
+            .collect()
+    }
+
     /// Every gap: host-level ones first, then each namespace's (prefixed with its name
     /// when there are several).
     pub fn all_missing(&self) -> Vec<Notice> {
@@ -737,6 +786,44 @@ impl Snapshot {
     /// Where process `pid`'s open-files limit is set, when that was looked up.
     pub fn nofile_origin(&self, pid: u32) -> Option<&super::persisted::NofileOrigin> {
         self.nofile_origins.get(&pid)
+    }
+
+    /// How many CLOSE_WAIT sockets there were and, when `check` looked again, how many
+    /// were still there.
+    pub fn close_wait_recheck(&self) -> CloseWaitRecheck {
+        let cw = &self.sockets.close_wait;
+        let checked: Vec<bool> = cw.iter().filter_map(|c| c.still_there).collect();
+        let rechecked = self.close_wait_recheck_ms.is_some();
+        CloseWaitRecheck {
+            sockets: cw.len() as u64,
+            rechecked_after_ms: self.close_wait_recheck_ms,
+            still_there: rechecked.then(|| checked.iter().filter(|s| **s).count() as u64),
+        }
+    }
+
+    /// Detached TCP descriptors of this namespace's processes; `None` when they were
+    /// not counted (not `check`, a replay, or no process's descriptors could be read).
+    pub fn detached_tcp_fds(&self) -> Option<DetachedFds> {
+        let mut measured = false;
+        let mut processes: Vec<DetachedProcess> = Vec::new();
+        for p in self.processes.values() {
+            let Some(n) = p.detached_tcp_fds else {
+                continue;
+            };
+            measured = true;
+            if n > 0 {
+                processes.push(DetachedProcess {
+                    pid: p.pid,
+                    comm: p.comm.clone(),
+                    count: n,
+                });
+            }
+        }
+        processes.sort_by(|a, b| b.count.cmp(&a.count).then(a.pid.cmp(&b.pid)));
+        measured.then(|| DetachedFds {
+            total: processes.iter().map(|p| p.count).sum(),
+            processes,
+        })
     }
 }
 
@@ -860,6 +947,79 @@ mod tests {
             Some(20_000)
         );
         assert_eq!(TimeWaitAges::default().closing_rate(60_000), None);
+    }
+
+    #[test]
+    fn close_wait_recheck_and_detached_descriptors_are_summed_per_namespace() {
+        let cw = |still_there| CloseWaitSocket {
+            local: Endpoint::new("127.0.0.1".parse().expect("ip"), 80),
+            remote: Endpoint::new("127.0.0.1".parse().expect("ip"), 4000),
+            inode: 1,
+            recv_q: 1,
+            owner: None,
+            idle_ms: None,
+            cookie: Some(1),
+            still_there,
+        };
+        let mut s = Snapshot::default();
+        s.sockets.close_wait = vec![cw(None), cw(None)];
+        assert_eq!(
+            s.close_wait_recheck(),
+            CloseWaitRecheck {
+                sockets: 2,
+                rechecked_after_ms: None,
+                still_there: None
+            }
+        );
+        s.sockets.close_wait = vec![cw(Some(true)), cw(Some(false)), cw(Some(true))];
+        s.close_wait_recheck_ms = Some(1000);
+        assert_eq!(s.close_wait_recheck().still_there, Some(2));
+        assert_eq!(s.detached_tcp_fds(), None, "not measured");
+        let facts = |pid, comm: &str, detached| ProcessFacts {
+            pid,
+            comm: comm.into(),
+            uid: 0,
+            cmdline: String::new(),
+            open_fds: 10,
+            nofile_soft: None,
+            nofile_hard: None,
+            detached_tcp_fds: detached,
+        };
+        s.processes.insert(1, facts(1, "a", Some(0)));
+        assert_eq!(
+            s.detached_tcp_fds(),
+            Some(DetachedFds::default()),
+            "measured: none"
+        );
+        s.processes.insert(2, facts(2, "b", Some(3)));
+        s.processes.insert(3, facts(3, "c", Some(5)));
+        s.processes.insert(4, facts(4, "d", None));
+        let d = s.detached_tcp_fds().expect("measured");
+        assert_eq!(d.total, 8);
+        assert_eq!(
+            d.processes
+                .iter()
+                .map(|p| (p.pid, p.count))
+                .collect::<Vec<_>>(),
+            vec![(3, 5), (2, 3)]
+        );
+    }
+
+    #[test]
+    fn a_host_is_complete_only_without_notices_that_hide_problems() {
+        use super::super::NoticeCode;
+        let mut h = HostSnapshot {
+            namespaces: vec![Snapshot::default()],
+            all_namespaces: false,
+            missing: vec![Notice::new(NoticeCode::Ipv6Unavailable, "no IPv6")],
+        };
+        assert!(h.complete());
+        h.namespaces[0]
+            .missing
+            .push(Notice::new(NoticeCode::FdCountsPartial, "3 processes"));
+        assert!(!h.complete());
+        assert_eq!(h.gaps().len(), 1);
+        assert_eq!(h.gaps()[0].code, NoticeCode::FdCountsPartial);
     }
 
     #[test]

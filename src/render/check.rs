@@ -222,8 +222,8 @@ fn write_header(out: &mut impl Write, r: &CheckReport, view: HumanView) -> io::R
         format!(" in {n_ns} network namespaces")
     } else {
         match &snap.netns {
-            Some(ns) if !ns.current => format!(" in network namespace {}", ns.name),
-            _ => " in this network namespace".to_string(),
+            Some(ns) if !ns.initial => format!(" in network namespace {}", ns.name),
+            _ => " in the host network namespace".to_string(),
         }
     };
     let source = snap.source.map_or("?", |s| s.name());
@@ -668,6 +668,8 @@ struct JsonNamespace<'a> {
     info: Option<&'a crate::model::NetnsInfo>,
     source: Option<&'static str>,
     counts: JsonCounts,
+    close_wait: crate::model::CloseWaitRecheck,
+    detached_tcp_fds: Option<crate::model::DetachedFds>,
 }
 
 pub fn status(findings: &[Finding]) -> Option<Severity> {
@@ -701,6 +703,8 @@ pub fn write_json(out: &mut impl Write, r: &CheckReport) -> io::Result<()> {
                 info: n.netns.as_ref(),
                 source: n.source.map(|x| x.name()),
                 counts: JsonCounts::from(&n.summary),
+                close_wait: n.close_wait_recheck(),
+                detached_tcp_fds: n.detached_tcp_fds(),
             })
             .collect(),
         findings: &r.findings,

@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod sockets;
 pub mod states;
 pub mod sysctl_file;
+pub mod trace;
 pub mod watch;
 
 use std::io::{self, Write};

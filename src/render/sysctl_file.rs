@@ -344,11 +344,12 @@ mod tests {
                 inode,
                 name: name.into(),
                 kind: if current {
-                    NetnsKind::Current
+                    NetnsKind::Host
                 } else {
                     NetnsKind::IpNetns
                 },
                 current,
+                initial: current,
                 container: None,
                 ip_netns: if current {
                     Vec::new()

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 /// Build real TCP sockets in known states (LISTEN, ESTABLISHED, CLOSE_WAIT,
 /// FIN_WAIT2, TIME_WAIT) on loopback for tcpdoctor's tests and benchmarks.
@@ -38,6 +38,13 @@ pub struct Args {
     /// CLOSE_WAIT with the EOF unread (Recv-Q 1).
     #[arg(long = "close-wait", value_name = "N", default_value_t = 0)]
     pub close_wait: u64,
+
+    /// Then reset the --close-wait connections: each client closes with SO_LINGER
+    /// {1, 0}, and the RST takes the server end out of CLOSE_WAIT into CLOSE, out of
+    /// every socket table (`ss` and sock_diag no longer list it), while the worker
+    /// keeps its descriptor: a leaked descriptor of a closed socket ("detached").
+    #[arg(long = "reset-close-wait")]
+    pub reset_close_wait: bool,
 
     /// Like --close-wait, but the server read the EOF (CLOSE_WAIT with Recv-Q 0).
     #[arg(long = "close-wait-read", value_name = "N", default_value_t = 0)]
@@ -117,4 +124,49 @@ pub struct Args {
     /// a test depends on the defaults.
     #[arg(long = "exact-time-wait")]
     pub exact_time_wait: bool,
+
+    /// Churn mode (see churn.rs): serve short connections on ADDR:PORT (port 0 picks
+    /// one), print {"pid","listen"}, and run until stdin EOF or --hold-secs.
+    #[arg(long = "churn-serve", value_name = "ADDR:PORT")]
+    pub churn_serve: Option<SocketAddr>,
+
+    /// Churn mode: make --churn-count short connections to ADDR:PORT at --churn-rate,
+    /// then print one result line.
+    #[arg(long = "churn-connect", value_name = "ADDR:PORT")]
+    pub churn_connect: Option<SocketAddr>,
+
+    /// Churn mode: connections to make (or keep-alive exchanges).
+    #[arg(long = "churn-count", value_name = "N", default_value_t = 0)]
+    pub churn_count: u64,
+
+    /// Churn mode: connections (or exchanges) per second; 0 = as fast as possible.
+    #[arg(long = "churn-rate", value_name = "PER_S", default_value_t = 0.0)]
+    pub churn_rate: f64,
+
+    /// Churn mode: which side closes each connection first.
+    #[arg(long = "churn-closer", value_enum, default_value_t = ChurnCloser::Client)]
+    pub churn_closer: ChurnCloser,
+
+    /// Churn mode: the closing side sets SO_LINGER {1,0}, so its close sends a reset.
+    #[arg(long = "churn-linger0")]
+    pub churn_linger0: bool,
+
+    /// Churn mode: the client keeps every connection open until stdin EOF.
+    #[arg(long = "churn-hold")]
+    pub churn_hold: bool,
+
+    /// Churn mode: the client makes one connection and --churn-count request/replies.
+    #[arg(long = "churn-keepalive")]
+    pub churn_keepalive: bool,
+
+    /// Churn mode: threads that connect (client) or accept (server).
+    #[arg(long = "churn-threads", value_name = "N", default_value_t = 1)]
+    pub churn_threads: u32,
+}
+
+/// Which side of a churn connection closes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ChurnCloser {
+    Client,
+    Server,
 }

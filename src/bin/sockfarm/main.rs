@@ -9,6 +9,7 @@
 //! Built only with the `sockfarm` cargo feature (the tests and bench/ enable it), so
 //! `cargo install` ships tcpdoctor alone.
 
+mod churn;
 mod cli;
 mod host;
 mod parent;

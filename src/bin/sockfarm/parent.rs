@@ -319,7 +319,13 @@ fn overflow_clients(plan: &Plan, backlog_addrs: &[SocketAddr]) -> Result<Vec<Own
 
 fn expected(plan: &Plan) -> Expected {
     let r = &plan.request;
-    let close_waits = r.count(Phase::CloseWait) + r.count(Phase::CloseWaitRead);
+    // Reset connections leave no socket in any table (both ends are CLOSE).
+    let reset = if r.reset_close_wait {
+        r.count(Phase::CloseWait)
+    } else {
+        0
+    };
+    let close_waits = r.count(Phase::CloseWait) + r.count(Phase::CloseWaitRead) - reset;
     // Given-up unaccepted connections: client FIN_WAIT2, queued child CLOSE_WAIT.
     let (unaccepted_open, given_up) = if r.give_up {
         (0, r.count(Phase::Unaccepted))
@@ -445,6 +451,9 @@ impl Leak {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if let Some(c) = crate::churn::Churn::from_args(&args)? {
+        return crate::churn::run(c);
+    }
     let started = Instant::now();
     let request = Request::from_args(args)?;
     host::apply_sysctls(&request)?;

@@ -136,6 +136,8 @@ pub struct Request {
     pub max_tw_buckets: Option<u64>,
     pub exact_time_wait: bool,
     pub give_up: bool,
+    /// --reset-close-wait: the --close-wait connections end detached.
+    pub reset_close_wait: bool,
     pub overflow: u64,
     pub growth: Option<Growth>,
 }
@@ -197,6 +199,9 @@ impl Request {
                 "--established/--close-wait/--close-wait-read/--time-wait need at least one --listen ADDR:PORT",
             );
         }
+        if args.reset_close_wait && args.close_wait == 0 {
+            return fail("--reset-close-wait needs --close-wait N");
+        }
         if (args.give_up || args.overflow > 0) && args.unaccepted == 0 {
             return fail("--give-up and --overflow need --unaccepted N and a --backlog-listen");
         }
@@ -249,6 +254,7 @@ impl Request {
             max_tw_buckets: args.max_tw_buckets,
             exact_time_wait: args.exact_time_wait,
             give_up: args.give_up,
+            reset_close_wait: args.reset_close_wait,
             overflow: args.overflow,
             growth,
         })
@@ -685,6 +691,21 @@ mod tests {
     fn too_many_fds_names_the_process_count() {
         let err = plan(&["--listen", "127.0.0.1:0", "--established", "20000"]).unwrap_err();
         assert!(err.0.contains("--processes 3"), "{err}");
+    }
+
+    #[test]
+    fn reset_close_wait_needs_close_wait_connections() {
+        let err = plan(&["--listen", "127.0.0.1:0", "--reset-close-wait"]).unwrap_err();
+        assert!(err.0.contains("--close-wait N"), "{err}");
+        let p = plan(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--close-wait",
+            "3",
+            "--reset-close-wait",
+        ])
+        .expect("valid");
+        assert!(p.request.reset_close_wait);
     }
 
     #[test]

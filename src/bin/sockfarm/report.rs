@@ -76,6 +76,10 @@ pub struct WorkerCounts {
     pub unaccepted_clients: u64,
     /// TIME_WAIT connections this worker made (their sockets hold no fd).
     pub time_wait_made: u64,
+    /// Server ends of --close-wait connections reset by --reset-close-wait: closed,
+    /// in no socket table, descriptor still held.
+    #[serde(default)]
+    pub detached: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -97,4 +101,7 @@ pub struct WorkerReport {
     /// Client ends of --unaccepted connections.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unaccepted_clients: Option<Vec<SocketReport>>,
+    /// Server ends of --close-wait connections reset by --reset-close-wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detached: Option<Vec<SocketReport>>,
 }

@@ -178,6 +178,22 @@ pub fn set_int_opt(
     setsockopt_raw(fd.as_raw_fd(), level, name, &value, what)
 }
 
+/// SO_LINGER {on, 0 s}: close() then aborts the connection with an RST instead of a
+/// FIN (tcp_close() -> tcp_disconnect() -> tcp_send_active_reset()).
+pub fn set_linger_zero(fd: &OwnedFd) -> Result<()> {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    setsockopt_raw(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_LINGER,
+        &l,
+        "SO_LINGER",
+    )
+}
+
 /// Bounds blocking connect()/send() (SO_SNDTIMEO) or accept()/recv() (SO_RCVTIMEO).
 pub fn set_timeout(fd: &OwnedFd, name: c_int, timeout: Duration) -> Result<()> {
     let tv = libc::timeval {

@@ -54,6 +54,7 @@ struct Worker<'a> {
     close_wait_read: Vec<Held>,
     fin_wait2: Vec<Held>,
     unaccepted_clients: Vec<Held>,
+    detached: Vec<Held>,
     time_wait_made: u64,
 }
 
@@ -76,6 +77,7 @@ pub fn run(
         close_wait_read: Vec::new(),
         fin_wait2: Vec::new(),
         unaccepted_clients: Vec::new(),
+        detached: Vec::new(),
         time_wait_made: 0,
     };
     // Bounded: the parent sends one byte per phase plus one `Q`, then only
@@ -259,6 +261,29 @@ impl Worker<'_> {
             deadline,
         )?;
         wait_states(&self.fin_wait2[before.3..], sys::TCP_FIN_WAIT2, deadline)?;
+        if phase == Phase::CloseWait && self.plan.request.reset_close_wait {
+            self.reset_close_wait(before.1, before.3, deadline)?;
+        }
+        Ok(())
+    }
+
+    /// --reset-close-wait: the clients of this phase's CLOSE_WAIT connections abort
+    /// (SO_LINGER {1, 0} then close: an RST from FIN_WAIT2). `tcp_reset()` moves each
+    /// server end from CLOSE_WAIT to CLOSE and unhashes it; its descriptor is kept.
+    fn reset_close_wait(
+        &mut self,
+        servers_from: usize,
+        clients_from: usize,
+        deadline: Instant,
+    ) -> Result<()> {
+        let clients: Vec<Held> = self.fin_wait2.drain(clients_from..).collect();
+        for c in &clients {
+            sys::set_linger_zero(&c.fd)?;
+        }
+        drop(clients);
+        let servers: Vec<Held> = self.close_wait.drain(servers_from..).collect();
+        wait_states(&servers, sys::TCP_CLOSE, deadline)?;
+        self.detached.extend(servers);
         Ok(())
     }
 
@@ -311,12 +336,14 @@ impl Worker<'_> {
                 fin_wait2: self.fin_wait2.len() as u64,
                 unaccepted_clients: self.unaccepted_clients.len() as u64,
                 time_wait_made: self.time_wait_made,
+                detached: self.detached.len() as u64,
             },
             established: list(&self.established),
             close_wait: list(&self.close_wait),
             close_wait_read: list(&self.close_wait_read),
             fin_wait2: list(&self.fin_wait2),
             unaccepted_clients: list(&self.unaccepted_clients),
+            detached: list(&self.detached),
         };
         serde_json::to_string(&report).map_err(|e| FarmError(format!("encode worker report: {e}")))
     }

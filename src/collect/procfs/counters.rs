@@ -3,6 +3,9 @@
 //! Counters are keyed `Group.Name`, e.g. `TcpExt.ListenOverflows`, `Tcp.AttemptFails`.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::model::{Notice, NoticeCode};
 
 /// A header/value pair that did not line up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +70,45 @@ pub fn parse(text: &str) -> (BTreeMap<String, i64>, Vec<CounterError>) {
         i += 2;
     }
     (out, errors)
+}
+
+/// Reads and parses `<net_root>/net/netstat` and `<net_root>/net/snmp` into one map.
+/// `None` when neither could be read. A missing or malformed file is a notice; with
+/// `missing_is_said` false a file that does not exist is left to the caller to report
+/// (a replayed capture lists everything it lacks in one notice).
+pub fn read(
+    net_root: &Path,
+    missing_is_said: bool,
+    notices: &mut Vec<Notice>,
+) -> Option<BTreeMap<String, i64>> {
+    let mut all = BTreeMap::new();
+    let mut any = false;
+    for f in ["netstat", "snmp"] {
+        let path = net_root.join("net").join(f);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                any = true;
+                let (m, errors) = parse(&text);
+                all.extend(m);
+                if let Some(e) = errors.first() {
+                    notices.push(Notice::new(
+                        NoticeCode::CountersPartial,
+                        format!(
+                            "'{}': {} malformed lines skipped ({e})",
+                            path.display(),
+                            errors.len()
+                        ),
+                    ));
+                }
+            }
+            Err(e) if !missing_is_said && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => notices.push(Notice::new(
+                NoticeCode::CountersUnavailable,
+                format!("cannot read '{}': {e}", path.display()),
+            )),
+        }
+    }
+    any.then_some(all)
 }
 
 #[cfg(test)]

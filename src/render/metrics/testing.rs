@@ -87,6 +87,7 @@ pub fn namespace(name: &str, inode: u64, port_range: &str) -> Snapshot {
             name: name.into(),
             kind: NetnsKind::IpNetns,
             current: false,
+            initial: false,
             container: None,
             ip_netns: vec![name.into()],
             processes: 1,

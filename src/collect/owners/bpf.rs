@@ -1,11 +1,11 @@
-//! The socket owner scan with BPF iterators (`bpf/owners.bpf.c`): the same `Owners` as
-//! the `/proc/PID/fd` scan in `owners.rs`, for about a fifth of its CPU time at a million
+//! The BPF backend of the owner scan (`bpf/owners.bpf.c`): the same `Owners` as the
+//! `/proc/PID/fd` backend in `proc.rs`, for about a fifth of its CPU time at a million
 //! descriptors (most of what is left is the kernel's own walk of the descriptor tables).
 //!
 //! The kernel writes one 24-byte record per open file and one 16-byte record per
 //! process; this file reads them, joins them on the global tgid and builds the maps.
 //! It never falls back by itself: any problem is a `BpfScanError`, and `owners::scan`
-//! decides to use `/proc` instead.
+//! decides to use the /proc backend instead.
 //!
 //! Why it is cheaper: for `/proc/PID/fd`, procfs instantiates a dentry and an inode for
 //! every descriptor on readdir, and readlink formats `socket:[N]` for each one; the
@@ -19,7 +19,9 @@ use std::sync::{Mutex, OnceLock};
 use rustc_hash::{FxHashMap, FxHashSet};
 use zerocopy::{FromBytes, Immutable, KnownLayout};
 
-use super::owners::{read_process, ScanMethod, ScanStats, Wanted};
+use super::{ScanMethod, ScanStats, Wanted};
+use crate::collect::procfs::process::read_process;
+use crate::collect::procfs::status::{self, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN};
 use crate::model::{Owner, Owners, ProcessFds, SocketOwnerMap};
 
 /// Whether build.rs compiled `bpf/owners.bpf.c` (it needs clang). Without it every
@@ -208,7 +210,7 @@ fn join(
 /// the line lists our pid from the /proc mount's namespace down to our own (not so
 /// after `unshare --pid --fork` without `--mount-proc`, for instance).
 fn check_proc_is_ours(status: &[u8], me: u32) -> Result<(), BpfScanError> {
-    let nspid = nspid(status)
+    let nspid = status::nspid(status)
         .ok_or_else(|| BpfScanError::ForeignProc("no NSpid line in /proc/self/status".into()))?;
     if nspid != [me] {
         return Err(BpfScanError::ForeignProc(format!(
@@ -218,31 +220,11 @@ fn check_proc_is_ours(status: &[u8], me: u32) -> Result<(), BpfScanError> {
     Ok(())
 }
 
-/// The value of the line `key` of a /proc/PID/status file, trimmed.
-fn status_field<'a>(status: &'a [u8], key: &[u8]) -> Option<&'a str> {
-    let line = status
-        .split(|&b| b == b'\n')
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(b":"))?;
-    std::str::from_utf8(line).ok().map(str::trim)
-}
-
-/// The numbers of the `NSpid:` line (Linux 4.1+).
-fn nspid(status: &[u8]) -> Option<Vec<u32>> {
-    status_field(status, b"NSpid")?
-        .split_ascii_whitespace()
-        .map(|n| n.parse().ok())
-        .collect()
-}
-
 /// Whether the effective capabilities (`CapEff:`) allow loading tracing programs that
 /// read kernel memory: CAP_BPF and CAP_PERFMON (Linux 5.8+), or CAP_SYS_ADMIN.
 /// Unknown (no such line): let the kernel decide.
-fn may_load_tracing_programs(status: &[u8]) -> bool {
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    let Some(eff) = status_field(status, b"CapEff").and_then(|v| u64::from_str_radix(v, 16).ok())
-    else {
+pub(crate) fn may_load_tracing_programs(status: &[u8]) -> bool {
+    let Some(eff) = status::effective_caps(status) else {
         return true;
     };
     let has = |cap: u32| eff & (1u64 << cap) != 0;
@@ -394,7 +376,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collect::procfs::owners::{scan_proc, socket_inode};
+    use crate::collect::owners::{proc::scan as scan_proc, socket_inode};
     use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
 
@@ -647,15 +629,6 @@ mod tests {
         }
         drop((opath, bound));
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn nspid_line_is_read_from_status() {
-        let status = b"Name:\tsh\nTgid:\t7\nNSpid:\t8302\t1\nNSsid:\t1\n";
-        assert_eq!(nspid(status), Some(vec![8302, 1]));
-        assert_eq!(nspid(b"NSpid:\t42\n"), Some(vec![42]));
-        assert_eq!(nspid(b"NSpid:\t4x\n"), None);
-        assert_eq!(nspid(b"Name:\tsh\n"), None);
     }
 
     #[test]
