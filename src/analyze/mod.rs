@@ -22,6 +22,7 @@ pub mod nginx_worker_connections;
 pub mod orphans;
 pub mod pointing;
 pub mod sysctl_audit;
+pub mod sysctl_persisted;
 pub mod time_wait_pressure;
 pub mod trend;
 pub mod util;
@@ -153,6 +154,12 @@ pub const RULES: &[Rule] = &[
         id: sysctl_audit::ID,
         scope: Scope::Namespace,
         check: sysctl_audit::check,
+    },
+    // The host's sysctl files, read for the primary namespace only.
+    Rule {
+        id: sysctl_persisted::ID,
+        scope: Scope::Host,
+        check: sysctl_persisted::check,
     },
     Rule {
         id: kernel_log::ID,

@@ -37,6 +37,10 @@ pub fn run(common: &Common, s: &CheckSettings) -> Result<CheckReport, CmdError> 
     // the counter interval runs.
     let (instances, notices) = crate::collect::nginx::discover(&common.proc_root);
     crate::collect::nginx::attach(&mut collected.host, instances, notices);
+    // The host's configuration files (issue 12): the sysctl files applied at boot and
+    // where each process's open-files limit is set. A standalone collector:
+    // collect::limits_source::attach_host_config.
+    crate::collect::limits_source::attach_host_config(&mut collected.host, &common.proc_root);
     // A capture is one reading: reading its files again after a wait would only give
     // rates of zero. Its notice says so.
     if !common.replay {

@@ -8,6 +8,7 @@
 pub mod cgroup;
 pub mod host;
 pub mod kmsg;
+pub mod limits_source;
 pub mod namespace;
 pub mod netlink;
 pub mod netns;
@@ -17,4 +18,5 @@ pub mod procfs;
 pub mod replay;
 pub mod sockets;
 pub mod sysctl;
+pub mod sysctl_files;
 pub mod trace;

@@ -14,6 +14,7 @@ pub mod kernel;
 mod netns;
 pub mod nginx;
 mod notice;
+pub mod persisted;
 mod process;
 pub mod rank;
 mod report;

@@ -550,6 +550,15 @@ pub struct Snapshot {
     /// (collect::nginx).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nginx: Vec<super::nginx::NginxInstance>,
+    /// What the host's sysctl files apply at boot, each key with its file:line and live
+    /// value (collect::sysctl_files; `check` only, in the primary snapshot only; `None`:
+    /// not read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persisted_sysctls: Option<super::persisted::PersistedSysctls>,
+    /// Where each process's open-files limit is set, by pid (collect::limits_source;
+    /// `check` only).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub nofile_origins: BTreeMap<u32, super::persisted::NofileOrigin>,
 }
 
 /// Every namespace looked at in one run. The first is the primary: the initial (host)
@@ -767,6 +776,16 @@ impl Snapshot {
 
     pub fn process(&self, pid: u32) -> Option<&ProcessFacts> {
         self.processes.get(&pid)
+    }
+
+    /// How the host's sysctl files leave `key` (dotted), when they were read and set it.
+    pub fn persisted_sysctl(&self, key: &str) -> Option<&super::persisted::PersistedSysctl> {
+        self.persisted_sysctls.as_ref()?.get(key)
+    }
+
+    /// Where process `pid`'s open-files limit is set, when that was looked up.
+    pub fn nofile_origin(&self, pid: u32) -> Option<&super::persisted::NofileOrigin> {
+        self.nofile_origins.get(&pid)
     }
 
     /// How many CLOSE_WAIT sockets there were and, when `check` looked again, how many
