@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod collect;
+pub mod kill;
 pub mod lint;
 pub mod netns;
 pub mod sockets;
