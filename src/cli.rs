@@ -12,7 +12,7 @@ use crate::model::{AddrFilter, TcpState};
     name = "tcpdoctor",
     version,
     about = "Find, explain and fix TCP connection-state problems (TIME_WAIT, CLOSE_WAIT, port and fd exhaustion)",
-    after_help = "Exit codes: 0 success; 1 warnings found (check); 2 critical findings (check); 3 error (bad flag or value, unreadable source); 4 no problem found in what could be seen, but the view is incomplete (check: not root, so other namespaces, owners or the kernel log were not seen; the report says which).\nColors: on a terminal only; NO_COLOR or --color never turns them off."
+    after_help = "Exit codes: 0 success; 1 warnings found (check); 2 critical findings (check); 3 error (bad flag or value, unreadable source); 4 no problem found in what could be seen, but the view is incomplete (check: not root, so other namespaces, owners or the kernel log were not seen; the report says which). kill: 0 every selected socket destroyed or already gone (or a dry run); 1 some not destroyed, or the answer was no; 3 none could be (kernel without CONFIG_INET_DIAG_DESTROY, no CAP_NET_ADMIN) or a refused request.\nColors: on a terminal only; NO_COLOR or --color never turns them off."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -41,7 +41,8 @@ pub struct GlobalArgs {
     pub color: ColorArg,
     /// Network namespaces to look at: all, current, a path (/run/netns/NAME,
     /// /proc/PID/ns/net), a pid, or a name (ip netns, container, pod). Default: all for
-    /// check, watch and serve when run as root; current for states and sockets.
+    /// check, watch and serve when run as root; current for states, sockets
+    /// and kill.
     #[arg(long, global = true, value_name = "NS")]
     pub netns: Option<String>,
 }
@@ -80,6 +81,42 @@ pub enum Command {
     Trace(TraceArgs),
     /// Check a configuration offline, without a running process: `lint nginx [FILE]`.
     Lint(LintArgs),
+    /// Destroy leaked sockets from outside their process (SOCK_DESTROY, what `ss -K`
+    /// does): CLOSE_WAIT by default, never LISTEN, ESTABLISHED only with --force. Needs a
+    /// selector (--pid, --port, --peer); lists the sockets and asks before destroying
+    /// unless --yes. The process keeps its descriptors until it closes them.
+    Kill(KillArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// Sockets held by this process (comma-separated). Its network namespace is not
+    /// implied: add --netns PID for a process in a container.
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    pub pid: Vec<u32>,
+    /// Sockets with this local or remote port (comma-separated).
+    #[arg(long, value_name = "PORT", value_delimiter = ',')]
+    pub port: Vec<u16>,
+    /// Sockets whose remote end matches: address, CIDR and/or port (10.0.0.0/8,
+    /// 10.1.2.3:443, [::1]:80, :443). Selectors of different kinds must all match.
+    #[arg(long, value_name = "ADDR")]
+    pub peer: Vec<AddrFilter>,
+    /// States to destroy (comma-separated) [default: close-wait]. LISTEN never;
+    /// ESTABLISHED only with --force.
+    #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = parse_state_word)]
+    pub state: Vec<StateWord>,
+    /// Allow --state established: live connections are reset mid-conversation.
+    #[arg(long)]
+    pub force: bool,
+    /// Destroy without asking (needed when there is no terminal to ask on).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// List what would be destroyed, destroy nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Print JSON (schema: docs/json.md): each socket with its outcome.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

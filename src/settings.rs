@@ -140,6 +140,19 @@ pub struct TraceSettings {
     pub json: bool,
 }
 
+/// `kill`: what to destroy and how to confirm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KillSettings {
+    /// Never LISTEN; ESTABLISHED only when --force was given.
+    pub states: StateSet,
+    /// At least one of pids, ports, peer.
+    pub filter: SocketFilter,
+    /// Destroy without asking.
+    pub yes: bool,
+    pub dry_run: bool,
+    pub json: bool,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Check(CheckSettings),
@@ -149,6 +162,7 @@ pub enum Action {
     Sockets(SocketsSettings),
     Trace(TraceSettings),
     Lint(LintSettings),
+    Kill(KillSettings),
 }
 
 /// A setting that cannot be used; the message names the value and what to change.
@@ -188,12 +202,24 @@ pub enum SettingsError {
     ReplayNetlink(PathBuf),
     #[error("TCPDOCTOR_BPF_MIN_FILES '{0}' is not a number of open files (0: use the BPF owner scan whatever the size)")]
     BpfMinFiles(String),
+    #[error("kill needs a selector: --pid, --port or --peer (it never destroys every socket of a state)")]
+    KillNoSelector,
+    #[error("kill never destroys LISTEN sockets (the server would stop accepting connections); name connection states, e.g. --state close-wait")]
+    KillListen,
+    #[error("--state established resets live connections: add --force if that is what you want")]
+    KillEstablished,
+    #[error("kill asks before destroying, and stdin is not a terminal to ask on: add --yes to destroy without asking, or --dry-run to list only")]
+    KillNoTerminal,
+    #[error("kill acts on the running kernel through sock_diag: it cannot be used with {0}")]
+    KillNotLive(&'static str),
 }
 
 /// Facts about the terminal the caller knows (main owns stdout and the environment).
 #[derive(Debug, Clone, Copy)]
 pub struct Terminal {
     pub stdout_is_tty: bool,
+    /// `kill` asks its question there.
+    pub stdin_is_tty: bool,
     pub no_color_env: bool,
 }
 
@@ -361,8 +387,55 @@ pub fn resolve(
             })
         }
         Some(cli::Command::Trace(a)) => Action::Trace(trace_settings(a)?),
+        Some(cli::Command::Kill(a)) => Action::Kill(kill_settings(a, &common, term)?),
     };
     Ok((common, action))
+}
+
+/// The safeguards of `kill`, checked before anything is read: a selector, no LISTEN,
+/// ESTABLISHED only with --force, a terminal to ask on unless --yes or --dry-run, and
+/// the live kernel.
+fn kill_settings(
+    a: cli::KillArgs,
+    common: &Common,
+    term: Terminal,
+) -> Result<KillSettings, SettingsError> {
+    if a.pid.is_empty() && a.port.is_empty() && a.peer.is_empty() {
+        return Err(SettingsError::KillNoSelector);
+    }
+    let states = if a.state.is_empty() {
+        [TcpState::CloseWait].into_iter().collect()
+    } else {
+        state_set(&a.state)
+    };
+    if states.contains(TcpState::Listen) {
+        return Err(SettingsError::KillListen);
+    }
+    if states.contains(TcpState::Established) && !a.force {
+        return Err(SettingsError::KillEstablished);
+    }
+    if common.proc_root != Path::new("/proc") {
+        return Err(SettingsError::KillNotLive("--proc-root (a captured host)"));
+    }
+    if common.source == SourcePref::Proc {
+        return Err(SettingsError::KillNotLive("--source proc"));
+    }
+    if !a.yes && !a.dry_run && !term.stdin_is_tty {
+        return Err(SettingsError::KillNoTerminal);
+    }
+    Ok(KillSettings {
+        states,
+        filter: SocketFilter {
+            ports: a.port,
+            local: Vec::new(),
+            peer: a.peer,
+            pids: a.pid,
+            comms: Vec::new(),
+        },
+        yes: a.yes,
+        dry_run: a.dry_run,
+        json: a.json,
+    })
 }
 
 fn trace_settings(a: cli::TraceArgs) -> Result<TraceSettings, SettingsError> {
@@ -917,6 +990,7 @@ mod tests {
     fn common(args: &[&str], env: &Environment) -> Result<Common, SettingsError> {
         let term = Terminal {
             stdout_is_tty: false,
+            stdin_is_tty: false,
             no_color_env: false,
         };
         resolve(cli(args), term, env).map(|(c, _)| c)

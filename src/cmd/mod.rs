@@ -3,6 +3,7 @@
 //! here: `main` renders the report.
 
 pub mod check;
+pub mod kill;
 pub mod lint;
 pub mod netns;
 pub mod sockets;

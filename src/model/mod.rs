@@ -11,6 +11,7 @@ mod filter;
 mod finding;
 pub mod flow;
 pub mod kernel;
+mod kill;
 mod netns;
 pub mod nginx;
 mod notice;
@@ -36,6 +37,7 @@ pub use flow::{
     FlowInterval, FlowKey, FlowPeer, FlowRow, Lifetimes, TraceLosses, TraceSummary,
 };
 pub use kernel::{EphemeralPorts, PortRange, TimeWaitPolicy};
+pub use kill::{Confirmation, KillOutcome, KillReport, KillRow, KillStop};
 pub use netns::{name_namespace, NetnsInfo, NetnsKind, NetnsRef};
 pub use report::{
     CheckReport, GroupRow, Groups, LintReport, NamespaceCounts, SocketsReport, StatesReport,

@@ -252,6 +252,17 @@ impl Netns {
         ss::parse_rows(&String::from_utf8_lossy(&out.stdout))
     }
 
+    /// Every TCP socket here from `ss -tanpH`, with the pids holding it.
+    pub fn ss_rows_with_pids(&self) -> Vec<(SsRow, Vec<u32>)> {
+        let out = self.run_ss(&["-tanpH"]);
+        assert!(
+            out.status.success(),
+            "ss -tanpH: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ss::parse_rows_with_pids(&String::from_utf8_lossy(&out.stdout))
+    }
+
     /// Per-state TCP socket counts from `ss -tanH EXTRA...` (e.g. `-4`), in kernel
     /// spelling; states with no sockets are absent. Fails the test on a state it does
     /// not know.
