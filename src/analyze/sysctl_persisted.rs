@@ -97,7 +97,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
 /// A sysctl file's name as systemd sorts it: /etc/sysctl.conf is read as the
 /// `99-sysctl.conf` link to it.
 fn sort_name(file: &str) -> &str {
-    if file == crate::collect::sysctl_files::SYSCTL_CONF {
+    if file == crate::model::persisted::SYSCTL_CONF {
         "99-sysctl.conf"
     } else {
         file.rsplit('/').next().unwrap_or(file)

@@ -40,8 +40,7 @@ pub const DIRS: &[&str] = &[
     "/lib/sysctl.d",
 ];
 
-/// Read last by procps `sysctl --system`, and by systemd only through a link.
-pub const SYSCTL_CONF: &str = "/etc/sysctl.conf";
+pub use crate::model::persisted::SYSCTL_CONF;
 
 /// Environment variable naming the directory to read the host's configuration files
 /// under instead of `/` (the host's root mounted elsewhere, or a test's fixture tree).

@@ -12,6 +12,10 @@ use super::Limit;
 /// The order the kernel settings are applied in at boot: systemd-sysctl's (sysctl.d(5)).
 pub const SYSCTL_ORDER: &str = "systemd-sysctl";
 
+/// Read last by procps `sysctl --system`, and by systemd only through the
+/// `/etc/sysctl.d/99-sysctl.conf` link to it.
+pub const SYSCTL_CONF: &str = "/etc/sysctl.conf";
+
 /// What the host's sysctl files set, in the order systemd-sysctl applies them at boot.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PersistedSysctls {
