@@ -152,6 +152,26 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
             tcpdoctor::live::serve::run(&common, &s)?;
             return Ok(exit::OK);
         }
+        Action::Snapshot(s) => {
+            let r = cmd::snapshot::run(&common, &s)?;
+            let w = r.written;
+            writeln!(
+                out,
+                "wrote {}: {} in {} of {}, {}",
+                r.path.display(),
+                tcpdoctor::model::units::count(w.sockets, "socket", "sockets"),
+                tcpdoctor::model::units::count(w.namespaces as u64, "namespace", "namespaces"),
+                if r.hostname.is_empty() {
+                    "this host"
+                } else {
+                    &r.hostname
+                },
+                human_bytes(w.bytes)
+            )?;
+        }
+        Action::Diff(s) => {
+            let _ = s;
+        }
         Action::Trace(s) => {
             drop(out);
             tcpdoctor::live::trace::run(&common, &s)?;
@@ -184,6 +204,15 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
     }
     out.flush()?;
     Ok(code)
+}
+
+/// `1.2 MiB`.
+fn human_bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} bytes"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+    }
 }
 
 /// `tcpdoctor sockets | head` closes the pipe early; that is not an error.

@@ -7,6 +7,7 @@
 
 pub mod cgroup;
 pub mod host;
+pub mod import;
 pub mod kmsg;
 pub mod namespace;
 pub mod netlink;
@@ -15,6 +16,7 @@ pub mod nginx;
 pub mod owners;
 pub mod procfs;
 pub mod replay;
+pub mod snapshot;
 pub mod sockets;
 pub mod sysctl;
 pub mod trace;

@@ -1,0 +1,1 @@
+//! `tcpdoctor diff BEFORE AFTER` (stub).
