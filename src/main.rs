@@ -170,7 +170,14 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
             )?;
         }
         Action::Diff(s) => {
-            let _ = s;
+            let report = cmd::diff::run(&s)?;
+            if s.json {
+                render::diff::write_json(&mut out, &report)?;
+            } else {
+                render::diff::write_human(&mut out, &report, style)?;
+                out.flush()?;
+                render::write_notices(&mut io::stderr().lock(), &report.notices, err_style)?;
+            }
         }
         Action::Trace(s) => {
             drop(out);
