@@ -249,6 +249,24 @@ fn take_tcp_info(token: &str, info: &mut TcpInfo) -> bool {
     true
 }
 
+/// Unsets a tcp_info key whose value was cut.
+fn forget_tcp_info(key: &str, info: &mut TcpInfo) {
+    match key {
+        "lastsnd" => info.last_data_sent_ms = None,
+        "lastrcv" => info.last_data_recv_ms = None,
+        "lastack" => info.last_ack_recv_ms = None,
+        "rtt" => {
+            info.rtt_us = None;
+            info.rtt_var_us = None;
+        }
+        "minrtt" => info.min_rtt_us = None,
+        "bytes_acked" => info.bytes_acked = None,
+        "bytes_received" => info.bytes_received = None,
+        "retrans" => info.total_retrans = None,
+        _ => {}
+    }
+}
+
 /// Whether a line starts a new row of an ss table (optionally after a `tcp` Netid).
 fn starts_ss_row(line: &str) -> bool {
     let mut it = line.split_whitespace();
@@ -382,7 +400,20 @@ pub fn parse_ss(text: &str) -> SocketTable {
         // users:((...)) may have been split at spaces in a process name or a wrap.
         let rest = tokens[5..].join(" ");
         let rest = join_users(&rest);
+        // The tcp_info key read last: a bare number after it is the rest of its value,
+        // cut by a wrapped line, so its value is not known.
+        let mut last_info: Option<&str> = None;
         for tok in rest.split_whitespace() {
+            if tok
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b == b'.' || b == b'/')
+            {
+                if let Some(k) = last_info.take() {
+                    forget_tcp_info(k, &mut info);
+                }
+                continue;
+            }
+            last_info = None;
             if tok.starts_with("users:(") {
                 match parse_users(tok) {
                     Some(u) => users = u,
@@ -404,6 +435,7 @@ pub fn parse_ss(text: &str) -> SocketTable {
                 sock.uid = v.parse().unwrap_or(0);
             } else if take_tcp_info(tok, &mut info) {
                 any_info = true;
+                last_info = tok.split(':').next();
             }
         }
         if let Some(why) = bad {
