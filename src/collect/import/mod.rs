@@ -176,9 +176,17 @@ pub fn parse_proc_net_tcp(text: &str) -> SocketTable {
         has_inodes: true,
         ..SocketTable::default()
     };
+    let count = text.lines().count();
     for (i, line) in text.lines().enumerate() {
         let l = line.trim();
         if l.is_empty() || l.starts_with("sl") {
+            continue;
+        }
+        if i + 1 == count && !text.ends_with('\n') {
+            // The capture ends mid-line: its inode (or more) may be cut.
+            t.skipped += 1;
+            t.first_error
+                .get_or_insert_with(|| format!("line {}: cut short", i + 1));
             continue;
         }
         let family = match l.split_whitespace().nth(1).map(str::len) {

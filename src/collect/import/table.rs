@@ -317,7 +317,19 @@ pub fn parse_ss(text: &str) -> SocketTable {
     // Rows with their continuation lines joined.
     let mut rows: Vec<(usize, String)> = Vec::new();
     let mut in_other = false;
+    let cut_last = !text.ends_with('\n');
+    let count = text.lines().count();
     for (i, raw) in text.lines().enumerate() {
+        if cut_last && i + 1 == count {
+            // The capture ends mid-line: that row may be cut anywhere.
+            if !raw.trim().is_empty() && (starts_ss_row(raw) || !rows.is_empty()) {
+                t.skip(i + 1, "cut short (the capture ends mid-line)");
+                if !starts_ss_row(raw) {
+                    rows.pop();
+                }
+            }
+            break;
+        }
         let line = raw.trim_end();
         if line.trim().is_empty() || is_header(line) {
             continue;
@@ -330,8 +342,8 @@ pub fn parse_ss(text: &str) -> SocketTable {
         } else if in_other {
             continue;
         } else if let Some((_, row)) = rows.last_mut() {
-            row.push(' ');
-            row.push_str(line.trim());
+            // A terminal's wrap keeps the text as it was: join it back as it is.
+            row.push_str(raw);
         } else {
             t.skip(i + 1, "not a socket row");
         }
@@ -403,7 +415,20 @@ pub fn parse_ss(text: &str) -> SocketTable {
         // The tcp_info key read last: a bare number after it is the rest of its value,
         // cut by a wrapped line, so its value is not known.
         let mut last_info: Option<&str> = None;
+        let mut seen_users = false;
+        let mut seen_timer = false;
         for tok in rest.split_whitespace() {
+            // Another row run into this one (a broken line joined to the wrong row).
+            if state_word(tok).is_some()
+                || parse_addr(tok).is_some()
+                || (tok.starts_with("users:(") && seen_users)
+                || (tok.starts_with("timer:(") && seen_timer)
+            {
+                bad = Some(format!("two rows run together at '{}'", cut(tok)));
+                break;
+            }
+            seen_users |= tok.starts_with("users:(");
+            seen_timer |= tok.starts_with("timer:(");
             if tok
                 .bytes()
                 .all(|b| b.is_ascii_digit() || b == b'.' || b == b'/')
@@ -487,7 +512,14 @@ pub fn parse_netstat(text: &str) -> SocketTable {
     let mut has_timer = false;
     let mut wide = false;
     let mut made_up = MADE_UP_INODES;
-    let lines: Vec<&str> = text.lines().collect();
+    let mut lines: Vec<&str> = text.lines().collect();
+    if !text.ends_with('\n') && !lines.is_empty() {
+        // The capture ends mid-line: that row may be cut anywhere.
+        let last = lines.len();
+        if lines.pop().is_some_and(|l| !l.trim().is_empty()) {
+            t.skip(last, "cut short (the capture ends mid-line)");
+        }
+    }
     let mut i = 0;
     while i < lines.len() {
         let line = lines[i].trim_end();
@@ -500,7 +532,7 @@ pub fn parse_netstat(text: &str) -> SocketTable {
             has_timer = t0.contains("Timer");
             continue;
         }
-        let mut row = line.to_string();
+        let mut row = lines[i - 1].to_string();
         let first = t0.split_whitespace().next().unwrap_or("");
         if first != "tcp" && first != "tcp6" {
             continue;
@@ -519,8 +551,9 @@ pub fn parse_netstat(text: &str) -> SocketTable {
             if !continues {
                 break;
             }
-            row.push(' ');
-            row.push_str(n.trim());
+            // A terminal's wrap keeps the text as it was: join it back as it is.
+            row = row.trim_end_matches('\r').to_string();
+            row.push_str(next);
             i += 1;
         }
         let tok: Vec<&str> = row.split_whitespace().collect();
