@@ -761,7 +761,7 @@ mod tests {
     fn netstat_wide_and_narrow() {
         let text = "Proto Recv-Q Send-Q Local Address           Foreign Address         State       PID/Program name\n\
                     tcp        1      0 127.0.0.1:8080          127.0.0.1:51352         CLOSE_WAIT  30261/sockfarm\n\
-                    tcp6       0      0 2001:db8:aaaa:bbbb:1:443 2001:db8::2:5000       ESTABLISHED -\n";
+                    tcp6       0      0 2001:db8::1:443         2001:db8::2:5000        ESTABLISHED -\n";
         let t = parse_netstat(text);
         assert_eq!(t.sockets.len(), 2, "{:?}", t.first_error);
         assert_eq!(t.owners[0].1, Owner { pid: 30261, fd: 0 });
