@@ -45,6 +45,11 @@ pub struct GlobalArgs {
     /// and kill.
     #[arg(long, global = true, value_name = "NS")]
     pub netns: Option<String>,
+    /// Read a recorded host instead of this one (check, states, sockets): a snapshot
+    /// (tcpdoctor snapshot -o FILE), or saved output of ss, netstat, nstat, sysctl -a,
+    /// /proc/net/tcp, or a sosreport folder. Repeat it for several files of one host.
+    #[arg(long, global = true, value_name = "FILE|DIR")]
+    pub from: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -86,6 +91,14 @@ pub enum Command {
     /// selector (--pid, --port, --peer); lists the sockets and asks before destroying
     /// unless --yes. The process keeps its descriptors until it closes them.
     Kill(KillArgs),
+    /// Save everything check reads (sockets with owners, tcp_info and timers, counters
+    /// sampled twice, sysctls, limits, namespaces, kernel log, nginx) into one
+    /// compressed file, for `--from FILE` later or elsewhere, and for `diff`.
+    Snapshot(SnapshotArgs),
+    /// Compare two recordings of a host (snapshots or saved ss/netstat output): states
+    /// per process and per destination, findings resolved, new and unchanged, and the
+    /// rates that moved.
+    Diff(DiffArgs),
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +128,37 @@ pub struct KillArgs {
     #[arg(short = 'n', long)]
     pub dry_run: bool,
     /// Print JSON (schema: docs/json.md): each socket with its outcome.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// The file to write (replaced if it exists).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    /// Seconds between the two counter samples, as for check.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub interval: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The recording before the change: a snapshot file, a saved capture, or a folder
+    /// of captures (a sosreport).
+    pub before: PathBuf,
+    /// The recording after it.
+    pub after: PathBuf,
+    /// Rows per table (processes, destinations; 0 = all).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+    /// TOML file with thresholds for the findings (see docs/config.md).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override one threshold, e.g. --threshold close_wait_warn=5 (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub threshold: Vec<String>,
+    /// Print JSON (schema: docs/json.md).
     #[arg(long)]
     pub json: bool,
 }

@@ -156,6 +156,33 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
             tcpdoctor::live::serve::run(&common, &s)?;
             return Ok(exit::OK);
         }
+        Action::Snapshot(s) => {
+            let r = cmd::snapshot::run(&common, &s)?;
+            let w = r.written;
+            writeln!(
+                out,
+                "wrote {}: {} in {} of {}, {}",
+                r.path.display(),
+                tcpdoctor::model::units::count(w.sockets, "socket", "sockets"),
+                tcpdoctor::model::units::count(w.namespaces as u64, "namespace", "namespaces"),
+                if r.hostname.is_empty() {
+                    "this host"
+                } else {
+                    &r.hostname
+                },
+                human_bytes(w.bytes)
+            )?;
+        }
+        Action::Diff(s) => {
+            let report = cmd::diff::run(&s)?;
+            if s.json {
+                render::diff::write_json(&mut out, &report)?;
+            } else {
+                render::diff::write_human(&mut out, &report, style)?;
+                out.flush()?;
+                render::write_notices(&mut io::stderr().lock(), &report.notices, err_style)?;
+            }
+        }
         Action::Trace(s) => {
             drop(out);
             tcpdoctor::live::trace::run(&common, &s)?;
@@ -277,6 +304,15 @@ fn ask(question: &str) -> io::Result<bool> {
     io::stdin().lock().read_line(&mut line)?;
     let answer = line.trim().to_ascii_lowercase();
     Ok(answer == "y" || answer == "yes")
+}
+
+/// `1.2 MiB`.
+fn human_bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} bytes"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+    }
 }
 
 /// `tcpdoctor sockets | head` closes the pipe early; that is not an error.

@@ -24,6 +24,9 @@ pub struct Common {
     /// How to find socket owners (threads of the /proc pass, when to use BPF).
     pub owner_scan: OwnerScan,
     pub netns: NetnsChoice,
+    /// `--from`: a recorded host (snapshot file or saved text) read instead of this
+    /// one; empty: the live host.
+    pub from: Vec<PathBuf>,
 }
 
 /// Which network namespaces to read (`--netns`).
@@ -153,6 +156,24 @@ pub struct KillSettings {
     pub json: bool,
 }
 
+/// `snapshot -o FILE`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotSettings {
+    pub output: PathBuf,
+    pub interval: Duration,
+}
+
+/// `diff BEFORE AFTER`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiffSettings {
+    pub before: PathBuf,
+    pub after: PathBuf,
+    /// Rows per table (`usize::MAX`: all).
+    pub top: usize,
+    pub thresholds: Thresholds,
+    pub json: bool,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Check(CheckSettings),
@@ -163,12 +184,14 @@ pub enum Action {
     Trace(TraceSettings),
     Lint(LintSettings),
     Kill(KillSettings),
+    Snapshot(SnapshotSettings),
+    Diff(DiffSettings),
 }
 
 /// A setting that cannot be used; the message names the value and what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    #[error("interval '{0}' is out of range (check --interval: 0-60 s, watch --interval: 0.1-3600 s, serve --cache: 0-3600 s)")]
+    #[error("interval '{0}' is out of range (check and snapshot --interval: 0-60 s, watch --interval: 0.1-3600 s, serve --cache: 0-3600 s)")]
     Interval(f64),
     #[error("cannot read config file '{path}': {source}")]
     ConfigRead {
@@ -212,6 +235,10 @@ pub enum SettingsError {
     KillNoTerminal,
     #[error("kill acts on the running kernel through sock_diag: it cannot be used with {0}")]
     KillNotLive(&'static str),
+    #[error("--from reads a recording, not {0}: give one or the other")]
+    FromAndLive(&'static str),
+    #[error("{0} reads this host as it is now and takes no --from; --from works with check, states and sockets (and diff takes its two recordings as arguments)")]
+    FromNotHere(&'static str),
 }
 
 /// Facts about the terminal the caller knows (main owns stdout and the environment).
@@ -289,6 +316,26 @@ pub fn resolve(
         (SourceArg::Netlink, false) => SourcePref::Netlink,
     };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    if !g.from.is_empty() {
+        if replay {
+            return Err(SettingsError::FromAndLive("--proc-root"));
+        }
+        if g.source != SourceArg::Auto {
+            return Err(SettingsError::FromAndLive("--source"));
+        }
+        let live_only = match &cli.command {
+            Some(cli::Command::Watch(_)) => Some("watch"),
+            Some(cli::Command::Serve(_)) => Some("serve"),
+            Some(cli::Command::Trace(_)) => Some("trace"),
+            Some(cli::Command::Lint(_)) => Some("lint"),
+            Some(cli::Command::Snapshot(_)) => Some("snapshot"),
+            Some(cli::Command::Diff(_)) => Some("diff"),
+            _ => None,
+        };
+        if let Some(cmd) = live_only {
+            return Err(SettingsError::FromNotHere(cmd));
+        }
+    }
     let common = Common {
         source,
         proc_root: g.proc_root,
@@ -300,6 +347,7 @@ pub fn resolve(
             Some(v) => NetnsChoice::parse(v)?,
             None => NetnsChoice::Default,
         },
+        from: g.from,
     };
     if cli.command.is_some() && cli.check.any_given() {
         return Err(SettingsError::CheckFlagsBeforeCommand);
@@ -388,6 +436,22 @@ pub fn resolve(
         }
         Some(cli::Command::Trace(a)) => Action::Trace(trace_settings(a)?),
         Some(cli::Command::Kill(a)) => Action::Kill(kill_settings(a, &common, term)?),
+        Some(cli::Command::Snapshot(a)) => {
+            if !(0.0..=60.0).contains(&a.interval) || a.interval.is_nan() {
+                return Err(SettingsError::Interval(a.interval));
+            }
+            Action::Snapshot(SnapshotSettings {
+                output: a.output,
+                interval: Duration::from_secs_f64(a.interval),
+            })
+        }
+        Some(cli::Command::Diff(a)) => Action::Diff(DiffSettings {
+            thresholds: thresholds(a.config.as_deref(), &a.threshold)?,
+            before: a.before,
+            after: a.after,
+            top: if a.top == 0 { usize::MAX } else { a.top },
+            json: a.json,
+        }),
     };
     Ok((common, action))
 }

@@ -25,12 +25,43 @@ fn host_options(common: &Common, by_process: bool, detached_fds: bool) -> HostOp
         owner_scan: common.owner_scan,
         by_process,
         detached_fds,
+        tap: None,
+        keep_owners: false,
     }
 }
 
 pub fn run(common: &Common, s: &CheckSettings) -> Result<CheckReport, CmdError> {
+    if !common.from.is_empty() {
+        // A recording (snapshot or imported text): the same rules on what it holds.
+        let mut rec = super::from::open(common)?;
+        let host = super::from::host(&mut rec, common, Purpose::Diagnosis, false)?;
+        let findings = analyze::run_host(&host, &s.thresholds);
+        return Ok(CheckReport {
+            hostname: rec.hostname,
+            host,
+            findings,
+        });
+    }
+    let Collected { host, hostname, .. } = gather(common, s, None)?;
+    let findings = analyze::run_host(&host, &s.thresholds);
+    Ok(CheckReport {
+        hostname,
+        host,
+        findings,
+    })
+}
+
+/// What `check` reads of this host, `--interval` apart; `tap` also gets every socket
+/// read, and then the owner map is kept in [`Collected::owners`] (`snapshot`).
+pub(super) fn gather(
+    common: &Common,
+    s: &CheckSettings,
+    tap: Option<std::sync::Arc<dyn crate::collect::namespace::SocketTap>>,
+) -> Result<Collected, CmdError> {
     let selection = netns::select(common, Purpose::Diagnosis)?;
-    let opts = host_options(common, false, true);
+    let mut opts = host_options(common, false, true);
+    opts.keep_owners = tap.is_some();
+    opts.tap = tap;
     let started = Instant::now();
     let mut collected = host::collect(&selection.targets, selection.all, selection.notices, &opts)?;
     // nginx masters in every namespace and their configuration (issue 12), read while
@@ -52,13 +83,7 @@ pub fn run(common: &Common, s: &CheckSettings) -> Result<CheckReport, CmdError> 
         let second = host::read_again(&selection.targets, &opts, &mut collected);
         rates_between_readings(&mut collected, &second);
     }
-    let Collected { host, hostname, .. } = collected;
-    let findings = analyze::run_host(&host, &s.thresholds);
-    Ok(CheckReport {
-        hostname,
-        host,
-        findings,
-    })
+    Ok(collected)
 }
 
 /// Each namespace's counters over its own interval: the ones read late in a big run

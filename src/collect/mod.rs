@@ -7,6 +7,7 @@
 
 pub mod cgroup;
 pub mod host;
+pub mod import;
 pub mod kmsg;
 pub mod limits_source;
 pub mod namespace;
@@ -16,6 +17,7 @@ pub mod nginx;
 pub mod owners;
 pub mod procfs;
 pub mod replay;
+pub mod snapshot;
 pub mod sockets;
 pub mod sysctl;
 pub mod sysctl_files;

@@ -6,6 +6,7 @@
 //! the same way.
 
 mod container;
+pub mod diff;
 mod digest;
 mod filter;
 mod finding;

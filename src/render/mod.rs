@@ -2,6 +2,7 @@
 //! Renderers write to any `io::Write`; only `main` decides that it is stdout.
 
 pub mod check;
+pub mod diff;
 pub mod kill;
 pub mod lint;
 pub mod metrics;
