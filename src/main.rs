@@ -11,7 +11,7 @@ use tcpdoctor::cli::Cli;
 use tcpdoctor::cmd;
 use tcpdoctor::model::Severity;
 use tcpdoctor::render::{self, Style};
-use tcpdoctor::settings::{self, Action, Terminal};
+use tcpdoctor::settings::{self, Action, ManSettings, Terminal};
 
 /// Exit codes (documented in README and `--help`).
 mod exit {
@@ -156,6 +156,18 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
             drop(out);
             tcpdoctor::live::trace::run(&common, &s)?;
             return Ok(exit::OK);
+        }
+        Action::Completions(shell) => {
+            out.write_all(&tcpdoctor::manual::completions(shell))?;
+        }
+        Action::Man(ManSettings::Print(words)) => {
+            let page = tcpdoctor::manual::page(&words)?;
+            out.write_all(&tcpdoctor::manual::render(&page)?)?;
+        }
+        Action::Man(ManSettings::WriteAll(dir)) => {
+            for path in tcpdoctor::manual::write_all(&dir)? {
+                writeln!(out, "{}", path.display())?;
+            }
         }
         Action::States(s) => {
             let report = cmd::states::run(&common, &s)?;

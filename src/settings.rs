@@ -143,6 +143,19 @@ pub enum Action {
     Sockets(SocketsSettings),
     Trace(TraceSettings),
     Lint(LintSettings),
+    /// `completions SHELL`: print the completion script.
+    Completions(crate::manual::Shell),
+    /// `man [COMMAND...]` / `man --out-dir DIR`.
+    Man(ManSettings),
+}
+
+/// Which manual pages to produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManSettings {
+    /// One page on stdout: the command's words (`["lint", "nginx"]`; none: tcpdoctor(1)).
+    Print(Vec<String>),
+    /// Every page, one file each, into this folder.
+    WriteAll(PathBuf),
 }
 
 /// A setting that cannot be used; the message names the value and what to change.
@@ -294,6 +307,15 @@ pub fn resolve(cli: cli::Cli, term: Terminal) -> Result<(Common, Action), Settin
             })
         }
         Some(cli::Command::Trace(a)) => Action::Trace(trace_settings(a)?),
+        Some(cli::Command::Completions(a)) => Action::Completions(match a.shell {
+            cli::ShellArg::Bash => crate::manual::Shell::Bash,
+            cli::ShellArg::Zsh => crate::manual::Shell::Zsh,
+            cli::ShellArg::Fish => crate::manual::Shell::Fish,
+        }),
+        Some(cli::Command::Man(a)) => Action::Man(match a.out_dir {
+            Some(dir) => ManSettings::WriteAll(dir),
+            None => ManSettings::Print(a.command),
+        }),
     };
     Ok((common, action))
 }
