@@ -150,13 +150,31 @@ pub fn render(page: &Page) -> io::Result<Vec<u8>> {
             .find_subcommand(w)
             .ok_or_else(|| io::Error::other(format!("no command '{w}'")))?;
     }
-    let man = clap_mangen::Man::new(cmd.clone())
-        .source(format!("{BIN} {}", env!("CARGO_PKG_VERSION")))
-        .manual("tcpdoctor manual");
+    let man = clap_mangen::Man::new(cmd.clone());
     let mut out = Vec::new();
     man.render(&mut out)?;
-    // clap_mangen heads the after-help "EXTRA"; man-pages(7) calls such a section NOTES.
     let mut text = String::from_utf8(out).map_err(io::Error::other)?;
+    // The title line, written here: clap_mangen leaves an empty date out instead of
+    // quoting it, which moves the source into the date's place and the manual's name
+    // into the source's. No date: the page changes with the binary, not the calendar.
+    let title = format!(
+        ".TH {} 1 \"\" \"{BIN} {}\" \"tcpdoctor manual\"",
+        page.name.replace('-', "\\-"),
+        env!("CARGO_PKG_VERSION")
+    );
+    text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with(".TH ") {
+                title.as_str()
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    text.push('\n');
+    // clap_mangen heads the after-help "EXTRA"; man-pages(7) calls such a section NOTES.
     text = text.replacen(".SH EXTRA\n", ".SH NOTES\n", 1);
     let mut extra = Roff::default();
     if page.words == ["serve"] {
@@ -284,6 +302,18 @@ mod tests {
             "tcpdoctor-lint-nginx"
         );
         assert_eq!(page(&[]).unwrap().name, "tcpdoctor");
+    }
+
+    #[test]
+    fn the_title_line_has_an_empty_date_then_source_and_manual() {
+        let text =
+            String::from_utf8(render(&page(&words(&["lint", "nginx"])).unwrap()).unwrap()).unwrap();
+        let th: Vec<&str> = text.lines().filter(|l| l.starts_with(".TH ")).collect();
+        let want = format!(
+            ".TH tcpdoctor\\-lint\\-nginx 1 \"\" \"tcpdoctor {}\" \"tcpdoctor manual\"",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(th, [want.as_str()]);
     }
 
     #[test]

@@ -120,6 +120,15 @@ fn there_is_a_page_per_command_and_each_renders_without_warnings() {
                 .env("MAN_KEEP_FORMATTING", "")
                 .env("LC_ALL", "C.UTF-8"));
             assert!(ok && err.is_empty(), "man -l {name}: {err}");
+            // Header: name(1), the manual's name; footer: the version.
+            let first = text.lines().next().unwrap_or_default();
+            let last = text.lines().last().unwrap_or_default();
+            assert!(
+                first.contains(&format!("{name}(1)")) && first.contains("tcpdoctor manual"),
+                "{first}"
+            );
+            let version = format!("tcpdoctor {}", env!("CARGO_PKG_VERSION"));
+            assert!(last.starts_with(&version), "{last}");
             for section in ["NAME", "SYNOPSIS", "DESCRIPTION", "SEE ALSO"] {
                 assert!(
                     text.contains(&format!("\n{section}\n")),
