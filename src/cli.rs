@@ -99,6 +99,18 @@ pub enum Command {
     /// per process and per destination, findings resolved, new and unchanged, and the
     /// rates that moved.
     Diff(DiffArgs),
+    /// Print the Tab-completion script for bash, zsh or fish.
+    ///
+    /// The Debian package installs all three. By hand, as root: bash: `tcpdoctor
+    /// completions bash > /usr/share/bash-completion/completions/tcpdoctor`; zsh: the
+    /// output as a file named `_tcpdoctor` in a folder of $fpath; fish: `tcpdoctor
+    /// completions fish > ~/.config/fish/completions/tcpdoctor.fish` (per user).
+    Completions(CompletionsArgs),
+    /// Print the manual page of tcpdoctor or of one command (roff), or write them all.
+    ///
+    /// Read one without installing it: `tcpdoctor man serve | man -l -`. Packages write
+    /// them all with --out-dir; once installed: `man tcpdoctor`, `man tcpdoctor-serve`.
+    Man(ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +173,31 @@ pub struct DiffArgs {
     /// Print JSON (schema: docs/json.md).
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: ShellArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShellArg {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The command whose page to print, e.g. `serve` or `lint nginx`; none: tcpdoctor(1).
+    #[arg(value_name = "COMMAND", conflicts_with = "out_dir")]
+    pub command: Vec<String>,
+    /// Write every page (tcpdoctor.1, tcpdoctor-check.1, ...) into this folder and print
+    /// their paths.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

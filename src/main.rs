@@ -11,7 +11,7 @@ use tcpdoctor::cli::Cli;
 use tcpdoctor::cmd;
 use tcpdoctor::model::{Confirmation, KillOutcome, Severity};
 use tcpdoctor::render::{self, Style};
-use tcpdoctor::settings::{self, Action, Common, Environment, KillSettings, Terminal};
+use tcpdoctor::settings::{self, Action, Common, Environment, KillSettings, ManSettings, Terminal};
 
 /// Exit codes (documented in README and `--help`).
 mod exit {
@@ -190,6 +190,18 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
         }
         Action::Kill(s) => {
             code = kill(&common, &s, style, err_style, &mut out)?;
+        }
+        Action::Completions(shell) => {
+            out.write_all(&tcpdoctor::manual::completions(shell))?;
+        }
+        Action::Man(ManSettings::Print(words)) => {
+            let page = tcpdoctor::manual::page(&words)?;
+            out.write_all(&tcpdoctor::manual::render(&page)?)?;
+        }
+        Action::Man(ManSettings::WriteAll(dir)) => {
+            for path in tcpdoctor::manual::write_all(&dir)? {
+                writeln!(out, "{}", path.display())?;
+            }
         }
         Action::States(s) => {
             let report = cmd::states::run(&common, &s)?;

@@ -186,6 +186,19 @@ pub enum Action {
     Kill(KillSettings),
     Snapshot(SnapshotSettings),
     Diff(DiffSettings),
+    /// `completions SHELL`: print the completion script.
+    Completions(crate::manual::Shell),
+    /// `man [COMMAND...]` / `man --out-dir DIR`.
+    Man(ManSettings),
+}
+
+/// Which manual pages to produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManSettings {
+    /// One page on stdout: the command's words (`["lint", "nginx"]`; none: tcpdoctor(1)).
+    Print(Vec<String>),
+    /// Every page, one file each, into this folder.
+    WriteAll(PathBuf),
 }
 
 /// A setting that cannot be used; the message names the value and what to change.
@@ -451,6 +464,15 @@ pub fn resolve(
             after: a.after,
             top: if a.top == 0 { usize::MAX } else { a.top },
             json: a.json,
+        }),
+        Some(cli::Command::Completions(a)) => Action::Completions(match a.shell {
+            cli::ShellArg::Bash => crate::manual::Shell::Bash,
+            cli::ShellArg::Zsh => crate::manual::Shell::Zsh,
+            cli::ShellArg::Fish => crate::manual::Shell::Fish,
+        }),
+        Some(cli::Command::Man(a)) => Action::Man(match a.out_dir {
+            Some(dir) => ManSettings::WriteAll(dir),
+            None => ManSettings::Print(a.command),
         }),
     };
     Ok((common, action))

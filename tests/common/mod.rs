@@ -6,7 +6,8 @@
 //! - `ss`: `ss` output, live or captured, parsed;
 //! - `fixtures`, `cgroup`: paths into the repository, scratch folders, test cgroups;
 //! - `prom`, `serve`: the Prometheus exposition format, promtool, a running exporter;
-//! - `snapshot`: golden output as insta snapshots.
+//! - `snapshot`: golden output as insta snapshots;
+//! - `tools`: external programs a test needs (skipped outside CI when missing).
 //!
 //! Every child process and every wait here is bounded in time; nothing sends traffic
 //! outside loopback. Nothing here is built into tcpdoctor.
@@ -24,6 +25,7 @@ pub mod run;
 pub mod serve;
 pub mod snapshot;
 pub mod ss;
+pub mod tools;
 
 /// How to run the tests that need root and the `sockfarm` helper.
 pub const HOW_TO_RUN: &str = "cargo test --features sockfarm -- --include-ignored, or bash .ci/run";
