@@ -78,9 +78,10 @@ pub fn read(roots: &NsRoots, opts: &NsOptions, host_wide: bool) -> Result<NsRead
     if host_wide {
         sysctls.extend(sysctl::read(&roots.sys, HOST_WIDE_SYSCTLS));
     }
-    let sockstat = std::fs::read_to_string(roots.net.join("net/sockstat"))
-        .ok()
-        .and_then(|t| sockstat::parse_tcp(&t));
+    let sockstat =
+        super::bounded::read_to_string(&roots.net.join("net/sockstat"), super::bounded::SMALL)
+            .ok()
+            .and_then(|t| sockstat::parse_tcp(&t));
 
     let ports = EphemeralPorts::from_sysctls(
         sysctls

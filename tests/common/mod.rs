@@ -17,6 +17,7 @@
 pub mod cgroup;
 pub mod farm;
 pub mod fixtures;
+pub mod fuzz;
 pub mod netns;
 pub mod prom;
 pub mod report;

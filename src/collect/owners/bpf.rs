@@ -76,8 +76,11 @@ const PROCESS_PROGRAM: &str = "owner_processes";
 /// Runs the scan: the files pass, then the processes pass, then the join.
 pub fn scan(wanted: Wanted<'_>) -> Result<(Owners, ScanStats), BpfScanError> {
     let me = std::process::id();
-    let status = std::fs::read("/proc/self/status")
-        .map_err(|e| BpfScanError::ForeignProc(format!("read /proc/self/status: {e}")))?;
+    let status = crate::collect::bounded::read(
+        Path::new("/proc/self/status"),
+        crate::collect::bounded::SMALL,
+    )
+    .map_err(|e| BpfScanError::ForeignProc(format!("read /proc/self/status: {e}")))?;
     // Without the capabilities the load fails anyway, after ~60 ms spent parsing the
     // kernel's BTF: decide from the status file instead.
     if !may_load_tracing_programs(&status) {

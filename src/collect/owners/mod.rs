@@ -161,9 +161,10 @@ fn bpf_worthwhile(proc_root: &Path, use_bpf: BpfUse) -> Result<(), String> {
         return Ok(());
     }
     // Unreadable: assume a big host, where BPF matters.
-    let Some(open) = std::fs::read_to_string(proc_root.join("sys/fs/file-nr"))
-        .ok()
-        .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok())
+    let Some(open) =
+        super::bounded::read_to_string(&proc_root.join("sys/fs/file-nr"), super::bounded::SMALL)
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok())
     else {
         return Ok(());
     };

@@ -85,7 +85,7 @@ pub fn read(
     let mut any = false;
     for f in ["netstat", "snmp"] {
         let path = net_root.join("net").join(f);
-        match std::fs::read_to_string(&path) {
+        match crate::collect::bounded::read_to_string(&path, crate::collect::bounded::SMALL) {
             Ok(text) => {
                 any = true;
                 let (m, errors) = parse(&text);
