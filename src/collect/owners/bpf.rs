@@ -290,6 +290,19 @@ fn programs() -> Result<&'static Mutex<Loaded>, BpfScanError> {
         .map_err(Clone::clone)
 }
 
+/// Loads the programs if they are not yet (a failure is remembered, and reported by
+/// the next scan).
+pub fn load() {
+    // Without the capabilities the load would fail after ~60 ms of BTF parsing.
+    let status = crate::collect::bounded::read(
+        Path::new("/proc/self/status"),
+        crate::collect::bounded::SMALL,
+    );
+    if status.is_ok_and(|st| may_load_tracing_programs(&st)) {
+        let _ = programs();
+    }
+}
+
 /// True once this process has loaded the programs: later scans cost no load.
 pub fn is_loaded() -> bool {
     PROGRAMS.get().is_some_and(|p| p.is_ok())
