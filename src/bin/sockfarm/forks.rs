@@ -163,7 +163,10 @@ pub fn run(r: ForkRun) -> Result<()> {
             "backlog": r.backlog,
             "queued": r.queued,
         }],
-        "workers": workers.0.iter().map(|pid| serde_json::json!({"pid": pid, "counts": {}})).collect::<Vec<_>>(),
+        "workers": workers.0.iter().map(|pid| serde_json::json!({
+            "pid": pid,
+            "counts": {"established": 0, "close_wait": 0, "close_wait_read": 0, "fin_wait2": 0, "unaccepted_clients": 0, "time_wait_made": 0},
+        })).collect::<Vec<_>>(),
         "expected": {},
         "build_ms": 0,
     });
