@@ -5,6 +5,7 @@
 //! - `report`: lookups in tcpdoctor's JSON reports (findings, namespaces, endpoints);
 //! - `ss`: `ss` output, live or captured, parsed;
 //! - `fixtures`, `cgroup`: paths into the repository, scratch folders, test cgroups;
+//! - `fuzz`: a seeded generator and the mutations the fuzz tests apply to captured input;
 //! - `prom`, `serve`: the Prometheus exposition format, promtool, a running exporter;
 //! - `snapshot`: golden output as insta snapshots.
 //!
