@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::analyze::Thresholds;
 
 use crate::cli::{self, ByArg, ColorArg, SourceArg, StateWord};
+use crate::collect::bounded;
 use crate::collect::owners::{BpfUse, OwnerScan, BPF_MIN_FILES};
 use crate::collect::sockets::SourcePref;
 use crate::model::{FlowFilter, GroupBy, SocketFilter, StateSet, TcpState};
@@ -611,6 +612,9 @@ const THRESHOLD_PAIRS: &[(&str, &str)] = &[
     ("conntrack_warn_pct", "conntrack_critical_pct"),
 ];
 
+/// Largest config file read (a full one is a few hundred bytes).
+const CONFIG_MAX: u64 = 1 << 20;
+
 /// Longest piece of user input quoted back in an error.
 const QUOTED_MAX: usize = 32;
 
@@ -686,9 +690,13 @@ pub fn thresholds(
     // Where each key was set, for the warning-above-critical error.
     let mut origin: std::collections::BTreeMap<String, String> = Default::default();
     if let Some(path) = config {
-        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::ConfigRead {
-            path: path.to_path_buf(),
-            source,
+        // A regular file of at most CONFIG_MAX bytes: a FIFO or a device given as the
+        // config file is refused at once instead of blocking or filling memory.
+        let text = bounded::read_to_string(path, CONFIG_MAX).map_err(|source| {
+            SettingsError::ConfigRead {
+                path: path.to_path_buf(),
+                source,
+            }
         })?;
         let at = |offset: usize, message: String| {
             let (line, column) = line_column(&text, offset);
@@ -1065,6 +1073,51 @@ mod tests {
             .expect_err("too big")
             .to_string();
         assert!(e.len() < 300, "{} chars: {e}", e.len());
+        // A 10 MB config file: one value, or one line of garbage. Neither is echoed.
+        for body in [
+            format!("port_warn_pct = {}\n", "7".repeat(10 << 20)),
+            format!("port_warn_pct = \"{}\"\n", "x".repeat(10 << 20)),
+            "#".repeat(10 << 20),
+        ] {
+            let file = ConfigFile::new("huge.toml", &body);
+            let e = thresholds(Some(&file.0), &[])
+                .expect_err("10 MB")
+                .to_string();
+            assert!(e.len() < 300, "{} chars: {e}", e.len());
+            assert!(e.contains("larger than the 1 MiB read per file"), "{e}");
+        }
+        // A value under the file bound but long: quoted as a prefix.
+        let file = ConfigFile::new(
+            "long2.toml",
+            &format!("port_warn_pct = \"{}\"\n", "x".repeat(500_000)),
+        );
+        let e = thresholds(Some(&file.0), &[])
+            .expect_err("a string")
+            .to_string();
+        assert!(
+            e.len() < 300 && e.contains("give a number"),
+            "{} chars: {e}",
+            e.len()
+        );
+    }
+
+    #[test]
+    fn a_config_file_that_is_not_a_regular_file_is_refused_without_blocking() {
+        let fifo =
+            std::env::temp_dir().join(format!("tcpdoctor-config-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_file(&fifo);
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid NUL-terminated path; mkfifo has no other preconditions.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        let e = thresholds(Some(&fifo), &[])
+            .expect_err("a FIFO")
+            .to_string();
+        let _ = std::fs::remove_file(&fifo);
+        assert!(e.contains("not a regular file (a FIFO)"), "{e}");
+        let e = thresholds(Some(Path::new("/dev/zero")), &[])
+            .expect_err("a device")
+            .to_string();
+        assert!(e.contains("not a regular file (a character device)"), "{e}");
     }
 
     fn cli(args: &[&str]) -> cli::Cli {

@@ -26,6 +26,10 @@ pub fn run(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdErr
         source: common.source,
     };
     let targets = &selection.targets;
+    if s.owners {
+        // Dump and scan start together only if the BPF programs are loaded first.
+        owners::prepare(&common.proc_root, &common.owner_scan);
+    }
     let (dumps, scan) = std::thread::scope(|scope| {
         let scan = s.owners.then(|| {
             scope.spawn(|| owners::scan(&common.proc_root, Wanted::All, &common.owner_scan))

@@ -123,8 +123,7 @@ pub fn collect(
             inodes: _,
             close_wait_at,
         } = reading;
-        let (summary, digest) =
-            builder.finish(|inode| owner_data.as_ref().and_then(|o| o.map.first(inode)));
+        let (summary, digest) = builder.finish_owned(owner_data.as_ref().map(|o| &o.map));
         let mut snap = Snapshot {
             taken_at_unix_ms,
             source: Some(source),

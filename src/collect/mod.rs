@@ -5,6 +5,7 @@
 //! [`host`] assembles a whole [`HostSnapshot`](crate::model::HostSnapshot) from the
 //! namespaces a command chose; [`namespace`] is what is read inside one of them.
 
+pub mod bounded;
 pub mod cgroup;
 pub mod host;
 pub mod import;

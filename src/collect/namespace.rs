@@ -114,9 +114,10 @@ pub fn read(
     if host_wide {
         sysctls.extend(sysctl::read(&roots.sys, HOST_WIDE_SYSCTLS));
     }
-    let sockstat = std::fs::read_to_string(roots.net.join("net/sockstat"))
-        .ok()
-        .and_then(|t| sockstat::parse_tcp(&t));
+    let sockstat =
+        super::bounded::read_to_string(&roots.net.join("net/sockstat"), super::bounded::SMALL)
+            .ok()
+            .and_then(|t| sockstat::parse_tcp(&t));
 
     let mut builder = digest_builder(&sysctls, opts.by_process);
     let record = opts.record_inodes;

@@ -24,6 +24,7 @@ mod snapshot;
 mod socket;
 mod state;
 mod summary;
+pub mod text;
 pub mod units;
 
 pub use notice::{Notice, NoticeCode, Source};

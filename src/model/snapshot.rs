@@ -428,6 +428,24 @@ pub struct SocketDigest {
     /// not in it.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub by_process: BTreeMap<u32, StateCounts>,
+    /// Every process that holds a listener, by the listener's inode, for listeners
+    /// held by more than one (a server that forks its workers after listen(): they all
+    /// share the socket, and any of them may be the one accepting). One owner per
+    /// process, lowest pid first. A listener held by one process is not in it; its
+    /// `owner` says it all.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub listener_holders: BTreeMap<u64, Vec<Owner>>,
+}
+
+impl SocketDigest {
+    /// Every process that holds listener `l` (see `listener_holders`): one owner per
+    /// process, or just `l.owner`; empty when no owner is known.
+    pub fn holders(&self, l: &ListenerSocket) -> Vec<Owner> {
+        match self.listener_holders.get(&l.inode) {
+            Some(all) if l.inode != 0 => all.clone(),
+            _ => l.owner.into_iter().collect(),
+        }
+    }
 }
 
 /// Two readings of /proc/net/{netstat,snmp}, `interval_ms` apart.

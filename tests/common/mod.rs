@@ -5,6 +5,7 @@
 //! - `report`: lookups in tcpdoctor's JSON reports (findings, namespaces, endpoints);
 //! - `ss`: `ss` output, live or captured, parsed;
 //! - `fixtures`, `cgroup`: paths into the repository, scratch folders, test cgroups;
+//! - `fuzz`: a seeded generator and the mutations the fuzz tests apply to captured input;
 //! - `prom`, `serve`: the Prometheus exposition format, promtool, a running exporter;
 //! - `snapshot`: golden output as insta snapshots;
 //! - `tools`: external programs a test needs (skipped outside CI when missing).
@@ -18,6 +19,7 @@
 pub mod cgroup;
 pub mod farm;
 pub mod fixtures;
+pub mod fuzz;
 pub mod netns;
 pub mod prom;
 pub mod report;
