@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::util::{owner_label, pct};
 use super::Thresholds;
+use crate::model::units;
 use crate::model::{
     CloseWaitSocket, Endpoint, Evidence, Finding, FixStep, ListenerSocket, Nature, Severity,
     Snapshot,
@@ -93,19 +94,12 @@ fn finding_for(
         _ => format!("The application listening on port {port}"),
     };
     let title = format!(
-        "{subject} is not accepting on {local}: {count} queued {} already closed by {}",
-        if count == 1 {
-            "connection"
-        } else {
-            "connections"
-        },
-        if count == 1 {
-            "its client"
-        } else {
-            "their clients"
-        }
+        "{subject} is not accepting on {local}: {} already closed by {}",
+        units::count(count, "queued connection", "queued connections"),
+        units::noun(count, "its client", "their clients")
     );
-    let mut evidence = vec![Evidence::new("CLOSE_WAIT never accepted (inode 0)", count)];
+    // The count is the title's; the evidence starts with the listener.
+    let mut evidence = Vec::new();
     match listener {
         Some(l) if l.backlog_known => evidence.push(Evidence::new(
             format!("listener {}", l.local),
@@ -149,20 +143,29 @@ fn finding_for(
             ""
         }
     );
-    let pid = owner.map_or("PID".to_string(), |o| o.pid.to_string());
-    let fix = vec![
-        format!(
-            "See what the workers are doing with a stack dump (`jstack {pid}` for Java, `py-spy dump --pid {pid}` for Python, `gdb -p {pid} -batch -ex 'thread apply all bt'` otherwise); look for threads blocked on a backend call, a lock or a full pool."
+    let mut fix = Vec::new();
+    match owner {
+        Some(o) => fix.push(super::close_wait_common::stack_dump_step(s, o.pid)),
+        None => fix.push(FixStep::run(
+            "Find the listening process: as root, ss names it in users:((...))",
+            format!("ss -ltnp sport = :{port}"),
+        )),
+    }
+    fix.extend([
+        FixStep::say("Put deadlines on the work that holds a worker (backend and database calls), size the pool for peak concurrency, or move to non-blocking I/O, so accept() keeps up."),
+        FixStep::say("When saturated, refuse quickly (reply 503 or close right away) instead of leaving clients to time out in the queue."),
+        FixStep::run(
+            "Watch the queue (Recv-Q = queued, Send-Q = backlog)",
+            format!("ss -ltn sport = :{port}"),
         ),
-        "Put deadlines on the work that holds a worker (backend and database calls), size the pool for peak concurrency, or move to non-blocking I/O, so accept() keeps up.".to_string(),
-        "When saturated, refuse quickly (reply 503 or close right away) instead of leaving clients to time out in the queue.".to_string(),
-        format!(
-            "Watch it: `ss -ltn sport = :{port}` (Recv-Q = queued, Send-Q = backlog) and `ss -tn state close-wait sport = :{port}`."
+        FixStep::run(
+            "...and these sockets",
+            format!("ss -tn state close-wait sport = :{port}"),
         ),
-        format!(
+        FixStep::say(format!(
             "Stopgap: restarting {who} drops the queue and these sockets; their clients have already given up."
-        ),
-    ];
+        )),
+    ]);
 
     Finding {
         rule_id: ID,
@@ -172,7 +175,7 @@ fn finding_for(
         title,
         evidence,
         why,
-        fix: fix.into_iter().map(FixStep::from).collect(),
+        fix,
         proposed: Vec::new(),
         data: json!({
             "local_address": ip.to_string(),
@@ -261,7 +264,19 @@ mod tests {
         assert_eq!(f.data["listener"]["pid"], 42);
         assert_eq!(f.data["peers"][0]["address"], "10.0.0.9");
         assert_eq!(f.data["peers"][0]["count"], 3);
-        assert!(f.fix.iter().any(|l| l.mentions("jstack 42")));
+        assert!(f
+            .fix
+            .iter()
+            .any(|l| l.command.as_deref() == Some("jstack 42")));
+        // Every shell command is a step's command, none is left in the prose.
+        assert!(f
+            .fix
+            .iter()
+            .all(|l| !crate::analyze::pointing::prose_has_command(&l.text)));
+        assert!(f
+            .fix
+            .iter()
+            .any(|l| l.command.as_deref() == Some("ss -ltn sport = :8080")));
     }
 
     #[test]
