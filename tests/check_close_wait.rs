@@ -285,7 +285,7 @@ fn descriptors_of_reset_close_wait_sockets_name_the_process_and_count() {
         "--hold-secs",
         "300",
     ]);
-    let (_, v) = check(&ns, "0.2");
+    let (_, v) = check(&ns, "0.5");
     assert!(
         findings(&v, "detached_descriptors").is_empty(),
         "{:#}",

@@ -15,6 +15,7 @@
 //! Sockets the holder closed between the two looks prove it closes them: that is a slow
 //! closer, reported with the delay seen.
 
+use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -23,12 +24,16 @@ use serde_json::{json, Value};
 
 use super::util::{pct, process_label};
 use super::Thresholds;
-use crate::model::rank::tally;
+use crate::model::rank::sorted_counts;
 use crate::model::units::count;
 use crate::model::{
     CloseWaitSocket, Endpoint, EphemeralPorts, Evidence, FixStep, NoticeCode, Snapshot,
     SERVED_MIN_PEERS, SERVED_MIN_REMOTE_PORTS,
 };
+
+/// A second look sooner than this after the first (`check --interval 0`) proves
+/// nothing about young sockets: any close delay explains them still being there.
+pub const MIN_RECHECK_MS: u64 = 50;
 
 /// Groups (served ports, destinations) named in the evidence, each with its own
 /// `ss -K` line.
@@ -142,7 +147,7 @@ impl Sides {
 }
 
 /// Who holds a group of CLOSE_WAIT sockets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Holder {
     /// A process tcpdoctor saw.
     Process(u32),
@@ -161,7 +166,7 @@ pub struct Group<'a> {
 /// are `close_wait_unaccepted`'s), by holder.
 pub fn groups(s: &Snapshot) -> Vec<Group<'_>> {
     let sides = Sides::of(s);
-    let mut by: BTreeMap<Holder, Vec<(&CloseWaitSocket, Side)>> = BTreeMap::new();
+    let mut by: FxHashMap<Holder, Vec<(&CloseWaitSocket, Side)>> = FxHashMap::default();
     for c in s.sockets.close_wait.iter().filter(|c| c.inode != 0) {
         let side = sides.side(c);
         let holder = match c.owner {
@@ -170,9 +175,12 @@ pub fn groups(s: &Snapshot) -> Vec<Group<'_>> {
         };
         by.entry(holder).or_default().push((c, side));
     }
-    by.into_iter()
+    let mut out: Vec<Group> = by
+        .into_iter()
         .map(|(holder, sockets)| Group { holder, sockets })
-        .collect()
+        .collect();
+    out.sort_unstable_by_key(|g| g.holder);
+    out
 }
 
 /// What the evidence says about one group.
@@ -251,6 +259,7 @@ pub fn judge(s: &Snapshot, t: &Thresholds, g: &Group) -> Judgement {
     let is_old = |c: &CloseWaitSocket| idle(c).is_some_and(|i| i >= age_ms);
     let recheck_ms = s
         .close_wait_recheck_ms
+        .filter(|ms| *ms >= MIN_RECHECK_MS)
         .filter(|_| g.sockets.iter().any(|(c, _)| c.still_there.is_some()));
     let closed: Vec<&CloseWaitSocket> = g
         .sockets
@@ -360,6 +369,15 @@ pub enum Pattern {
 }
 
 impl Pattern {
+    /// Every pattern, in the order ties are broken.
+    const ALL: [Pattern; 5] = [
+        Pattern::Unserved,
+        Pattern::IdleKeepAlive,
+        Pattern::UnreadResponse,
+        Pattern::IdlePooled,
+        Pattern::EofRead,
+    ];
+
     pub fn of(c: &CloseWaitSocket, side: Side) -> Pattern {
         match (side, c.recv_q) {
             (_, 0) => Pattern::EofRead,
@@ -415,132 +433,185 @@ impl Pattern {
     }
 }
 
-/// The most common pattern of a group (ties: the order of [`Pattern`]).
-pub fn dominant(g: &Group) -> Pattern {
-    tally(g.sockets.iter().map(|(c, side)| Pattern::of(c, *side)))
-        .first()
-        .map_or(Pattern::EofRead, |(p, _)| *p)
+/// What the evidence, the data and the `ss -K` lines say about a group of sockets,
+/// counted in one pass over it.
+pub struct Stats {
+    /// Sockets per side, biggest first, ties by key.
+    pub by_side: Vec<(Side, u64)>,
+    /// Per served port among the first [`DATA_KEPT`]: its peers' addresses, most
+    /// sockets first.
+    peers: BTreeMap<u16, Vec<(IpAddr, u64)>>,
+    /// Sockets with Recv-Q above 1, exactly 1, and 0.
+    recv_q: [u64; 3],
+    /// The most common pattern (ties: the order of [`Pattern`]).
+    pub pattern: Pattern,
 }
 
-/// `12 with unread data (Recv-Q > 1), 8 with the FIN alone (1)`: the non-zero parts.
-pub fn recv_q_evidence(g: &Group) -> Evidence {
-    let (mut data, mut fin, mut read) = (0u64, 0u64, 0u64);
-    for (c, _) in &g.sockets {
-        match c.recv_q {
-            0 => read += 1,
-            1 => fin += 1,
-            _ => data += 1,
+impl Stats {
+    pub fn of(g: &Group) -> Stats {
+        let mut sides: FxHashMap<Side, u64> = FxHashMap::default();
+        let mut patterns = [0u64; 5];
+        let mut recv_q = [0u64; 3];
+        for (c, side) in &g.sockets {
+            *sides.entry(*side).or_default() += 1;
+            patterns[Pattern::of(c, *side) as usize] += 1;
+            recv_q[match c.recv_q {
+                0 => 2,
+                1 => 1,
+                _ => 0,
+            }] += 1;
+        }
+        let by_side = sorted_counts(sides);
+        let served: FxHashSet<u16> = by_side
+            .iter()
+            .filter_map(|(side, _)| match side {
+                Side::Server(p) => Some(*p),
+                Side::Client(_) => None,
+            })
+            .take(DATA_KEPT)
+            .collect();
+        let mut per_port: FxHashMap<u16, FxHashMap<IpAddr, u64>> = FxHashMap::default();
+        if !served.is_empty() {
+            for (c, side) in &g.sockets {
+                if let Side::Server(p) = side {
+                    if served.contains(p) {
+                        *per_port
+                            .entry(*p)
+                            .or_default()
+                            .entry(c.remote.canonical_ip())
+                            .or_default() += 1;
+                    }
+                }
+            }
+        }
+        let peers = per_port
+            .into_iter()
+            .map(|(port, m)| (port, sorted_counts(m)))
+            .collect();
+        let pattern = Pattern::ALL
+            .into_iter()
+            .max_by_key(|p| (patterns[*p as usize], Reverse(*p as usize)))
+            .unwrap_or(Pattern::EofRead);
+        Stats {
+            by_side,
+            peers,
+            recv_q,
+            pattern,
         }
     }
-    let parts: Vec<String> = [
-        (data, "with unread data (Recv-Q > 1)"),
-        (fin, "with the FIN alone (1)"),
-        (read, "read to EOF (0)"),
-    ]
-    .iter()
-    .filter(|(n, _)| *n > 0)
-    .map(|(n, what)| format!("{n} {what}"))
-    .collect();
-    Evidence::new("Recv-Q", parts.join(", "))
-}
 
-/// The group's sockets per side, biggest first, ties by key.
-pub fn by_side(g: &Group) -> Vec<(Side, u64)> {
-    tally(g.sockets.iter().map(|(_, side)| *side))
-}
-
-/// One line per served port or destination (the first [`GROUPS_SHOWN`]), then one
-/// for the rest.
-pub fn side_evidence(g: &Group) -> Vec<Evidence> {
-    let sides = by_side(g);
-    let mut out: Vec<Evidence> = sides
+    /// `12 with unread data (Recv-Q > 1), 8 with the FIN alone (1)`: the non-zero parts.
+    pub fn recv_q_evidence(&self) -> Evidence {
+        let parts: Vec<String> = [
+            "with unread data (Recv-Q > 1)",
+            "with the FIN alone (1)",
+            "read to EOF (0)",
+        ]
         .iter()
-        .take(GROUPS_SHOWN)
-        .map(|(side, n)| {
-            let sockets = count(*n, "socket", "sockets");
-            match side {
-                Side::Server(port) => {
-                    let peers = distinct_peers(g, *port);
-                    Evidence::new(
-                        format!("served port {port}"),
-                        format!(
-                            "{sockets} from {}",
-                            count(peers, "peer address", "peer addresses")
-                        ),
-                    )
-                }
-                Side::Client(dest) => Evidence::new(format!("to {dest}"), sockets),
-            }
-        })
+        .zip(self.recv_q)
+        .filter(|(_, n)| *n > 0)
+        .map(|(what, n)| format!("{n} {what}"))
         .collect();
-    if sides.len() > GROUPS_SHOWN {
-        let rest: u64 = sides[GROUPS_SHOWN..].iter().map(|(_, n)| n).sum();
-        out.push(Evidence::new(
-            "elsewhere",
-            format!(
-                "{} on {} more ports and destinations",
-                count(rest, "socket", "sockets"),
-                sides.len() - GROUPS_SHOWN
-            ),
-        ));
+        Evidence::new("Recv-Q", parts.join(", "))
     }
-    out
-}
 
-fn distinct_peers(g: &Group, port: u16) -> u64 {
-    g.sockets
-        .iter()
-        .filter(|(_, side)| *side == Side::Server(port))
-        .map(|(c, _)| c.remote.canonical_ip())
-        .collect::<FxHashSet<IpAddr>>()
-        .len() as u64
-}
-
-/// `served_ports` and `destinations` for a finding's data.
-pub fn sides_json(g: &Group) -> (Value, Value) {
-    let sides = by_side(g);
-    let served: Vec<Value> = sides
-        .iter()
-        .filter_map(|(side, n)| match side {
-            Side::Server(port) => Some((*port, *n)),
-            Side::Client(_) => None,
-        })
-        .take(DATA_KEPT)
-        .map(|(port, n)| {
-            let peers = tally(
-                g.sockets
-                    .iter()
-                    .filter(|(_, side)| *side == Side::Server(port))
-                    .map(|(c, _)| c.remote.canonical_ip()),
-            );
-            json!({
-                "port": port,
-                "count": n,
-                "peers": peers.iter().take(PEERS_KEPT).map(|(ip, n)| json!({"address": ip.to_string(), "count": n})).collect::<Vec<_>>(),
+    /// One line per served port or destination (the first [`GROUPS_SHOWN`]), then one
+    /// for the rest.
+    pub fn side_evidence(&self) -> Vec<Evidence> {
+        let mut out: Vec<Evidence> = self
+            .by_side
+            .iter()
+            .take(GROUPS_SHOWN)
+            .map(|(side, n)| {
+                let sockets = count(*n, "socket", "sockets");
+                match side {
+                    Side::Server(port) => {
+                        let peers = self.peers.get(port).map_or(0, |p| p.len() as u64);
+                        Evidence::new(
+                            format!("served port {port}"),
+                            format!(
+                                "{sockets} from {}",
+                                count(peers, "peer address", "peer addresses")
+                            ),
+                        )
+                    }
+                    Side::Client(dest) => Evidence::new(format!("to {dest}"), sockets),
+                }
             })
-        })
-        .collect();
-    let destinations: Vec<Value> = sides
-        .iter()
-        .filter_map(|(side, n)| match side {
-            Side::Client(e) => {
-                Some(json!({"address": e.address.to_string(), "port": e.port, "count": n}))
-            }
-            Side::Server(_) => None,
-        })
-        .take(DATA_KEPT)
-        .collect();
-    (Value::Array(served), Value::Array(destinations))
-}
+            .collect();
+        if self.by_side.len() > GROUPS_SHOWN {
+            let rest: u64 = self.by_side[GROUPS_SHOWN..].iter().map(|(_, n)| n).sum();
+            out.push(Evidence::new(
+                "elsewhere",
+                format!(
+                    "{} on {} more ports and destinations",
+                    count(rest, "socket", "sockets"),
+                    self.by_side.len() - GROUPS_SHOWN
+                ),
+            ));
+        }
+        out
+    }
 
-/// `{"unread_data": .., "fin_only": .., "eof_read": ..}`.
-pub fn recv_q_json(g: &Group) -> Value {
-    let n = |f: fn(u32) -> bool| g.sockets.iter().filter(|(c, _)| f(c.recv_q)).count();
-    json!({
-        "unread_data": n(|q| q > 1),
-        "fin_only": n(|q| q == 1),
-        "eof_read": n(|q| q == 0),
-    })
+    /// `served_ports` and `destinations` for a finding's data.
+    pub fn sides_json(&self) -> (Value, Value) {
+        let served: Vec<Value> = self
+            .by_side
+            .iter()
+            .filter_map(|(side, n)| match side {
+                Side::Server(port) => Some((*port, *n)),
+                Side::Client(_) => None,
+            })
+            .take(DATA_KEPT)
+            .map(|(port, n)| {
+                let peers = self.peers.get(&port).map_or(&[][..], Vec::as_slice);
+                json!({
+                    "port": port,
+                    "count": n,
+                    "peers": peers.iter().take(PEERS_KEPT).map(|(ip, n)| json!({"address": ip.to_string(), "count": n})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let destinations: Vec<Value> = self
+            .by_side
+            .iter()
+            .filter_map(|(side, n)| match side {
+                Side::Client(e) => {
+                    Some(json!({"address": e.address.to_string(), "port": e.port, "count": n}))
+                }
+                Side::Server(_) => None,
+            })
+            .take(DATA_KEPT)
+            .collect();
+        (Value::Array(served), Value::Array(destinations))
+    }
+
+    /// `{"unread_data": .., "fin_only": .., "eof_read": ..}`.
+    pub fn recv_q_json(&self) -> Value {
+        json!({
+            "unread_data": self.recv_q[0],
+            "fin_only": self.recv_q[1],
+            "eof_read": self.recv_q[2],
+        })
+    }
+
+    /// `ss -K` for the biggest groups: a stopgap that frees the connections, not the
+    /// descriptors.
+    pub fn kill_steps(&self) -> Vec<FixStep> {
+        self.by_side
+            .iter()
+            .take(GROUPS_SHOWN)
+            .enumerate()
+            .map(|(i, (side, _))| {
+                let text = if i == 0 {
+                    format!("Stopgap only: destroy the CLOSE_WAIT sockets {} (needs CONFIG_INET_DIAG_DESTROY and CAP_NET_ADMIN; it matches every CLOSE_WAIT socket there, whoever holds it). The process keeps their descriptors, now of closed sockets: restart it to get them back", side.place())
+                } else {
+                    format!("Stopgap, {}", side.place())
+                };
+                FixStep::run(text, format!("ss -K state close-wait {}", side.ss_filter()))
+            })
+            .collect()
+    }
 }
 
 /// How to list the group's sockets, and, for an unseen holder, how to find it.
@@ -569,24 +640,6 @@ pub fn listing_steps(s: &Snapshot, h: Holder) -> Vec<FixStep> {
     }
 }
 
-/// `ss -K` for the biggest groups: a stopgap that frees the connections, not the
-/// descriptors.
-pub fn kill_steps(g: &Group) -> Vec<FixStep> {
-    by_side(g)
-        .iter()
-        .take(GROUPS_SHOWN)
-        .enumerate()
-        .map(|(i, (side, _))| {
-            let text = if i == 0 {
-                format!("Stopgap only: destroy the CLOSE_WAIT sockets {} (needs CONFIG_INET_DIAG_DESTROY and CAP_NET_ADMIN; it matches every CLOSE_WAIT socket there, whoever holds it). The process keeps their descriptors, now of closed sockets: restart it to get them back", side.place())
-            } else {
-                format!("Stopgap, {}", side.place())
-            };
-            FixStep::run(text, format!("ss -K state close-wait {}", side.ss_filter()))
-        })
-        .collect()
-}
-
 /// What every CLOSE_WAIT pile means, whoever holds it, then what its Recv-Q says.
 pub fn leak_body(p: Pattern) -> String {
     format!(
@@ -612,13 +665,14 @@ pub fn stack_dump_step(s: &Snapshot, pid: u32) -> FixStep {
     )
 }
 
-/// The data every CLOSE_WAIT finding has about its group.
-pub fn group_json(s: &Snapshot, g: &Group, j: &Judgement) -> Value {
+/// The data every CLOSE_WAIT finding has about its group; `stats` describe the
+/// sockets the finding is about (all of the group, or the leaked ones).
+pub fn group_json(s: &Snapshot, g: &Group, j: &Judgement, stats: &Stats) -> Value {
     let (pid, facts) = match g.holder {
         Holder::Process(pid) => (Some(pid), s.process(pid)),
         Holder::Unseen(_) => (None, None),
     };
-    let (served, destinations) = sides_json(g);
+    let (served, destinations) = stats.sides_json();
     let rechecked = j.recheck_ms.is_some();
     json!({
         "pid": pid,
@@ -629,8 +683,8 @@ pub fn group_json(s: &Snapshot, g: &Group, j: &Judgement) -> Value {
         "rechecked_after_ms": j.recheck_ms,
         "still_there": rechecked.then_some(j.kept),
         "closed_meanwhile": rechecked.then_some(j.closed),
-        "recv_q": recv_q_json(g),
-        "pattern": dominant(g).name(),
+        "recv_q": stats.recv_q_json(),
+        "pattern": stats.pattern.name(),
         "served_ports": served,
         "destinations": destinations,
         "nofile_soft": facts.and_then(|p| p.nofile_soft).and_then(|l| l.value()),
@@ -661,11 +715,11 @@ pub fn limit_evidence(s: &Snapshot, h: Holder, n: u64) -> Option<Evidence> {
     let p = s.process(pid)?;
     let limit = p.nofile_soft.and_then(|l| l.value())?;
     Some(Evidence::new(
-        "descriptors",
+        "their share of RLIMIT_NOFILE",
         format!(
             "{:.1}% of the soft limit {limit}; {} open in all",
             pct(n, limit),
-            p.open_fds
+            count(p.open_fds, "descriptor", "descriptors")
         ),
     ))
 }
@@ -699,8 +753,10 @@ pub mod tests {
 
     /// A snapshot with java (pid 42, soft limit 1024) and a listener on 8080.
     pub fn snapshot(sockets: Vec<CloseWaitSocket>) -> Snapshot {
-        let mut s = Snapshot::default();
-        s.owners_known = true;
+        let mut s = Snapshot {
+            owners_known: true,
+            ..Snapshot::default()
+        };
         s.processes.insert(
             42,
             ProcessFacts {

@@ -11,7 +11,7 @@ use std::cmp::Reverse;
 use serde_json::json;
 
 use super::close_wait_common::{
-    self as common, dominant, groups, judge, Group, Holder, Judgement, Verdict,
+    self as common, groups, judge, Group, Holder, Judgement, Stats, Verdict,
 };
 use super::close_wait_slow_close;
 use super::trend::PidTrend;
@@ -65,6 +65,7 @@ impl Proof {
 
 fn finding(s: &Snapshot, t: &Thresholds, g: &Group, j: &Judgement) -> Finding {
     let leaked = j.stuck_group(g);
+    let stats = Stats::of(&leaked);
     let proof = Proof::of(j);
     let who = common::who(s, g.holder);
     let soft_limit = match g.holder {
@@ -123,8 +124,8 @@ fn finding(s: &Snapshot, t: &Thresholds, g: &Group, j: &Judgement) -> Finding {
             ),
         ));
     }
-    evidence.extend(common::side_evidence(&leaked));
-    evidence.push(common::recv_q_evidence(&leaked));
+    evidence.extend(stats.side_evidence());
+    evidence.push(stats.recv_q_evidence());
     if let Holder::Unseen(_) = g.holder {
         evidence.push(Evidence::new(
             "owner",
@@ -143,7 +144,7 @@ fn finding(s: &Snapshot, t: &Thresholds, g: &Group, j: &Judgement) -> Finding {
         ));
     }
 
-    let pattern = dominant(&leaked);
+    let pattern = stats.pattern;
     let subject = subject(&who, g.holder);
     let lead = match proof {
         Proof::StillThere => format!(
@@ -163,20 +164,16 @@ fn finding(s: &Snapshot, t: &Thresholds, g: &Group, j: &Judgement) -> Finding {
     if let (Holder::Process(pid), common::Pattern::Unserved) = (g.holder, pattern) {
         fix.push(common::stack_dump_step(s, pid));
     }
-    fix.extend(common::kill_steps(&leaked));
+    fix.extend(stats.kill_steps());
 
-    let mut data = common::group_json(s, g, j);
-    let (served, destinations) = common::sides_json(&leaked);
+    // About the leaked sockets; `count` and the second look are the whole group's.
+    let mut data = common::group_json(s, g, j, &stats);
     data["verdict"] = json!(proof.name());
     data["leaked"] = json!(j.stuck);
     data["oldest_idle_ms"] = json!(j.oldest_stuck_ms);
     data["eof_unread"] = json!(leaked.sockets.iter().filter(|(c, _)| c.recv_q > 0).count());
     data["eof_read_not_closed"] =
         json!(leaked.sockets.iter().filter(|(c, _)| c.recv_q == 0).count());
-    data["recv_q"] = common::recv_q_json(&leaked);
-    data["pattern"] = json!(pattern.name());
-    data["served_ports"] = served;
-    data["destinations"] = destinations;
 
     let mut f = Finding::new(ID, severity, Nature::Live, title);
     f.evidence = evidence;

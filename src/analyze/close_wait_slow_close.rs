@@ -13,7 +13,7 @@ use std::cmp::Reverse;
 use serde_json::json;
 
 use super::close_wait_common::{
-    self as common, dominant, groups, judge, Group, Holder, Judgement, Verdict,
+    self as common, groups, judge, Group, Holder, Judgement, Stats, Verdict,
 };
 use super::Thresholds;
 use crate::model::units::{count, human_duration_ms};
@@ -25,7 +25,7 @@ pub const ID: &str = "close_wait_slow_close";
 pub const NOT_RECHECKED: &str = "not_rechecked";
 
 /// The first sentence of such a finding's why (replaced when a trend decides).
-pub const NOT_RECHECKED_LEAD: &str = "One look cannot tell a slow closer from a young leak: these sockets are younger than close_wait_age_s and were not looked at twice (tcpdoctor check looks again after --interval; watch calls a process LEAK when its count keeps rising).";
+pub const NOT_RECHECKED_LEAD: &str = "One look cannot tell a slow closer from a young leak: these sockets are younger than close_wait_age_s and were not looked at twice, some time apart (tcpdoctor check looks again after --interval; watch calls a process LEAK when its count keeps rising).";
 
 /// The evidence label that says so (removed when a trend decides).
 pub const LOOKED_ONCE: &str = "looked at";
@@ -48,9 +48,9 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
 }
 
 /// Lines every case shows after its own: the groups, Recv-Q, the owner, descriptors.
-fn common_evidence(s: &Snapshot, g: &Group, total: u64) -> Vec<Evidence> {
-    let mut evidence = common::side_evidence(g);
-    evidence.push(common::recv_q_evidence(g));
+fn common_evidence(s: &Snapshot, g: &Group, stats: &Stats, total: u64) -> Vec<Evidence> {
+    let mut evidence = stats.side_evidence();
+    evidence.push(stats.recv_q_evidence());
     if let Holder::Unseen(_) = g.holder {
         evidence.push(Evidence::new(
             "owner",
@@ -63,6 +63,7 @@ fn common_evidence(s: &Snapshot, g: &Group, total: u64) -> Vec<Evidence> {
 }
 
 fn slow(s: &Snapshot, g: &Group, j: &Judgement) -> Finding {
+    let stats = Stats::of(g);
     let who = common::who(s, g.holder);
     let sockets = count(j.total, "socket", "sockets");
     let after = j.recheck_ms.map(human_duration_ms).unwrap_or_default();
@@ -110,7 +111,7 @@ fn slow(s: &Snapshot, g: &Group, j: &Judgement) -> Finding {
             format!("{} still open: a leak if they stay", j.stuck),
         ));
     }
-    evidence.extend(common_evidence(s, g, j.total));
+    evidence.extend(common_evidence(s, g, &stats, j.total));
 
     let waited = delay
         .map(|d| format!(", after waiting up to about {}", human_duration_ms(d)))
@@ -138,7 +139,7 @@ fn slow(s: &Snapshot, g: &Group, j: &Judgement) -> Finding {
         "tcpdoctor check --interval 10",
     ));
 
-    let mut data = common::group_json(s, g, j);
+    let mut data = common::group_json(s, g, j, &stats);
     data["verdict"] = json!("slow_close");
     data["close_delay_ms"] = json!(delay);
     data["closed_idle_ms"] = match (j.closed_idle_ms.first(), j.median_closed_ms(), delay) {
@@ -156,6 +157,7 @@ fn slow(s: &Snapshot, g: &Group, j: &Judgement) -> Finding {
 }
 
 fn not_rechecked(s: &Snapshot, t: &Thresholds, g: &Group, j: &Judgement) -> Finding {
+    let stats = Stats::of(g);
     let who = common::who(s, g.holder);
     let sockets = count(j.total, "CLOSE_WAIT socket", "CLOSE_WAIT sockets");
     let oldest = j
@@ -169,15 +171,22 @@ fn not_rechecked(s: &Snapshot, t: &Thresholds, g: &Group, j: &Judgement) -> Find
             side.place()
         ),
     };
+    let looks = match s.close_wait_recheck_ms {
+        Some(ms) => format!(
+            "twice, only {} apart (raise --interval)",
+            human_duration_ms(ms)
+        ),
+        None => "once (watch, serve, a replay, or a failed second look)".to_string(),
+    };
     let mut evidence = vec![Evidence::new(
         LOOKED_ONCE,
         format!(
-            "once (watch, serve or a replay), and none idle for {} s (close_wait_age_s)",
-            t.close_wait_age_s
+            "{looks}; none idle for {} (close_wait_age_s)",
+            human_duration_ms(t.close_wait_age_s.saturating_mul(1000))
         ),
     )];
-    evidence.extend(common_evidence(s, g, j.total));
-    let pattern = dominant(g);
+    evidence.extend(common_evidence(s, g, &stats, j.total));
+    let pattern = stats.pattern;
     let why = format!("{NOT_RECHECKED_LEAD} {}", common::leak_body(pattern));
     let mut fix = vec![FixStep::run(
         "Tell a leak from a slow closer: check looks twice, 5 s apart",
@@ -185,7 +194,7 @@ fn not_rechecked(s: &Snapshot, t: &Thresholds, g: &Group, j: &Judgement) -> Find
     )];
     fix.extend(common::listing_steps(s, g.holder));
     fix.extend(pattern.fix());
-    let mut data = common::group_json(s, g, j);
+    let mut data = common::group_json(s, g, j, &stats);
     data["verdict"] = json!(NOT_RECHECKED);
 
     let mut f = Finding::new(ID, Severity::Warning, Nature::Live, title);
