@@ -835,6 +835,71 @@ pub mod tests {
         );
     }
 
+    /// Every finding of the CLOSE_WAIT and detached-descriptor rules, each case once:
+    /// commands only in `command`, and every sentence starting with a capital.
+    #[test]
+    fn advice_keeps_commands_apart_and_reads_as_sentences() {
+        use crate::analyze::{close_wait_leak, close_wait_slow_close, detached_descriptors};
+        let t = Thresholds::default();
+        let mut found = Vec::new();
+        let with = |pid: Option<u32>, still: Option<bool>, q: u32, idle: u32, local: &str| {
+            (0..12u16)
+                .map(|i| CloseWaitSocket {
+                    // Re-checked: a process closed its 4 youngest (a slow closer), the
+                    // unseen holder none (a leak).
+                    still_there: still.map(|s| s && (pid.is_none() || i >= 4)),
+                    inode: 100 + u64::from(i),
+                    ..cw(
+                        pid,
+                        local,
+                        &format!("10.0.1.{i}:{}", 40_000 + i),
+                        q,
+                        idle + u32::from(i),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        for (pid, still, q, idle, local) in [
+            (Some(42), Some(true), 1, 2_000, "10.0.0.1:8080"),
+            (Some(42), Some(true), 300, 2_000, "10.0.0.1:8080"),
+            (Some(42), Some(true), 0, 2_000, "10.0.0.1:41000"),
+            (Some(42), None, 1, 400_000, "10.0.0.1:8080"),
+            (Some(42), None, 2, 2_000, "10.0.0.1:41000"),
+            (None, Some(true), 1, 2_000, "10.0.0.1:8080"),
+        ] {
+            let mut s = snapshot(with(pid, still, q, idle, local));
+            s.close_wait_recheck_ms = still.map(|_| 1000);
+            if let Some(p) = s.processes.get_mut(&42) {
+                p.detached_tcp_fds = Some(20);
+            }
+            found.extend(close_wait_leak::check(&s, &t));
+            found.extend(close_wait_slow_close::check(&s, &t));
+            found.extend(detached_descriptors::check(&s, &t));
+        }
+        let rules: std::collections::BTreeSet<&str> = found.iter().map(|f| f.rule_id).collect();
+        assert_eq!(rules.len(), 3, "{rules:?}");
+        for f in &found {
+            for st in &f.fix {
+                assert!(
+                    !crate::analyze::pointing::prose_has_command(&st.text),
+                    "{}: {st:?}",
+                    f.rule_id
+                );
+            }
+            for sentence in std::iter::once(f.why.as_str())
+                .chain(f.fix.iter().map(|st| st.text.as_str()))
+                .flat_map(|t| t.split(". "))
+            {
+                let first = sentence.trim_start().chars().next();
+                assert!(
+                    first.is_some_and(|c| !c.is_lowercase()),
+                    "{}: {sentence:?}",
+                    f.rule_id
+                );
+            }
+        }
+    }
+
     #[test]
     fn filters_bracket_ipv6_and_map_ipv4() {
         let v6 = Side::Client(Endpoint::new("::1".parse().expect("ip"), 5432));

@@ -145,13 +145,12 @@ fn finding(s: &Snapshot, t: &Thresholds, g: &Group, j: &Judgement) -> Finding {
     }
 
     let pattern = stats.pattern;
-    let subject = subject(&who, g.holder);
     let lead = match proof {
         Proof::StillThere => format!(
             "The peers closed these connections and {who} has not called close() on them: {after} later every one was still in CLOSE_WAIT, and it closed none of its CLOSE_WAIT sockets in between, so they are not merely late."
         ),
         Proof::OutlivedClosed => format!(
-            "{subject} closes some connections, but not these: {after} later they were still in CLOSE_WAIT, older than every socket it closed in between, so a slow close does not explain them."
+            "These are not merely late: {who} closes some connections, but these were still in CLOSE_WAIT {after} later, older than every socket it closed in between."
         ),
         Proof::SilentPeers => format!(
             "The peers of these connections have been silent for {} or longer, more than any slow close explains, and {who} has not called close() on them.",
@@ -181,20 +180,6 @@ fn finding(s: &Snapshot, t: &Thresholds, g: &Group, j: &Judgement) -> Finding {
     f.fix = fix;
     f.data = data;
     f
-}
-
-/// `who` at the start of a sentence: a process label keeps its case, the phrase for
-/// an unseen holder is capitalised.
-fn subject(who: &str, h: Holder) -> String {
-    match h {
-        Holder::Process(_) => who.to_string(),
-        Holder::Unseen(_) => {
-            let mut c = who.chars();
-            c.next()
-                .map(|first| first.to_uppercase().chain(c).collect())
-                .unwrap_or_default()
-        }
-    }
 }
 
 /// Turns the `close_wait_slow_close` finding of a process that one look could not

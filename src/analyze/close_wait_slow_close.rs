@@ -116,10 +116,6 @@ fn slow(s: &Snapshot, g: &Group, j: &Judgement) -> Finding {
     let waited = delay
         .map(|d| format!(", after waiting up to about {}", human_duration_ms(d)))
         .unwrap_or_default();
-    let subject = match g.holder {
-        Holder::Process(_) => who.clone(),
-        Holder::Unseen(_) => "The process holding them (not visible to tcpdoctor)".to_string(),
-    };
     let closed = if j.closed == j.total {
         format!("all {sockets} in CLOSE_WAIT at the first look were closed")
     } else {
@@ -129,7 +125,7 @@ fn slow(s: &Snapshot, g: &Group, j: &Judgement) -> Finding {
         )
     };
     let why = format!(
-        "{subject} closes these connections, only late: {closed} by the second look {after} later{waited}. While it waits, each connection keeps a descriptor and its buffers, so a steady stream of peer closes keeps about (closes per second times the delay) sockets in CLOSE_WAIT. Nothing is left behind, so this is not a leak unless the delay keeps growing. What makes close() late: blocking work between the peer's EOF and close() (a backend call, logging, a flush to a slow disk), an event loop or worker pool too busy to get to the closed connection, or a deliberate wait before closing (a drain, linger or grace period in the code)."
+        "These connections are closed by {who}, only late: {closed} by the second look {after} later{waited}. While it waits, each connection keeps a descriptor and its buffers, so a steady stream of peer closes keeps about (closes per second times the delay) sockets in CLOSE_WAIT. Nothing is left behind, so this is not a leak unless the delay keeps growing. What makes close() late: blocking work between the peer's EOF and close() (a backend call, logging, a flush to a slow disk), an event loop or worker pool too busy to get to the closed connection, or a deliberate wait before closing (a drain, linger or grace period in the code)."
     );
     let mut fix = common::listing_steps(s, g.holder);
     fix.push(FixStep::say(

@@ -89,7 +89,7 @@ fn finding(s: &Snapshot, p: &ProcessFacts, n: u64) -> Finding {
             format!("ls -l /proc/{pid}/fd | grep -c socket"),
         ),
         FixStep::run(
-            "...against the sockets the kernel lists for it (every type; the difference is these and any in other namespaces)",
+            "Compare with the sockets the kernel lists for it, of every type: the difference is these, plus any it holds in other namespaces",
             format!("ss -anp | grep -c 'pid={pid},'"),
         ),
         FixStep::say(format!(
