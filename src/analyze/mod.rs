@@ -1,12 +1,16 @@
 //! Rules: pure functions from a [`Snapshot`] to [`Finding`]s. No I/O and no clock here
 //! (time comes in the snapshot), so every rule is tested on hand-built snapshots.
-//! One rule per file; each exports `ID` and `check`. Not rules: [`merge`] (one finding
-//! per cause across namespaces), [`pointing`] (fix commands pointed at a namespace),
+//! One rule per file; each exports `ID` and `check`. Not rules: [`close_wait_common`]
+//! and [`nginx_common`] (what a family of rules shares), [`merge`] (one finding per
+//! cause across namespaces), [`pointing`] (fix commands pointed at a namespace),
 //! [`trend`] and [`util`].
 
+pub mod close_wait_common;
 pub mod close_wait_leak;
+pub mod close_wait_slow_close;
 pub mod close_wait_unaccepted;
 pub mod conntrack_table;
+pub mod detached_descriptors;
 pub mod ephemeral_port_exhaustion;
 pub mod fd_exhaustion;
 pub mod kernel_log;
@@ -119,6 +123,16 @@ pub const RULES: &[Rule] = &[
         id: close_wait_unaccepted::ID,
         scope: Scope::Namespace,
         check: close_wait_unaccepted::check,
+    },
+    Rule {
+        id: close_wait_slow_close::ID,
+        scope: Scope::Namespace,
+        check: close_wait_slow_close::check,
+    },
+    Rule {
+        id: detached_descriptors::ID,
+        scope: Scope::Namespace,
+        check: detached_descriptors::check,
     },
     Rule {
         id: listen_overflow::ID,

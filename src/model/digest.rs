@@ -25,11 +25,11 @@ use super::{
 /// different destinations land on the same local port only by chance (connect() starts
 /// its scan at a hash of the destination), and eight single-connection destinations
 /// meeting on one port is rare even for a crawler with thousands.
-const SERVED_MIN_PEERS: u32 = 8;
+pub const SERVED_MIN_PEERS: u32 = 8;
 
 /// ...and distinct remote ports among them: a crawler's destinations share a few
 /// service ports (80, 443), a server's peers come from their own ephemeral ports.
-const SERVED_MIN_REMOTE_PORTS: usize = 4;
+pub const SERVED_MIN_REMOTE_PORTS: usize = 4;
 
 /// One destination (source ip, destination ip:port) while the dump streams.
 #[derive(Debug, Default)]

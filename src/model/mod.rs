@@ -31,7 +31,7 @@ pub use notice::{Notice, NoticeCode, Source};
 pub use process::{Owner, Owners, Process, ProcessFds, SocketOwnerMap};
 
 pub use container::{Container, Pod, Runtime};
-pub use digest::DigestBuilder;
+pub use digest::{DigestBuilder, SERVED_MIN_PEERS, SERVED_MIN_REMOTE_PORTS};
 pub use filter::{AddrFilter, BadAddrFilter, SocketFilter};
 pub use finding::{Evidence, Finding, FixStep, Nature, Severity, SysctlChange};
 pub use flow::{

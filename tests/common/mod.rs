@@ -2,6 +2,7 @@
 //! part): how to run the tests that need root and the sockfarm helper, and
 //! - `run`: bounded runs of tcpdoctor and other commands, bounded waits, JSON output;
 //! - `netns`, `farm`: throwaway network namespaces and the socket farms built in them;
+//! - `churn`: sockfarm's churn mode, a server and a client process per test;
 //! - `report`: lookups in tcpdoctor's JSON reports (findings, namespaces, endpoints);
 //! - `ss`: `ss` output, live or captured, parsed;
 //! - `fixtures`, `cgroup`: paths into the repository, scratch folders, test cgroups;
@@ -17,6 +18,7 @@
 #![allow(dead_code)]
 
 pub mod cgroup;
+pub mod churn;
 pub mod farm;
 pub mod fixtures;
 pub mod fuzz;

@@ -151,9 +151,17 @@ pub struct Args {
     #[arg(long = "churn-linger0")]
     pub churn_linger0: bool,
 
-    /// Churn mode: the client keeps every connection open until stdin EOF.
+    /// Churn mode: the client keeps every connection open until stdin EOF. With
+    /// `--churn-closer server` it sends its one-byte request first, so the server
+    /// closes and each held client end stays in CLOSE_WAIT (a client-side leak).
     #[arg(long = "churn-hold")]
     pub churn_hold: bool,
+
+    /// Churn mode, server with `--churn-closer client`: close each connection MS
+    /// milliseconds after reading the client's EOF (0 to 60000), so its end stays in
+    /// CLOSE_WAIT that long: a slow closer, not a leak.
+    #[arg(long = "churn-close-delay-ms", value_name = "MS", default_value_t = 0)]
+    pub churn_close_delay_ms: u64,
 
     /// Churn mode: the client makes one connection and --churn-count request/replies.
     #[arg(long = "churn-keepalive")]
