@@ -12,7 +12,7 @@ use crate::model::{AddrFilter, TcpState};
     name = "tcpdoctor",
     version,
     about = "Find, explain and fix TCP connection-state problems (TIME_WAIT, CLOSE_WAIT, port and fd exhaustion)",
-    after_help = "Exit codes: 0 success; 1 warnings found (check); 2 critical findings (check); 3 error (bad flag or value, unreadable source); 4 no problem found in what could be seen, but the view is incomplete (check: not root, so other namespaces, owners or the kernel log were not seen; the report says which).\nColors: on a terminal only; NO_COLOR or --color never turns them off."
+    after_help = "Exit codes: 0 success; 1 warnings found (check); 2 critical findings (check); 3 error (bad flag or value, unreadable source); 4 no problem found in what could be seen, but the view is incomplete (check: not root, so other namespaces, owners or the kernel log were not seen; the report says which). kill: 0 every selected socket destroyed or already gone (or a dry run); 1 some not destroyed, or the answer was no; 3 none could be (kernel without CONFIG_INET_DIAG_DESTROY, no CAP_NET_ADMIN) or a refused request.\nColors: on a terminal only; NO_COLOR or --color never turns them off."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -41,9 +41,15 @@ pub struct GlobalArgs {
     pub color: ColorArg,
     /// Network namespaces to look at: all, current, a path (/run/netns/NAME,
     /// /proc/PID/ns/net), a pid, or a name (ip netns, container, pod). Default: all for
-    /// check, watch and serve when run as root; current for states and sockets.
+    /// check, watch and serve when run as root; current for states, sockets
+    /// and kill.
     #[arg(long, global = true, value_name = "NS")]
     pub netns: Option<String>,
+    /// Read a recorded host instead of this one (check, states, sockets): a snapshot
+    /// (tcpdoctor snapshot -o FILE), or saved output of ss, netstat, nstat, sysctl -a,
+    /// /proc/net/tcp, or a sosreport folder. Repeat it for several files of one host.
+    #[arg(long, global = true, value_name = "FILE|DIR")]
+    pub from: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -80,6 +86,118 @@ pub enum Command {
     Trace(TraceArgs),
     /// Check a configuration offline, without a running process: `lint nginx [FILE]`.
     Lint(LintArgs),
+    /// Destroy leaked sockets from outside their process (SOCK_DESTROY, what `ss -K`
+    /// does): CLOSE_WAIT by default, never LISTEN, ESTABLISHED only with --force. Needs a
+    /// selector (--pid, --port, --peer); lists the sockets and asks before destroying
+    /// unless --yes. The process keeps its descriptors until it closes them.
+    Kill(KillArgs),
+    /// Save everything check reads (sockets with owners, tcp_info and timers, counters
+    /// sampled twice, sysctls, limits, namespaces, kernel log, nginx) into one
+    /// compressed file, for `--from FILE` later or elsewhere, and for `diff`.
+    Snapshot(SnapshotArgs),
+    /// Compare two recordings of a host (snapshots or saved ss/netstat output): states
+    /// per process and per destination, findings resolved, new and unchanged, and the
+    /// rates that moved.
+    Diff(DiffArgs),
+    /// Print the Tab-completion script for bash, zsh or fish.
+    ///
+    /// The Debian package installs all three. By hand, as root: bash: `tcpdoctor
+    /// completions bash > /usr/share/bash-completion/completions/tcpdoctor`; zsh: the
+    /// output as a file named `_tcpdoctor` in a folder of $fpath; fish: `tcpdoctor
+    /// completions fish > ~/.config/fish/completions/tcpdoctor.fish` (per user).
+    Completions(CompletionsArgs),
+    /// Print the manual page of tcpdoctor or of one command (roff), or write them all.
+    ///
+    /// Read one without installing it: `tcpdoctor man serve | man -l -`. Packages write
+    /// them all with --out-dir; once installed: `man tcpdoctor`, `man tcpdoctor-serve`.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// Sockets held by this process (comma-separated). Its network namespace is not
+    /// implied: add --netns PID for a process in a container.
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    pub pid: Vec<u32>,
+    /// Sockets with this local or remote port (comma-separated).
+    #[arg(long, value_name = "PORT", value_delimiter = ',')]
+    pub port: Vec<u16>,
+    /// Sockets whose remote end matches: address, CIDR and/or port (10.0.0.0/8,
+    /// 10.1.2.3:443, [::1]:80, :443). Selectors of different kinds must all match.
+    #[arg(long, value_name = "ADDR")]
+    pub peer: Vec<AddrFilter>,
+    /// States to destroy (comma-separated) [default: close-wait]. LISTEN never;
+    /// ESTABLISHED only with --force.
+    #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = parse_state_word)]
+    pub state: Vec<StateWord>,
+    /// Allow --state established: live connections are reset mid-conversation.
+    #[arg(long)]
+    pub force: bool,
+    /// Destroy without asking (needed when there is no terminal to ask on).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// List what would be destroyed, destroy nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Print JSON (schema: docs/json.md): each socket with its outcome.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// The file to write (replaced if it exists).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    /// Seconds between the two counter samples, as for check.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub interval: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The recording before the change: a snapshot file, a saved capture, or a folder
+    /// of captures (a sosreport).
+    pub before: PathBuf,
+    /// The recording after it.
+    pub after: PathBuf,
+    /// Rows per table (processes, destinations; 0 = all).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+    /// TOML file with thresholds for the findings (see docs/config.md).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override one threshold, e.g. --threshold close_wait_warn=5 (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub threshold: Vec<String>,
+    /// Print JSON (schema: docs/json.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: ShellArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShellArg {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The command whose page to print, e.g. `serve` or `lint nginx`; none: tcpdoctor(1).
+    #[arg(value_name = "COMMAND", conflicts_with = "out_dir")]
+    pub command: Vec<String>,
+    /// Write every page (tcpdoctor.1, tcpdoctor-check.1, ...) into this folder and print
+    /// their paths.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cmd;
 pub mod collect;
 pub mod live;
+pub mod manual;
 pub mod model;
 pub mod render;
 pub mod settings;

@@ -2,16 +2,16 @@
 //! documented exit code. The only place that touches stdout, stderr and the process
 //! exit status.
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
 
 use tcpdoctor::cli::Cli;
 use tcpdoctor::cmd;
-use tcpdoctor::model::Severity;
+use tcpdoctor::model::{Confirmation, KillOutcome, Severity};
 use tcpdoctor::render::{self, Style};
-use tcpdoctor::settings::{self, Action, Environment, Terminal};
+use tcpdoctor::settings::{self, Action, Common, Environment, KillSettings, ManSettings, Terminal};
 
 /// Exit codes (documented in README and `--help`).
 mod exit {
@@ -22,6 +22,9 @@ mod exit {
     /// `check` found no warning or critical problem in what it could see, but could
     /// not see everything (not root: other namespaces, owners, the kernel log).
     pub const INCOMPLETE: u8 = 4;
+    /// `kill`: some selected sockets were not destroyed (a request failed, or the user
+    /// said no).
+    pub const NOT_ALL_DESTROYED: u8 = 1;
 }
 
 /// Columns of the report: `COLUMNS` when set, the terminal's width when stdout is
@@ -86,6 +89,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 fn run(cli: Cli) -> Result<u8, BoxError> {
     let term = Terminal {
         stdout_is_tty: io::stdout().is_terminal(),
+        stdin_is_tty: io::stdin().is_terminal(),
         no_color_env: std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
     };
     let (common, action) = settings::resolve(cli, term, &Environment::from_process())?;
@@ -152,10 +156,52 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
             tcpdoctor::live::serve::run(&common, &s)?;
             return Ok(exit::OK);
         }
+        Action::Snapshot(s) => {
+            let r = cmd::snapshot::run(&common, &s)?;
+            let w = r.written;
+            writeln!(
+                out,
+                "wrote {}: {} in {} of {}, {}",
+                r.path.display(),
+                tcpdoctor::model::units::count(w.sockets, "socket", "sockets"),
+                tcpdoctor::model::units::count(w.namespaces as u64, "namespace", "namespaces"),
+                if r.hostname.is_empty() {
+                    "this host"
+                } else {
+                    &r.hostname
+                },
+                human_bytes(w.bytes)
+            )?;
+        }
+        Action::Diff(s) => {
+            let report = cmd::diff::run(&s)?;
+            if s.json {
+                render::diff::write_json(&mut out, &report)?;
+            } else {
+                render::diff::write_human(&mut out, &report, style)?;
+                out.flush()?;
+                render::write_notices(&mut io::stderr().lock(), &report.notices, err_style)?;
+            }
+        }
         Action::Trace(s) => {
             drop(out);
             tcpdoctor::live::trace::run(&common, &s)?;
             return Ok(exit::OK);
+        }
+        Action::Kill(s) => {
+            code = kill(&common, &s, style, err_style, &mut out)?;
+        }
+        Action::Completions(shell) => {
+            out.write_all(&tcpdoctor::manual::completions(shell))?;
+        }
+        Action::Man(ManSettings::Print(words)) => {
+            let page = tcpdoctor::manual::page(&words)?;
+            out.write_all(&tcpdoctor::manual::render(&page)?)?;
+        }
+        Action::Man(ManSettings::WriteAll(dir)) => {
+            for path in tcpdoctor::manual::write_all(&dir)? {
+                writeln!(out, "{}", path.display())?;
+            }
         }
         Action::States(s) => {
             let report = cmd::states::run(&common, &s)?;
@@ -184,6 +230,101 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
     }
     out.flush()?;
     Ok(code)
+}
+
+/// `kill`: list, ask unless --yes or --dry-run, destroy, say what happened. Exit 0 when
+/// every selected socket was destroyed or was already gone (or nothing matched, or a dry
+/// run), 1 when some were not or the user said no, 3 when none could be (a kernel
+/// without CONFIG_INET_DIAG_DESTROY, no CAP_NET_ADMIN).
+fn kill(
+    common: &Common,
+    s: &KillSettings,
+    style: Style,
+    err_style: Style,
+    out: &mut impl Write,
+) -> Result<u8, BoxError> {
+    let plan = cmd::kill::plan(common, s)?;
+    if s.dry_run || plan.report.rows.is_empty() {
+        if s.json {
+            render::kill::write_json(out, &plan.report)?;
+        } else {
+            render::kill::write_plan(out, &plan.report, style)?;
+            out.flush()?;
+            render::write_notices(&mut io::stderr().lock(), &plan.report.notices, err_style)?;
+        }
+        return Ok(exit::OK);
+    }
+    let mut notes_shown = 0;
+    let report = if s.yes {
+        cmd::kill::execute(common, plan)
+    } else {
+        // The selection goes where the question is asked when stdout carries JSON.
+        if s.json {
+            render::kill::write_plan(&mut io::stderr().lock(), &plan.report, err_style)?;
+        } else {
+            render::kill::write_plan(out, &plan.report, style)?;
+            out.flush()?;
+        }
+        // Before the question: missing owners change what the answer means.
+        render::write_notices(&mut io::stderr().lock(), &plan.report.notices, err_style)?;
+        notes_shown = plan.report.notices.len();
+        if ask(&render::kill::question(&plan.report))? {
+            cmd::kill::execute(common, plan)
+        } else {
+            cmd::kill::decline(plan)
+        }
+    };
+    if s.json {
+        render::kill::write_json(out, &report)?;
+    } else {
+        render::kill::write_results(out, &report, style)?;
+        out.flush()?;
+        render::write_notices(
+            &mut io::stderr().lock(),
+            report.notices.get(notes_shown..).unwrap_or_default(),
+            err_style,
+        )?;
+    }
+    if let Some(line) = render::kill::stop_line(&report) {
+        writeln!(io::stderr(), "tcpdoctor: {line}")?;
+    }
+    let all_done = report
+        .rows
+        .iter()
+        .all(|r| matches!(r.outcome, KillOutcome::Destroyed | KillOutcome::AlreadyGone));
+    Ok(if report.stopped.is_some() {
+        exit::ERROR
+    } else if report.confirmation == Confirmation::Declined || !all_done {
+        exit::NOT_ALL_DESTROYED
+    } else {
+        exit::OK
+    })
+}
+
+/// Asks `question` on stderr and reads the answer from the terminal on stdin: yes only
+/// for `y` or `yes`. Whatever was typed before the question appeared is discarded, so
+/// a stray keystroke cannot answer it.
+fn ask(question: &str) -> io::Result<bool> {
+    // Flushed before the question is shown: an answer typed after it always counts.
+    // SAFETY: tcflush on fd 0, which settings checked is a terminal; it only drops
+    // pending input.
+    unsafe { libc::tcflush(libc::STDIN_FILENO, libc::TCIFLUSH) };
+    let mut err = io::stderr().lock();
+    err.write_all(question.as_bytes())?;
+    err.flush()?;
+    let mut line = String::new();
+    io::stdin().lock().read_line(&mut line)?;
+    let answer = line.trim().to_ascii_lowercase();
+    Ok(answer == "y" || answer == "yes")
+}
+
+/// `1.2 MiB`.
+fn human_bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} bytes"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+    }
 }
 
 /// `tcpdoctor sockets | head` closes the pipe early; that is not an error.

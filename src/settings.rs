@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::analyze::Thresholds;
 
 use crate::cli::{self, ByArg, ColorArg, SourceArg, StateWord};
+use crate::collect::bounded;
 use crate::collect::owners::{BpfUse, OwnerScan, BPF_MIN_FILES};
 use crate::collect::sockets::SourcePref;
 use crate::model::{FlowFilter, GroupBy, SocketFilter, StateSet, TcpState};
@@ -24,6 +25,9 @@ pub struct Common {
     /// How to find socket owners (threads of the /proc pass, when to use BPF).
     pub owner_scan: OwnerScan,
     pub netns: NetnsChoice,
+    /// `--from`: a recorded host (snapshot file or saved text) read instead of this
+    /// one; empty: the live host.
+    pub from: Vec<PathBuf>,
 }
 
 /// Which network namespaces to read (`--netns`).
@@ -143,6 +147,37 @@ pub struct TraceSettings {
     pub json: bool,
 }
 
+/// `kill`: what to destroy and how to confirm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KillSettings {
+    /// Never LISTEN; ESTABLISHED only when --force was given.
+    pub states: StateSet,
+    /// At least one of pids, ports, peer.
+    pub filter: SocketFilter,
+    /// Destroy without asking.
+    pub yes: bool,
+    pub dry_run: bool,
+    pub json: bool,
+}
+
+/// `snapshot -o FILE`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotSettings {
+    pub output: PathBuf,
+    pub interval: Duration,
+}
+
+/// `diff BEFORE AFTER`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiffSettings {
+    pub before: PathBuf,
+    pub after: PathBuf,
+    /// Rows per table (`usize::MAX`: all).
+    pub top: usize,
+    pub thresholds: Thresholds,
+    pub json: bool,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Check(CheckSettings),
@@ -152,12 +187,28 @@ pub enum Action {
     Sockets(SocketsSettings),
     Trace(TraceSettings),
     Lint(LintSettings),
+    Kill(KillSettings),
+    Snapshot(SnapshotSettings),
+    Diff(DiffSettings),
+    /// `completions SHELL`: print the completion script.
+    Completions(crate::manual::Shell),
+    /// `man [COMMAND...]` / `man --out-dir DIR`.
+    Man(ManSettings),
+}
+
+/// Which manual pages to produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManSettings {
+    /// One page on stdout: the command's words (`["lint", "nginx"]`; none: tcpdoctor(1)).
+    Print(Vec<String>),
+    /// Every page, one file each, into this folder.
+    WriteAll(PathBuf),
 }
 
 /// A setting that cannot be used; the message names the value and what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    #[error("interval '{0}' is out of range (check --interval: 0-60 s, watch --interval: 0.1-3600 s, serve --cache: 0-3600 s)")]
+    #[error("interval '{0}' is out of range (check and snapshot --interval: 0-60 s, watch --interval: 0.1-3600 s, serve --cache: 0-3600 s)")]
     Interval(f64),
     #[error("cannot read config file '{path}': {source}")]
     ConfigRead {
@@ -191,12 +242,28 @@ pub enum SettingsError {
     ReplayNetlink(PathBuf),
     #[error("TCPDOCTOR_BPF_MIN_FILES '{0}' is not a number of open files (0: use the BPF owner scan whatever the size)")]
     BpfMinFiles(String),
+    #[error("kill needs a selector: --pid, --port or --peer (it never destroys every socket of a state)")]
+    KillNoSelector,
+    #[error("kill never destroys LISTEN sockets (the server would stop accepting connections); name connection states, e.g. --state close-wait")]
+    KillListen,
+    #[error("--state established resets live connections: add --force if that is what you want")]
+    KillEstablished,
+    #[error("kill asks before destroying, and stdin is not a terminal to ask on: add --yes to destroy without asking, or --dry-run to list only")]
+    KillNoTerminal,
+    #[error("kill acts on the running kernel through sock_diag: it cannot be used with {0}")]
+    KillNotLive(&'static str),
+    #[error("--from reads a recording, not {0}: give one or the other")]
+    FromAndLive(&'static str),
+    #[error("{0} reads this host as it is now and takes no --from; --from works with check, states and sockets (and diff takes its two recordings as arguments)")]
+    FromNotHere(&'static str),
 }
 
 /// Facts about the terminal the caller knows (main owns stdout and the environment).
 #[derive(Debug, Clone, Copy)]
 pub struct Terminal {
     pub stdout_is_tty: bool,
+    /// `kill` asks its question there.
+    pub stdin_is_tty: bool,
     pub no_color_env: bool,
 }
 
@@ -266,6 +333,26 @@ pub fn resolve(
         (SourceArg::Netlink, false) => SourcePref::Netlink,
     };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    if !g.from.is_empty() {
+        if replay {
+            return Err(SettingsError::FromAndLive("--proc-root"));
+        }
+        if g.source != SourceArg::Auto {
+            return Err(SettingsError::FromAndLive("--source"));
+        }
+        let live_only = match &cli.command {
+            Some(cli::Command::Watch(_)) => Some("watch"),
+            Some(cli::Command::Serve(_)) => Some("serve"),
+            Some(cli::Command::Trace(_)) => Some("trace"),
+            Some(cli::Command::Lint(_)) => Some("lint"),
+            Some(cli::Command::Snapshot(_)) => Some("snapshot"),
+            Some(cli::Command::Diff(_)) => Some("diff"),
+            _ => None,
+        };
+        if let Some(cmd) = live_only {
+            return Err(SettingsError::FromNotHere(cmd));
+        }
+    }
     let common = Common {
         source,
         proc_root: g.proc_root,
@@ -277,6 +364,7 @@ pub fn resolve(
             Some(v) => NetnsChoice::parse(v)?,
             None => NetnsChoice::Default,
         },
+        from: g.from,
     };
     if cli.command.is_some() && cli.check.any_given() {
         return Err(SettingsError::CheckFlagsBeforeCommand);
@@ -364,8 +452,80 @@ pub fn resolve(
             })
         }
         Some(cli::Command::Trace(a)) => Action::Trace(trace_settings(a)?),
+        Some(cli::Command::Kill(a)) => Action::Kill(kill_settings(a, &common, term)?),
+        Some(cli::Command::Snapshot(a)) => {
+            if !(0.0..=60.0).contains(&a.interval) || a.interval.is_nan() {
+                return Err(SettingsError::Interval(a.interval));
+            }
+            Action::Snapshot(SnapshotSettings {
+                output: a.output,
+                interval: Duration::from_secs_f64(a.interval),
+            })
+        }
+        Some(cli::Command::Diff(a)) => Action::Diff(DiffSettings {
+            thresholds: thresholds(a.config.as_deref(), &a.threshold)?,
+            before: a.before,
+            after: a.after,
+            top: if a.top == 0 { usize::MAX } else { a.top },
+            json: a.json,
+        }),
+        Some(cli::Command::Completions(a)) => Action::Completions(match a.shell {
+            cli::ShellArg::Bash => crate::manual::Shell::Bash,
+            cli::ShellArg::Zsh => crate::manual::Shell::Zsh,
+            cli::ShellArg::Fish => crate::manual::Shell::Fish,
+        }),
+        Some(cli::Command::Man(a)) => Action::Man(match a.out_dir {
+            Some(dir) => ManSettings::WriteAll(dir),
+            None => ManSettings::Print(a.command),
+        }),
     };
     Ok((common, action))
+}
+
+/// The safeguards of `kill`, checked before anything is read: a selector, no LISTEN,
+/// ESTABLISHED only with --force, a terminal to ask on unless --yes or --dry-run, and
+/// the live kernel.
+fn kill_settings(
+    a: cli::KillArgs,
+    common: &Common,
+    term: Terminal,
+) -> Result<KillSettings, SettingsError> {
+    if a.pid.is_empty() && a.port.is_empty() && a.peer.is_empty() {
+        return Err(SettingsError::KillNoSelector);
+    }
+    let states = if a.state.is_empty() {
+        [TcpState::CloseWait].into_iter().collect()
+    } else {
+        state_set(&a.state)
+    };
+    if states.contains(TcpState::Listen) {
+        return Err(SettingsError::KillListen);
+    }
+    if states.contains(TcpState::Established) && !a.force {
+        return Err(SettingsError::KillEstablished);
+    }
+    if common.proc_root != Path::new("/proc") {
+        return Err(SettingsError::KillNotLive("--proc-root (a captured host)"));
+    }
+    if common.source == SourcePref::Proc {
+        return Err(SettingsError::KillNotLive("--source proc"));
+    }
+    if !a.yes && !a.dry_run && !term.stdin_is_tty {
+        return Err(SettingsError::KillNoTerminal);
+    }
+    Ok(KillSettings {
+        states,
+        filter: SocketFilter {
+            ports: a.port,
+            local: Vec::new(),
+            peer: a.peer,
+            pids: a.pid,
+            comms: Vec::new(),
+        },
+        yes: a.yes,
+        dry_run: a.dry_run,
+        json: a.json,
+    })
 }
 
 fn trace_settings(a: cli::TraceArgs) -> Result<TraceSettings, SettingsError> {
@@ -456,6 +616,9 @@ const THRESHOLD_PAIRS: &[(&str, &str)] = &[
     ("conntrack_warn_pct", "conntrack_critical_pct"),
 ];
 
+/// Largest config file read (a full one is a few hundred bytes).
+const CONFIG_MAX: u64 = 1 << 20;
+
 /// Longest piece of user input quoted back in an error.
 const QUOTED_MAX: usize = 32;
 
@@ -531,9 +694,13 @@ pub fn thresholds(
     // Where each key was set, for the warning-above-critical error.
     let mut origin: std::collections::BTreeMap<String, String> = Default::default();
     if let Some(path) = config {
-        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::ConfigRead {
-            path: path.to_path_buf(),
-            source,
+        // A regular file of at most CONFIG_MAX bytes: a FIFO or a device given as the
+        // config file is refused at once instead of blocking or filling memory.
+        let text = bounded::read_to_string(path, CONFIG_MAX).map_err(|source| {
+            SettingsError::ConfigRead {
+                path: path.to_path_buf(),
+                source,
+            }
         })?;
         let at = |offset: usize, message: String| {
             let (line, column) = line_column(&text, offset);
@@ -910,6 +1077,51 @@ mod tests {
             .expect_err("too big")
             .to_string();
         assert!(e.len() < 300, "{} chars: {e}", e.len());
+        // A 10 MB config file: one value, or one line of garbage. Neither is echoed.
+        for body in [
+            format!("port_warn_pct = {}\n", "7".repeat(10 << 20)),
+            format!("port_warn_pct = \"{}\"\n", "x".repeat(10 << 20)),
+            "#".repeat(10 << 20),
+        ] {
+            let file = ConfigFile::new("huge.toml", &body);
+            let e = thresholds(Some(&file.0), &[])
+                .expect_err("10 MB")
+                .to_string();
+            assert!(e.len() < 300, "{} chars: {e}", e.len());
+            assert!(e.contains("larger than the 1 MiB read per file"), "{e}");
+        }
+        // A value under the file bound but long: quoted as a prefix.
+        let file = ConfigFile::new(
+            "long2.toml",
+            &format!("port_warn_pct = \"{}\"\n", "x".repeat(500_000)),
+        );
+        let e = thresholds(Some(&file.0), &[])
+            .expect_err("a string")
+            .to_string();
+        assert!(
+            e.len() < 300 && e.contains("give a number"),
+            "{} chars: {e}",
+            e.len()
+        );
+    }
+
+    #[test]
+    fn a_config_file_that_is_not_a_regular_file_is_refused_without_blocking() {
+        let fifo =
+            std::env::temp_dir().join(format!("tcpdoctor-config-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_file(&fifo);
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid NUL-terminated path; mkfifo has no other preconditions.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        let e = thresholds(Some(&fifo), &[])
+            .expect_err("a FIFO")
+            .to_string();
+        let _ = std::fs::remove_file(&fifo);
+        assert!(e.contains("not a regular file (a FIFO)"), "{e}");
+        let e = thresholds(Some(Path::new("/dev/zero")), &[])
+            .expect_err("a device")
+            .to_string();
+        assert!(e.contains("not a regular file (a character device)"), "{e}");
     }
 
     fn cli(args: &[&str]) -> cli::Cli {
@@ -921,6 +1133,7 @@ mod tests {
     fn common(args: &[&str], env: &Environment) -> Result<Common, SettingsError> {
         let term = Terminal {
             stdout_is_tty: false,
+            stdin_is_tty: false,
             no_color_env: false,
         };
         resolve(cli(args), term, env).map(|(c, _)| c)

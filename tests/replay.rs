@@ -229,18 +229,25 @@ fn a_capture_made_with_the_documented_recipe_replays_what_was_live() {
 
     let out = tcpdoctor(&["--proc-root", dir.path(), "check", "--json"]);
     let v = json(&out);
-    assert_eq!(out.status.code(), Some(1), "the leak is a warning: {v:#}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the CLOSE_WAIT pile is a warning: {v:#}"
+    );
     for (state, n) in &expected {
         assert_eq!(v["counts"]["total"][state.as_str()], *n, "{state}");
     }
     assert_eq!(v["hostname"], hostname.trim());
+    // A capture is one look, and /proc/net/tcp gives no ages: a slow closer and a
+    // young leak look alike, so it is reported as not judged rather than as a leak.
     let leak: Vec<&Value> = v["findings"]
         .as_array()
         .expect("findings")
         .iter()
-        .filter(|f| f["rule_id"] == "close_wait_leak")
+        .filter(|f| f["rule_id"] == "close_wait_slow_close")
         .collect();
     assert_eq!(leak.len(), 1, "{:#}", v["findings"]);
+    assert_eq!(leak[0]["data"]["verdict"], "not_rechecked", "{:#}", leak[0]);
     // The owner comes from the captured descriptor links.
     assert_eq!(leak[0]["data"]["pid"], worker, "{:#}", leak[0]);
     assert_eq!(leak[0]["data"]["count"], 12);

@@ -5,9 +5,6 @@
 
 mod common;
 
-use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::thread;
 use std::time::Duration;
@@ -17,32 +14,13 @@ use common::prom::{promtool_check_metrics, Scrape};
 use common::run::{run_tcpdoctor, wait_for};
 use common::serve::{collections_total, http, replay_command, scrape, Served, STOP_TIMEOUT};
 
-/// The FIFO opened for writing once a reader has it open (bounded): None if no reader
-/// came within `within`.
-fn fifo_writer(path: &Path, within: Duration) -> Option<File> {
-    wait_for(within, Duration::from_millis(5), || {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-        {
-            Ok(f) => Some(f),
-            // ENXIO: nobody has it open for reading yet.
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => None,
-            Err(e) => panic!("open fifo {}: {e}", path.display()),
-        }
-    })
-}
-
-/// Writes `content` into the FIFO once a reader has it open; false if none came.
-fn feed_fifo(path: &Path, content: &[u8], within: Duration) -> bool {
-    match fifo_writer(path, within) {
-        Some(mut f) => {
-            f.write_all(content).expect("write fifo");
-            true
-        }
-        None => false,
-    }
+/// Whether process `pid` has `path` open (a link in /proc/PID/fd points at it).
+fn has_open(pid: u32, path: &Path) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == path))
 }
 
 #[test]
@@ -60,34 +38,37 @@ fn index_answers_unknown_paths_404_and_other_methods_405() {
 
 #[test]
 fn concurrent_scrapes_share_one_collection() {
-    // Replay a capture whose /proc/net/netstat is a FIFO: a collection blocks reading it
-    // until the test writes it, so "a scrape arrives while a collection runs" is exact.
-    let tmp = TempDir::new("fifo");
+    // Replay a capture whose net/tcp is 60 MB (its lines repeated, which the parser
+    // passes on once): a collection reads it for a second or more, long enough for
+    // two more scrapes to arrive while it runs. (A FIFO used to block the collection
+    // until the test fed it; a replay now refuses FIFOs, issue 16.)
+    let tmp = TempDir::new("big");
     let root = tmp.path().join("proc");
     copy_tree(&repo_path(NETNS_MIXED), &root);
-    let fifo = root.join("net/netstat");
-    let netstat = std::fs::read(&fifo).expect("fixture netstat");
-    std::fs::remove_file(&fifo).expect("rm netstat");
-    let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).expect("path");
-    // SAFETY: valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let tcp = root.join("net/tcp");
+    let text = std::fs::read_to_string(&tcp).expect("fixture net/tcp");
+    let (header, body) = text.split_once('\n').expect("header line");
+    let mut big = String::with_capacity(61 << 20);
+    big.push_str(header);
+    big.push('\n');
+    while big.len() < 60 << 20 {
+        big.push_str(body);
+    }
+    std::fs::write(&tcp, big).expect("write net/tcp");
+    let tcp = tcp.canonicalize().expect("absolute path");
 
     let mut served = Served::start(replay_command(&root, &["--cache", "0"]));
-    let addr = served.addr;
+    let (addr, pid) = (served.addr, served.pid());
     let first = thread::spawn(move || scrape(addr));
-    // The first collection is now blocked on the FIFO: wait until it opened it...
-    let mut writer = fifo_writer(&fifo, Duration::from_secs(30))
-        .expect("the first scrape never started a collection");
-    // ...then send two more scrapes while it is still running, and give them ample time
-    // to reach the exporter and wait.
+    // The first collection is reading net/tcp now...
+    wait_for(Duration::from_secs(30), Duration::from_millis(2), || {
+        has_open(pid, &tcp).then_some(())
+    })
+    .expect("the first scrape never started a collection");
+    // ...send two more scrapes while it still runs.
     let others: Vec<_> = (0..2)
         .map(|_| thread::spawn(move || scrape(addr)))
         .collect();
-    thread::sleep(Duration::from_millis(500));
-    writer.write_all(&netstat).expect("write fifo");
-    drop(writer);
-    // A scrape that started a collection of its own would block on the FIFO until its
-    // HTTP read timeout and fail the test: bounded either way.
     let bodies: Vec<String> = std::iter::once(first)
         .chain(others)
         .map(|h| h.join().expect("scrape"))
@@ -100,15 +81,7 @@ fn concurrent_scrapes_share_one_collection() {
     );
     assert!(bodies.iter().all(|b| *b == bodies[0]), "same result served");
     // --cache 0: a scrape after it is over collects again.
-    let feeder = {
-        let (fifo, netstat) = (fifo.clone(), netstat.clone());
-        thread::spawn(move || feed_fifo(&fifo, &netstat, Duration::from_secs(30)))
-    };
     let again = scrape(addr);
-    assert!(
-        feeder.join().expect("feeder"),
-        "second collection never read the FIFO"
-    );
     assert_eq!(collections_total(&again), 2.0);
     assert_eq!(served.terminate().and_then(|s| s.code()), Some(0));
 }

@@ -2,8 +2,11 @@
 //! sitting in a listener's accept queue whose client has already given up and closed.
 //! The application is not accepting. Pure: reads the snapshot only.
 //!
-//! One finding per local ip:port. Any count is a warning (nothing but accept() or
-//! closing the listener clears them); critical when the listener's queue is full.
+//! One finding per local ip:port. Only sockets that show nobody accepts count: still in
+//! CLOSE_WAIT at `check`'s second look, or queued for a second or more; one gone at
+//! the second look, or younger without one, is a busy server about to accept it. Any
+//! count of those is a warning (nothing but accept() or closing the listener clears
+//! them); critical when the listener's queue is full.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -12,6 +15,7 @@ use serde_json::json;
 
 use super::util::{owner_label, pct};
 use super::Thresholds;
+use crate::model::units;
 use crate::model::{
     CloseWaitSocket, Endpoint, Evidence, Finding, FixStep, ListenerSocket, Nature, Severity,
     Snapshot,
@@ -22,9 +26,32 @@ pub const ID: &str = "close_wait_unaccepted";
 /// Peers shown in the evidence and data.
 const TOP: usize = 5;
 
+/// A socket younger than this in an accept queue may be one the application is about
+/// to accept: a busy server has some whenever clients close right after connecting.
+const STUCK_AFTER_MS: u32 = 1000;
+
+/// Whether an unaccepted CLOSE_WAIT socket shows that nobody accepts: still in CLOSE_WAIT
+/// at `check`'s second look, or in the queue for a second or more (or of unknown age,
+/// from /proc/net/tcp), and not gone at the second look.
+fn stuck(s: &Snapshot, c: &CloseWaitSocket) -> bool {
+    let rechecked = s
+        .close_wait_recheck_ms
+        .is_some_and(|ms| ms >= super::close_wait_common::MIN_RECHECK_MS);
+    match (rechecked, c.still_there) {
+        (true, Some(false)) => false,
+        (true, Some(true)) => true,
+        _ => c.idle_ms.is_none_or(|ms| ms >= STUCK_AFTER_MS),
+    }
+}
+
 pub fn check(s: &Snapshot, _t: &Thresholds) -> Vec<Finding> {
     let mut by_local: BTreeMap<(IpAddr, u16), Vec<&CloseWaitSocket>> = BTreeMap::new();
-    for cw in s.sockets.close_wait.iter().filter(|c| c.inode == 0) {
+    for cw in s
+        .sockets
+        .close_wait
+        .iter()
+        .filter(|c| c.inode == 0 && stuck(s, c))
+    {
         by_local
             .entry((cw.local.canonical_ip(), cw.local.port))
             .or_default()
@@ -93,19 +120,12 @@ fn finding_for(
         _ => format!("The application listening on port {port}"),
     };
     let title = format!(
-        "{subject} is not accepting on {local}: {count} queued {} already closed by {}",
-        if count == 1 {
-            "connection"
-        } else {
-            "connections"
-        },
-        if count == 1 {
-            "its client"
-        } else {
-            "their clients"
-        }
+        "{subject} is not accepting on {local}: {} already closed by {}",
+        units::count(count, "queued connection", "queued connections"),
+        units::noun(count, "its client", "their clients")
     );
-    let mut evidence = vec![Evidence::new("CLOSE_WAIT never accepted (inode 0)", count)];
+    // The count is the title's; the evidence starts with the listener.
+    let mut evidence = Vec::new();
     match listener {
         Some(l) if l.backlog_known => evidence.push(Evidence::new(
             format!("listener {}", l.local),
@@ -149,20 +169,29 @@ fn finding_for(
             ""
         }
     );
-    let pid = owner.map_or("PID".to_string(), |o| o.pid.to_string());
-    let fix = vec![
-        format!(
-            "See what the workers are doing with a stack dump (`jstack {pid}` for Java, `py-spy dump --pid {pid}` for Python, `gdb -p {pid} -batch -ex 'thread apply all bt'` otherwise); look for threads blocked on a backend call, a lock or a full pool."
+    let mut fix = Vec::new();
+    match owner {
+        Some(o) => fix.push(super::close_wait_common::stack_dump_step(s, o.pid)),
+        None => fix.push(FixStep::run(
+            "Find the listening process: as root, ss names it in users:((...))",
+            format!("ss -ltnp sport = :{port}"),
+        )),
+    }
+    fix.extend([
+        FixStep::say("Put deadlines on the work that holds a worker (backend and database calls), size the pool for peak concurrency, or move to non-blocking I/O, so accept() keeps up."),
+        FixStep::say("When saturated, refuse quickly (reply 503 or close right away) instead of leaving clients to time out in the queue."),
+        FixStep::run(
+            "Watch the queue (Recv-Q = queued, Send-Q = backlog)",
+            format!("ss -ltn sport = :{port}"),
         ),
-        "Put deadlines on the work that holds a worker (backend and database calls), size the pool for peak concurrency, or move to non-blocking I/O, so accept() keeps up.".to_string(),
-        "When saturated, refuse quickly (reply 503 or close right away) instead of leaving clients to time out in the queue.".to_string(),
-        format!(
-            "Watch it: `ss -ltn sport = :{port}` (Recv-Q = queued, Send-Q = backlog) and `ss -tn state close-wait sport = :{port}`."
+        FixStep::run(
+            "...and these sockets",
+            format!("ss -tn state close-wait sport = :{port}"),
         ),
-        format!(
+        FixStep::say(format!(
             "Stopgap: restarting {who} drops the queue and these sockets; their clients have already given up."
-        ),
-    ];
+        )),
+    ]);
 
     Finding {
         rule_id: ID,
@@ -172,7 +201,7 @@ fn finding_for(
         title,
         evidence,
         why,
-        fix: fix.into_iter().map(FixStep::from).collect(),
+        fix,
         proposed: Vec::new(),
         data: json!({
             "local_address": ip.to_string(),
@@ -241,7 +270,7 @@ mod tests {
 
     #[test]
     fn fires_per_local_port_and_names_the_listener_owner() {
-        let mut sockets: Vec<_> = (0..3)
+        let mut sockets: Vec<_> = (1..4)
             .map(|i| unaccepted(8080, "10.0.0.9", 1_000 * i))
             .collect();
         sockets.push(unaccepted(8080, "10.0.0.8", 45_000));
@@ -261,17 +290,29 @@ mod tests {
         assert_eq!(f.data["listener"]["pid"], 42);
         assert_eq!(f.data["peers"][0]["address"], "10.0.0.9");
         assert_eq!(f.data["peers"][0]["count"], 3);
-        assert!(f.fix.iter().any(|l| l.mentions("jstack 42")));
+        assert!(f
+            .fix
+            .iter()
+            .any(|l| l.command.as_deref() == Some("jstack 42")));
+        // Every shell command is a step's command, none is left in the prose.
+        assert!(f
+            .fix
+            .iter()
+            .all(|l| !crate::analyze::pointing::prose_has_command(&l.text)));
+        assert!(f
+            .fix
+            .iter()
+            .any(|l| l.command.as_deref() == Some("ss -ltn sport = :8080")));
     }
 
     #[test]
     fn a_single_one_is_a_warning_and_a_full_queue_critical() {
-        let one = snapshot(vec![unaccepted(8080, "10.0.0.9", 10)], 1, 100);
+        let one = snapshot(vec![unaccepted(8080, "10.0.0.9", 1_500)], 1, 100);
         assert_eq!(
             check(&one, &Thresholds::default())[0].severity,
             Severity::Warning
         );
-        let full = snapshot(vec![unaccepted(8080, "10.0.0.9", 10)], 101, 100);
+        let full = snapshot(vec![unaccepted(8080, "10.0.0.9", 1_500)], 101, 100);
         let f = check(&full, &Thresholds::default());
         assert_eq!(f[0].severity, Severity::Critical);
         assert_eq!(f[0].data["listener"]["full"], true);
@@ -280,7 +321,7 @@ mod tests {
     #[test]
     fn an_unknown_backlog_is_said_not_computed() {
         // /proc/net/tcp shows a listener's backlog as 0: no percentage, never "full".
-        let mut s = snapshot(vec![unaccepted(8080, "10.0.0.9", 10)], 2, 0);
+        let mut s = snapshot(vec![unaccepted(8080, "10.0.0.9", 2_000)], 2, 0);
         s.sockets.listeners[0].backlog_known = false;
         let f = check(&s, &Thresholds::default());
         let listener = f[0]
@@ -298,7 +339,7 @@ mod tests {
 
     #[test]
     fn unknown_listener_degrades_to_the_port() {
-        let s = snapshot(vec![unaccepted(9000, "10.0.0.9", 10)], 0, 100);
+        let s = snapshot(vec![unaccepted(9000, "10.0.0.9", 5_000)], 0, 100);
         let f = check(&s, &Thresholds::default());
         assert!(f[0]
             .title
@@ -307,6 +348,27 @@ mod tests {
         assert!(f[0]
             .title
             .starts_with("The application listening on port 9000"));
+    }
+
+    #[test]
+    fn a_busy_server_about_to_accept_is_not_reported() {
+        // Young and looked at once: about to be accepted.
+        let young = snapshot(vec![unaccepted(8080, "10.0.0.9", 40)], 1, 100);
+        assert!(check(&young, &Thresholds::default()).is_empty());
+        // Gone at the second look: accepted (or reset) meanwhile, even when older.
+        let mut gone = snapshot(vec![unaccepted(8080, "10.0.0.9", 3_000)], 1, 100);
+        gone.sockets.close_wait[0].still_there = Some(false);
+        gone.close_wait_recheck_ms = Some(1000);
+        assert!(check(&gone, &Thresholds::default()).is_empty());
+        // Still there at the second look: nobody accepts it, however young.
+        let mut kept = snapshot(vec![unaccepted(8080, "10.0.0.9", 40)], 1, 100);
+        kept.sockets.close_wait[0].still_there = Some(true);
+        kept.close_wait_recheck_ms = Some(1000);
+        assert_eq!(check(&kept, &Thresholds::default()).len(), 1);
+        // Of unknown age (/proc/net/tcp) and not re-checked: counted.
+        let mut unknown = snapshot(vec![unaccepted(8080, "10.0.0.9", 0)], 1, 100);
+        unknown.sockets.close_wait[0].idle_ms = None;
+        assert_eq!(check(&unknown, &Thresholds::default()).len(), 1);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::util::{pct, process_label};
 use super::Thresholds;
+use crate::model::persisted::NofileSource;
 use crate::model::units::count;
 use crate::model::{
     Evidence, Finding, FixStep, Limit, Nature, ProcessFacts, Severity, Snapshot, SysctlChange,
@@ -316,24 +317,35 @@ fn group_finding(s: &Snapshot, group: &[Offender]) -> Option<Finding> {
             ),
         ));
     }
-    fix.push(FixStep::run(
-        "A systemd service: find its unit",
-        format!("systemctl status {pid}"),
-    ));
-    fix.push(FixStep::run(
-        format!("In the editor that opens, add \"[Service]\" and \"LimitNOFILE={target}\""),
-        "systemctl edit UNIT",
-    ));
-    fix.push(FixStep::run(
-        "Restart it: the limit applies to the new process",
-        "systemctl restart UNIT",
-    ));
-    fix.push(FixStep::say(
-        "/etc/security/limits.conf is applied by pam_limits to login sessions only and does not reach services; DefaultLimitNOFILE= in /etc/systemd/system.conf changes every service (systemd 252 defaults to 1024:524288, keeping the soft 1024 for select() users).",
-    ));
-    fix.push(FixStep::say(format!(
-        "Started from a login shell or su: raise it in /etc/security/limits.conf (\"USER soft nofile {target}\" and \"USER hard nofile {new_hard}\"); it applies to new sessions only. In a container: the runtime's ulimit option (for docker run, --ulimit nofile={target}:{new_hard})."
-    )));
+    // Where the limit is set, read from the host's files (issue 12); without that,
+    // the ways a limit is usually set.
+    let origin = s.nofile_origin(pid);
+    match origin.filter(|o| o.source != NofileSource::Unknown) {
+        Some(o) => {
+            evidence.extend(limit_source::evidence(o, worst.p));
+            fix.extend(limit_source::fix_steps(o, target, new_hard));
+        }
+        None => {
+            fix.push(FixStep::run(
+                "A systemd service: find its unit",
+                format!("systemctl status {pid}"),
+            ));
+            fix.push(FixStep::run(
+                format!("In the editor that opens, add \"[Service]\" and \"LimitNOFILE={target}\""),
+                "systemctl edit UNIT",
+            ));
+            fix.push(FixStep::run(
+                "Restart it: the limit applies to the new process",
+                "systemctl restart UNIT",
+            ));
+            fix.push(FixStep::say(
+                "/etc/security/limits.conf is applied by pam_limits to login sessions only and does not reach services; DefaultLimitNOFILE= in /etc/systemd/system.conf changes every service (systemd 252 defaults to 1024:524288, keeping the soft 1024 for select() users).",
+            ));
+            fix.push(FixStep::say(format!(
+                "Started from a login shell or su: raise it in /etc/security/limits.conf (\"USER soft nofile {target}\" and \"USER hard nofile {new_hard}\"); it applies to new sessions only. In a container: the runtime's ulimit option (for docker run, --ulimit nofile={target}:{new_hard})."
+            )));
+        }
+    }
     fix.push(FixStep::say(format!(
         "The hard limit cannot exceed fs.nr_open ({nr_open}); setting it higher fails with EPERM. Programs may also raise their own soft limit up to the hard one with setrlimit(RLIMIT_NOFILE) at startup."
     )));
@@ -349,6 +361,7 @@ fn group_finding(s: &Snapshot, group: &[Offender]) -> Option<Finding> {
             "suggested_nofile": {"soft": target, "hard": new_hard},
             "nr_open": nr_open,
             "close_wait": cw_total,
+            "limit_origin": origin.map(|o| serde_json::to_value(o).unwrap_or(serde_json::Value::Null)),
             "processes": group.iter().map(|o| json!({
                 "pid": o.p.pid,
                 "comm": o.p.comm,
@@ -368,9 +381,259 @@ fn round1(v: f64) -> f64 {
     (v * 10.0).round() / 10.0
 }
 
+/// Where a process's limit is set (collect::limits_source), in words and as the change to
+/// make: the line in the unit, drop-in, system.conf or limits file, or a new drop-in.
+mod limit_source {
+    use crate::model::nginx::SourceRef;
+    use crate::model::persisted::{NofileOrigin, NofilePair, NofileSource};
+    use crate::model::{Evidence, FixStep, Limit, ProcessFacts};
+
+    fn limit(l: Limit) -> String {
+        match l {
+            Limit::Value(v) => v.to_string(),
+            Limit::Unlimited => "infinity".to_string(),
+        }
+    }
+
+    fn pair(p: NofilePair) -> String {
+        if p.soft == p.hard {
+            limit(p.soft)
+        } else {
+            format!("{}:{}", limit(p.soft), limit(p.hard))
+        }
+    }
+
+    /// One line saying who sets the limit, plus a line when the process runs with
+    /// another limit than that.
+    pub fn evidence(o: &NofileOrigin, p: &ProcessFacts) -> Vec<Evidence> {
+        let unit = o.unit.as_ref().map_or("", |u| u.name.as_str());
+        let conf = o.configured.map(pair).unwrap_or_default();
+        let at = o.at.as_ref().map(ToString::to_string).unwrap_or_default();
+        let text = match o.source {
+            NofileSource::Unit => format!("LimitNOFILE={conf} at {at} (unit {unit})"),
+            NofileSource::ManagerDefault => format!(
+                "DefaultLimitNOFILE={conf} at {at}: the unit {unit} sets no LimitNOFILE="
+            ),
+            NofileSource::SystemdDefault => format!(
+                "systemd's default {conf}: neither the unit {unit} nor system.conf sets one"
+            ),
+            NofileSource::PamLimits => format!(
+                "{at} (\"{}\"), a login session of {}",
+                o.at.as_ref().map_or("", |a| a.text.trim()),
+                o.user.as_deref().unwrap_or("its user")
+            ),
+            NofileSource::PamUnset => format!(
+                "a login session of {}: no nofile line in limits.conf or limits.d, so the login daemon's limit",
+                o.user.as_deref().unwrap_or("its user")
+            ),
+            NofileSource::ContainerRuntime => {
+                let c = o.container.as_deref().unwrap_or("a container");
+                match (&o.at, o.unit.is_some()) {
+                    (Some(at), false) => format!("{c}: docker's default-ulimits {conf} at {at}"),
+                    (Some(at), true) => {
+                        format!("{c}: inherited from {unit}, LimitNOFILE={conf} at {at}")
+                    }
+                    (None, true) => format!(
+                        "{c}: inherited from {unit}, which sets none: systemd's default {conf} (or system.conf's)"
+                    ),
+                    (None, false) => format!("{c}: its runtime's default"),
+                }
+            }
+            NofileSource::ParentShell => match &o.parent {
+                Some(pp) => format!("inherited from its parent shell, {} (pid {})", pp.comm, pp.pid),
+                None => "inherited from its parent shell".to_string(),
+            },
+            NofileSource::Unknown => "unknown".to_string(),
+        };
+        let mut out = vec![Evidence::new("limit set by", text)];
+        for other in &o.overridden {
+            out.push(Evidence::new("also set (overridden)", other.to_string()));
+        }
+        if o.matches == Some(false) {
+            out.push(Evidence::new(
+                "but the process runs with",
+                format!(
+                    "{}:{}: changed after it started (by the program itself, a wrapper's ulimit -n, or prlimit)",
+                    p.nofile_soft.map_or("?".to_string(), limit),
+                    p.nofile_hard.map_or("?".to_string(), limit)
+                ),
+            ));
+        }
+        out
+    }
+
+    /// `at`'s `Key=value` line with a new value, the key spelled as written.
+    fn key_line(at: &SourceRef, value: &str) -> String {
+        match at.text.split_once('=') {
+            Some((left, _)) => format!("{left}={value}"),
+            None => at.text.clone(),
+        }
+    }
+
+    /// `at`'s limits.conf line with its value field replaced (comment kept).
+    fn limits_line(at: &SourceRef, value: &str) -> String {
+        let body_end = at.text.find('#').unwrap_or(at.text.len());
+        let body = &at.text[..body_end];
+        // The fourth field starts after three runs of non-blanks.
+        let mut fields = 0;
+        let mut in_field = false;
+        for (i, c) in body.char_indices() {
+            let blank = c == ' ' || c == '\t';
+            if !blank && !in_field {
+                fields += 1;
+                if fields == 4 {
+                    let end = body[i..].find([' ', '\t']).map_or(body.len(), |e| i + e);
+                    return format!("{}{value}{}", &at.text[..i], &at.text[end..]);
+                }
+            }
+            in_field = !blank;
+        }
+        at.text.clone()
+    }
+
+    fn new_file(path: &str, lines: &[String]) -> String {
+        let mut p = format!("--- /dev/null\n+++ {path}\n@@ -0,0 +1,{} @@\n", lines.len());
+        for l in lines {
+            p.push('+');
+            p.push_str(l);
+            p.push('\n');
+        }
+        p
+    }
+
+    /// A systemd service's limit: edit the line when it is the administrator's (/etc),
+    /// else a new drop-in in /etc (a vendor file is replaced on upgrade).
+    fn unit_steps(o: &NofileOrigin, unit: &str, value: &str) -> Vec<FixStep> {
+        let mut out = Vec::new();
+        match &o.at {
+            Some(at) if o.source == NofileSource::Unit && at.file.starts_with("/etc/") => {
+                out.push(FixStep::patch(
+                    format!("Raise it where it is set, {at}"),
+                    crate::analyze::nginx_common::replace(at, &[key_line(at, value)]),
+                ));
+            }
+            _ => {
+                let dir = format!("/etc/systemd/system/{unit}.d");
+                // Drop-ins apply in file-name order: the new one must come after the
+                // one that sets the limit now.
+                let current =
+                    o.at.as_ref()
+                        .filter(|a| a.file.contains(".d/"))
+                        .map(|a| a.file.rsplit('/').next().unwrap_or("").to_string());
+                let name = match current {
+                    Some(c) if c.as_str() >= "override.conf" => "zz-nofile.conf",
+                    _ => "override.conf",
+                };
+                let path = format!("{dir}/{name}");
+                let exists = o.unit.as_ref().is_some_and(|u| u.dropins.contains(&path));
+                let lines = ["[Service]".to_string(), format!("LimitNOFILE={value}")];
+                if exists {
+                    out.push(FixStep::say(format!(
+                        "Add to {path}, under [Service]: LimitNOFILE={value}"
+                    )));
+                } else {
+                    out.push(FixStep::patch(
+                        format!(
+                            "Set it for {unit} alone in a drop-in (what systemctl edit {unit} writes); drop-ins override the unit file and survive package upgrades"
+                        ),
+                        new_file(&path, &lines),
+                    ));
+                }
+            }
+        }
+        out.push(FixStep::run(
+            "Make systemd read it",
+            "systemctl daemon-reload",
+        ));
+        out.push(FixStep::run(
+            "Restart it: the limit applies to the new process",
+            format!("systemctl restart {unit}"),
+        ));
+        out
+    }
+
+    /// The change that raises the limit where it is set, to `target` (soft) and
+    /// `new_hard`.
+    pub fn fix_steps(o: &NofileOrigin, target: u64, new_hard: u64) -> Vec<FixStep> {
+        let value = format!("{target}:{new_hard}");
+        let unit = o.unit.as_ref().map(|u| u.name.clone());
+        match (o.source, unit) {
+            (NofileSource::ContainerRuntime, _) if o.at.is_some() && o.unit.is_none() => vec![
+                FixStep::say(format!(
+                    "Raise docker's default in {} (\"default-ulimits\": {{\"nofile\": {{\"Name\": \"nofile\", \"Soft\": {target}, \"Hard\": {new_hard}}}}}), then restart dockerd; containers get it when they are created again. For this container alone: docker run --ulimit nofile={target}:{new_hard}.",
+                    o.at.as_ref().map(ToString::to_string).unwrap_or_default()
+                )),
+            ],
+            (NofileSource::ContainerRuntime, Some(u)) => {
+                let mut v = unit_steps(o, &u, &value);
+                v.push(FixStep::say(format!(
+                    "Containers keep the limit they were created with: create them again afterwards, or give this one its own (docker run --ulimit nofile={target}:{new_hard}, or the pod's container runtime settings)."
+                )));
+                v
+            }
+            (NofileSource::Unit | NofileSource::ManagerDefault | NofileSource::SystemdDefault, Some(u)) => {
+                unit_steps(o, &u, &value)
+            }
+            (NofileSource::PamLimits, _) => {
+                let mut v = Vec::new();
+                let mut lines: Vec<&SourceRef> = o.at.iter().collect();
+                lines.extend(o.overridden.iter());
+                for at in lines {
+                    let kind = at.text.split_whitespace().nth(1).unwrap_or("");
+                    let n = if kind.eq_ignore_ascii_case("hard") {
+                        new_hard
+                    } else {
+                        target
+                    };
+                    v.push(FixStep::patch(
+                        format!("Raise it where it is set, {at}"),
+                        crate::analyze::nginx_common::replace(at, &[limits_line(at, &n.to_string())]),
+                    ));
+                }
+                v.push(FixStep::say(
+                    "pam_limits applies it when a session opens: log in again, then restart the program from the new session.",
+                ));
+                v
+            }
+            (NofileSource::PamUnset, _) => {
+                let user = o.user.clone().unwrap_or_else(|| "USER".to_string());
+                vec![
+                    FixStep::patch(
+                        format!("Give {user}'s login sessions a limit"),
+                        new_file(
+                            "/etc/security/limits.d/90-nofile.conf",
+                            &[
+                                format!("{user} soft nofile {target}"),
+                                format!("{user} hard nofile {new_hard}"),
+                            ],
+                        ),
+                    ),
+                    FixStep::say("pam_limits applies it when a session opens: log in again, then restart the program from the new session. A long-running program is better off as a systemd service with LimitNOFILE=."),
+                ]
+            }
+            (NofileSource::ParentShell, _) => {
+                let who = o
+                    .parent
+                    .as_ref()
+                    .map(|p| format!("{} (pid {})", p.comm, p.pid))
+                    .unwrap_or_else(|| "its parent shell".to_string());
+                vec![FixStep::say(format!(
+                    "It inherited the limit from {who}: raise it there before starting the program (ulimit -n {target}, up to that shell's hard limit), or run the program as a systemd service with LimitNOFILE={value}."
+                ))]
+            }
+            (NofileSource::ContainerRuntime, None) => vec![FixStep::say(format!(
+                "Give the container its own limit with the runtime's ulimit option (docker or podman run --ulimit nofile={target}:{new_hard}; Kubernetes: the container runtime's default), then create it again."
+            ))],
+            _ => Vec::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::nginx::SourceRef;
+    use crate::model::persisted::{NofileOrigin, NofilePair, UnitFiles};
     use crate::model::{CloseWaitSocket, Endpoint, Owner};
 
     fn proc(pid: u32, comm: &str, open_fds: u64, soft: Limit) -> ProcessFacts {
@@ -498,5 +761,151 @@ mod tests {
         assert_eq!(proposed_limit(100_000, NR_OPEN_DEFAULT), 524_288);
         assert_eq!(proposed_limit(900_000, NR_OPEN_DEFAULT), NR_OPEN_DEFAULT);
         assert_eq!(proposed_limit(1000, 32_768), 32_768);
+    }
+
+    fn origin(source: NofileSource, file: &str, line: u32, text: &str) -> NofileOrigin {
+        NofileOrigin {
+            source,
+            configured: Some(NofilePair {
+                soft: Limit::Value(1024),
+                hard: Limit::Value(524_288),
+            }),
+            matches: Some(true),
+            at: (!file.is_empty()).then(|| SourceRef {
+                file: file.into(),
+                line,
+                text: text.into(),
+            }),
+            overridden: Vec::new(),
+            unit: Some(UnitFiles {
+                name: "app.service".into(),
+                file: Some("/usr/lib/systemd/system/app.service".into()),
+                dropins: Vec::new(),
+            }),
+            user: None,
+            container: None,
+            parent: None,
+        }
+    }
+
+    fn flagged_with(o: NofileOrigin) -> Finding {
+        let mut s = snapshot(vec![proc(10, "app", 1000, Limit::Value(1024))]);
+        s.nofile_origins.insert(10, o);
+        let f = check(&s, &Thresholds::default());
+        assert_eq!(f.len(), 1, "{f:#?}");
+        f.into_iter().next().expect("one")
+    }
+
+    fn patches(f: &Finding) -> Vec<&str> {
+        f.fix.iter().filter_map(|s| s.patch.as_deref()).collect()
+    }
+
+    /// An administrator's line is changed where it is.
+    #[test]
+    fn names_the_unit_line_and_patches_it() {
+        let f = flagged_with(origin(
+            NofileSource::Unit,
+            "/etc/systemd/system/app.service.d/limits.conf",
+            2,
+            "LimitNOFILE=1024:524288",
+        ));
+        let by = f
+            .evidence
+            .iter()
+            .find(|e| e.label == "limit set by")
+            .expect("origin evidence");
+        assert_eq!(
+            by.value,
+            "LimitNOFILE=1024:524288 at /etc/systemd/system/app.service.d/limits.conf:2 (unit app.service)"
+        );
+        assert_eq!(
+            patches(&f),
+            vec!["--- /etc/systemd/system/app.service.d/limits.conf\n+++ /etc/systemd/system/app.service.d/limits.conf\n@@ -2 +2,1 @@\n-LimitNOFILE=1024:524288\n+LimitNOFILE=65536:524288\n"]
+        );
+        assert!(f
+            .fix
+            .iter()
+            .any(|st| st.command.as_deref() == Some("systemctl restart app.service")));
+        // The generic steps give way to the specific ones.
+        assert!(!f.fix.iter().any(|st| st.mentions("systemctl edit UNIT")));
+        assert_eq!(f.data["limit_origin"]["source"], "unit");
+        assert_eq!(f.data["limit_origin"]["at"]["line"], 2);
+        assert_eq!(
+            f.data["limit_origin"]["configured"],
+            json!({"soft": 1024, "hard": 524_288})
+        );
+    }
+
+    /// A package's unit file is overridden from a new drop-in in /etc; the systemd
+    /// default too.
+    #[test]
+    fn vendor_units_and_defaults_get_a_new_dropin() {
+        for (source, file) in [
+            (NofileSource::Unit, "/usr/lib/systemd/system/app.service"),
+            (NofileSource::SystemdDefault, ""),
+        ] {
+            let f = flagged_with(origin(source, file, 6, "LimitNOFILE=1024:524288"));
+            assert_eq!(
+                patches(&f),
+                vec!["--- /dev/null\n+++ /etc/systemd/system/app.service.d/override.conf\n@@ -0,0 +1,2 @@\n+[Service]\n+LimitNOFILE=65536:524288\n"],
+                "{source:?}"
+            );
+        }
+        // A drop-in named after override.conf sets it now: the new one must sort later.
+        let f = flagged_with(origin(
+            NofileSource::Unit,
+            "/usr/lib/systemd/system/app.service.d/zlimits.conf",
+            2,
+            "LimitNOFILE=1024",
+        ));
+        assert!(patches(&f)[0].contains("+++ /etc/systemd/system/app.service.d/zz-nofile.conf"));
+    }
+
+    #[test]
+    fn login_sessions_get_the_limits_conf_line() {
+        let mut o = origin(
+            NofileSource::PamLimits,
+            "/etc/security/limits.conf",
+            4,
+            "alice    soft    nofile    1024   # note",
+        );
+        o.unit = None;
+        o.user = Some("alice".into());
+        let f = flagged_with(o);
+        assert_eq!(
+            patches(&f),
+            vec!["--- /etc/security/limits.conf\n+++ /etc/security/limits.conf\n@@ -4 +4,1 @@\n-alice    soft    nofile    1024   # note\n+alice    soft    nofile    65536   # note\n"]
+        );
+        assert!(f
+            .evidence
+            .iter()
+            .any(|e| e.value.contains("a login session of alice")));
+    }
+
+    #[test]
+    fn a_limit_changed_after_start_is_said() {
+        let mut o = origin(
+            NofileSource::Unit,
+            "/etc/systemd/system/app.service",
+            5,
+            "LimitNOFILE=4096",
+        );
+        o.matches = Some(false);
+        let f = flagged_with(o);
+        assert!(f
+            .evidence
+            .iter()
+            .any(|e| e.label == "but the process runs with"
+                && e.value.starts_with("1024:524288: changed after it started")));
+    }
+
+    /// Nothing the files explain: the generic steps stay.
+    #[test]
+    fn unknown_origin_keeps_the_generic_steps() {
+        let mut o = origin(NofileSource::Unknown, "", 0, "");
+        o.unit = None;
+        let f = flagged_with(o);
+        assert!(f.fix.iter().any(|st| st.mentions("systemctl edit UNIT")));
+        assert!(!f.evidence.iter().any(|e| e.label == "limit set by"));
     }
 }

@@ -8,7 +8,7 @@
 
 use serde_json::json;
 
-use super::util::{counter, counter_interval_ms, owner_label, CounterReading};
+use super::util::{counter, counter_interval_ms, holders_label, CounterReading};
 use super::Thresholds;
 use crate::model::kernel::defaults;
 use crate::model::units;
@@ -74,7 +74,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
                 l.backlog,
                 b.used_pct,
                 if b.full { ", full" } else { "" },
-                owner_label(s, l.owner)
+                holders_label(s, &s.sockets.holders(l))
             ),
         ));
     }
@@ -88,8 +88,20 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
         ));
     }
 
+    // Every holder: after fork() the workers share the listener and any of them may
+    // be the one calling accept(), so naming only the first (often the parent, which
+    // never accepts) would blame the wrong process.
     let who = worst.map_or("The application".to_string(), |b| {
-        format!("The accepting side, {},", owner_label(s, b.listener.owner))
+        let holders = s.sockets.holders(b.listener);
+        let shared = if holders.len() > 1 {
+            ", which all hold the listener"
+        } else {
+            ""
+        };
+        format!(
+            "The accepting side, {}{shared},",
+            holders_label(s, &holders)
+        )
     });
     // SYNs meeting a full accept queue are dropped in tcp_conn_request(); a final ACK
     // meeting one is handled in tcp_check_req(): with tcp_abort_on_overflow=0 the
@@ -123,6 +135,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
             "used_pct": (b.used_pct * 100.0).round() / 100.0,
             "full": b.full,
             "pid": b.listener.owner.map(|o| o.pid),
+            "pids": s.sockets.holders(b.listener).iter().map(|o| o.pid).collect::<Vec<_>>(),
             "comm": b.listener.owner.and_then(|o| s.process(o.pid)).map(|p| p.comm.clone()),
         })).collect::<Vec<_>>(),
     });
@@ -191,7 +204,7 @@ fn title(
         Some(b) if b.full => format!(
             "Accept queue full on {} ({}): {} of {} waiting for accept(){dropping}",
             b.listener.local,
-            owner_label(s, b.listener.owner),
+            holders_label(s, &s.sockets.holders(b.listener)),
             b.listener.accept_queue,
             b.listener.backlog
         ),
@@ -206,7 +219,7 @@ fn title(
         Some(b) => format!(
             "Accept queue of {} ({}) {:.0}% full: {} of {}",
             b.listener.local,
-            owner_label(s, b.listener.owner),
+            holders_label(s, &s.sockets.holders(b.listener)),
             b.used_pct,
             b.listener.accept_queue,
             b.listener.backlog
@@ -234,19 +247,29 @@ fn fix(
     abort_on_overflow: Option<i64>,
 ) -> (Vec<FixStep>, Vec<SysctlChange>) {
     let mut proposed = Vec::new();
-    let (who, pid) = match worst {
-        Some(b) => (
-            owner_label(s, b.listener.owner),
-            b.listener
-                .owner
-                .map_or("PID".to_string(), |o| o.pid.to_string()),
+    // top takes a list of pids: the threads of every holder of a shared listener.
+    let (who, pid, pids) = match worst {
+        Some(b) => {
+            let holders = s.sockets.holders(b.listener);
+            let pids: Vec<String> = holders.iter().take(20).map(|o| o.pid.to_string()).collect();
+            let first = pids.first().cloned().unwrap_or_else(|| "PID".to_string());
+            let all = if pids.is_empty() {
+                first.clone()
+            } else {
+                pids.join(",")
+            };
+            (holders_label(s, &holders), first, all)
+        }
+        None => (
+            "the listening process".to_string(),
+            "PID".to_string(),
+            "PID".to_string(),
         ),
-        None => ("the listening process".to_string(), "PID".to_string()),
     };
     let mut fix = vec![
         FixStep::run(
             format!("Find why {who} falls behind on accept(): look at its threads for busy or blocked workers, then add workers or keep slow work out of the accept loop"),
-            format!("top -H -p {pid}"),
+            format!("top -H -p {pids}"),
         ),
         FixStep::run(
             "A stack dump shows where the workers wait. For Java",
@@ -393,6 +416,60 @@ mod tests {
             && l.mentions("application asked for 511")
             && l.mentions("somaxconn (4096) already allows that")));
         assert!(f.fix.iter().any(|l| l.mentions("tcp_max_syn_backlog")));
+    }
+
+    /// Issue 16: a listener shared by forked workers was blamed on the parent alone
+    /// ("nginx (pid 900)"), which never accepts; every holder is named.
+    #[test]
+    fn a_listener_shared_by_forked_workers_names_every_holder() {
+        let mut s = snapshot(
+            vec![listener(443, 512, 511)],
+            (1_000, 1_040),
+            (1_000, 1_040),
+        );
+        for pid in [901, 902, 903, 904] {
+            let mut p = s.processes[&900].clone();
+            p.pid = pid;
+            s.processes.insert(pid, p);
+        }
+        s.sockets.listener_holders.insert(
+            77,
+            [900, 901, 902, 903, 904]
+                .into_iter()
+                .map(|pid| Owner { pid, fd: 6 })
+                .collect(),
+        );
+        let f = &check(&s, &Thresholds::default())[0];
+        assert!(
+            f.title.starts_with(
+                "Accept queue full on 0.0.0.0:443 (nginx (pids 900, 901, 902 and 2 more)):"
+            ),
+            "{}",
+            f.title
+        );
+        assert!(
+            f.why.contains("The accepting side, nginx (pids 900, 901, 902 and 2 more), which all hold the listener, is not calling accept()"),
+            "{}",
+            f.why
+        );
+        assert_eq!(f.data["listeners"][0]["pid"], 900);
+        assert_eq!(
+            f.data["listeners"][0]["pids"],
+            serde_json::json!([900, 901, 902, 903, 904])
+        );
+        assert!(f
+            .fix
+            .iter()
+            .any(|l| l.command.as_deref() == Some("top -H -p 900,901,902,903,904")));
+        // Holders with different names are each named.
+        s.processes.get_mut(&901).expect("901").comm = "worker".into();
+        let f = &check(&s, &Thresholds::default())[0];
+        assert!(
+            f.title
+                .contains("(nginx (pid 900), worker (pid 901), nginx (pid 902) and 2 more)"),
+            "{}",
+            f.title
+        );
     }
 
     #[test]

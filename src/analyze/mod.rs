@@ -1,15 +1,19 @@
 //! Rules: pure functions from a [`Snapshot`] to [`Finding`]s. No I/O and no clock here
 //! (time comes in the snapshot), so every rule is tested on hand-built snapshots.
-//! One rule per file; each exports `ID` and `check`. Not rules: [`merge`] (one finding
-//! per cause across namespaces), [`pointing`] (fix commands pointed at a namespace),
+//! One rule per file; each exports `ID` and `check`. Not rules: [`close_wait_common`]
+//! and [`nginx_common`] (what a family of rules shares), [`merge`] (one finding per
+//! cause across namespaces), [`pointing`] (fix commands pointed at a namespace),
 //! [`runway`] (time until ports or descriptors run out), [`traced`] (flows the tracer
 //! saw), [`trend`] and [`util`].
 
+pub mod close_wait_common;
 pub mod close_wait_leak;
+pub mod close_wait_slow_close;
 pub mod close_wait_unaccepted;
 pub mod connect_failures;
 pub mod connection_resets;
 pub mod conntrack_table;
+pub mod detached_descriptors;
 pub mod ephemeral_port_exhaustion;
 pub mod fd_exhaustion;
 pub mod kernel_log;
@@ -26,6 +30,7 @@ pub mod orphans;
 pub mod pointing;
 pub mod runway;
 pub mod sysctl_audit;
+pub mod sysctl_persisted;
 pub mod time_wait_pressure;
 pub mod traced;
 pub mod trend;
@@ -125,6 +130,16 @@ pub const RULES: &[Rule] = &[
         check: close_wait_unaccepted::check,
     },
     Rule {
+        id: close_wait_slow_close::ID,
+        scope: Scope::Namespace,
+        check: close_wait_slow_close::check,
+    },
+    Rule {
+        id: detached_descriptors::ID,
+        scope: Scope::Namespace,
+        check: detached_descriptors::check,
+    },
+    Rule {
         id: listen_overflow::ID,
         scope: Scope::Namespace,
         check: listen_overflow::check,
@@ -168,6 +183,12 @@ pub const RULES: &[Rule] = &[
         id: sysctl_audit::ID,
         scope: Scope::Namespace,
         check: sysctl_audit::check,
+    },
+    // The host's sysctl files, read for the primary namespace only.
+    Rule {
+        id: sysctl_persisted::ID,
+        scope: Scope::Host,
+        check: sysctl_persisted::check,
     },
     Rule {
         id: kernel_log::ID,

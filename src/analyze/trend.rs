@@ -10,6 +10,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 
+use super::close_wait_leak;
+use crate::model::Finding;
+
 /// How a series must behave to be called a leak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TrendConfig {
@@ -122,6 +125,21 @@ impl CloseWaitTrend {
     pub fn is_empty(&self) -> bool {
         self.series.is_empty()
     }
+}
+
+/// Applies the trends to one sample's findings (`watch`): a process whose CLOSE_WAIT
+/// one look could not judge (`close_wait_slow_close`, `not_rechecked`) is a leak once
+/// its count keeps rising ([`close_wait_leak::confirmed_by_trend`]). Returns how many
+/// findings changed.
+pub fn confirm_leaks(findings: &mut [Finding], trend: &CloseWaitTrend) -> usize {
+    let mut changed = 0;
+    for f in findings.iter_mut() {
+        let pid = f.data["pid"].as_u64().and_then(|p| u32::try_from(p).ok());
+        if let Some(t) = pid.and_then(|p| trend.get(p)) {
+            changed += usize::from(close_wait_leak::confirmed_by_trend(f, &t));
+        }
+    }
+    changed
 }
 
 fn assess(pid: u32, s: &VecDeque<(u64, u64)>, c: &TrendConfig) -> PidTrend {
@@ -243,6 +261,42 @@ mod tests {
         t.observe(1, &BTreeMap::new(), |_| true);
         t.observe(2, &BTreeMap::new(), |_| true);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_confirmed_trend_turns_the_unjudged_finding_of_its_process_into_a_leak() {
+        use crate::analyze::close_wait_common::tests::{cw, snapshot};
+        use crate::analyze::{close_wait_slow_close, Thresholds};
+        // pid 42 holds 12 young CLOSE_WAIT sockets, looked at once.
+        let s = snapshot(
+            (0..12u16)
+                .map(|i| {
+                    cw(
+                        Some(42),
+                        "10.0.0.1:8080",
+                        &format!("10.0.1.{i}:4000"),
+                        1,
+                        2_000,
+                    )
+                })
+                .collect(),
+        );
+        let mut findings = close_wait_slow_close::check(&s, &Thresholds::default());
+        assert_eq!(findings.len(), 1);
+        let mut t = CloseWaitTrend::new(TrendConfig::default());
+        t.observe(0, &BTreeMap::from([(42, 12)]), |_| true);
+        assert_eq!(
+            confirm_leaks(&mut findings, &t),
+            0,
+            "one sample proves nothing"
+        );
+        assert_eq!(findings[0].rule_id, close_wait_slow_close::ID);
+        for (i, n) in [14, 16, 18].into_iter().enumerate() {
+            t.observe(1_000 * (i as u64 + 1), &BTreeMap::from([(42, n)]), |_| true);
+        }
+        assert_eq!(confirm_leaks(&mut findings, &t), 1);
+        assert_eq!(findings[0].rule_id, close_wait_leak::ID);
+        assert_eq!(findings[0].data["verdict"], "rising_trend");
     }
 
     #[test]

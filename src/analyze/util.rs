@@ -31,6 +31,39 @@ pub fn owner_label(s: &Snapshot, owner: Option<Owner>) -> String {
     }
 }
 
+/// Every process that holds a socket ([`SocketDigest::holders`]): `nginx (pid 100)`;
+/// `nginx (pids 100, 101, 102 and 2 more)` when they share a name (a master and the
+/// workers it forked); `gunicorn (pid 10), python3 (pid 11) and 1 more` otherwise;
+/// `unknown process` when none is known.
+///
+/// [`SocketDigest::holders`]: crate::model::SocketDigest::holders
+pub fn holders_label(s: &Snapshot, holders: &[Owner]) -> String {
+    const SHOWN: usize = 3;
+    match holders {
+        [] => "unknown process".to_string(),
+        [one] => process_label(s, one.pid),
+        all => {
+            let comm = |pid: u32| {
+                s.process(pid)
+                    .map(|p| p.comm.as_str())
+                    .filter(|c| !c.is_empty())
+            };
+            let first = comm(all[0].pid);
+            if first.is_some() && all.iter().all(|o| comm(o.pid) == first) {
+                let pids: Vec<String> = all.iter().map(|o| o.pid.to_string()).collect();
+                format!(
+                    "{} (pids {})",
+                    first.unwrap_or_default(),
+                    crate::model::units::compact_list(&pids, SHOWN)
+                )
+            } else {
+                let each: Vec<String> = all.iter().map(|o| process_label(s, o.pid)).collect();
+                crate::model::units::compact_list(&each, SHOWN)
+            }
+        }
+    }
+}
+
 /// Connections closed first per second by a group of `count` TIME_WAIT entries whose
 /// ages are `ages`: the recent rate the ages give ([`TimeWaitAges::closing_rate`]), or,
 /// when no age is known, the count spread over the TIME_WAIT length of `s`'s namespace

@@ -31,12 +31,43 @@ fn host_options(common: &Common, by_process: bool, detached_fds: bool) -> HostOp
         owner_scan: common.owner_scan,
         by_process,
         detached_fds,
+        tap: None,
+        keep_owners: false,
     }
 }
 
 pub fn run(common: &Common, s: &CheckSettings) -> Result<CheckReport, CmdError> {
+    if !common.from.is_empty() {
+        // A recording (snapshot or imported text): the same rules on what it holds.
+        let mut rec = super::from::open(common)?;
+        let host = super::from::host(&mut rec, common, Purpose::Diagnosis, false)?;
+        let findings = analyze::run_host(&host, &s.thresholds);
+        return Ok(CheckReport {
+            hostname: rec.hostname,
+            host,
+            findings,
+        });
+    }
+    let Collected { host, hostname, .. } = gather(common, s, None)?;
+    let findings = analyze::run_host(&host, &s.thresholds);
+    Ok(CheckReport {
+        hostname,
+        host,
+        findings,
+    })
+}
+
+/// What `check` reads of this host, `--interval` apart; `tap` also gets every socket
+/// read, and then the owner map is kept in [`Collected::owners`] (`snapshot`).
+pub(super) fn gather(
+    common: &Common,
+    s: &CheckSettings,
+    tap: Option<std::sync::Arc<dyn crate::collect::namespace::SocketTap>>,
+) -> Result<Collected, CmdError> {
     let selection = netns::select(common, Purpose::Diagnosis)?;
-    let opts = host_options(common, false, true);
+    let mut opts = host_options(common, false, true);
+    opts.keep_owners = tap.is_some();
+    opts.tap = tap;
     // Attached before the first reading, read at the second: the tracer covers the
     // counter interval. Without an interval (or on a capture) there is nothing to trace.
     let mut tracing = (s.trace && !common.replay && !s.interval.is_zero()).then(FlowTracing::start);
@@ -51,6 +82,10 @@ pub fn run(common: &Common, s: &CheckSettings) -> Result<CheckReport, CmdError> 
     // the counter interval runs.
     let (instances, notices) = crate::collect::nginx::discover(&common.proc_root);
     crate::collect::nginx::attach(&mut collected.host, instances, notices);
+    // The host's configuration files (issue 12): the sysctl files applied at boot and
+    // where each process's open-files limit is set. A standalone collector:
+    // collect::limits_source::attach_host_config.
+    crate::collect::limits_source::attach_host_config(&mut collected.host, &common.proc_root);
     // A capture is one reading: reading its files again after a wait would only give
     // rates of zero. Its notice says so.
     if !common.replay {
@@ -67,13 +102,7 @@ pub fn run(common: &Common, s: &CheckSettings) -> Result<CheckReport, CmdError> 
         drop(tracing);
         rates_between_readings(&mut collected, &second);
     }
-    let Collected { host, hostname, .. } = collected;
-    let findings = analyze::run_host(&host, &s.thresholds);
-    Ok(CheckReport {
-        hostname,
-        host,
-        findings,
-    })
+    Ok(collected)
 }
 
 /// Each namespace's counters over its own interval: the ones read late in a big run

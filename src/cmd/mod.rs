@@ -3,8 +3,12 @@
 //! here: `main` renders the report.
 
 pub mod check;
+pub mod diff;
+pub mod from;
+pub mod kill;
 pub mod lint;
 pub mod netns;
+pub mod snapshot;
 pub mod sockets;
 pub mod states;
 pub mod trace;
@@ -29,4 +33,14 @@ pub enum CmdError {
     /// The connection tracer cannot run (no BPF, not root, no BTF).
     #[error(transparent)]
     Trace(#[from] crate::collect::trace::TraceError),
+    /// `--from` (or a `diff` side) cannot be read.
+    #[error(transparent)]
+    From(#[from] crate::collect::snapshot::FromError),
+    /// A file tcpdoctor was asked to write cannot be written.
+    #[error("cannot write '{}': {source}", path.display())]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -348,7 +348,7 @@ fn one(
 
 /// `--netns NAME` matches the ip netns name, the display name, the container or pod
 /// name, or a container id prefix of 6+ characters.
-fn name_matches(info: &NetnsInfo, name: &str) -> bool {
+pub(super) fn name_matches(info: &NetnsInfo, name: &str) -> bool {
     if info.ip_netns.iter().any(|n| n == name) || info.name == name {
         return true;
     }
@@ -488,6 +488,7 @@ mod tests {
             threads: 1,
             owner_scan: crate::collect::owners::OwnerScan::default(),
             netns: NetnsChoice::Current,
+            from: Vec::new(),
         };
         let current = netns::discover(Path::new("/proc"), Path::new("/run/netns"))
             .current

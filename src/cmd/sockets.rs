@@ -14,6 +14,9 @@ use super::netns::{select, Purpose};
 use super::CmdError;
 
 pub fn run(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdError> {
+    if !common.from.is_empty() {
+        return run_recorded(common, s);
+    }
     let selection = select(common, Purpose::Sockets { owners: s.owners })?;
     let query = SocketQuery {
         states: s.states,
@@ -23,6 +26,10 @@ pub fn run(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdErr
         source: common.source,
     };
     let targets = &selection.targets;
+    if s.owners {
+        // Dump and scan start together only if the BPF programs are loaded first.
+        owners::prepare(&common.proc_root, &common.owner_scan);
+    }
     let (dumps, scan) = std::thread::scope(|scope| {
         let scan = s.owners.then(|| {
             scope.spawn(|| owners::scan(&common.proc_root, Wanted::All, &common.owner_scan))
@@ -65,6 +72,84 @@ pub fn run(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdErr
         Some((o, st)) => (Some(o), Some(st)),
         None => (None, None),
     };
+    let namespaces = if several {
+        targets.iter().map(|t| t.info.clone()).collect()
+    } else {
+        Vec::new()
+    };
+    Ok(finish(
+        s,
+        list,
+        owners,
+        stats,
+        common.replay,
+        source,
+        namespaces,
+        notices,
+    ))
+}
+
+/// `sockets --from`: the recorded namespaces' sockets, in one pass over the recording.
+fn run_recorded(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdError> {
+    let mut rec = super::from::open(common)?;
+    let (selected, all, mut notices) =
+        super::from::select(&rec, common, Purpose::Sockets { owners: s.owners })?;
+    notices.extend(rec.missing.iter().cloned());
+    let inodes: Vec<u64> = selected
+        .iter()
+        .map(|i| rec.namespaces[*i].inode())
+        .collect();
+    let query = crate::collect::snapshot::RecordedQuery {
+        states: s.states,
+        ipv4: s.ipv4,
+        ipv6: s.ipv6,
+        tcp_info: s.tcp_info,
+    };
+    let mut list: Vec<(u16, Socket)> = Vec::new();
+    let streamed = rec.stream(&query, |ns, sock| {
+        if let Some(k) = inodes.iter().position(|i| *i == ns) {
+            if s.filter.matches_socket(sock) {
+                list.push((u16::try_from(k).unwrap_or(u16::MAX), *sock));
+            }
+        }
+    })?;
+    notices.extend(streamed);
+    let owners = if s.owners { rec.owners.take() } else { None };
+    if s.owners && owners.is_none() {
+        notices.push(crate::collect::import::no_owners_notice(&rec.origin));
+    }
+    let source = selected
+        .first()
+        .and_then(|i| rec.namespaces[*i].source)
+        .or(Some(Source::Proc));
+    let namespaces = if selected.len() > 1 || all {
+        selected
+            .iter()
+            .filter_map(|i| rec.namespaces[*i].info.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let stats = owners
+        .as_ref()
+        .map(|_| crate::collect::owners::ScanStats::default());
+    Ok(finish(
+        s, list, owners, stats, true, source, namespaces, notices,
+    ))
+}
+
+/// Owner filters, order and `--limit`, as for a live read.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    s: &SocketsSettings,
+    mut list: Vec<(u16, Socket)>,
+    owners: Option<crate::model::Owners>,
+    stats: Option<crate::collect::owners::ScanStats>,
+    replay: bool,
+    source: Option<Source>,
+    namespaces: Vec<crate::model::NetnsInfo>,
+    mut notices: Vec<Notice>,
+) -> SocketsReport {
     if let Some(o) = &owners {
         list.retain(|(_, sock)| s.filter.matches_owner(sock, o));
         let unowned = list
@@ -76,7 +161,7 @@ pub fn run(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdErr
                 unowned,
                 st,
                 owners::effective_uid(),
-                common.replay,
+                replay,
             ));
         }
     }
@@ -87,19 +172,16 @@ pub fn run(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdErr
         list.truncate(limit);
     }
     let (netns_of, sockets): (Vec<u16>, Vec<Socket>) = list.into_iter().unzip();
-    Ok(SocketsReport {
+    let several = !namespaces.is_empty();
+    SocketsReport {
         source: source.unwrap_or(Source::Netlink),
         sockets,
         matched,
         owners,
         filter: s.filter.clone(),
         tcp_info: s.tcp_info,
-        namespaces: if several {
-            targets.iter().map(|t| t.info.clone()).collect()
-        } else {
-            Vec::new()
-        },
+        namespaces,
         netns_of: if several { netns_of } else { Vec::new() },
         notices,
-    })
+    }
 }

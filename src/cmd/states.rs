@@ -23,6 +23,9 @@ struct Part {
 }
 
 pub fn run(common: &Common, s: &StatesSettings) -> Result<StatesReport, CmdError> {
+    if !common.from.is_empty() {
+        return run_recorded(common, s);
+    }
     let owners_needed = s.by == Some(GroupBy::Process);
     let selection = select(
         common,
@@ -43,7 +46,6 @@ pub fn run(common: &Common, s: &StatesSettings) -> Result<StatesReport, CmdError
     let scan =
         owners_needed.then(|| owners::scan(&common.proc_root, Wanted::All, &common.owner_scan));
     let owner_map: Option<&Owners> = scan.as_ref().map(|(o, _)| o);
-
     let targets = &selection.targets;
     let parts = netns::for_each(targets, &common.proc_root, common.threads, |t, roots| {
         let inode = t.info.inode;
@@ -52,29 +54,10 @@ pub fn run(common: &Common, s: &StatesSettings) -> Result<StatesReport, CmdError
         let mut unowned = 0u64;
         let report = sockets::stream(&query, &roots.net, |sock| {
             summary.add(sock);
-            let Some(by) = s.by else {
-                return;
-            };
-            let key = match by {
-                GroupBy::Process => {
-                    if sock.inode == 0 {
-                        GroupKey::NoDescriptor
-                    } else {
-                        match owner_map.and_then(|o| o.map.first(sock.inode)) {
-                            Some(o) => GroupKey::Process(o.pid),
-                            None => {
-                                unowned += 1;
-                                GroupKey::OwnerUnknown
-                            }
-                        }
-                    }
-                }
-                GroupBy::Peer => GroupKey::Peer(sock.remote.canonical_ip()),
-                GroupBy::LocalPort => GroupKey::Port(sock.local.port),
-                GroupBy::RemotePort => GroupKey::Port(sock.remote.port),
-                GroupBy::Netns => GroupKey::Netns(inode),
-            };
-            groups.add(key, sock);
+            if let Some(by) = s.by {
+                let key = group_key(by, sock, inode, owner_map, &mut unowned);
+                groups.add(key, sock);
+            }
         });
         report.map(|report| Part {
             summary,
@@ -85,16 +68,127 @@ pub fn run(common: &Common, s: &StatesSettings) -> Result<StatesReport, CmdError
     });
 
     let single = targets.len() == 1;
+    let mut settled = Vec::new();
+    for (t, part) in targets.iter().zip(parts) {
+        if let Some(part) = settle(part, &t.info, single, &mut notices)? {
+            settled.push((t.info.clone(), part));
+        }
+    }
+    Ok(report(
+        s,
+        settled,
+        scan.as_ref(),
+        common.replay,
+        selection.all,
+        notices,
+    ))
+}
+
+/// The row a socket counts in.
+fn group_key(
+    by: GroupBy,
+    sock: &crate::model::Socket,
+    netns: u64,
+    owner_map: Option<&Owners>,
+    unowned: &mut u64,
+) -> GroupKey {
+    match by {
+        GroupBy::Process => {
+            if sock.inode == 0 {
+                GroupKey::NoDescriptor
+            } else {
+                match owner_map.and_then(|o| o.map.first(sock.inode)) {
+                    Some(o) => GroupKey::Process(o.pid),
+                    None => {
+                        *unowned += 1;
+                        GroupKey::OwnerUnknown
+                    }
+                }
+            }
+        }
+        GroupBy::Peer => GroupKey::Peer(sock.remote.canonical_ip()),
+        GroupBy::LocalPort => GroupKey::Port(sock.local.port),
+        GroupBy::RemotePort => GroupKey::Port(sock.remote.port),
+        GroupBy::Netns => GroupKey::Netns(netns),
+    }
+}
+
+/// `states --from`: the recorded namespaces, counted in one pass over the recording.
+fn run_recorded(common: &Common, s: &StatesSettings) -> Result<StatesReport, CmdError> {
+    let mut rec = super::from::open(common)?;
+    let owners_needed = s.by == Some(GroupBy::Process);
+    let (selected, all, mut notices) = super::from::select(
+        &rec,
+        common,
+        Purpose::Sockets {
+            owners: owners_needed,
+        },
+    )?;
+    notices.extend(rec.missing.iter().cloned());
+    let inodes: Vec<u64> = selected
+        .iter()
+        .map(|i| rec.namespaces[*i].inode())
+        .collect();
+    let mut parts: Vec<Part> = selected
+        .iter()
+        .map(|i| Part {
+            summary: StateSummary::default(),
+            groups: GroupedCounts::default(),
+            unowned: 0,
+            report: StreamReport {
+                source: rec.namespaces[*i].source.unwrap_or(Source::Proc),
+                notices: Vec::new(),
+            },
+        })
+        .collect();
+    let owners = rec.owners.take();
+    if owners_needed && owners.is_none() {
+        notices.push(crate::collect::import::no_owners_notice(&rec.origin));
+    }
+    let query = crate::collect::snapshot::RecordedQuery {
+        states: s.states,
+        ipv4: s.ipv4,
+        ipv6: s.ipv6,
+        tcp_info: false,
+    };
+    let streamed = rec.stream(&query, |ns, sock| {
+        let Some(k) = inodes.iter().position(|i| *i == ns) else {
+            return;
+        };
+        let part = &mut parts[k];
+        part.summary.add(sock);
+        if let Some(by) = s.by {
+            let key = group_key(by, sock, ns, owners.as_ref(), &mut part.unowned);
+            part.groups.add(key, sock);
+        }
+    })?;
+    notices.extend(streamed);
+    let settled = selected
+        .iter()
+        .zip(parts)
+        .filter_map(|(i, p)| Some((rec.namespaces[*i].info.clone()?, p)))
+        .collect();
+    let scan = owners.map(|o| (o, crate::collect::owners::ScanStats::default()));
+    Ok(report(s, settled, scan.as_ref(), true, all, notices))
+}
+
+/// The report from each namespace's counts.
+fn report(
+    s: &StatesSettings,
+    settled: Vec<(crate::model::NetnsInfo, Part)>,
+    scan: Option<&(Owners, crate::collect::owners::ScanStats)>,
+    replay: bool,
+    netns_all: bool,
+    mut notices: Vec<Notice>,
+) -> StatesReport {
+    let owner_map: Option<&Owners> = scan.map(|(o, _)| o);
     let mut summary = StateSummary::default();
     let mut groups = GroupedCounts::default();
     let mut unowned = 0u64;
     let mut source: Option<Source> = None;
     let mut namespaces = Vec::new();
-    for (t, part) in targets.iter().zip(parts) {
-        let info = &t.info;
-        let Some(part) = settle(part, info, single, &mut notices)? else {
-            continue;
-        };
+    for (info, part) in settled {
+        let info = &info;
         source.get_or_insert(part.report.source);
         for n in part.report.notices {
             if !notices.contains(&n) {
@@ -110,12 +204,12 @@ pub fn run(common: &Common, s: &StatesSettings) -> Result<StatesReport, CmdError
             summary: part.summary,
         });
     }
-    if let Some((_, stats)) = &scan {
+    if let Some((_, stats)) = scan {
         notices.extend(owners::missing_owner_notice(
             unowned,
             stats,
             owners::effective_uid(),
-            common.replay,
+            replay,
         ));
     }
 
@@ -155,13 +249,13 @@ pub fn run(common: &Common, s: &StatesSettings) -> Result<StatesReport, CmdError
             rest,
         }
     });
-    Ok(StatesReport {
+    StatesReport {
         source: source.unwrap_or(Source::Netlink),
         states: s.states,
         summary,
         groups,
-        netns_all: selection.all,
+        netns_all,
         namespaces,
         notices,
-    })
+    }
 }

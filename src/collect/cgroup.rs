@@ -54,13 +54,12 @@
 //!   once the cgroup is removed while the task is still around.
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::model::{Container, Pod, Runtime};
+use crate::model::{text, Container, Pod, Runtime};
 
 /// `/proc/PID/cgroup` is one short line per hierarchy; anything longer is not it.
 const PROC_CGROUP_MAX: u64 = 64 * 1024;
@@ -527,12 +526,10 @@ fn find_entry(dir: &Path, want: impl Fn(&str) -> bool) -> Option<String> {
         .find(|n| want(n))
 }
 
-/// Reads at most `max` bytes of `path`; `None` if it cannot be read or is longer.
+/// Reads at most `max` bytes of the regular file `path`; `None` if it cannot be read, is
+/// not a regular file or is longer ([`super::bounded::read`]).
 fn read_bounded(path: &Path, max: u64) -> Option<Vec<u8>> {
-    let file = fs::File::open(path).ok()?;
-    let mut buf = Vec::new();
-    file.take(max + 1).read_to_end(&mut buf).ok()?;
-    (buf.len() as u64 <= max).then_some(buf)
+    super::bounded::read(path, max).ok()
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, max: u64) -> Option<T> {
@@ -553,7 +550,30 @@ pub fn identify(proc_root: &Path, pid: u32, roots: &RuntimeRoots) -> Option<Cont
         .into_iter()
         .find_map(container_from_path)?;
     enrich(&mut container, roots);
+    sanitize(&mut container);
     Some(container)
+}
+
+/// Names that are printed and put in `--netns` hints: no control characters, bounded
+/// ([`text::clean`]). The cgroup file and the runtimes' state files are not ours: a
+/// replayed capture holds whatever its author wrote.
+fn sanitize(c: &mut Container) {
+    // nspawn and LXC ids are machine names (up to 255 bytes): keep them whole where
+    // they fit, as namespace names are.
+    c.id = text::clean(&c.id, text::NETNS_NAME_MAX);
+    let short = |s: &mut String| *s = text::clean(s, text::NETNS_NAME_MAX);
+    if let Some(n) = c.name.as_mut() {
+        short(n);
+    }
+    if let Some(p) = c.pod.as_mut() {
+        short(&mut p.uid);
+        if let Some(n) = p.namespace.as_mut() {
+            short(n);
+        }
+        if let Some(n) = p.name.as_mut() {
+            short(n);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,10 +12,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::kmsg;
-use super::namespace::{self, CounterReading, NsOptions, NsReading};
+use super::namespace::{self, CounterReading, NsOptions, NsReading, SocketTap};
 use super::netns::{self, NamespaceError, NetnsError, NsTarget};
 use super::owners::{self, OwnerScan, ScanStats, Wanted};
 use super::procfs::{detached, process};
@@ -45,6 +46,10 @@ pub struct HostOptions {
     /// Count each process's descriptors of TCP sockets that are in no table
     /// (`ProcessFacts::detached_tcp_fds`; `check`).
     pub detached_fds: bool,
+    /// Every socket read also goes here (`tcpdoctor snapshot`).
+    pub tap: Option<Arc<dyn SocketTap>>,
+    /// Return the owner map in [`Collected::owners`] (`tcpdoctor snapshot`).
+    pub keep_owners: bool,
 }
 
 /// When a namespace was first read.
@@ -65,6 +70,8 @@ pub struct Collected {
     pub readings: BTreeMap<u64, FirstReading>,
     /// When the owner scan (and its descriptor counts) ended; `None` without one.
     pub owners_at: Option<Instant>,
+    /// The owner scan, with [`HostOptions::keep_owners`].
+    pub owners: Option<Owners>,
 }
 
 /// Reads every target. Namespaces that cannot be read become `netns_unreadable`
@@ -118,8 +125,7 @@ pub fn collect(
             inodes: _,
             close_wait_at,
         } = reading;
-        let (summary, digest) =
-            builder.finish(|inode| owner_data.as_ref().and_then(|o| o.map.first(inode)));
+        let (summary, digest) = builder.finish_owned(owner_data.as_ref().map(|o| &o.map));
         let mut snap = Snapshot {
             taken_at_unix_ms,
             source: Some(source),
@@ -183,6 +189,7 @@ pub fn collect(
         hostname: sysctl::hostname(root),
         readings,
         owners_at,
+        owners: owner_data.filter(|_| opts.keep_owners),
     })
 }
 
@@ -201,11 +208,17 @@ fn read_namespaces_and_owners(
         by_process: opts.by_process,
         record_inodes: opts.detached_fds && !opts.replay,
         replay: opts.replay,
+        tap: opts.tap.as_deref(),
+        inode: 0,
     };
     let primary = targets.first().map(|t| t.info.inode);
     // The closure sees the namespace's roots and nothing of the host's paths.
     let read_all = || {
         netns::for_each(targets, root, opts.threads, |t, roots| {
+            let ns_opts = NsOptions {
+                inode: t.info.inode,
+                ..ns_opts
+            };
             namespace::read(roots, &ns_opts, Some(t.info.inode) == primary)
         })
     };

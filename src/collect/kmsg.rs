@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::model::{KernelLogEntry, Notice, NoticeCode};
+use crate::model::{text, KernelLogEntry, Notice, NoticeCode};
 
 /// One kernel log record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +26,9 @@ pub fn parse_record(raw: &[u8]) -> Option<KmsgRecord> {
     let _prio: u32 = f.next()?.parse().ok()?;
     let seq = f.next()?.parse().ok()?;
     let usec = f.next()?.parse().ok()?;
-    let message = rest.lines().next().unwrap_or("").to_string();
+    // A capture's kmsg is a file anyone could have written: no control characters, a
+    // bounded length.
+    let message = text::clean(rest.lines().next().unwrap_or(""), text::LOG_LINE_MAX);
     Some(KmsgRecord { seq, usec, message })
 }
 
@@ -70,7 +72,7 @@ pub fn log_path(proc_root: &Path, replay: bool) -> PathBuf {
 pub fn read_log(proc_root: &Path, replay: bool) -> Result<Option<Vec<KernelLogEntry>>, Notice> {
     let path = log_path(proc_root, replay);
     let records = if replay {
-        std::fs::read(&path).map(|b| {
+        super::bounded::read(&path, super::bounded::KERNEL_LOG).map(|b| {
             b.split(|c| *c == b'\n')
                 .filter_map(parse_record)
                 .collect::<Vec<_>>()

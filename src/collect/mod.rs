@@ -5,11 +5,14 @@
 //! [`host`] assembles a whole [`HostSnapshot`](crate::model::HostSnapshot) from the
 //! namespaces a command chose; [`namespace`] is what is read inside one of them.
 
+pub mod bounded;
 pub mod btf;
 pub mod cgroup;
 pub mod flows;
 pub mod host;
+pub mod import;
 pub mod kmsg;
+pub mod limits_source;
 pub mod namespace;
 pub mod netlink;
 pub mod netns;
@@ -17,6 +20,8 @@ pub mod nginx;
 pub mod owners;
 pub mod procfs;
 pub mod replay;
+pub mod snapshot;
 pub mod sockets;
 pub mod sysctl;
+pub mod sysctl_files;
 pub mod trace;

@@ -27,9 +27,16 @@ use crate::model::{
 /// namespaces of a host usually share.
 const SPLIT_ABOVE: u64 = 50_000;
 
+/// Receives every socket a namespace's dumps yield, as they stream, with the
+/// namespace's inode (`tcpdoctor snapshot` writes them down). Called from the worker
+/// thread reading that namespace: a namespace's listeners come before its other sockets.
+pub trait SocketTap: Send + Sync + std::fmt::Debug {
+    fn socket(&self, netns: u64, s: &Socket);
+}
+
 /// What to read in each namespace.
 #[derive(Debug, Clone, Copy)]
-pub struct NsOptions {
+pub struct NsOptions<'a> {
     pub source: SourcePref,
     /// Fill `SocketDigest::by_process` (TCP sockets per owning process).
     pub by_process: bool,
@@ -39,6 +46,31 @@ pub struct NsOptions {
     /// A replayed capture: files it lacks are listed once by its inventory
     /// (`collect::replay`), not one notice per reader.
     pub replay: bool,
+    /// Every socket read also goes here, with the namespace's inode.
+    pub tap: Option<&'a dyn SocketTap>,
+    /// The inode of the namespace being read (for the tap).
+    pub inode: u64,
+}
+
+/// The digest builder of a namespace with these sysctls: its ephemeral ports and
+/// TIME_WAIT policy. One place, so a live read and a recorded one digest alike.
+pub fn digest_builder(sysctls: &BTreeMap<String, String>, by_process: bool) -> DigestBuilder {
+    let ports = EphemeralPorts::from_sysctls(
+        sysctls
+            .get("net.ipv4.ip_local_port_range")
+            .map(String::as_str),
+        sysctls
+            .get("net.ipv4.ip_local_reserved_ports")
+            .map(String::as_str),
+    );
+    let builder = DigestBuilder::new(ports).time_wait_policy(TimeWaitPolicy::from_sysctls(|k| {
+        sysctls.get(k).map(String::as_str)
+    }));
+    if by_process {
+        builder.count_by_process()
+    } else {
+        builder
+    }
 }
 
 /// The counters of one namespace at one moment.
@@ -67,7 +99,11 @@ pub struct NsReading {
 /// Reads one namespace. `host_wide`: also read the host-wide sysctls here (the
 /// namespace that carries host-wide evidence: the initial one when it is read, since
 /// some of them exist only there).
-pub fn read(roots: &NsRoots, opts: &NsOptions, host_wide: bool) -> Result<NsReading, CollectError> {
+pub fn read(
+    roots: &NsRoots,
+    opts: &NsOptions<'_>,
+    host_wide: bool,
+) -> Result<NsReading, CollectError> {
     let mut notices = Vec::new();
     let counters =
         counters::read(&roots.net, !opts.replay, &mut notices).map(|values| CounterReading {
@@ -78,26 +114,18 @@ pub fn read(roots: &NsRoots, opts: &NsOptions, host_wide: bool) -> Result<NsRead
     if host_wide {
         sysctls.extend(sysctl::read(&roots.sys, HOST_WIDE_SYSCTLS));
     }
-    let sockstat = std::fs::read_to_string(roots.net.join("net/sockstat"))
-        .ok()
-        .and_then(|t| sockstat::parse_tcp(&t));
+    let sockstat =
+        super::bounded::read_to_string(&roots.net.join("net/sockstat"), super::bounded::SMALL)
+            .ok()
+            .and_then(|t| sockstat::parse_tcp(&t));
 
-    let ports = EphemeralPorts::from_sysctls(
-        sysctls
-            .get("net.ipv4.ip_local_port_range")
-            .map(String::as_str),
-        sysctls
-            .get("net.ipv4.ip_local_reserved_ports")
-            .map(String::as_str),
-    );
-    let mut builder =
-        DigestBuilder::new(ports).time_wait_policy(TimeWaitPolicy::from_sysctls(|k| {
-            sysctls.get(k).map(String::as_str)
-        }));
-    if opts.by_process {
-        builder = builder.count_by_process();
-    }
+    let mut builder = digest_builder(&sysctls, opts.by_process);
     let record = opts.record_inodes;
+    let tap = |s: &Socket| {
+        if let Some(t) = opts.tap {
+            t.socket(opts.inode, s);
+        }
+    };
     let mut inodes: Vec<u64> = Vec::new();
     let query = |states: StateSet, tcp_info: bool| SocketQuery {
         states,
@@ -125,6 +153,7 @@ pub fn read(roots: &NsRoots, opts: &NsOptions, host_wide: bool) -> Result<NsRead
     // Listeners first: TIME_WAIT and port use are classified against their ports. A
     // LISTEN-only dump never walks the connection hash, so it is cheap.
     let first = sockets::stream(&query(listen, false), &roots.net, |s| {
+        tap(s);
         builder.add_first_pass(s);
         if record && s.inode != 0 {
             inodes.push(s.inode);
@@ -142,6 +171,7 @@ pub fn read(roots: &NsRoots, opts: &NsOptions, host_wide: bool) -> Result<NsRead
                     .map(|r| (r, v))
             });
             let main = sockets::stream(&query(rest, false), &roots.net, |s| {
+                tap(s);
                 builder.add(s);
                 if record && s.inode != 0 {
                     inodes.push(s.inode);
@@ -154,6 +184,7 @@ pub fn read(roots: &NsRoots, opts: &NsOptions, host_wide: bool) -> Result<NsRead
             Ok(r) => {
                 let (r, v) = r?;
                 for s in &v {
+                    tap(s);
                     builder.add_first_pass(s);
                     if record && s.inode != 0 {
                         inodes.push(s.inode);
@@ -168,6 +199,7 @@ pub fn read(roots: &NsRoots, opts: &NsOptions, host_wide: bool) -> Result<NsRead
         }
     } else {
         reports.push(sockets::stream(&query(others, true), &roots.net, |s| {
+            tap(s);
             builder.add_first_pass(s);
             if record && s.inode != 0 {
                 inodes.push(s.inode);
@@ -343,6 +375,8 @@ mod tests {
             by_process: false,
             record_inodes: true,
             replay: true,
+            tap: None,
+            inode: 0,
         };
         let r = read(&NsRoots::here(&root), &opts, true).expect("fixture readable");
         assert_eq!(r.source, Source::Proc);

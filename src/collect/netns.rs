@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use super::procfs::status;
 use super::sockets::CollectError;
-use crate::model::{NetnsInfo, Notice, NoticeCode};
+use crate::model::{text, NetnsInfo, Notice, NoticeCode};
 
 /// One namespace found on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +73,10 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 
 /// Whether `pid` under `proc_root` is a kernel thread, from its world-readable `stat`.
 fn is_kernel_thread(proc_root: &Path, pid: u32) -> bool {
-    let Ok(stat) = std::fs::read(proc_root.join(pid.to_string()).join("stat")) else {
+    let Ok(stat) = super::bounded::read(
+        &proc_root.join(pid.to_string()).join("stat"),
+        super::bounded::SMALL,
+    ) else {
         return false;
     };
     // "2 (kthreadd) S 0 0 0 0 -1 2129984 ...": the name may hold spaces and parentheses,
@@ -169,7 +172,11 @@ pub fn discover(proc_root: &Path, run_netns: &Path) -> Discovery {
     if let Ok(rd) = std::fs::read_dir(run_netns) {
         let mut names: Vec<(String, PathBuf)> = rd
             .filter_map(|e| e.ok())
-            .filter_map(|e| Some((e.file_name().to_str()?.to_string(), e.path())))
+            // The name is printed and put in fix commands: no control characters.
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.to_string();
+                Some((text::clean(&name, text::NETNS_NAME_MAX), e.path()))
+            })
             .collect();
         names.sort();
         for (name, path) in names {
@@ -191,7 +198,7 @@ pub fn discover(proc_root: &Path, run_netns: &Path) -> Discovery {
 /// Whether this process may enter other network namespaces: CAP_SYS_ADMIN in its
 /// effective set (`setns(2)` on a network namespace needs it).
 pub fn may_enter_others(proc_root: &Path) -> bool {
-    std::fs::read(proc_root.join("self/status"))
+    super::bounded::read(&proc_root.join("self/status"), super::bounded::SMALL)
         .is_ok_and(|st| status::has_cap(&st, status::CAP_SYS_ADMIN))
 }
 
@@ -227,9 +234,7 @@ pub fn nsfs_file_inode(proc_root: &Path, path: &Path) -> Result<u64, NsFileError
 
 /// The short name of a process (`/proc/PID/comm`), to name a namespace after it.
 pub fn comm_of(proc_root: &Path, pid: u32) -> Option<String> {
-    std::fs::read_to_string(proc_root.join(pid.to_string()).join("comm"))
-        .ok()
-        .map(|s| s.trim_end().to_string())
+    super::procfs::process::read_comm(&proc_root.join(pid.to_string()))
 }
 
 /// Why a namespace could not be read.

@@ -2,13 +2,14 @@
 //!
 //! Streams sockets to a visitor so callers that only count never hold a socket list.
 
-use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::bounded;
 use super::netlink::{DumpError, DumpRequest, DumpStats, ParseError, SockDiag};
 use super::procfs::net_tcp;
+use crate::model::units::{count, noun};
 use crate::model::{Family, Notice, NoticeCode, Socket, Source, StateSet};
 
 /// Where the user wants sockets read from.
@@ -167,7 +168,7 @@ fn stream_proc<F: FnMut(&Socket)>(
             Family::V6 => "tcp6",
         };
         let path = proc_root.join("net").join(name);
-        let file = match File::open(&path) {
+        let file = match bounded::open_stream(&path, bounded::SOCKET_TABLE) {
             Ok(f) => f,
             // A kernel without IPv6 has no tcp6: that is zero IPv6 sockets, not an error.
             Err(e) if family == Family::V6 && e.kind() == std::io::ErrorKind::NotFound => {
@@ -192,6 +193,17 @@ fn stream_proc<F: FnMut(&Socket)>(
             path: path.clone(),
             source,
         })?;
+        if stats.repeated > 0 {
+            notices.push(Notice::new(
+                NoticeCode::DumpInterrupted,
+                format!(
+                    "the socket table changed while '{}' was read: {} the kernel listed twice {} counted once, and a few sockets may be missing",
+                    path.display(),
+                    count(stats.repeated, "entry", "entries"),
+                    noun(stats.repeated, "was", "were"),
+                ),
+            ));
+        }
         if let Some((line, err)) = &stats.first_error {
             notices.push(Notice::new(
                 NoticeCode::RecordsSkipped,

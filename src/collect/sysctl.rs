@@ -6,13 +6,16 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::bounded;
+use crate::model::text;
+
 /// Reads `keys` below `proc_root/sys`. Values have their whitespace collapsed to single
 /// spaces (`ip_local_port_range` is tab-separated in the kernel).
 pub fn read(proc_root: &Path, keys: &[&str]) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for key in keys {
         let path = proc_root.join("sys").join(key.replace('.', "/"));
-        if let Ok(raw) = std::fs::read_to_string(&path) {
+        if let Ok(raw) = bounded::read_to_string(&path, bounded::SMALL) {
             let v = raw.split_whitespace().collect::<Vec<_>>().join(" ");
             out.insert((*key).to_string(), v);
         }
@@ -22,8 +25,8 @@ pub fn read(proc_root: &Path, keys: &[&str]) -> BTreeMap<String, String> {
 
 /// The host's name (`kernel.hostname`); empty when unreadable.
 pub fn hostname(proc_root: &Path) -> String {
-    std::fs::read_to_string(proc_root.join("sys/kernel/hostname"))
-        .map(|s| s.trim().to_string())
+    bounded::read_prefix(&proc_root.join("sys/kernel/hostname"), 4096)
+        .map(|b| text::name(b.trim_ascii(), text::NAME_MAX))
         .unwrap_or_default()
 }
 

@@ -16,8 +16,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use super::{
     kernel::{EphemeralPorts, TimeWaitPolicy},
     snapshot::sort_port_use,
-    CloseWaitSocket, Endpoint, ListenerSocket, Owner, PortUse, Socket, SocketDigest, StateCounts,
-    StateSummary, TcpState, TimeWaitAges, TimeWaitDigest, TimerKind,
+    CloseWaitSocket, Endpoint, ListenerSocket, Owner, PortUse, Socket, SocketDigest,
+    SocketOwnerMap, StateCounts, StateSummary, TcpState, TimeWaitAges, TimeWaitDigest, TimerKind,
 };
 
 /// Peers with one socket each that an ephemeral-range local port needs before it is
@@ -25,11 +25,11 @@ use super::{
 /// different destinations land on the same local port only by chance (connect() starts
 /// its scan at a hash of the destination), and eight single-connection destinations
 /// meeting on one port is rare even for a crawler with thousands.
-const SERVED_MIN_PEERS: u32 = 8;
+pub const SERVED_MIN_PEERS: u32 = 8;
 
 /// ...and distinct remote ports among them: a crawler's destinations share a few
 /// service ports (80, 443), a server's peers come from their own ephemeral ports.
-const SERVED_MIN_REMOTE_PORTS: usize = 4;
+pub const SERVED_MIN_REMOTE_PORTS: usize = 4;
 
 /// One destination (source ip, destination ip:port) while the dump streams.
 #[derive(Debug, Default)]
@@ -205,6 +205,30 @@ impl DigestBuilder {
         }
     }
 
+    /// Resolves owners from the owner map (`None`: owners were not scanned) and
+    /// returns the summary and the digest, with every holder of a shared listener.
+    pub fn finish_owned(self, owners: Option<&SocketOwnerMap>) -> (StateSummary, SocketDigest) {
+        let Some(map) = owners else {
+            return self.finish(|_| None);
+        };
+        let inodes: Vec<u64> = self.listeners.iter().map(|l| l.inode).collect();
+        let (summary, mut digest) = self.finish(|inode| map.first(inode));
+        for inode in inodes.into_iter().filter(|i| *i != 0) {
+            // One owner per process (a process may hold the listener on several
+            // descriptors), lowest pid first: the parent of forked workers, usually.
+            let mut by_pid: BTreeMap<u32, Owner> = BTreeMap::new();
+            for o in map.owners(inode) {
+                by_pid.entry(o.pid).or_insert(o);
+            }
+            if by_pid.len() > 1 {
+                digest
+                    .listener_holders
+                    .insert(inode, by_pid.into_values().collect());
+            }
+        }
+        (summary, digest)
+    }
+
     /// Resolves owners and returns the summary and the digest.
     pub fn finish(
         mut self,
@@ -297,6 +321,7 @@ impl DigestBuilder {
                 time_wait: tw,
                 port_use,
                 by_process,
+                listener_holders: BTreeMap::new(),
             },
         )
     }
@@ -351,6 +376,51 @@ mod tests {
             cookie: None,
             tcp_info: None,
         }
+    }
+
+    #[test]
+    fn every_holder_of_a_shared_listener_is_kept() {
+        let listener = |inode: u64, port: u16| Socket {
+            family: crate::model::Family::V4,
+            state: TcpState::Listen,
+            local: Endpoint::new("127.0.0.1".parse().expect("ip"), port),
+            remote: Endpoint::unspecified(crate::model::Family::V4),
+            inode,
+            uid: 0,
+            recv_q: 0,
+            send_q: 128,
+            timer: None,
+            cookie: None,
+            tcp_info: None,
+        };
+        let mut b = DigestBuilder::new(EphemeralPorts::default());
+        b.add_first_pass(&listener(70, 80));
+        b.add_first_pass(&listener(71, 81));
+        let mut map = SocketOwnerMap::default();
+        // A forked server: the workers (found first) and their parent hold socket 70,
+        // the parent twice (after dup()); socket 71 has one owner.
+        for (pid, fd) in [(12, 3), (11, 3), (10, 3), (10, 9)] {
+            map.insert(70, Owner { pid, fd });
+        }
+        map.insert(71, Owner { pid: 10, fd: 4 });
+        let (_, d) = b.finish_owned(Some(&map));
+        let pids = |inode: u64| -> Vec<u32> {
+            let l = d
+                .listeners
+                .iter()
+                .find(|l| l.inode == inode)
+                .expect("listener");
+            d.holders(l).iter().map(|o| o.pid).collect()
+        };
+        assert_eq!(pids(70), vec![10, 11, 12]);
+        assert_eq!(pids(71), vec![10]);
+        assert_eq!(
+            d.listener_holders.len(),
+            1,
+            "single owners stay out of the map"
+        );
+        let (_, none) = DigestBuilder::new(EphemeralPorts::default()).finish_owned(None);
+        assert!(none.listener_holders.is_empty());
     }
 
     #[test]

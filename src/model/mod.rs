@@ -6,14 +6,17 @@
 //! the same way.
 
 mod container;
+pub mod diff;
 mod digest;
 mod filter;
 mod finding;
 pub mod flow;
 pub mod kernel;
+mod kill;
 mod netns;
 pub mod nginx;
 mod notice;
+pub mod persisted;
 mod process;
 pub mod rank;
 mod report;
@@ -21,13 +24,14 @@ mod snapshot;
 mod socket;
 mod state;
 mod summary;
+pub mod text;
 pub mod units;
 
 pub use notice::{Notice, NoticeCode, Source};
 pub use process::{Owner, Owners, Process, ProcessFds, SocketOwnerMap};
 
 pub use container::{Container, Pod, Runtime};
-pub use digest::DigestBuilder;
+pub use digest::{DigestBuilder, SERVED_MIN_PEERS, SERVED_MIN_REMOTE_PORTS};
 pub use filter::{AddrFilter, BadAddrFilter, SocketFilter};
 pub use finding::{Evidence, Finding, FixStep, Nature, Severity, SysctlChange};
 pub use flow::{
@@ -35,6 +39,7 @@ pub use flow::{
     FlowInterval, FlowKey, FlowPeer, FlowRow, Lifetimes, NamespaceFlows, TraceLosses, TraceSummary,
 };
 pub use kernel::{EphemeralPorts, PortRange, TimeWaitPolicy};
+pub use kill::{Confirmation, KillOutcome, KillReport, KillRow, KillStop};
 pub use netns::{name_namespace, NetnsInfo, NetnsKind, NetnsRef};
 pub use report::{
     CheckReport, GroupRow, Groups, LintReport, NamespaceCounts, SocketsReport, StatesReport,

@@ -428,6 +428,24 @@ pub struct SocketDigest {
     /// not in it.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub by_process: BTreeMap<u32, StateCounts>,
+    /// Every process that holds a listener, by the listener's inode, for listeners
+    /// held by more than one (a server that forks its workers after listen(): they all
+    /// share the socket, and any of them may be the one accepting). One owner per
+    /// process, lowest pid first. A listener held by one process is not in it; its
+    /// `owner` says it all.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub listener_holders: BTreeMap<u64, Vec<Owner>>,
+}
+
+impl SocketDigest {
+    /// Every process that holds listener `l` (see `listener_holders`): one owner per
+    /// process, or just `l.owner`; empty when no owner is known.
+    pub fn holders(&self, l: &ListenerSocket) -> Vec<Owner> {
+        match self.listener_holders.get(&l.inode) {
+            Some(all) if l.inode != 0 => all.clone(),
+            _ => l.owner.into_iter().collect(),
+        }
+    }
 }
 
 /// Two readings of /proc/net/{netstat,snmp}, `interval_ms` apart.
@@ -569,6 +587,15 @@ pub struct Snapshot {
     /// `check`'s second reading, by pid; empty when not counted again.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub descriptor_recheck: BTreeMap<u32, DescriptorRecheck>,
+    /// What the host's sysctl files apply at boot, each key with its file:line and live
+    /// value (collect::sysctl_files; `check` only, in the primary snapshot only; `None`:
+    /// not read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persisted_sysctls: Option<super::persisted::PersistedSysctls>,
+    /// Where each process's open-files limit is set, by pid (collect::limits_source;
+    /// `check` only).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub nofile_origins: BTreeMap<u32, super::persisted::NofileOrigin>,
 }
 
 /// Every namespace looked at in one run. The first is the primary: the initial (host)
@@ -810,6 +837,16 @@ impl Snapshot {
 
     pub fn process(&self, pid: u32) -> Option<&ProcessFacts> {
         self.processes.get(&pid)
+    }
+
+    /// How the host's sysctl files leave `key` (dotted), when they were read and set it.
+    pub fn persisted_sysctl(&self, key: &str) -> Option<&super::persisted::PersistedSysctl> {
+        self.persisted_sysctls.as_ref()?.get(key)
+    }
+
+    /// Where process `pid`'s open-files limit is set, when that was looked up.
+    pub fn nofile_origin(&self, pid: u32) -> Option<&super::persisted::NofileOrigin> {
+        self.nofile_origins.get(&pid)
     }
 
     /// How many CLOSE_WAIT sockets there were and, when `check` looked again, how many

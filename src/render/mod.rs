@@ -2,6 +2,8 @@
 //! Renderers write to any `io::Write`; only `main` decides that it is stdout.
 
 pub mod check;
+pub mod diff;
+pub mod kill;
 pub mod lint;
 pub mod metrics;
 pub mod sockets;
@@ -10,9 +12,10 @@ pub mod sysctl_file;
 pub mod trace;
 pub mod watch;
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 
-use crate::model::{Notice, TcpState};
+use crate::model::{text, Notice, TcpState};
 
 /// Version of every JSON document tcpdoctor prints (docs/json.md).
 pub const JSON_SCHEMA_VERSION: u32 = 2;
@@ -47,6 +50,8 @@ impl Paint {
 impl Style {
     /// Writes `text` padded to `width` (left or right aligned), colored if enabled.
     /// Padding is computed on the plain text so columns line up with or without color.
+    /// Any width works: padding is written in pieces, never through a format width
+    /// (which panics above 65,535).
     pub fn cell(
         &self,
         out: &mut impl Write,
@@ -57,16 +62,42 @@ impl Style {
     ) -> io::Result<()> {
         let pad = width.saturating_sub(text.chars().count());
         if right {
-            write!(out, "{:pad$}", "")?;
+            spaces(out, pad)?;
         }
         match (self.color, paint) {
             (true, Some(p)) => write!(out, "\x1b[{}m{text}\x1b[0m", p.code())?,
             _ => out.write_all(text.as_bytes())?,
         }
         if !right {
-            write!(out, "{:pad$}", "")?;
+            spaces(out, pad)?;
         }
         Ok(())
+    }
+}
+
+/// Writes `n` spaces.
+pub fn spaces(out: &mut impl Write, mut n: usize) -> io::Result<()> {
+    const BLANK: [u8; 64] = [b' '; 64];
+    while n > 0 {
+        let k = n.min(BLANK.len());
+        out.write_all(&BLANK[..k])?;
+        n -= k;
+    }
+    Ok(())
+}
+
+/// Widest cell of a [`Table`], in characters: a name longer than this (a process name
+/// from a replayed capture, say) is cut with an ellipsis rather than widening every
+/// row of its column.
+pub const CELL_MAX: usize = 64;
+
+/// `text` as a table cell shows it: without control characters and at most `max`
+/// characters ([`text::clean`]); borrowed when it already is.
+pub fn fit(text: &str, max: usize) -> Cow<'_, str> {
+    if text::is_clean(text) && text.chars().nth(max).is_none() {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(text::clean(text, max))
     }
 }
 
@@ -118,8 +149,17 @@ impl Table {
         }
     }
 
+    /// Adds a row; cells are cut to [`CELL_MAX`] and cleaned ([`fit`]).
     pub fn row(&mut self, cells: Vec<(String, Option<Paint>)>) {
-        self.rows.push(cells);
+        self.rows.push(
+            cells
+                .into_iter()
+                .map(|(c, p)| match fit(&c, CELL_MAX) {
+                    Cow::Borrowed(_) => (c, p),
+                    Cow::Owned(o) => (o, p),
+                })
+                .collect(),
+        );
     }
 
     pub fn write(&self, out: &mut impl Write, style: Style) -> io::Result<()> {
@@ -191,5 +231,41 @@ mod tests {
         assert!(String::from_utf8(colored)
             .expect("utf8")
             .contains("\x1b[31mCLOSE_WAIT\x1b[0m"));
+    }
+
+    /// Regression: a 10 MB process name from a replayed capture made `states --by
+    /// process` panic ("Formatting argument out of range": a column width above
+    /// 65,535), and a name with escape sequences reached the terminal as they were.
+    #[test]
+    fn huge_and_hostile_cells_neither_panic_nor_reach_the_terminal() {
+        let mut t = Table::new(&[("PROCESS", false), ("TOTAL", true), ("LISTEN", true)]);
+        t.row(vec![
+            ("A".repeat(10 << 20), None),
+            ("1".into(), None),
+            ("0".into(), None),
+        ]);
+        t.row(vec![
+            ("evil\x1b]0;owned\x07\n\u{202e}x".into(), None),
+            ("2".into(), None),
+            ("1".into(), None),
+        ]);
+        let mut out = Vec::new();
+        t.write(&mut out, Style { color: false }).expect("write");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(!text.contains('\x1b') && !text.contains('\x07') && !text.contains('\u{202e}'));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[1].starts_with(&format!("{}…", "A".repeat(CELL_MAX - 1))));
+        assert!(lines[2].starts_with("evil?]0;owned???x"), "{}", lines[2]);
+        // Columns still line up: every row as wide as the header.
+        let w = |l: &str| l.chars().count();
+        assert_eq!(w(lines[1]), w(lines[0]));
+        assert_eq!(w(lines[2]), w(lines[0]));
+        // A width beyond what a format width takes is padded all the same.
+        let mut wide = Vec::new();
+        Style { color: false }
+            .cell(&mut wide, "x", 70_000, true, None)
+            .expect("cell");
+        assert_eq!(wide.len(), 70_000);
     }
 }

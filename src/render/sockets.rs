@@ -8,7 +8,8 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::{human_duration_ms, state_paint, Paint, Style, JSON_SCHEMA_VERSION};
+use super::{fit, human_duration_ms, state_paint, Paint, Style, CELL_MAX, JSON_SCHEMA_VERSION};
+use crate::model::text;
 use crate::model::units::count;
 use crate::model::{
     NetnsInfo, Owners, Process, Socket, SocketFilter, SocketsReport, TcpInfo, TcpState,
@@ -93,7 +94,7 @@ fn cell(
     // Writing to a String cannot fail.
     let _ = match col {
         Col::Netns => {
-            buf.push_str(ns.map_or("?", |n| n.name.as_str()));
+            buf.push_str(&fit(ns.map_or("?", |n| n.name.as_str()), CELL_MAX));
             Ok(())
         }
         Col::State => {
@@ -156,6 +157,7 @@ fn process_cell(buf: &mut String, s: &Socket, owners: Option<&Owners>, filter: &
         None => buf.push('?'),
         Some(o) => {
             let comm = owners.process(o.pid).map_or("?", |p| p.comm.as_str());
+            let comm = fit(comm, text::NAME_MAX);
             let _ = write!(buf, "{comm} pid={} fd={}", o.pid, o.fd);
             if all.len() > 1 {
                 let _ = write!(buf, " +{}", all.len() - 1);

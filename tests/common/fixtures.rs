@@ -69,3 +69,22 @@ pub fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The pid folder of the captured process in [`NETNS_MIXED`].
+pub const NETNS_MIXED_PID: &str = "6326";
+
+/// A copy of [`NETNS_MIXED`] in a scratch folder, with the captured process's
+/// descriptors as a live capture keeps them: `PID/fd/N` symlinks made from its
+/// `fd-links.txt`, so replays of the copy find socket owners.
+pub fn netns_mixed_with_owners(tag: &str) -> TempDir {
+    let dir = TempDir::new(tag);
+    copy_tree(&repo_path(NETNS_MIXED), dir.path());
+    let pid = dir.path().join(NETNS_MIXED_PID);
+    let links = std::fs::read_to_string(pid.join("fd-links.txt")).expect("fd-links.txt");
+    std::fs::create_dir_all(pid.join("fd")).expect("fd dir");
+    for line in links.lines() {
+        let (fd, target) = line.split_once(' ').expect("'FD TARGET' lines");
+        std::os::unix::fs::symlink(target, pid.join("fd").join(fd)).expect("fd link");
+    }
+    dir
+}

@@ -2,12 +2,15 @@
 //! part): how to run the tests that need root and the sockfarm helper, and
 //! - `run`: bounded runs of tcpdoctor and other commands, bounded waits, JSON output;
 //! - `netns`, `farm`: throwaway network namespaces and the socket farms built in them;
-//! - `churn`: children printing JSON lines, the sockfarm churn server and client;
+//! - `churn`: children printing JSON lines, the churn server and client, a traced check;
+//! - `churn_process`: sockfarm's churn mode as one process per side, killed when dropped;
 //! - `report`: lookups in tcpdoctor's JSON reports (findings, namespaces, endpoints);
 //! - `ss`: `ss` output, live or captured, parsed;
 //! - `fixtures`, `cgroup`: paths into the repository, scratch folders, test cgroups;
+//! - `fuzz`: a seeded generator and the mutations the fuzz tests apply to captured input;
 //! - `prom`, `serve`: the Prometheus exposition format, promtool, a running exporter;
-//! - `snapshot`: golden output as insta snapshots.
+//! - `snapshot`: golden output as insta snapshots;
+//! - `tools`: external programs a test needs (skipped outside CI when missing).
 //!
 //! Every child process and every wait here is bounded in time; nothing sends traffic
 //! outside loopback. Nothing here is built into tcpdoctor.
@@ -17,8 +20,10 @@
 
 pub mod cgroup;
 pub mod churn;
+pub mod churn_process;
 pub mod farm;
 pub mod fixtures;
+pub mod fuzz;
 pub mod netns;
 pub mod prom;
 pub mod report;
@@ -26,6 +31,7 @@ pub mod run;
 pub mod serve;
 pub mod snapshot;
 pub mod ss;
+pub mod tools;
 
 /// How to run the tests that need root and the `sockfarm` helper.
 pub const HOW_TO_RUN: &str = "cargo test --features sockfarm -- --include-ignored, or bash .ci/run";

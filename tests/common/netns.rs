@@ -155,8 +155,34 @@ impl Netns {
     /// Like `spawn_farm`, but with a custom ready timeout and returning the
     /// farm's error (its stderr) instead of panicking, for tests of refusals.
     pub fn spawn_farm_within(&self, args: &[&str], timeout: Duration) -> Result<Farm, String> {
-        let mut child = self
-            .command(sockfarm(), args)
+        self.start_farm(self.command(sockfarm(), args), args, timeout)
+    }
+
+    /// Like `spawn_farm`, with the farm running as uid and gid `uid`, no supplementary
+    /// groups and no capabilities: another user's process, whose descriptors only a
+    /// reader with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH can list.
+    pub fn spawn_farm_as(&self, uid: u32, args: &[&str]) -> Farm {
+        assert_reachable_by_others(Path::new(sockfarm()));
+        let mut all = vec![
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".to_string(),
+            "--inh-caps=-all".to_string(),
+            sockfarm().to_string(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        self.start_farm(self.command("setpriv", &refs), args, FARM_READY_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn start_farm(
+        &self,
+        mut cmd: Command,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<Farm, String> {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -250,6 +276,17 @@ impl Netns {
             String::from_utf8_lossy(&out.stderr)
         );
         ss::parse_rows(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Every TCP socket here from `ss -tanpH`, with the pids holding it.
+    pub fn ss_rows_with_pids(&self) -> Vec<(SsRow, Vec<u32>)> {
+        let out = self.run_ss(&["-tanpH"]);
+        assert!(
+            out.status.success(),
+            "ss -tanpH: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ss::parse_rows_with_pids(&String::from_utf8_lossy(&out.stdout))
     }
 
     /// Per-state TCP socket counts from `ss -tanH EXTRA...` (e.g. `-4`), in kernel

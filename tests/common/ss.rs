@@ -59,6 +59,25 @@ pub fn parse_rows(text: &str) -> Vec<SsRow> {
         .collect()
 }
 
+/// The rows of `ss -tanpH` output with the pids of their `users:((...,pid=N,fd=M))`
+/// column (empty when no process holds the socket, or ss could not see it).
+pub fn parse_rows_with_pids(text: &str) -> Vec<(SsRow, Vec<u32>)> {
+    text.lines()
+        .filter_map(|line| {
+            let row = parse_rows(line).pop()?;
+            let pids = line
+                .split("pid=")
+                .skip(1)
+                .filter_map(|rest| {
+                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    digits.parse().ok()
+                })
+                .collect();
+            Some((row, pids))
+        })
+        .collect()
+}
+
 /// Per-state counts (kernel spelling) of `ss -tanH` output; states with no sockets are
 /// absent. Panics on a state it does not know.
 pub fn state_counts(text: &str) -> BTreeMap<String, u64> {

@@ -54,7 +54,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
     let mut out: Vec<Finding> = CHECKS
         .iter()
         .filter_map(|c| c(s, t))
-        .map(Problem::into_finding)
+        .map(|p| p.into_finding(s))
         .collect();
     // Stable: check order within one severity.
     out.sort_by_key(|f| std::cmp::Reverse(f.severity));
@@ -130,26 +130,41 @@ impl Problem {
         });
     }
 
-    fn into_finding(self) -> Finding {
+    fn into_finding(self, s: &Snapshot) -> Finding {
         let per_netns = PER_NETNS.contains(&self.key);
         let mut evidence = vec![Evidence::new(self.key, &self.value)];
         if let Some(d) = &self.default {
             evidence.push(Evidence::new("kernel default", d));
         }
+        // Where the host's sysctl files persist it, when they were read (issue 12).
+        let persisted = super::sysctl_persisted::for_audit(s, self.key, &self.proposed);
+        if let Some(note) = &persisted {
+            evidence.extend(note.evidence.iter().cloned());
+        }
         evidence.extend(self.evidence);
         let short = self.key.rsplit('.').next().unwrap_or(self.key);
         let mut fix = self.fix;
-        // Per namespace or not is said once by the renderer (from data.per_netns), not
-        // in every finding.
-        fix.push(FixStep::run(
-            "Find where it is set and change it there, or the next boot brings it back",
-            format!("grep -rn {short} {SYSCTL_FILES}"),
-        ));
+        let mut persisted_data = None;
+        match persisted {
+            Some(note) => {
+                fix.extend(note.fix);
+                persisted_data = Some(note.data);
+            }
+            // Per namespace or not is said once by the renderer (from data.per_netns),
+            // not in every finding.
+            None => fix.push(FixStep::run(
+                "Find where it is set and change it there, or the next boot brings it back",
+                format!("grep -rn {short} {SYSCTL_FILES}"),
+            )),
+        }
         let mut data = Map::new();
         data.insert("sysctl".into(), json!(self.key));
         data.insert("value".into(), json!(self.value));
         data.insert("default".into(), json!(self.default));
         data.insert("per_netns".into(), json!(per_netns));
+        if let Some(p) = persisted_data {
+            data.insert("persisted".into(), p);
+        }
         data.extend(self.data);
         let mut f = Finding::new(ID, self.severity, Nature::Config, self.title);
         f.evidence = evidence;

@@ -5,15 +5,18 @@
 //! - The server listens, prints `{"pid":..,"listen":"127.0.0.1:PORT"}`, then accepts
 //!   until stdin reaches EOF (or `--hold-secs`). Per connection it echoes what it reads
 //!   until the client's EOF, then closes (`--churn-closer client`), or reads the
-//!   client's one-byte request and closes (`--churn-closer server`). Its last line:
-//!   `{"pid":..,"accepted":N,..}`.
+//!   client's one-byte request and closes (`--churn-closer server`). With
+//!   `--churn-close-delay-ms MS` (client closes first) it closes each connection MS
+//!   after the client's EOF, on a closer thread: a slow closer, each end in CLOSE_WAIT
+//!   that long. Its last line: `{"pid":..,"accepted":N,..}`.
 //! - The client makes `--churn-count` connections, connection i starting at i /
 //!   `--churn-rate` seconds (0: as fast as it can), and closes each at once
 //!   (`--churn-closer client`), or sends a one-byte request and closes after the
 //!   server's EOF (`--churn-closer server`). `--churn-linger0`: the closing side sets
 //!   SO_LINGER {1,0}, so its close sends a reset. `--churn-hold`: keeps every
 //!   connection open and, after its result line, waits for stdin EOF (to run out of
-//!   local ports). `--churn-keepalive`: one connection, `--churn-count` one-byte
+//!   local ports); with `--churn-closer server` it sends its request first, so the
+//!   server closes and every held end stays in CLOSE_WAIT. `--churn-keepalive`: one connection, `--churn-count` one-byte
 //!   request/replies at the rate, then holds. The client prints one result line: `{"pid":..,"connected":N,"failed":{..},..}`.
 //!
 //! Every loop is bounded: by the count, by `--hold-secs`, and by 5 s socket timeouts.
@@ -38,6 +41,12 @@ const POLL_STEP: Duration = Duration::from_millis(100);
 const BACKLOG: u32 = 4096;
 /// Most connections one client run makes.
 const MAX_COUNT: u64 = 10_000_000;
+/// Longest --churn-close-delay-ms.
+const MAX_CLOSE_DELAY_MS: u64 = 60_000;
+/// Connections waiting for their delayed close at most; beyond, they close at once.
+const MAX_DELAYED: usize = 100_000;
+/// How often the closer thread looks for connections due.
+const CLOSER_STEP: Duration = Duration::from_millis(2);
 
 /// One churn run, from the flags.
 #[derive(Debug, Clone)]
@@ -48,6 +57,8 @@ pub struct Churn {
     threads: u32,
     hold: Duration,
     ignore_stdin: bool,
+    /// Server: how long after the client's EOF each connection is closed.
+    close_delay: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +112,19 @@ impl Churn {
         if a.hold_secs > 3600 {
             return fail("--hold-secs is at most 3600");
         }
+        if a.churn_close_delay_ms > MAX_CLOSE_DELAY_MS {
+            return fail(format!(
+                "--churn-close-delay-ms {} is out of range (0-{MAX_CLOSE_DELAY_MS})",
+                a.churn_close_delay_ms
+            ));
+        }
+        if a.churn_close_delay_ms > 0
+            && (!matches!(role, Role::Serve(_)) || a.churn_closer != ChurnCloser::Client)
+        {
+            return fail(
+                "--churn-close-delay-ms is for --churn-serve with --churn-closer client (the server closes after the client's EOF)",
+            );
+        }
         Ok(Some(Churn {
             role,
             closer: a.churn_closer,
@@ -108,6 +132,7 @@ impl Churn {
             threads: a.churn_threads,
             hold: Duration::from_secs(a.hold_secs),
             ignore_stdin: a.ignore_stdin,
+            close_delay: Duration::from_millis(a.churn_close_delay_ms),
         }))
     }
 }
@@ -227,6 +252,7 @@ fn serve(c: &Churn, addr: SocketAddr) -> Result<()> {
     let pid = std::process::id();
     print_line(&serde_json::json!({"pid": pid, "listen": bound.to_string()}))?;
 
+    let delayed = (!c.close_delay.is_zero()).then(|| DelayedClose::start(c.close_delay, &stop));
     let mut workers = Vec::new();
     for _ in 0..c.threads {
         let (listener, stop, accepted, errors) = (
@@ -236,12 +262,13 @@ fn serve(c: &Churn, addr: SocketAddr) -> Result<()> {
             Arc::clone(&errors),
         );
         let (closer, linger0) = (c.closer, c.linger0);
+        let delayed = delayed.as_ref().map(DelayedClose::handle);
         workers.push(thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((s, _)) => {
                         accepted.fetch_add(1, Ordering::Relaxed);
-                        if handle(s, closer, linger0).is_err() {
+                        if handle(s, closer, linger0, delayed.as_ref()).is_err() {
                             errors.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -267,6 +294,9 @@ fn serve(c: &Churn, addr: SocketAddr) -> Result<()> {
     for w in workers {
         let _ = w.join();
     }
+    if let Some(d) = delayed {
+        d.finish();
+    }
     let (utime_us, stime_us) = rusage_us();
     print_line(&serde_json::json!({
         "pid": pid,
@@ -277,8 +307,76 @@ fn serve(c: &Churn, addr: SocketAddr) -> Result<()> {
     }))
 }
 
+/// Connections waiting to be closed some time after their client's EOF.
+type CloseQueue = Arc<Mutex<std::collections::VecDeque<(Instant, TcpStream)>>>;
+
+/// The server's slow close (`--churn-close-delay-ms`): accept threads queue each
+/// connection at its EOF; one thread closes each when its delay has passed.
+struct DelayedClose {
+    queue: CloseQueue,
+    delay: Duration,
+    thread: thread::JoinHandle<()>,
+}
+
+/// What an accept thread needs to queue a connection.
+struct DelayedHandle {
+    queue: CloseQueue,
+    delay: Duration,
+}
+
+impl DelayedClose {
+    fn start(delay: Duration, stop: &Arc<AtomicBool>) -> DelayedClose {
+        let queue: CloseQueue = Arc::default();
+        let (q, stop) = (Arc::clone(&queue), Arc::clone(stop));
+        let thread = thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                let mut q = q.lock().unwrap_or_else(|p| p.into_inner());
+                // Queued in order of their EOF, so due ones are at the front.
+                while q.front().is_some_and(|(due, _)| *due <= now) {
+                    q.pop_front();
+                }
+                drop(q);
+                thread::sleep(CLOSER_STEP);
+            }
+        });
+        DelayedClose {
+            queue,
+            delay,
+            thread,
+        }
+    }
+
+    fn handle(&self) -> DelayedHandle {
+        DelayedHandle {
+            queue: Arc::clone(&self.queue),
+            delay: self.delay,
+        }
+    }
+
+    /// Waits for the closer thread (the stop flag is set) and closes what is left.
+    fn finish(self) {
+        let _ = self.thread.join();
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+impl DelayedHandle {
+    fn close_later(&self, s: TcpStream) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() < MAX_DELAYED {
+            q.push_back((Instant::now() + self.delay, s));
+        }
+    }
+}
+
 /// One accepted connection.
-fn handle(mut s: TcpStream, closer: ChurnCloser, linger0: bool) -> std::io::Result<()> {
+fn handle(
+    mut s: TcpStream,
+    closer: ChurnCloser,
+    linger0: bool,
+    delayed: Option<&DelayedHandle>,
+) -> std::io::Result<()> {
     // Accepted sockets inherit O_NONBLOCK from nothing on Linux (accept4 without
     // SOCK_NONBLOCK), but be explicit: the reads below block, bounded.
     s.set_nonblocking(false)?;
@@ -299,6 +397,9 @@ fn handle(mut s: TcpStream, closer: ChurnCloser, linger0: bool) -> std::io::Resu
     for _ in 0..100_000 {
         let n = s.read(&mut buf)?;
         if n == 0 {
+            if let Some(d) = delayed {
+                d.close_later(s);
+            }
             return Ok(());
         }
         s.write_all(&buf[..n])?;
@@ -355,6 +456,15 @@ fn connect_many(c: &Churn, to: SocketAddr, count: u64, rate: f64, hold: bool) ->
                 };
                 connected.fetch_add(1, Ordering::Relaxed);
                 if hold {
+                    // The request makes the server close: this end is left in
+                    // CLOSE_WAIT for as long as it is held.
+                    if closer == ChurnCloser::Server {
+                        let mut s = &s;
+                        if let Err(e) = s.write_all(b"x") {
+                            let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
+                            *f.entry(errno_key(&e)).or_insert(0) += 1;
+                        }
+                    }
                     held.lock().unwrap_or_else(|p| p.into_inner()).push(s);
                     continue;
                 }

@@ -151,9 +151,17 @@ pub struct Args {
     #[arg(long = "churn-linger0")]
     pub churn_linger0: bool,
 
-    /// Churn mode: the client keeps every connection open until stdin EOF.
+    /// Churn mode: the client keeps every connection open until stdin EOF. With
+    /// `--churn-closer server` it sends its one-byte request first, so the server
+    /// closes and each held client end stays in CLOSE_WAIT (a client-side leak).
     #[arg(long = "churn-hold")]
     pub churn_hold: bool,
+
+    /// Churn mode, server with `--churn-closer client`: close each connection MS
+    /// milliseconds after reading the client's EOF (0 to 60000), so its end stays in
+    /// CLOSE_WAIT that long: a slow closer, not a leak.
+    #[arg(long = "churn-close-delay-ms", value_name = "MS", default_value_t = 0)]
+    pub churn_close_delay_ms: u64,
 
     /// Churn mode: the client makes one connection and --churn-count request/replies.
     #[arg(long = "churn-keepalive")]
@@ -162,6 +170,43 @@ pub struct Args {
     /// Churn mode: threads that connect (client) or accept (server).
     #[arg(long = "churn-threads", value_name = "N", default_value_t = 1)]
     pub churn_threads: u32,
+
+    /// Fork mode (see forks.rs): listen on ADDR:PORT (port 0 picks one) and fork
+    /// --fork-workers workers that share the listener.
+    #[arg(long = "fork-listen", value_name = "ADDR:PORT")]
+    pub fork_listen: Option<SocketAddr>,
+
+    /// Fork mode: listen() backlog.
+    #[arg(long = "fork-backlog", value_name = "N", default_value_t = 4096)]
+    pub fork_backlog: u32,
+
+    /// Fork mode: workers forked after listen(), each holding the listener.
+    #[arg(long = "fork-workers", value_name = "N", default_value_t = 2)]
+    pub fork_workers: u32,
+
+    /// Fork mode: the workers never accept.
+    #[arg(long = "fork-idle")]
+    pub fork_idle: bool,
+
+    /// Fork mode: client connections the parent makes and holds before the ready line.
+    #[arg(long = "fork-queued", value_name = "N", default_value_t = 0)]
+    pub fork_queued: u32,
+
+    /// Fork mode: short-lived processes forked per second after the ready line (0: none).
+    #[arg(long = "fork-rate", value_name = "PER_S", default_value_t = 0)]
+    pub fork_rate: u32,
+
+    /// Fork mode: seconds of churn.
+    #[arg(long = "fork-secs", value_name = "S", default_value_t = 0)]
+    pub fork_secs: u64,
+
+    /// Fork mode: connections each short-lived process makes to the listener.
+    #[arg(long = "fork-conns", value_name = "N", default_value_t = 2)]
+    pub fork_conns: u32,
+
+    /// Fork mode: how long each short-lived process holds its connections.
+    #[arg(long = "fork-hold-ms", value_name = "MS", default_value_t = 20)]
+    pub fork_hold_ms: u64,
 }
 
 /// Which side of a churn connection closes first.

@@ -11,6 +11,7 @@
 
 mod churn;
 mod cli;
+mod forks;
 mod host;
 mod parent;
 mod plan;

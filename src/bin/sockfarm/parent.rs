@@ -454,6 +454,9 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(c) = crate::churn::Churn::from_args(&args)? {
         return crate::churn::run(c);
     }
+    if let Some(f) = crate::forks::ForkRun::from_args(&args)? {
+        return crate::forks::run(f);
+    }
     let started = Instant::now();
     let request = Request::from_args(args)?;
     host::apply_sysctls(&request)?;

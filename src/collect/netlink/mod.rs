@@ -4,6 +4,7 @@
 //! [`parse`]. The kernel filters by state when asked, so a `--state close-wait` query
 //! never carries the other sockets across the user boundary.
 
+pub mod destroy;
 pub mod parse;
 pub mod wire;
 
@@ -126,6 +127,20 @@ impl SockDiag {
         stats: &mut DumpStats,
         visit: &mut F,
     ) -> Result<(), DumpError> {
+        self.dump_with_ids(
+            req,
+            stats,
+            &mut |sock: &Socket, _: &wire::InetDiagSockId| visit(sock),
+        )
+    }
+
+    /// [`SockDiag::dump`], also passing each socket's id as the kernel sent it.
+    pub fn dump_with_ids<F: FnMut(&Socket, &wire::InetDiagSockId)>(
+        &mut self,
+        req: &DumpRequest,
+        stats: &mut DumpStats,
+        visit: &mut F,
+    ) -> Result<(), DumpError> {
         if req.states.is_empty() {
             return Ok(());
         }
@@ -150,7 +165,7 @@ impl SockDiag {
             if n > self.buf.len() {
                 return Err(DumpError::Oversized(n));
             }
-            if parse::parse_datagram(&self.buf[..n], stats, visit)? {
+            if parse::parse_datagram_with_ids(&self.buf[..n], stats, visit)? {
                 return Ok(());
             }
             if n == 0 {

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use zerocopy::FromBytes;
 
-use super::wire::{self, InetDiagMsg, NlMsgHdr, RtAttr};
+use super::wire::{self, InetDiagMsg, InetDiagSockId, NlMsgHdr, RtAttr};
 use crate::model::{Endpoint, Family, Socket, TcpInfo, TcpState, Timer, TimerKind};
 
 /// What went wrong reading a reply. Truncation and kernel errors end the dump; odd
@@ -43,6 +43,18 @@ pub struct DumpStats {
 /// Parses one datagram of a dump reply, calling `visit` for every socket. Returns `true`
 /// when the datagram ends the dump (NLMSG_DONE).
 pub fn parse_datagram<F: FnMut(&Socket)>(
+    buf: &[u8],
+    stats: &mut DumpStats,
+    visit: &mut F,
+) -> Result<bool, ParseError> {
+    parse_datagram_with_ids(buf, stats, &mut |sock: &Socket, _: &InetDiagSockId| {
+        visit(sock)
+    })
+}
+
+/// [`parse_datagram`], also passing each socket's id exactly as the kernel sent it (the
+/// interface and cookie a request about that one socket must repeat).
+pub fn parse_datagram_with_ids<F: FnMut(&Socket, &InetDiagSockId)>(
     buf: &[u8],
     stats: &mut DumpStats,
     visit: &mut F,
@@ -84,15 +96,13 @@ pub fn parse_datagram<F: FnMut(&Socket)>(
             }
             // Replies carry the request's type: SOCK_DIAG_BY_FAMILY, or TCPDIAG_GETSOCK
             // for the both-families request.
-            wire::SOCK_DIAG_BY_FAMILY | wire::TCPDIAG_GETSOCK => {
-                match decode_socket(payload, stats) {
-                    Some(sock) => {
-                        stats.sockets += 1;
-                        visit(&sock);
-                    }
-                    None => stats.skipped += 1,
+            wire::SOCK_DIAG_BY_FAMILY | wire::TCPDIAG_GETSOCK => match decode(payload, stats) {
+                Some((sock, id)) => {
+                    stats.sockets += 1;
+                    visit(&sock, id);
                 }
-            }
+                None => stats.skipped += 1,
+            },
             // NLMSG_NOOP, NLMSG_OVERRUN and anything newer carry no socket.
             _ => {}
         }
@@ -103,6 +113,11 @@ pub fn parse_datagram<F: FnMut(&Socket)>(
 
 /// Decodes one `inet_diag_msg` payload (fixed part plus attributes).
 pub fn decode_socket(payload: &[u8], stats: &mut DumpStats) -> Option<Socket> {
+    decode(payload, stats).map(|(sock, _)| sock)
+}
+
+/// [`decode_socket`], with the socket's id as the kernel sent it.
+fn decode<'a>(payload: &'a [u8], stats: &mut DumpStats) -> Option<(Socket, &'a InetDiagSockId)> {
     let (msg, attrs) = InetDiagMsg::ref_from_prefix(payload).ok()?;
     let family = match msg.family {
         wire::AF_INET => Family::V4,
@@ -120,7 +135,7 @@ pub fn decode_socket(payload: &[u8], stats: &mut DumpStats) -> Option<Socket> {
     let cookie = u64::from(msg.id.cookie[0].get()) | (u64::from(msg.id.cookie[1].get()) << 32);
     // The attribute area starts at the aligned end of the fixed part (72, already aligned).
     let tcp_info = find_attr(attrs, wire::INET_DIAG_INFO, stats).map(decode_tcp_info);
-    Some(Socket {
+    let sock = Socket {
         family,
         state,
         local,
@@ -132,7 +147,8 @@ pub fn decode_socket(payload: &[u8], stats: &mut DumpStats) -> Option<Socket> {
         timer,
         cookie: Some(cookie),
         tcp_info,
-    })
+    };
+    Some((sock, &msg.id))
 }
 
 fn address(family: Family, raw: &[u8; 16]) -> IpAddr {

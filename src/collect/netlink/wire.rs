@@ -13,9 +13,14 @@ pub const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// The older inet_diag request type (`TCPDIAG_GETSOCK` in linux/inet_diag.h). The kernel
 /// still answers it, and dumps both address families in one walk of the hash table.
 pub const TCPDIAG_GETSOCK: u16 = 18;
+/// Destroys the one socket whose id the request carries (`SOCK_DESTROY` in
+/// linux/sock_diag.h, 4.5+): what `ss -K` sends.
+pub const SOCK_DESTROY: u16 = 21;
 
 pub const NLM_F_REQUEST: u16 = 0x01;
 pub const NLM_F_MULTI: u16 = 0x02;
+/// Ask for an acknowledgement: an NLMSG_ERROR message carrying 0 or the negative errno.
+pub const NLM_F_ACK: u16 = 0x04;
 pub const NLM_F_DUMP: u16 = 0x300; // NLM_F_ROOT | NLM_F_MATCH
 /// Set by the kernel when the table changed during a multi-part dump (`NLM_F_DUMP_INTR`).
 pub const NLM_F_DUMP_INTR: u16 = 0x10;
@@ -42,7 +47,9 @@ pub struct NlMsgHdr {
 }
 
 /// `struct inet_diag_sockid`, 48 bytes. Ports and addresses are in network order;
-/// an IPv4 address sits in the first four bytes of `src`/`dst`.
+/// an IPv4 address sits in the first four bytes of `src`/`dst`. `interface` is the
+/// device the socket is bound to (0: none); `cookie` the kernel's socket cookie, low
+/// half first (both halves `INET_DIAG_NOCOOKIE`, all ones, mean "any socket").
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct InetDiagSockId {

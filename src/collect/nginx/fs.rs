@@ -5,8 +5,7 @@
 //! nothing is executed or written.
 
 use std::ffi::OsString;
-use std::io::{self, Read};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Component, Path, PathBuf};
 
 /// Symlinks followed while resolving one path (the kernel's MAXSYMLINKS).
@@ -104,35 +103,9 @@ fn components(p: &Path) -> Vec<OsString> {
 
 impl ConfigFs for RootedFs {
     fn read(&self, path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-        let host = self.resolve(path)?;
-        // O_NONBLOCK: a FIFO put where a config file was expected must not hang the
-        // run; it is refused below as not a regular file.
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(&host)?;
-        let meta = f.metadata()?;
-        if !meta.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a regular file",
-            ));
-        }
-        if meta.len() > limit {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{} bytes, more than the {limit} read per file", meta.len()),
-            ));
-        }
-        let mut buf = Vec::with_capacity(meta.len() as usize);
-        f.take(limit + 1).read_to_end(&mut buf)?;
-        if buf.len() as u64 > limit {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("more than the {limit} bytes read per file"),
-            ));
-        }
-        Ok(buf)
+        // Regular files only, never blocking on a FIFO, up to the bound: the one
+        // bounded reader of every collector.
+        crate::collect::bounded::read(&self.resolve(path)?, limit)
     }
 
     fn glob(&self, pattern: &Path) -> io::Result<Vec<PathBuf>> {

@@ -20,7 +20,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::model::nginx::{ConfigOrigin, NginxInstance, NginxVersion};
-use crate::model::{units, HostSnapshot, Notice, NoticeCode};
+use crate::model::{text, units, HostSnapshot, Notice, NoticeCode};
 
 use self::binary::BuildInfo;
 use self::fs::{ConfigFs, RootedFs};
@@ -124,11 +124,12 @@ pub fn parse_command_line(argv: &[String]) -> CommandLine {
 }
 
 fn read_entry(dir: &Path, pid: u32) -> Option<ProcEntry> {
-    let stat = std::fs::read(dir.join("stat")).ok()?;
+    let stat =
+        crate::collect::bounded::read(&dir.join("stat"), crate::collect::bounded::SMALL).ok()?;
     // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
     let open = stat.iter().position(|b| *b == b'(')?;
     let close = stat.iter().rposition(|b| *b == b')')?;
-    let comm = String::from_utf8_lossy(stat.get(open + 1..close)?).into_owned();
+    let comm = text::name(stat.get(open + 1..close)?, text::NAME_MAX);
     let rest = String::from_utf8_lossy(stat.get(close + 1..)?).into_owned();
     let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
     Some(ProcEntry {
@@ -140,14 +141,17 @@ fn read_entry(dir: &Path, pid: u32) -> Option<ProcEntry> {
 }
 
 fn read_argv(dir: &Path) -> Vec<String> {
-    std::fs::read(dir.join("cmdline"))
-        .map(|b| {
-            b.split(|c| *c == 0)
-                .filter(|p| !p.is_empty())
-                .map(|p| String::from_utf8_lossy(p).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    crate::collect::bounded::read_prefix(
+        &dir.join("cmdline"),
+        crate::collect::bounded::COMMAND_LINE,
+    )
+    .map(|b| {
+        b.split(|c| *c == 0)
+            .filter(|p| !p.is_empty())
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// Finds every nginx master under `proc_root` and reads its configuration. Processes

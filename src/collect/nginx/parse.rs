@@ -90,12 +90,17 @@ fn is_space(c: u8) -> bool {
     matches!(c, b' ' | b'\t' | b'\r' | b'\n')
 }
 
+/// Longest parse error message, in characters.
+const ERROR_MAX: usize = 300;
+
 impl<'a> Lexer<'a> {
     fn error(&self, line: u32, message: impl Into<String>) -> ParseError {
+        // Messages quote the offending token, which can be any length and any bytes
+        // (found by tests/parser_props.rs: a 28 KB error): printable, and short.
         ParseError {
             file: self.file,
             line,
-            message: message.into(),
+            message: crate::model::text::clean(&message.into(), ERROR_MAX),
         }
     }
 

@@ -76,8 +76,11 @@ const PROCESS_PROGRAM: &str = "owner_processes";
 /// Runs the scan: the files pass, then the processes pass, then the join.
 pub fn scan(wanted: Wanted<'_>) -> Result<(Owners, ScanStats), BpfScanError> {
     let me = std::process::id();
-    let status = std::fs::read("/proc/self/status")
-        .map_err(|e| BpfScanError::ForeignProc(format!("read /proc/self/status: {e}")))?;
+    let status = crate::collect::bounded::read(
+        Path::new("/proc/self/status"),
+        crate::collect::bounded::SMALL,
+    )
+    .map_err(|e| BpfScanError::ForeignProc(format!("read /proc/self/status: {e}")))?;
     // Without the capabilities the load fails anyway, after ~60 ms spent parsing the
     // kernel's BTF: decide from the status file instead.
     if !may_load_tracing_programs(&status) {
@@ -285,6 +288,19 @@ fn programs() -> Result<&'static Mutex<Loaded>, BpfScanError> {
         .get_or_init(|| Loaded::load().map(Mutex::new))
         .as_ref()
         .map_err(Clone::clone)
+}
+
+/// Loads the programs if they are not yet (a failure is remembered, and reported by
+/// the next scan).
+pub fn load() {
+    // Without the capabilities the load would fail after ~60 ms of BTF parsing.
+    let status = crate::collect::bounded::read(
+        Path::new("/proc/self/status"),
+        crate::collect::bounded::SMALL,
+    );
+    if status.is_ok_and(|st| may_load_tracing_programs(&st)) {
+        let _ = programs();
+    }
 }
 
 /// True once this process has loaded the programs: later scans cost no load.

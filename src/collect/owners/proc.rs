@@ -97,7 +97,11 @@ fn scan_shard(
             Ok(d) => d,
             Err(e) => {
                 match e.raw_os_error() {
-                    Some(libc::EACCES) | Some(libc::EPERM) => out.stats.denied += 1,
+                    // A process that is exiting can refuse too: once it is a zombie
+                    // (or on its way there) it is gone for this scan, not hidden.
+                    Some(libc::EACCES) | Some(libc::EPERM) if !exited(&pid_dir) => {
+                        out.stats.denied += 1
+                    }
                     _ => out.stats.vanished += 1,
                 }
                 continue;
@@ -133,6 +137,21 @@ fn scan_shard(
         }
     }
     out
+}
+
+/// Whether the process of `pid_dir` has exited (its folder is gone, or it is a zombie
+/// or dead: state `Z` or `X` in `stat`), so that a refusal to read its descriptors
+/// means "exited during the scan", not "hidden from us".
+fn exited(pid_dir: &Path) -> bool {
+    let Ok(stat) = crate::collect::bounded::read(&pid_dir.join("stat"), 4096) else {
+        return true;
+    };
+    // "pid (comm) S ...": the state follows the last ')'.
+    let state = stat
+        .iter()
+        .rposition(|b| *b == b')')
+        .and_then(|i| stat.get(i + 2));
+    matches!(state, Some(b'Z' | b'X' | b'x'))
 }
 
 fn parse_u32(b: &[u8]) -> Option<u32> {
@@ -220,5 +239,25 @@ mod tests {
         assert_eq!(owners.map.len(), 1);
         assert_eq!((stats.fds, stats.socket_fds), (3, 1));
         assert_eq!(owners.process(4242).map(|p| p.comm.as_str()), Some("nginx"));
+    }
+
+    #[test]
+    fn a_zombie_or_a_gone_process_has_exited_a_live_one_has_not() {
+        let root = std::env::temp_dir().join(format!("tcpdoctor-exited-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for (pid, stat) in [
+            ("1", "1 (a) R 0"),
+            ("2", "2 (x) y) Z 1"),
+            ("3", "3 (b) X 1"),
+        ] {
+            std::fs::create_dir_all(root.join(pid)).expect("dir");
+            std::fs::write(root.join(pid).join("stat"), stat).expect("stat");
+        }
+        assert!(!exited(&root.join("1")));
+        assert!(exited(&root.join("2")));
+        assert!(exited(&root.join("3")));
+        assert!(exited(&root.join("4")), "no folder: gone");
+        assert!(!exited(Path::new("/proc/self")));
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

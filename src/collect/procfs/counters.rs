@@ -23,6 +23,12 @@ pub enum CounterError {
     Unpaired { line: usize, group: String },
 }
 
+/// A group name as an error quotes it: the file may be anything (a replayed capture),
+/// so at most 48 printable characters.
+fn shown(group: &str) -> String {
+    crate::model::text::clean(group, 48)
+}
+
 /// Parses the text; pairs that are malformed are skipped and reported, the rest kept.
 /// Values that are not integers (never seen, but the file is text) are skipped too.
 pub fn parse(text: &str) -> (BTreeMap<String, i64>, Vec<CounterError>) {
@@ -38,7 +44,7 @@ pub fn parse(text: &str) -> (BTreeMap<String, i64>, Vec<CounterError>) {
         let Some((vgroup, values)) = lines.get(i + 1).and_then(|l| l.split_once(':')) else {
             errors.push(CounterError::Unpaired {
                 line: i + 1,
-                group: group.to_string(),
+                group: shown(group),
             });
             i += 1;
             continue;
@@ -46,7 +52,7 @@ pub fn parse(text: &str) -> (BTreeMap<String, i64>, Vec<CounterError>) {
         if vgroup != group {
             errors.push(CounterError::Unpaired {
                 line: i + 1,
-                group: group.to_string(),
+                group: shown(group),
             });
             i += 1;
             continue;
@@ -56,7 +62,7 @@ pub fn parse(text: &str) -> (BTreeMap<String, i64>, Vec<CounterError>) {
         if names.len() != values.len() {
             errors.push(CounterError::Mismatch {
                 line: i + 1,
-                group: group.to_string(),
+                group: shown(group),
                 names: names.len(),
                 values: values.len(),
             });
@@ -85,7 +91,7 @@ pub fn read(
     let mut any = false;
     for f in ["netstat", "snmp"] {
         let path = net_root.join("net").join(f);
-        match std::fs::read_to_string(&path) {
+        match crate::collect::bounded::read_to_string(&path, crate::collect::bounded::SMALL) {
             Ok(text) => {
                 any = true;
                 let (m, errors) = parse(&text);

@@ -38,6 +38,34 @@ pub struct ProcTcpStats {
     pub skipped: u64,
     /// The first bad line, 1-based, and why, for the notice shown to the user.
     pub first_error: Option<(u64, LineError)>,
+    /// Entries the kernel listed twice (same addresses, ports and inode), passed on
+    /// once. See [`Seen`].
+    pub repeated: u64,
+}
+
+/// The identities of the sockets passed on so far, to drop the entries the kernel lists
+/// twice. `/proc/net/tcp` is printed a buffer at a time; each read() finds its place
+/// again by hash bucket and position inside the bucket (tcp_seek_last_pos()), so a
+/// socket added to that bucket in between shifts the rest and the next read starts by
+/// repeating entries (one removed skips some instead). A socket's identity is its
+/// addresses, ports and inode (TIME_WAIT and request sockets have inode 0 but a
+/// tuple that is unique in the table). Kept as one keyed 64-bit hash per socket: under
+/// 20 MB at a million sockets, and a chance of about one in 30 million that two of a
+/// million sockets collide and one is dropped; the keys are random per run, so no
+/// input can aim for a collision.
+#[derive(Debug, Default)]
+struct Seen {
+    keys: rustc_hash::FxHashSet<u64>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Seen {
+    /// True the first time this socket's identity is seen.
+    fn first(&mut self, s: &Socket) -> bool {
+        use std::hash::BuildHasher;
+        let key = self.hasher.hash_one((s.local, s.remote, s.inode));
+        self.keys.insert(key)
+    }
 }
 
 /// Parses one data line (not the header).
@@ -117,6 +145,43 @@ fn parse_endpoint(s: &str, family: Family) -> Option<Endpoint> {
     Some(Endpoint::new(ip, port))
 }
 
+/// Longest line kept: the kernel pads IPv4 lines to 150 bytes and writes IPv6 ones of
+/// about 180. A longer one is garbage and is skipped without being stored, so a file
+/// that is one endless line costs no memory.
+const MAX_LINE: usize = 4096;
+
+/// Reads one line into `buf` (cleared by the caller), keeping at most [`MAX_LINE`]
+/// bytes of it. `None` at the end of the input, `Some(false)` when the line was longer
+/// and its rest was skipped.
+fn read_line<R: BufRead>(reader: &mut R, buf: &mut Vec<u8>) -> std::io::Result<Option<bool>> {
+    let mut seen_any = false;
+    let mut whole = true;
+    loop {
+        let chunk = match reader.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok(seen_any.then_some(whole));
+        }
+        seen_any = true;
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        let room = (MAX_LINE + 1).saturating_sub(buf.len());
+        if take > room {
+            whole = false;
+        }
+        buf.extend_from_slice(&chunk[..take.min(room)]);
+        reader.consume(take);
+        if done {
+            return Ok(Some(whole && buf.len() <= MAX_LINE + 1));
+        }
+    }
+}
+
 /// Parses a whole file, calling `visit` for each socket whose state is in `states`.
 /// I/O errors end the read (and are returned); bad lines are skipped and counted.
 pub fn parse<R: BufRead, F: FnMut(&Socket)>(
@@ -126,15 +191,18 @@ pub fn parse<R: BufRead, F: FnMut(&Socket)>(
     visit: &mut F,
 ) -> std::io::Result<ProcTcpStats> {
     let mut stats = ProcTcpStats::default();
+    let mut seen = Seen::default();
     let mut buf = Vec::with_capacity(256);
     let mut line_no = 0u64;
     loop {
         buf.clear();
-        if reader.read_until(b'\n', &mut buf)? == 0 {
-            break;
-        }
+        let whole = match read_line(&mut reader, &mut buf)? {
+            None => break,
+            Some(whole) => whole,
+        };
         line_no += 1;
         let result = match std::str::from_utf8(&buf) {
+            Ok(_) if !whole => Err(bad("line length", "more than 4096 bytes")),
             Ok(line) => {
                 let t = line.trim_start();
                 if t.is_empty() || (line_no == 1 && t.starts_with("sl")) {
@@ -146,9 +214,13 @@ pub fn parse<R: BufRead, F: FnMut(&Socket)>(
         };
         match result {
             Ok(sock) => {
-                stats.sockets += 1;
-                if states.contains(sock.state) {
+                if !states.contains(sock.state) {
+                    stats.sockets += 1;
+                } else if seen.first(&sock) {
+                    stats.sockets += 1;
                     visit(&sock);
+                } else {
+                    stats.repeated += 1;
                 }
             }
             Err(e) => {
@@ -207,6 +279,62 @@ mod tests {
         let (line, err) = stats.first_error.expect("error kept");
         assert_eq!(line, 3);
         assert_eq!(err.to_string(), "bad local address '0100007F:ZZZZ'");
+    }
+
+    /// Regression (issue 16): `--source proc` under churn showed the same socket twice
+    /// in 149 of 200 runs. The kernel repeats entries when a bucket changes between
+    /// two read() calls; a repeated entry is passed on once and counted.
+    #[test]
+    fn entries_the_kernel_repeats_are_passed_on_once() {
+        let listener = "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0";
+        // Same tuple, another inode: another socket (SO_REUSEPORT).
+        let reuse = "   1: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4243 1 0000000000000000 100 0 0 10 0";
+        // The TIME_WAIT entry repeated with its timer further down: still one socket.
+        let tw_later = TW_LINE.replace("03:00001756", "03:00001700");
+        let input = format!("{listener}\n{TW_LINE}\n{reuse}\n{listener}\n{tw_later}\n{TW_LINE}\n");
+        let mut seen = Vec::new();
+        let stats = parse(input.as_bytes(), Family::V4, StateSet::all(), &mut |s| {
+            seen.push((s.state, s.inode))
+        })
+        .expect("in-memory read");
+        assert_eq!(
+            seen,
+            vec![
+                (TcpState::Listen, 4242),
+                (TcpState::TimeWait, 0),
+                (TcpState::Listen, 4243)
+            ]
+        );
+        assert_eq!((stats.sockets, stats.repeated, stats.skipped), (3, 3, 0));
+    }
+
+    #[test]
+    fn an_endless_line_is_skipped_without_being_kept() {
+        // 64 MiB without a newline, then a good line: memory stays at one line.
+        struct Endless(u64);
+        impl std::io::Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = (buf.len() as u64).min(self.0) as usize;
+                buf[..n].fill(b'7');
+                self.0 -= n as u64;
+                Ok(n)
+            }
+        }
+        use std::io::Read;
+        let tail = format!("\n{TW_LINE}\n").into_bytes();
+        let input = std::io::BufReader::new(Endless(64 << 20)).chain(tail.as_slice());
+        let mut n = 0;
+        let stats = parse(
+            std::io::BufReader::new(input),
+            Family::V4,
+            StateSet::all(),
+            &mut |_| n += 1,
+        )
+        .expect("in-memory read");
+        assert_eq!((n, stats.sockets, stats.skipped), (1, 1, 1));
+        let (line, e) = stats.first_error.expect("the long line");
+        assert_eq!(line, 1);
+        assert!(e.to_string().contains("more than 4096 bytes"), "{e}");
     }
 
     #[test]

@@ -308,7 +308,7 @@ impl WatchApp {
         self.namespaces = (count, all);
     }
 
-    pub fn ingest(&mut self, at_ms: u64, snap: &Snapshot, findings: Vec<Finding>) -> bool {
+    pub fn ingest(&mut self, at_ms: u64, snap: &Snapshot, mut findings: Vec<Finding>) -> bool {
         if self.paused {
             return false;
         }
@@ -335,6 +335,9 @@ impl WatchApp {
         }
         self.trend
             .observe(at_ms, &counts, |pid| snap.processes.contains_key(&pid));
+        // The trend is evidence one snapshot lacks: CLOSE_WAIT a process has not closed
+        // yet is a leak once its count keeps rising.
+        crate::analyze::trend::confirm_leaks(&mut findings, &self.trend);
         // Names of every tracked pid, also once its CLOSE_WAIT count fell to zero.
         let tracked: Vec<u32> = self.trend.trends().iter().map(|t| t.pid).collect();
         self.comms.retain(|pid, _| tracked.contains(pid));
