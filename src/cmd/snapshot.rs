@@ -29,6 +29,8 @@ pub fn run(common: &Common, s: &SnapshotSettings) -> Result<SnapshotReport, CmdE
         verbose: false,
         emit_sysctl: false,
         json: false,
+        // The snapshot format (v1) does not record traced flows.
+        trace: false,
     };
     let collected = super::check::gather(common, &check, Some(writer.clone()))?;
     let nginx = collected

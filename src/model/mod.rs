@@ -17,6 +17,7 @@ mod netns;
 pub mod nginx;
 mod notice;
 pub mod persisted;
+pub mod provenance;
 mod process;
 pub mod rank;
 mod report;
