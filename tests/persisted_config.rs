@@ -101,6 +101,53 @@ fn replayed_sysctl_files_give_file_and_line() {
             .is_some_and(|m| m.contains("/run/sysctl.d/60-runtime.conf:2"))));
 }
 
+/// Findings as the report gives them, with every fix step (patches included).
+fn findings_and_fixes(v: &Value) -> Vec<(String, String, Value)> {
+    v["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| {
+            (
+                f["rule_id"].as_str().unwrap_or("").to_string(),
+                f["title"].as_str().unwrap_or("").to_string(),
+                f["fix"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// A snapshot of that host records its sysctl files: `check --from` gives the same
+/// findings, titles and patches as the replay it was taken from.
+#[test]
+fn a_snapshot_keeps_the_sysctl_files_and_check_from_it_agrees() {
+    let (_, live) = replay(OVERRIDES);
+    assert!(!findings(&live, "sysctl_persisted").is_empty(), "{live:#}");
+    let tmp = TempDir::new("persisted-snap");
+    let file = tmp.path().join("overrides.tdsnap");
+    let root = repo_path(OVERRIDES);
+    let out = run_tcpdoctor(&[
+        "--source",
+        "proc",
+        "--proc-root",
+        root.to_str().expect("utf-8 path"),
+        "snapshot",
+        "--interval",
+        "0",
+        "-o",
+        file.to_str().expect("utf-8 path"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let (code, from) = code_and_json(&run_tcpdoctor(&[
+        "--from",
+        file.to_str().expect("utf-8 path"),
+        "check",
+        "--json",
+    ]));
+    assert_eq!(code, 1, "{from:#}");
+    assert_eq!(findings_and_fixes(&from), findings_and_fixes(&live));
+}
+
 /// A capture without etc/ says so, and this machine's own /etc is never read in its
 /// place (its /usr/lib/sysctl.d sets kernel.pid_max, which the capture lacks: reading
 /// it would report that key).
@@ -266,4 +313,31 @@ fn a_service_process_near_its_limit_names_the_unit_line() {
         )
         .as_str()]
     );
+
+    // A snapshot records where the limit is set: the same finding from the file.
+    let snap_dir = TempDir::new("persisted-nofile-snap");
+    let snap = snap_dir.path().join("host.tdsnap");
+    let mut cmd = Command::new(common::TCPDOCTOR);
+    cmd.args(["snapshot", "--interval", "0", "--netns", "current", "-o"])
+        .arg(&snap)
+        .env("NO_COLOR", "1")
+        .env("TCPDOCTOR_HOST_ROOT", &root);
+    let out = run_bounded(&mut cmd, RUN_TIMEOUT).expect("tcpdoctor snapshot");
+    assert!(out.status.success(), "{out:?}");
+    let (_, from) = code_and_json(&run_tcpdoctor(&[
+        "--from",
+        snap.to_str().expect("utf-8 path"),
+        "check",
+        "--json",
+    ]));
+    let again = findings(&from, "fd_exhaustion")
+        .into_iter()
+        .find(|f| {
+            f["data"]["processes"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["pid"] == pid))
+        })
+        .unwrap_or_else(|| panic!("no fd_exhaustion for pid {pid} from the snapshot: {from:#}"));
+    assert_eq!(again["data"]["limit_origin"], *origin, "{again:#}");
+    assert_eq!(patches(again), patches(f));
 }

@@ -118,6 +118,13 @@ pub struct NamespaceRec {
     pub owners_known: bool,
     #[serde(default)]
     pub missing: Vec<NoticeRec>,
+    /// What the host's sysctl files apply at boot (the namespace the host boots with,
+    /// when `check` read them); absent: not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persisted_sysctls: Option<super::config::PersistedRec>,
+    /// Where the open-files limits of processes near theirs are set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nofile_origins: Vec<super::config::NofileOriginRec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -504,6 +511,8 @@ impl NamespaceRec {
             close_wait_gone: Vec::new(),
             owners_known: false,
             missing: Vec::new(),
+            persisted_sysctls: None,
+            nofile_origins: Vec::new(),
         }
     }
 

@@ -12,6 +12,7 @@
 //!
 //! Format and versions: [`format`]; writing: [`writer`]; reading: [`reader`].
 
+pub mod config;
 pub mod format;
 pub mod nginx;
 pub mod reader;
@@ -63,6 +64,8 @@ pub struct RecordedNs {
     pub processes: BTreeMap<u32, ProcessFacts>,
     pub kernel_log: Option<Vec<KernelLogEntry>>,
     pub nginx: Vec<NginxInstance>,
+    pub persisted_sysctls: Option<crate::model::persisted::PersistedSysctls>,
+    pub nofile_origins: BTreeMap<u32, crate::model::persisted::NofileOrigin>,
 }
 
 impl RecordedNs {
@@ -292,10 +295,8 @@ impl Recorded {
                 owners_known: ns.owners_known,
                 netns: ns.info.clone(),
                 nginx: ns.nginx.clone(),
-                // Not recorded yet (format v1): the sysctl files and the services'
-                // limit files are read live only.
-                persisted_sysctls: None,
-                nofile_origins: Default::default(),
+                persisted_sysctls: ns.persisted_sysctls.clone(),
+                nofile_origins: ns.nofile_origins.clone(),
                 // Nor traced flows, nor descriptors counted again.
                 flows: None,
                 descriptor_recheck: Default::default(),

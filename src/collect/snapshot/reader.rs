@@ -261,6 +261,12 @@ fn namespace(n: &format::NamespaceRec) -> RecordedNs {
         processes: BTreeMap::new(),
         kernel_log: None,
         nginx: Vec::new(),
+        persisted_sysctls: n.persisted_sysctls.as_ref().map(|p| p.to_model()),
+        nofile_origins: n
+            .nofile_origins
+            .iter()
+            .map(|o| (o.pid, o.to_model()))
+            .collect(),
     }
 }
 

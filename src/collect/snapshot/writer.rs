@@ -230,6 +230,15 @@ fn describe(d: &Description<'_>, inodes: &[u64]) -> Vec<Record> {
             .collect();
         rec.owners_known = s.owners_known;
         rec.missing = s.missing.iter().map(format::notice_rec).collect();
+        rec.persisted_sysctls = s
+            .persisted_sysctls
+            .as_ref()
+            .map(super::config::PersistedRec::from_model);
+        rec.nofile_origins = s
+            .nofile_origins
+            .iter()
+            .map(|(pid, o)| super::config::NofileOriginRec::from_model(*pid, o))
+            .collect();
         out.push(Record::Namespace(Box::new(rec)));
     }
     if let Some(o) = d.owners {
