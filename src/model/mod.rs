@@ -49,7 +49,7 @@ pub use snapshot::{
     sort_port_use, CloseWaitRecheck, CloseWaitSocket, ClosingRate, CounterSample,
     DescriptorRecheck, DetachedFds, DetachedProcess, FileTable, HostSnapshot, KernelLogEntry,
     Limit, ListenerSocket, PortUse, ProcessFacts, Snapshot, SocketDigest, Sockstat, TimeWaitAges,
-    TimeWaitDigest, AGE_BUCKETS, HOST_WIDE_SYSCTLS, PER_NETNS_SYSCTLS,
+    TimeWaitDigest, AGE_BUCKETS, HOST_WIDE_SYSCTLS, MIN_RATE_INTERVAL_MS, PER_NETNS_SYSCTLS,
 };
 pub use socket::{Endpoint, Family, Socket, TcpInfo, Timer, TimerKind};
 pub use state::{StateCounts, StateSet, TcpState};

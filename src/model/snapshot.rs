@@ -467,12 +467,23 @@ impl CounterSample {
         Some(self.after.get(key)? - self.before.get(key)?)
     }
 
-    /// Growth per second.
+    /// Growth per second; `None` for readings less than [`MIN_RATE_INTERVAL_MS`] apart.
     pub fn rate(&self, key: &str) -> Option<f64> {
-        if self.interval_ms == 0 {
+        if !self.gives_rates() {
             return None;
         }
         Some(self.delta(key)? as f64 * 1000.0 / self.interval_ms as f64)
+    }
+}
+
+/// Counter readings closer than this give no rates (`check --interval 0`, a capture):
+/// one event in 10 ms would read as 100 per second.
+pub const MIN_RATE_INTERVAL_MS: u64 = 100;
+
+impl CounterSample {
+    /// Whether the two readings are far enough apart for rates.
+    pub fn gives_rates(&self) -> bool {
+        self.interval_ms >= MIN_RATE_INTERVAL_MS
     }
 }
 

@@ -228,7 +228,10 @@ fn write_header(out: &mut impl Write, r: &CheckReport, view: HumanView) -> io::R
     };
     let source = snap.source.map_or("?", |s| s.name());
     let counters = match &snap.counters {
-        Some(c) => format!(", counters over {:.1} s", c.interval_ms as f64 / 1000.0),
+        Some(c) if c.gives_rates() => {
+            format!(", counters over {:.1} s", c.interval_ms as f64 / 1000.0)
+        }
+        Some(_) => ", one counter reading: no rates".to_string(),
         None => String::new(),
     };
     let traced = match &snap.flows {
@@ -725,6 +728,7 @@ pub fn write_json(out: &mut impl Write, r: &CheckReport) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::MIN_RATE_INTERVAL_MS;
 
     #[test]
     fn wrap_breaks_long_text_and_indents() {
@@ -736,5 +740,43 @@ mod tests {
         assert!(s.lines().all(|l| l.len() <= 100));
         assert!(s.starts_with("> word"));
         assert!(s.lines().nth(1).is_some_and(|l| l.starts_with("  word")));
+    }
+
+    fn header_with_counters(interval_ms: u64) -> String {
+        let snap = crate::model::Snapshot {
+            counters: Some(crate::model::CounterSample {
+                interval_ms,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let r = CheckReport {
+            hostname: "h".into(),
+            host: crate::model::HostSnapshot {
+                namespaces: vec![snap],
+                ..Default::default()
+            },
+            findings: Vec::new(),
+        };
+        let view = HumanView {
+            style: Style { color: false },
+            verbose: false,
+            width: 200,
+        };
+        let mut out = Vec::new();
+        write_header(&mut out, &r, view).expect("write");
+        String::from_utf8(out).expect("utf8")
+    }
+
+    #[test]
+    fn the_header_gives_the_counter_interval_or_says_there_are_no_rates() {
+        assert!(header_with_counters(1000).contains("counters over 1.0 s"));
+        for ms in [0, 12, MIN_RATE_INTERVAL_MS - 1] {
+            let h = header_with_counters(ms);
+            assert!(h.contains("one counter reading: no rates"), "{ms}: {h}");
+            assert!(!h.contains("counters over"), "{ms}: {h}");
+        }
+        let h = header_with_counters(MIN_RATE_INTERVAL_MS);
+        assert!(h.contains("counters over 0.1 s"), "{h}");
     }
 }
