@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::churn_process::{self as churn, ChurnProcess};
+use common::churn;
 use common::netns::Netns;
 use common::report::findings;
 use common::require_root;
@@ -56,10 +56,10 @@ fn commands(f: &Value) -> Vec<String> {
 fn a_server_closing_half_a_second_after_its_peers_is_slow_not_leaking() {
     require_root();
     let ns = Netns::new("cwslow");
-    let (server, port) = churn::serve(&ns, &["--churn-close-delay-ms", "500"]);
+    let (server, port) = churn::start_server(&ns, &["--churn-close-delay-ms", "500"]);
     let to = format!("127.0.0.1:{port}");
     let started = Instant::now();
-    let _client = ChurnProcess::spawn(
+    let _client = churn::spawn_farm(
         &ns,
         &[
             "--churn-connect",
@@ -177,9 +177,9 @@ fn a_leak_three_seconds_old_is_a_leak() {
 fn a_client_side_leak_is_grouped_by_destination_and_its_kill_line_works() {
     require_root();
     let ns = Netns::new("cwclient");
-    let (_server, port) = churn::serve(&ns, &["--churn-closer", "server"]);
+    let (_server, port) = churn::start_server(&ns, &["--churn-closer", "server"]);
     let to = format!("127.0.0.1:{port}");
-    let mut client = ChurnProcess::spawn(
+    let client = churn::spawn_farm(
         &ns,
         &[
             "--churn-connect",

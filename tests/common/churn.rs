@@ -118,6 +118,14 @@ impl Drop for Lines {
     }
 }
 
+/// `sockfarm ARGS` in `ns`, its JSON lines read by a [`Lines`] (`--hold-secs 300`
+/// bounds it if the test dies first).
+pub fn spawn_farm(ns: &Netns, args: &[&str], what: &str) -> Lines {
+    let mut all = vec!["--hold-secs", "300"];
+    all.extend_from_slice(args);
+    Lines::spawn(ns.command(sockfarm(), &all), what)
+}
+
 /// The churn server in `ns`; returns it and its listening port.
 pub fn start_server(ns: &Netns, extra: &[&str]) -> (Lines, u16) {
     let mut args = vec!["--churn-serve", "127.0.0.1:0", "--hold-secs", "300"];

@@ -3,7 +3,6 @@
 //! - `run`: bounded runs of tcpdoctor and other commands, bounded waits, JSON output;
 //! - `netns`, `farm`: throwaway network namespaces and the socket farms built in them;
 //! - `churn`: children printing JSON lines, the churn server and client, a traced check;
-//! - `churn_process`: sockfarm's churn mode as one process per side, killed when dropped;
 //! - `report`: lookups in tcpdoctor's JSON reports (findings, namespaces, endpoints);
 //! - `ss`: `ss` output, live or captured, parsed;
 //! - `fixtures`, `cgroup`: paths into the repository, scratch folders, test cgroups;
@@ -20,7 +19,6 @@
 
 pub mod cgroup;
 pub mod churn;
-pub mod churn_process;
 pub mod farm;
 pub mod fixtures;
 pub mod fuzz;
