@@ -152,6 +152,11 @@ pub struct SnapshotArgs {
     /// Seconds between the two counter samples, as for check.
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     pub interval: f64,
+    /// Do not trace connections during the interval (by default, as root with BPF, the
+    /// snapshot records what check's tracer counts: who opens and closes connections,
+    /// failed connect() calls, resets).
+    #[arg(long)]
+    pub no_trace: bool,
 }
 
 #[derive(Debug, Args)]

@@ -165,6 +165,8 @@ pub struct KillSettings {
 pub struct SnapshotSettings {
     pub output: PathBuf,
     pub interval: Duration,
+    /// Trace connections during the interval, as check does (not `--no-trace`).
+    pub trace: bool,
 }
 
 /// `diff BEFORE AFTER`.
@@ -460,6 +462,7 @@ pub fn resolve(
             Action::Snapshot(SnapshotSettings {
                 output: a.output,
                 interval: Duration::from_secs_f64(a.interval),
+                trace: !a.no_trace,
             })
         }
         Some(cli::Command::Diff(a)) => Action::Diff(DiffSettings {

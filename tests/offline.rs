@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::churn::{run_client, start_server, TracedCheck};
 use common::fixtures::{repo_path, TempDir};
 use common::netns::Netns;
 use common::report::findings;
@@ -526,4 +527,60 @@ fn a_leak_and_churn_read_offline_as_live_and_diff_shows_the_fix() {
         .cloned()
         .expect("sockfarm row");
     assert_eq!(sockfarm["after"]["total"], 0, "{sockfarm:#}");
+}
+
+/// A snapshot taken while the tracer runs keeps what it counted: `check --from` names
+/// the client's pid, destination and exact connection count as a live check would.
+#[test]
+#[ignore = "needs root"]
+fn a_snapshot_keeps_the_traced_connections_and_check_from_names_the_client() {
+    require_root();
+    let ns = Netns::new("offtrace");
+    let tmp = TempDir::new("offline-trace");
+    let file = tmp.path().join("traced.tdsnap");
+    let (server, port) = start_server(&ns, &[]);
+    let snap = TracedCheck::start_args(&[
+        "snapshot",
+        "--netns",
+        ns.name(),
+        "--interval",
+        "6",
+        "-o",
+        file.to_str().expect("path"),
+    ]);
+    // 300 connections at 300/s, all inside the 6 s interval the tracer covers.
+    let (client_pid, result) =
+        run_client(&ns, port, &["--churn-count", "300", "--churn-rate", "300"]);
+    assert_eq!(result["connected"], 300, "{result}");
+    let (code, out, err) = snap.finish_raw();
+    assert_eq!(
+        code,
+        0,
+        "snapshot: {}{}",
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&err)
+    );
+    server.finish();
+    let to = format!("127.0.0.1:{port}");
+
+    let v = json(&tcpdoctor(&[
+        "--from",
+        file.to_str().expect("path"),
+        "check",
+        "--json",
+    ]));
+    let flows = &v["namespaces"][0]["flows"];
+    let out = flows["flows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no traced flows from the snapshot: {:#}", v["namespaces"]))
+        .iter()
+        .find(|f| f["pid"] == client_pid && f["direction"] == "active")
+        .unwrap_or_else(|| panic!("no flow of pid {client_pid}: {flows:#}"));
+    assert_eq!(out["remote"], to.as_str(), "{out:#}");
+    assert_eq!(out["opened"], 300, "{out:#}");
+    assert_eq!(out["closer"], "local", "{out:#}");
+    // The finding that names who makes the TIME_WAIT, from the file.
+    let f = findings(&v, "time_wait_pressure");
+    assert_eq!(f.len(), 1, "{:#}", v["findings"]);
+    assert_eq!(f[0]["data"]["traced"]["closers"][0]["pid"], client_pid);
 }

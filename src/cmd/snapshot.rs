@@ -29,8 +29,7 @@ pub fn run(common: &Common, s: &SnapshotSettings) -> Result<SnapshotReport, CmdE
         verbose: false,
         emit_sysctl: false,
         json: false,
-        // The snapshot format (v1) does not record traced flows.
-        trace: false,
+        trace: s.trace,
     };
     let collected = super::check::gather(common, &check, Some(writer.clone()))?;
     let nginx = collected

@@ -168,21 +168,30 @@ impl TracedCheck {
     /// tracepoint links are open: the tracer attaches them before the first reading),
     /// so everything the test does from now until the interval ends is traced.
     pub fn start(ns: &Netns, interval_s: &str, extra: &[&str]) -> TracedCheck {
-        let mut cmd = Command::new(super::TCPDOCTOR);
-        cmd.args([
+        let mut args = vec![
             "check",
             "--json",
             "--netns",
             ns.name(),
             "--interval",
             interval_s,
-        ])
-        .args(extra)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn tcpdoctor check");
+        ];
+        args.extend_from_slice(extra);
+        TracedCheck::start_args(&args)
+    }
+
+    /// `tcpdoctor ARGS` (a command that traces during its interval: `check`,
+    /// `snapshot`), returned once its tracer is attached.
+    pub fn start_args(args: &[&str]) -> TracedCheck {
+        let mut cmd = Command::new(super::TCPDOCTOR);
+        cmd.args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn tcpdoctor {args:?}: {e}"));
         let out = super::run::drain(child.stdout.take());
         let err = super::run::drain(child.stderr.take());
         let mut check = TracedCheck { child, out, err };
@@ -197,7 +206,7 @@ impl TracedCheck {
             super::run::kill_if_running(&mut check.child);
             let err =
                 String::from_utf8_lossy(&super::run::join_drain(check.err.take())).into_owned();
-            panic!("check (pid {pid}) attached no tracer within {LINE_TIMEOUT:?}; stderr: {err}");
+            panic!("tcpdoctor {args:?} (pid {pid}) attached no tracer within {LINE_TIMEOUT:?}; stderr: {err}");
         }
         check
     }
@@ -207,7 +216,20 @@ impl TracedCheck {
     }
 
     /// Waits (bounded) for the report: (exit code, JSON).
-    pub fn finish(mut self) -> (i32, Value) {
+    pub fn finish(self) -> (i32, Value) {
+        let (code, out, err) = self.finish_raw();
+        let v = serde_json::from_slice(&out).unwrap_or_else(|e| {
+            panic!(
+                "check printed no JSON ({e}, exit {code}): {}\nstderr: {}",
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&err)
+            )
+        });
+        (code, v)
+    }
+
+    /// Waits (bounded) for it to end: (exit code, stdout, stderr).
+    pub fn finish_raw(mut self) -> (i32, Vec<u8>, Vec<u8>) {
         let status = super::run::wait_exit(&mut self.child, STOP_TIMEOUT);
         if status.is_none() {
             super::run::kill_if_running(&mut self.child);
@@ -216,18 +238,11 @@ impl TracedCheck {
         let err = super::run::join_drain(self.err.take());
         let status = status.unwrap_or_else(|| {
             panic!(
-                "check did not finish within {STOP_TIMEOUT:?}; stderr: {}",
+                "tcpdoctor did not finish within {STOP_TIMEOUT:?}; stderr: {}",
                 String::from_utf8_lossy(&err)
             )
         });
-        let v = serde_json::from_slice(&out).unwrap_or_else(|e| {
-            panic!(
-                "check printed no JSON ({e}, {status}): {}\nstderr: {}",
-                String::from_utf8_lossy(&out),
-                String::from_utf8_lossy(&err)
-            )
-        });
-        (status.code().unwrap_or(-1), v)
+        (status.code().unwrap_or(-1), out, err)
     }
 }
 

@@ -125,6 +125,12 @@ pub struct NamespaceRec {
     /// Where the open-files limits of processes near theirs are set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nofile_origins: Vec<super::config::NofileOriginRec>,
+    /// Connections traced during the interval; absent: not traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows: Option<super::flows::FlowsRec>,
+    /// Descriptors of CLOSE_WAIT holders counted again at the second reading.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub descriptor_recheck: Vec<super::flows::RecheckRec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -513,6 +519,8 @@ impl NamespaceRec {
             missing: Vec::new(),
             persisted_sysctls: None,
             nofile_origins: Vec::new(),
+            flows: None,
+            descriptor_recheck: Vec::new(),
         }
     }
 

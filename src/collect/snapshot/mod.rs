@@ -13,6 +13,7 @@
 //! Format and versions: [`format`]; writing: [`writer`]; reading: [`reader`].
 
 pub mod config;
+pub mod flows;
 pub mod format;
 pub mod nginx;
 pub mod reader;
@@ -66,6 +67,8 @@ pub struct RecordedNs {
     pub nginx: Vec<NginxInstance>,
     pub persisted_sysctls: Option<crate::model::persisted::PersistedSysctls>,
     pub nofile_origins: BTreeMap<u32, crate::model::persisted::NofileOrigin>,
+    pub flows: Option<crate::model::NamespaceFlows>,
+    pub descriptor_recheck: BTreeMap<u32, crate::model::DescriptorRecheck>,
 }
 
 impl RecordedNs {
@@ -297,9 +300,8 @@ impl Recorded {
                 nginx: ns.nginx.clone(),
                 persisted_sysctls: ns.persisted_sysctls.clone(),
                 nofile_origins: ns.nofile_origins.clone(),
-                // Nor traced flows, nor descriptors counted again.
-                flows: None,
-                descriptor_recheck: Default::default(),
+                flows: ns.flows.clone(),
+                descriptor_recheck: ns.descriptor_recheck.clone(),
             });
         }
         Ok(host)

@@ -243,6 +243,18 @@ fn header(path: &Path, line: &[u8]) -> Result<format::Header, FromError> {
 }
 
 fn namespace(n: &format::NamespaceRec) -> RecordedNs {
+    let mut missing: Vec<_> = n.missing.iter().map(format::notice).collect();
+    let flows = n.flows.as_ref().map(|f| {
+        let (flows, bad) = f.to_model(n.inode, &n.name);
+        if let Some(first) = bad.first() {
+            missing.push(super::skipped_notice(
+                &format!("traced flows of namespace {}", n.name),
+                bad.len() as u64,
+                &first.0,
+            ));
+        }
+        flows
+    });
     RecordedNs {
         info: Some(n.info()),
         source: n.source.as_deref().and_then(format::source_of),
@@ -257,7 +269,7 @@ fn namespace(n: &format::NamespaceRec) -> RecordedNs {
         close_wait_recheck_ms: n.close_wait_recheck_ms,
         close_wait_gone: n.close_wait_gone.iter().cloned().collect(),
         owners_known: n.owners_known,
-        missing: n.missing.iter().map(format::notice).collect(),
+        missing,
         processes: BTreeMap::new(),
         kernel_log: None,
         nginx: Vec::new(),
@@ -267,6 +279,8 @@ fn namespace(n: &format::NamespaceRec) -> RecordedNs {
             .iter()
             .map(|o| (o.pid, o.to_model()))
             .collect(),
+        flows,
+        descriptor_recheck: n.descriptor_recheck.iter().map(|r| r.to_model()).collect(),
     }
 }
 

@@ -239,6 +239,12 @@ fn describe(d: &Description<'_>, inodes: &[u64]) -> Vec<Record> {
             .iter()
             .map(|(pid, o)| super::config::NofileOriginRec::from_model(*pid, o))
             .collect();
+        rec.flows = s.flows.as_ref().map(super::flows::FlowsRec::from_model);
+        rec.descriptor_recheck = s
+            .descriptor_recheck
+            .iter()
+            .map(|(pid, r)| super::flows::RecheckRec::from_model(*pid, r))
+            .collect();
         out.push(Record::Namespace(Box::new(rec)));
     }
     if let Some(o) = d.owners {
