@@ -409,12 +409,12 @@ fn server_side_time_wait_after_the_listener_exits_is_one_served_port_group() {
     assert_eq!(inside.stop(), 200);
     assert_eq!(outside.stop(), 100);
     thread::sleep(Duration::from_millis(200));
-    let tw = ns
-        .ss_state_counts(&[])
-        .get("TIME_WAIT")
-        .copied()
-        .unwrap_or(0);
-    assert_eq!(tw, 300, "the server-closed connections are in TIME_WAIT");
+    let states = ns.ss_state_counts(&[]);
+    let tw = states.get("TIME_WAIT").copied().unwrap_or(0);
+    assert_eq!(
+        tw, 300,
+        "the server-closed connections are in TIME_WAIT: {states:?}"
+    );
     assert!(!ns.ss_state_counts(&[]).contains_key("LISTEN"));
 
     let v = check(&ns);
