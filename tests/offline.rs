@@ -548,10 +548,11 @@ fn a_snapshot_keeps_the_traced_connections_and_check_from_names_the_client() {
         "-o",
         file.to_str().expect("path"),
     ]);
-    // 300 connections at 300/s, all inside the 6 s interval the tracer covers.
+    // 900 connections at 450/s, all inside the 6 s interval the tracer covers: 150/s
+    // over it, above the 100/s from which time_wait_pressure names a churning client.
     let (client_pid, result) =
-        run_client(&ns, port, &["--churn-count", "300", "--churn-rate", "300"]);
-    assert_eq!(result["connected"], 300, "{result}");
+        run_client(&ns, port, &["--churn-count", "900", "--churn-rate", "450"]);
+    assert_eq!(result["connected"], 900, "{result}");
     let (code, out, err) = snap.finish_raw();
     assert_eq!(
         code,
@@ -577,7 +578,7 @@ fn a_snapshot_keeps_the_traced_connections_and_check_from_names_the_client() {
         .find(|f| f["pid"] == client_pid && f["direction"] == "active")
         .unwrap_or_else(|| panic!("no flow of pid {client_pid}: {flows:#}"));
     assert_eq!(out["remote"], to.as_str(), "{out:#}");
-    assert_eq!(out["opened"], 300, "{out:#}");
+    assert_eq!(out["opened"], 900, "{out:#}");
     assert_eq!(out["closer"], "local", "{out:#}");
     // The finding that names who makes the TIME_WAIT, from the file.
     let f = findings(&v, "time_wait_pressure");
