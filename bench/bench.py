@@ -69,7 +69,7 @@ FDS_PER_WORKER = 15_000
 # A TIME_WAIT generation is made this many seconds before it would expire mid-run.
 TW_MARGIN_S = 5.0
 MAX_TW_REFRESHES = 200  # bounds the whole run even if commands misbehave
-GROUPS = ["states", "close-wait", "all", "check", "serve", "watch"]
+GROUPS = ["states", "close-wait", "all", "check", "offline", "serve", "watch"]
 
 
 def log(msg):
@@ -389,7 +389,31 @@ def commands(bin_dir, nsa=()):
         # every rule. --interval 0: the counter sample adds no waiting.
         Command("tcpdoctor check --interval 0", [td, "check", "--interval", "0"] + nsa, "check",
                 True, 5),
-    ] + traced_check(td, nsa)
+    ] + traced_check(td, nsa) + offline(td, nsa)
+
+
+SNAPSHOT_FILE = "/tmp/tcpdoctor-bench.tdsnap"
+
+
+def offline(td, nsa):
+    """`snapshot` (the collection of check, streamed to a zstd file) and `--from` that
+    file for check, states and sockets: the memory a million sockets take when read
+    back. The snapshot runs first in the group, so every --from run reads the file the
+    last snapshot run wrote. Left out for a tcpdoctor without `snapshot`."""
+    helptext = subprocess.run([td, "--help"], capture_output=True, text=True,
+                              timeout=30).stdout
+    if "snapshot" not in helptext:
+        return []
+    frm = [td, "--from", SNAPSHOT_FILE]
+    return [
+        Command("tcpdoctor snapshot --interval 0 --no-trace",
+                [td, "snapshot", "--interval", "0", "--no-trace", "-o", SNAPSHOT_FILE] + nsa,
+                "offline", True, 5),
+        Command("tcpdoctor --from FILE check", frm + ["check"], "offline", True, 5),
+        Command("tcpdoctor --from FILE states", frm + ["states"], "offline", True, 5),
+        Command("tcpdoctor --from FILE sockets --state close-wait",
+                frm + ["sockets", "--state", "close-wait"], "offline", True, 5),
+    ]
 
 
 def traced_check(td, nsa):
@@ -897,6 +921,8 @@ def report(args, mach, plan, farm, cmds, started, tw, serve=None, watch=None):
         "tcpdoctor sockets --state close-wait": [("ss -tanp state close-wait", "faster"),
                                                  ("lsof -nP -iTCP -sTCP:CLOSE_WAIT", "faster")],
         "tcpdoctor sockets": [("ss -tanp", "faster")],
+        "tcpdoctor --from FILE check": [("tcpdoctor check --interval 0", "faster")],
+        "tcpdoctor --from FILE states": [("tcpdoctor states", "faster")],
     }
     print(f"\n## tcpdoctor scale benchmark: {args.sockets:,} sockets\n")
     print(f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}; command: `{args.cmdline}`")
@@ -1110,7 +1136,7 @@ def main():
     ap.add_argument("--quiet-wait", type=float, default=30.0,
                     help="... but at most this many s (default 30; 0 = do not wait)")
     ap.add_argument("--only", default="",
-                    help="comma-separated groups to time: states,close-wait,all,check,serve,watch "
+                    help="comma-separated groups to time: states,close-wait,all,check,offline,serve,watch "
                          "(default all)")
     ap.add_argument("--watch-seconds", type=float, default=60.0,
                     help="how long the watch group runs `tcpdoctor watch` (default 60)")
