@@ -970,7 +970,7 @@ def report(args, mach, plan, farm, cmds, started, tw, serve=None, watch=None):
         socks = min(r["sockets_before"] for r in c.runs)
         tws = (f"{min(r['tw_before'] for r in c.runs):,}-{max(r['tw_before'] for r in c.runs):,}"
                f" -> {min(r['tw_after'] for r in c.runs):,}")
-        comp = "; ".join(ratio(c, by[r], k)[1] for r, k in refs.get(c.label, []))
+        comp = "; ".join(ratio(c, by[r], k)[1] for r, k in refs.get(c.label, []) if r in by)
         busy = statistics.median(r["busy_before"] for r in c.runs)
         label = c.label.replace("|", "\\|")
         comp = comp.replace("|", "\\|")
