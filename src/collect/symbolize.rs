@@ -532,15 +532,24 @@ impl Symbolizer {
                      (JDK 17+) once it is warm (or -XX:+UnlockDiagnosticVMOptions \
                      -XX:+DumpPerfMapAtExit, or perf-map-agent)"
                 )
+            } else if frames
+                .iter()
+                .any(|f| f.symbol.as_deref() == Some("Interpreter"))
+            {
+                format!(
+                    "the Java code here was interpreted, and a perf map names the JVM's \
+                     interpreter, not the methods it runs: methods get their names once \
+                     compiled (hot code is); run `jcmd {pid} Compiler.perfmap` again later"
+                )
             } else if short {
                 "the stack stops in the JVM: start it with -XX:+PreserveFramePointer so the \
                  walk goes through compiled Java frames"
                     .to_string()
             } else {
                 format!(
-                    "the Java frames here were interpreted or compiled after the perf map was \
-                     written (it names compiled methods only): run `jcmd {pid} \
-                     Compiler.perfmap` again once the code is warm"
+                    "the Java frames here were compiled after the perf map was written (it \
+                     names the methods compiled when it was written): run `jcmd {pid} \
+                     Compiler.perfmap` again"
                 )
             }),
             Runtime::Node => Some(if perf_map.is_none() {
