@@ -65,7 +65,7 @@ pub struct Symbolizer {
 struct ProcessState {
     /// The process's start time (`/proc/PID/stat` field 22): a new process that reuses
     /// the pid has another, and nothing cached for the old one is used for it.
-    started: Option<u64>,
+    started: u64,
     maps: Vec<Mapping>,
     perf_map: Option<CachedPerfMap>,
     last_used: u64,
@@ -303,8 +303,9 @@ fn start_time(pid: u32) -> Option<u64> {
 }
 
 fn read_maps(pid: u32) -> Vec<Mapping> {
-    match bounded::read_to_string(Path::new(&format!("/proc/{pid}/maps")), MAPS) {
-        Ok(text) => parse_maps(&text),
+    match bounded::read(Path::new(&format!("/proc/{pid}/maps")), MAPS) {
+        // A file name need not be UTF-8; only the mapping's own name is then garbled.
+        Ok(bytes) => parse_maps(&String::from_utf8_lossy(&bytes)),
         Err(_) => Vec::new(),
     }
 }
@@ -329,7 +330,8 @@ impl Symbolizer {
     /// Every address of such a stack is a return address (the innermost one too: the
     /// user IP after the `syscall` instruction), so each is looked up one byte before,
     /// inside the call: the function and line named are the caller's at the call, not
-    /// the next line's. `Frame::addr` keeps the address as given.
+    /// the next line's. `Frame::addr` keeps the address as given. The process must
+    /// still run: a process that exited gives unresolved frames.
     pub fn symbolize(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
         let lookups: Vec<u64> = addrs.iter().map(|a| a.saturating_sub(1)).collect();
         self.resolve(pid, addrs, &lookups)
@@ -345,7 +347,10 @@ impl Symbolizer {
         if addrs.is_empty() {
             return Vec::new();
         }
-        self.refresh(pid, lookups);
+        if !self.refresh(pid, lookups) {
+            // Gone (or never there): nothing of it can be read any more.
+            return addrs.iter().map(|&a| unresolved(a, None)).collect();
+        }
         let natives = self.native_symbols(pid, lookups);
         let Some(state) = self.processes.get(&pid) else {
             return addrs.iter().map(|&a| unresolved(a, None)).collect();
@@ -380,15 +385,19 @@ impl Symbolizer {
 
     /// Brings what is kept about `pid` up to date: a process that replaced it under
     /// the same pid starts afresh, an address outside every known mapping re-reads the
-    /// maps, and a perf map that changed since it was read is read again.
-    fn refresh(&mut self, pid: u32, lookups: &[u64]) {
+    /// maps, and a perf map that changed since it was read is read again. False when
+    /// no process `pid` runs.
+    fn refresh(&mut self, pid: u32, lookups: &[u64]) -> bool {
         self.clock += 1;
-        let started = start_time(pid);
-        let stale = self
+        let Some(started) = start_time(pid) else {
+            self.forget(pid);
+            return false;
+        };
+        if self
             .processes
             .get(&pid)
-            .is_some_and(|s| s.started != started || started.is_none());
-        if stale {
+            .is_some_and(|s| s.started != started)
+        {
             self.forget(pid);
         }
         if !self.processes.contains_key(&pid) {
@@ -404,7 +413,7 @@ impl Symbolizer {
             );
         }
         let Some(state) = self.processes.get_mut(&pid) else {
-            return;
+            return false;
         };
         state.last_used = self.clock;
         if lookups
@@ -419,6 +428,7 @@ impl Symbolizer {
         if wants_perf_map {
             refresh_perf_map(pid, state);
         }
+        true
     }
 
     fn forget(&mut self, pid: u32) {
@@ -504,7 +514,8 @@ impl Symbolizer {
     /// runtimes (the JVM's native libraries, its interpreter and stubs, the JDK's
     /// classes; Node's binary, its builtins and `node:internal` code; Python's
     /// interpreter and standard library), and then connection-pool libraries a
-    /// program calls (Apache HttpClient, OkHttp, Netty, JDBC drivers, ...), so that a
+    /// program calls (Apache HttpClient, OkHttp, Netty, JDBC drivers, libcurl, libpq,
+    /// ...), so that a
     /// leak through HttpClient names the program's method that called it. When only
     /// library frames resolve, the innermost of those; `None` when nothing resolves.
     pub fn call_site(frames: &[Frame]) -> Option<Frame> {
@@ -692,26 +703,64 @@ enum Origin {
     Program,
 }
 
-/// Runtime libraries by file name (prefix): the C library and loader, the JVM's and
-/// Node's and Python's native parts.
-const RUNTIME_MODULES: &[&str] = &[
-    "libc.so",
-    "libc-",
-    "ld-linux",
-    "ld-",
-    "libpthread",
-    "libdl",
-    "libjvm.so",
-    "libjava.so",
-    "libnet.so",
-    "libnio.so",
-    "libjli.so",
-    "node",
-    "libnode.so",
-    "libuv.so",
-    "libpython",
-    "python",
-];
+/// Whether a mapped file is part of the C library, the dynamic loader or a language
+/// runtime (the JVM and the JDK's native libraries, Node and libuv, Python), by its
+/// path and file name; kernel names (`[vdso]`) too.
+fn is_runtime_module(module: &str) -> bool {
+    let name = module_name(module);
+    let starts = |prefixes: &[&str]| prefixes.iter().any(|p| name.starts_with(p));
+    module.starts_with('[')
+        || module.contains("/lib/jvm/")
+        || starts(&[
+            "libc.so",
+            "libc-2.",
+            "libc.musl",
+            "ld-linux",
+            "ld-musl",
+            "ld-2.",
+            "libpthread.so",
+            "libpthread-",
+            "libdl.so",
+            "libjvm.so",
+            "libjava.so",
+            "libnet.so",
+            "libnio.so",
+            "libjli.so",
+            "libnode.so",
+            "libuv.so",
+            "libpython",
+        ])
+        || name == "node"
+        || name == "nodejs"
+        || is_python_binary(name)
+}
+
+/// Native client libraries that open connections for a program (HTTP, databases,
+/// caches, RPC): a leak through them is the caller's.
+fn is_library_module(module: &str) -> bool {
+    let name = module_name(module);
+    [
+        "libcurl.so",
+        "libcurl-",
+        "libpq.so",
+        "libmysqlclient.so",
+        "libmariadb.so",
+        "libhiredis.so",
+        "libgrpc.so",
+        "libgrpc++.so",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+}
+
+/// `python`, `python3`, `python3.11`, `python3.12d`, not `pythonista`.
+fn is_python_binary(name: &str) -> bool {
+    name.strip_prefix("python").is_some_and(|v| {
+        v.trim_end_matches(['d', 'm', 'u'])
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.')
+    })
+}
 
 /// Java classes of the JDK itself (and of Node's and Python's own code, by their
 /// spelling in a perf map).
@@ -736,27 +785,17 @@ fn module_name(module: &str) -> &str {
     module.rsplit('/').next().unwrap_or(module)
 }
 
-fn is_runtime_module(module: &str) -> bool {
-    let name = module_name(module);
-    module.starts_with('[')
-        || RUNTIME_MODULES
-            .iter()
-            .any(|r| name == *r || name.starts_with(r) || module.contains("/lib/jvm/"))
-}
-
 fn origin(f: &Frame) -> Origin {
     let Some(symbol) = f.symbol.as_deref() else {
         return Origin::Unknown;
     };
     match f.kind {
         FrameKind::Unresolved => Origin::Unknown,
-        FrameKind::Native => {
-            if f.module.as_deref().is_some_and(is_runtime_module) {
-                Origin::Runtime
-            } else {
-                Origin::Program
-            }
-        }
+        FrameKind::Native => match f.module.as_deref() {
+            Some(m) if is_runtime_module(m) => Origin::Runtime,
+            Some(m) if is_library_module(m) => Origin::Library,
+            _ => Origin::Program,
+        },
         FrameKind::Jit => jit_origin(symbol),
     }
 }
@@ -829,10 +868,10 @@ impl Runtime {
             if name == "java" || name == "libjvm.so" || module.contains("/lib/jvm/") {
                 return Runtime::Java;
             }
-            if name == "node" || name.starts_with("libnode.so") {
+            if name == "node" || name == "nodejs" || name.starts_with("libnode.so") {
                 return Runtime::Node;
             }
-            if name.starts_with("python") || name.starts_with("libpython") {
+            if is_python_binary(name) || name.starts_with("libpython") {
                 return Runtime::Python;
             }
         }
@@ -1191,11 +1230,92 @@ garbage
 
     #[test]
     fn the_cache_is_bounded() {
+        // Threads are processes enough for /proc/TID: each tid a pid of its own here.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let stop_rx = std::sync::Arc::new(std::sync::Mutex::new(stop_rx));
+        let n = MAX_PROCESSES + 8;
+        let threads: Vec<_> = (0..n)
+            .map(|_| {
+                let (tx, stop_rx) = (tx.clone(), std::sync::Arc::clone(&stop_rx));
+                std::thread::spawn(move || {
+                    // SAFETY: gettid has no preconditions.
+                    let tid = unsafe { libc::gettid() } as u32;
+                    let _ = tx.send(tid);
+                    // Wait until told (or the sender is dropped).
+                    let _ = stop_rx.lock().map(|r| r.recv());
+                })
+            })
+            .collect();
+        let tids: Vec<u32> = (0..n).map(|_| rx.recv().expect("a tid")).collect();
         let mut s = Symbolizer::new();
-        // Pids that do not exist still take a slot each, as a process that exited does.
-        for pid in 1_000_000..1_000_000 + 3 * MAX_PROCESSES as u32 {
-            s.symbolize(pid, &[0x1000]);
+        let addr = the_cache_is_bounded as *const () as usize as u64;
+        for &tid in &tids {
+            let frames = s.symbolize_exact(tid, &[addr]);
+            assert_eq!(frames[0].kind, FrameKind::Native, "tid {tid}: {frames:?}");
             assert!(s.processes.len() <= MAX_PROCESSES);
         }
+        assert_eq!(s.processes.len(), MAX_PROCESSES);
+        // The oldest went first.
+        assert!(!s.processes.contains_key(&tids[0]));
+        assert!(s.processes.contains_key(&tids[n - 1]));
+        // A pid that is not running takes no slot.
+        s.symbolize(0, &[addr]);
+        assert!(!s.processes.contains_key(&0));
+        drop(stop_tx);
+        for t in threads {
+            t.join().expect("thread");
+        }
+    }
+
+    #[test]
+    fn runtime_modules_are_told_from_programs_named_alike() {
+        for runtime in [
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib/x86_64-linux-gnu/libc-2.31.so",
+            "/usr/lib64/ld-linux-x86-64.so.2",
+            "/usr/lib/jvm/java-17-openjdk-amd64/lib/libnio.so",
+            "/opt/jdk-21/lib/server/libjvm.so",
+            "/usr/bin/node",
+            "/usr/lib/x86_64-linux-gnu/libuv.so.1",
+            "/usr/bin/python3.11",
+            "/usr/bin/python3",
+            "[vdso]",
+        ] {
+            assert!(is_runtime_module(runtime), "{runtime}");
+        }
+        for program in [
+            "/usr/bin/node_exporter",
+            "/opt/app/pythonista",
+            "/usr/local/bin/ld-helper",
+            "/srv/app/server",
+        ] {
+            assert!(!is_runtime_module(program), "{program}");
+            assert!(!is_library_module(program), "{program}");
+        }
+        let curl = "/usr/lib/x86_64-linux-gnu/libcurl.so.4";
+        assert!(!is_runtime_module(curl) && is_library_module(curl));
+        // A program's connect through libcurl is the program's.
+        let frames = [
+            frame(
+                FrameKind::Native,
+                Some("connect"),
+                Some("/usr/lib/x86_64-linux-gnu/libc.so.6"),
+            ),
+            frame(FrameKind::Native, Some("Curl_connecthost"), Some(curl)),
+            frame(
+                FrameKind::Native,
+                Some("fetch_feed"),
+                Some("/srv/app/server"),
+            ),
+        ];
+        let site = Symbolizer::call_site(&frames).and_then(|f| f.symbol);
+        assert_eq!(site.as_deref(), Some("fetch_feed"));
+        assert_eq!(
+            Symbolizer::call_site(&frames[..2])
+                .and_then(|f| f.symbol)
+                .as_deref(),
+            Some("Curl_connecthost")
+        );
     }
 }
