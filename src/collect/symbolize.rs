@@ -515,9 +515,9 @@ impl Symbolizer {
     /// classes; Node's binary, its builtins and `node:internal` code; Python's
     /// interpreter and standard library), and then connection-pool libraries a
     /// program calls (Apache HttpClient, OkHttp, Netty, JDBC drivers, libcurl, libpq,
-    /// ...), so that a
-    /// leak through HttpClient names the program's method that called it. When only
-    /// library frames resolve, the innermost of those; `None` when nothing resolves.
+    /// ...), so that a leak through HttpClient names the program's method that called
+    /// it. When only library frames resolve, the innermost of those; `None` when
+    /// nothing resolves.
     pub fn call_site(frames: &[Frame]) -> Option<Frame> {
         frames
             .iter()
