@@ -417,7 +417,58 @@ fn a_jvm_leaking_through_httpclient_holds_close_wait_and_its_perf_map_names_fetc
         hint.contains(&format!("jcmd {} Compiler.perfmap", jvm.pid)),
         "{hint}"
     );
+
+    // The JDK's native code (here the JNI side of a socket's connect) resolves from its
+    // ELF symbols, and the call site passes over it to `fetch`.
+    let (nio, connect0) = jdk_native_function(jvm.pid, "libnio.so", "Java_sun_nio_ch_Net_connect0");
+    let frames = s.symbolize(jvm.pid, &[connect0 + 4, fetch.start + 16]);
+    assert_eq!(frames[0].kind, FrameKind::Native, "{frames:?}");
+    assert_eq!(
+        frames[0].symbol.as_deref(),
+        Some("Java_sun_nio_ch_Net_connect0"),
+        "{frames:?}"
+    );
+    assert_eq!(frames[0].module.as_deref(), Some(nio.as_str()));
+    let site = Symbolizer::call_site(&frames).expect("fetch is the call site");
+    assert_eq!(site.symbol.as_deref(), Some(fetch.name.as_str()));
     assert!(jvm.running());
+}
+
+/// The path of the JDK library `lib` as the JVM `pid` mapped it, and the address of its
+/// exported `function` there (its first mapping, at file offset 0, is where the ELF's
+/// address 0 lies; `nm -D` gives the function's address in the ELF).
+fn jdk_native_function(pid: u32, lib: &str, function: &str) -> (String, u64) {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let (base, path) = maps
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let path = *f.get(5)?;
+            (path.ends_with(&format!("/{lib}")) && f.get(2) == Some(&"00000000")).then(|| {
+                let start = f[0].split('-').next().unwrap_or("");
+                (
+                    u64::from_str_radix(start, 16).expect("hex"),
+                    path.to_string(),
+                )
+            })
+        })
+        .unwrap_or_else(|| panic!("{lib} is not mapped in pid {pid}"));
+    let nm = tool(
+        "nm",
+        "--version",
+        "Debian package binutils",
+        "JDK native symbols",
+    )
+    .unwrap_or_else(|| panic!("nm is missing (binutils)"));
+    let out = must_run(Command::new(nm).args(["-D", "--defined-only", &path]));
+    let value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&function)).then(|| u64::from_str_radix(f[0], 16).ok())?
+        })
+        .unwrap_or_else(|| panic!("{function} is not exported by {path}"));
+    (path, base + value)
 }
 
 /// The lead's merge test: `trace --leaks` groups the JVM's leaked sockets by call site
