@@ -368,12 +368,13 @@ impl Symbolizer {
                 // already gone when the maps were read (code unloaded).
                 if mapping.is_none_or(Mapping::is_anonymous) {
                     if let Some(e) = state.perf_map.as_ref().and_then(|p| p.map.lookup(at)) {
+                        let (file, line) = jit_location(&e.name);
                         return Frame {
                             addr,
                             kind: FrameKind::Jit,
                             symbol: Some(e.name.clone()),
-                            file: None,
-                            line: None,
+                            file,
+                            line,
                             module: mapping.map(Mapping::module),
                         };
                     }
@@ -838,6 +839,28 @@ fn jit_origin(name: &str) -> Origin {
     Origin::Runtime
 }
 
+/// The source location V8 writes into a JavaScript function's perf map name
+/// (`JS:~fetch /srv/app/client.js:12:3`: file and line; the column is left out). The
+/// JDK's names carry none.
+fn jit_location(name: &str) -> (Option<String>, Option<u32>) {
+    let Some((kind, rest)) = name.split_once(':') else {
+        return (None, None);
+    };
+    if !matches!(kind, "JS" | "LazyCompile" | "Function" | "Eval" | "Script") {
+        return (None, None);
+    }
+    let location = rest.rsplit(' ').next().unwrap_or(rest);
+    // `path:line:col`; the path itself may hold colons (`node:net`).
+    let mut parts = location.rsplitn(3, ':');
+    let (Some(_col), Some(line), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
+        return (None, None);
+    };
+    match line.parse::<u32>() {
+        Ok(line) if !file.is_empty() => (Some(file.to_string()), Some(line)),
+        _ => (None, None),
+    }
+}
+
 /// `pkg.Class.method` of a Java perf map name `RET pkg.Class.method(ARGS)`.
 pub fn java_method(name: &str) -> Option<&str> {
     let (head, _) = name.split_once('(')?;
@@ -1080,6 +1103,55 @@ garbage
             Symbolizer::call_site(&frames).and_then(|f| f.symbol),
             Some("open_leaky".to_string())
         );
+    }
+
+    #[test]
+    fn a_node_perf_map_names_the_program_with_its_file_and_line_and_v8_as_runtime() {
+        const NODE_MAP: &str = include_str!("../../tests/fixtures/perfmap/node20-leaky.map");
+        let map = PerfMap::parse(NODE_MAP.as_bytes()).expect("in memory");
+        assert_eq!(map.skipped, 0);
+        assert_eq!(map.entries().len(), NODE_MAP.lines().count());
+        let find = |needle: &str| {
+            map.entries()
+                .iter()
+                .find(|e| e.name.contains(needle))
+                .unwrap_or_else(|| panic!("{needle} in the fixture"))
+        };
+        let jit = |e: &PerfMapEntry| {
+            let (file, line) = jit_location(&e.name);
+            Frame {
+                addr: e.start,
+                kind: FrameKind::Jit,
+                symbol: Some(e.name.clone()),
+                file,
+                line,
+                module: Some("[anon]".to_string()),
+            }
+        };
+        let frames = [
+            jit(find("Builtin:")),
+            jit(find("BytecodeHandler:")),
+            jit(find("JS:~protoGetter node:net:")),
+            jit(find("JS:~fetchLeaky ")),
+        ];
+        assert_eq!(frames[2].file.as_deref(), Some("node:net"));
+        let site = Symbolizer::call_site(&frames).expect("the program's function");
+        assert!(site
+            .symbol
+            .as_deref()
+            .is_some_and(|s| s.contains("fetchLeaky")));
+        assert!(
+            site.file
+                .as_deref()
+                .is_some_and(|f| f.ends_with("/leaky.js")),
+            "{site:?}"
+        );
+        // fetchLeaky is on line 2 of tests/fixtures/perfmap/node20-leaky.js.
+        assert_eq!(site.line, Some(2));
+        assert_eq!(Symbolizer::call_site(&frames[..3]), None);
+        assert_eq!(jit_location("Builtin:ArrayPrototypePush"), (None, None));
+        assert_eq!(jit_location("JS:~ no-line-here"), (None, None));
+        assert_eq!(jit_location("JS:*f /a.js:x:1"), (None, None));
     }
 
     #[test]
