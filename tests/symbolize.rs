@@ -478,6 +478,15 @@ fn jdk_native_function(pid: u32, lib: &str, function: &str) -> (String, u64) {
 #[ignore = "waits for trace --leaks"]
 fn trace_leaks_groups_the_jvm_leak_by_pool_threads_and_fetch() {
     require_root();
+    // `--include-ignored` (the README's command, CI) runs this too: until the capture is
+    // merged the flag does not exist, and the test says so instead of failing CI. At
+    // the merge, remove this guard with the #[ignore].
+    if !trace_has_leaks() {
+        eprintln!(
+            "SKIP: waits for trace --leaks (issue 13 capture): this tcpdoctor has no such flag"
+        );
+        return;
+    }
     let ns = Netns::new("javatrace");
     let mut trace = Command::new(common::TCPDOCTOR);
     trace.args(["trace", "--leaks", "--json", "--netns", ns.name()]);
@@ -525,4 +534,14 @@ fn trace_leaks_groups_the_jvm_leak_by_pool_threads_and_fetch() {
         biggest["hint"]
     );
     assert!(biggest["frames"].as_array().is_some_and(|f| f.len() > 2));
+}
+
+/// Whether this tcpdoctor's `trace` takes `--leaks` (issue 13's capture).
+fn trace_has_leaks() -> bool {
+    let out = common::run::run_bounded(
+        Command::new(common::TCPDOCTOR).args(["trace", "--help"]),
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("tcpdoctor trace --help: {e}"));
+    String::from_utf8_lossy(&out.stdout).contains("--leaks")
 }
