@@ -1,7 +1,7 @@
 //! Property tests of every parser of outside input, in process: sock_diag replies,
 //! `/proc` files (net/tcp, netstat/snmp, sockstat, limits, status, kmsg, cgroup),
-//! threshold flags and config files (TOML), nginx configurations, and the names and
-//! table cells the renderers print. Inputs are the real captures in tests/fixtures,
+//! threshold flags and config files (TOML), nginx configurations, JIT perf maps, and the
+//! names and table cells the renderers print. Inputs are the real captures in tests/fixtures,
 //! corrupted (common/fuzz.rs), plus arbitrary bytes. Whatever the input: no panic, and
 //! what comes out keeps its invariants (a skipped line is counted, a name is printable
 //! and bounded, an error is one short line).
@@ -19,6 +19,7 @@ use common::fixtures::repo_path;
 use common::fuzz::{self, Rng};
 use tcpdoctor::collect::netlink::parse::{parse_datagram, DumpStats};
 use tcpdoctor::collect::procfs::{counters, limits, net_tcp, sockstat, status};
+use tcpdoctor::collect::symbolize::PerfMap;
 use tcpdoctor::collect::{cgroup, kmsg};
 use tcpdoctor::model::{text, Family, Socket, StateSet};
 use tcpdoctor::render::{Style, Table, CELL_MAX};
@@ -175,6 +176,35 @@ proptest! {
             prop_assert_eq!(e.lines().count(), 1, "{}", e);
             // The error quotes a prefix of the value, never all of it.
             prop_assert!(e.chars().count() < 700, "{} chars", e.chars().count());
+        }
+    }
+
+    #[test]
+    fn perf_maps_count_every_line_and_name_only_what_holds_the_address(
+        pick in 0usize..64,
+        seed: u64,
+        n in 0usize..8,
+        raw: Vec<u8>,
+        probes in proptest::collection::vec(any::<u64>(), 0..16),
+    ) {
+        let maps = corpus(&["tests/fixtures/perfmap"], |p| p.extension().is_some_and(|e| e == "map"));
+        for data in [corrupted(&maps, pick, seed, n), raw.clone()] {
+            let map = PerfMap::parse(data.as_slice()).expect("in-memory read");
+            // Every line that is not blank is either kept or counted as skipped.
+            let lines = data
+                .split(|&b| b == b'\n')
+                .filter(|l| l.iter().any(|&b| b != b'\r'))
+                .count() as u64;
+            prop_assert_eq!(map.skipped + map.entries().len() as u64, lines);
+            let starts = map.entries().iter().take(32).map(|e| e.start + e.size / 2);
+            for addr in probes.iter().copied().chain(starts) {
+                if let Some(e) = map.lookup(addr) {
+                    prop_assert!(e.start <= addr && addr - e.start < e.size, "{:x} in {:?}", addr, e);
+                }
+            }
+            for e in map.entries().iter().take(32) {
+                prop_assert!(map.lookup(e.start).is_some());
+            }
         }
     }
 

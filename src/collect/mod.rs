@@ -22,6 +22,7 @@ pub mod procfs;
 pub mod replay;
 pub mod snapshot;
 pub mod sockets;
+pub mod symbolize;
 pub mod sysctl;
 pub mod sysctl_files;
 pub mod trace;

@@ -7,6 +7,7 @@
 //! - `ss`: `ss` output, live or captured, parsed;
 //! - `fixtures`, `cgroup`: paths into the repository, scratch folders, test cgroups;
 //! - `fuzz`: a seeded generator and the mutations the fuzz tests apply to captured input;
+//! - `java`: a JVM leaking connections through Apache HttpClient (issue 13), its perf map;
 //! - `prom`, `serve`: the Prometheus exposition format, promtool, a running exporter;
 //! - `snapshot`: golden output as insta snapshots;
 //! - `tools`: external programs a test needs (skipped outside CI when missing).
@@ -22,6 +23,7 @@ pub mod churn;
 pub mod farm;
 pub mod fixtures;
 pub mod fuzz;
+pub mod java;
 pub mod netns;
 pub mod prom;
 pub mod report;
