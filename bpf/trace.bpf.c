@@ -186,7 +186,7 @@ struct origin {
 	__u16 port;      /* remote port */
 	__u8 family;
 	__u8 via;        /* VIA_* */
-	__u32 reserved;
+	__u32 closed_held; /* 1: the kernel closed it while a descriptor held it */
 };
 
 /* Sizes pinned on both sides (records.rs asserts the same numbers). */
@@ -468,15 +468,22 @@ static __always_inline void record_origin(void *ctx, __u64 cookie, __u8 via, __u
 }
 
 /* A socket reached CLOSE: its origin goes unless a descriptor still holds it (reset or
- * aborted under an application that has not closed it: a leak `ss` no longer shows).
+ * aborted under an application that has not closed it: a leak `ss` no longer shows;
+ * marked so). Such a record stays until the table needs room; user space checks that
+ * the descriptor is still there.
  * A connect() that failed is forgotten either way. */
 static __always_inline void forget_origin(const struct sock *sk, int old)
 {
 	__u64 cookie = (__u64)sk->__sk_common.skc_cookie.counter;
 	if (!cookie)
 		return;
-	if (old != TCP_SYN_SENT && still_held(sk))
+	if (old != TCP_SYN_SENT && still_held(sk)) {
+		/* Out of every socket table from now on: user space finds it by inode. */
+		struct origin *o = bpf_map_lookup_elem(&trace_origins, &cookie);
+		if (o)
+			o->closed_held = 1;
 		return;
+	}
 	if (bpf_map_delete_elem(&trace_origins, &cookie) == 0)
 		count_loss(CNT_ORIGINS_REMOVED);
 }

@@ -227,6 +227,66 @@ pub struct CallSiteGroup {
     pub hint: Option<String>,
 }
 
+/// `tcpdoctor trace --leaks`: one look at the leaked sockets and where they were
+/// opened.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LeakReport {
+    pub at_unix_ms: u64,
+    /// CLOSE_WAIT sockets seen (with a descriptor: accepted or connected).
+    pub close_wait: u64,
+    /// Of them leaked (idle `leak_age_ms` or longer), plus detached descriptors.
+    pub leaked: u64,
+    pub leak_age_ms: u64,
+    pub recording_since_unix_ms: u64,
+    /// Leaking processes, most leaked sockets first.
+    pub processes: Vec<ProcessLeaks>,
+    pub table: OriginTable,
+}
+
+/// One process's leaked sockets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ProcessLeaks {
+    pub pid: u32,
+    pub comm: String,
+    /// Its CLOSE_WAIT sockets in all.
+    pub close_wait: u64,
+    /// Leaked: CLOSE_WAIT idle long enough, plus `detached`.
+    pub leaked: u64,
+    /// Descriptors it still holds of sockets the kernel closed (in no socket table).
+    pub detached: u64,
+    /// Leaked sockets whose origin was recorded (the rest were opened before
+    /// recording began, or their record was pushed out).
+    pub attributed: u64,
+    pub groups: Vec<CallSiteGroup>,
+}
+
+/// The origin table of the recording: fill and losses since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct OriginTable {
+    pub present: u64,
+    pub capacity: u64,
+    pub added: u64,
+    pub removed: u64,
+    /// Pushed out of the full table (oldest unused first).
+    pub evicted: u64,
+    /// Could not be stored.
+    pub failed: u64,
+    /// Stored without a stack (stack table full or a hash collision, or no user stack).
+    pub stacks_lost: u64,
+    /// Accepted sockets not recorded: queued before recording began.
+    pub accept_unrecorded: u64,
+}
+
+impl OpenedBy {
+    /// `connect()`, `accept()`.
+    pub fn call(self) -> &'static str {
+        match self {
+            OpenedBy::Connect => "connect()",
+            OpenedBy::Accept => "accept()",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

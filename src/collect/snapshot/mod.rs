@@ -296,6 +296,7 @@ impl Recorded {
                 // limit files are read live only.
                 persisted_sysctls: None,
                 nofile_origins: Default::default(),
+                provenance: None,
                 // Nor traced flows, nor descriptors counted again.
                 flows: None,
                 descriptor_recheck: Default::default(),

@@ -154,7 +154,8 @@ pub struct RawOrigin {
     pub port: u16,
     pub family: u8,
     pub via: u8,
-    pub reserved: u32,
+    /// 1: the kernel closed the socket while a descriptor held it.
+    pub closed_held: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<RawOrigin>() == 72);
