@@ -27,6 +27,7 @@ use common::{require_root, TCPDOCTOR};
 /// called `dial()` (the libc wrapper sets up no frame of its own, so the function
 /// calling connect() directly is the one a frame-pointer walk cannot see).
 const PROGRAM: &str = r#"
+#define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -159,16 +160,57 @@ fn frames_in(group: &Value, range: (u64, u64)) -> bool {
         .any(|a| range.0 <= a && a < range.1)
 }
 
-#[test]
-#[ignore = "needs root"]
-fn trace_leaks_attributes_leaked_sockets_to_the_function_that_opened_them() {
-    require_root();
-    const LEAK: u64 = 40;
-    const GOOD: u64 = 25;
-    let dir = TempDir::new("leaky");
-    let bin = compile(&dir);
-    let ns = Netns::new("leaks");
+/// The two tests run one at a time: a recorder records every namespace, so each would
+/// see the other's sockets.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The leaky program running in `ns` after its work: its ready line, the code ranges
+/// of its two functions, and the child (closing its stdin ends it).
+struct Leaky {
+    ready: Value,
+    pid: u32,
+    leak_range: (u64, u64),
+    good_range: (u64, u64),
+    child: Lines,
+}
+
+fn run_leaky(ns: &Netns, bin: &str, leak: u64, good: u64) -> Leaky {
+    let mut cmd = ns.command(bin, &[&leak.to_string(), &good.to_string()]);
+    cmd.stderr(Stdio::inherit());
+    let child = Lines::spawn(cmd, "leaky");
+    let ready = child.next_json();
+    assert_eq!(ready["leaked"], leak, "{ready}");
+    assert_eq!(ready["good"], good, "{ready}");
+    let pid = ready["pid"].as_u64().expect("pid") as u32;
+    let leak_fn = hex(&ready["leak_fn"]);
+    let good_fn = hex(&ready["good_fn"]);
+    Leaky {
+        pid,
+        leak_range: (leak_fn, leak_fn + function_size(bin, "leak_connections")),
+        good_range: (good_fn, good_fn + function_size(bin, "good_connections")),
+        ready,
+        child,
+    }
+}
+
+/// `tcpdoctor check --json` from the host, narrowed to `ns`.
+fn check_json(ns: &Netns) -> Value {
+    let mut cmd = Command::new(TCPDOCTOR);
+    cmd.args(["check", "--json", "--netns", ns.name()])
+        .env("NO_COLOR", "1");
+    let out = common::run::run_bounded(&mut cmd, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check --json ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// `trace --leaks --json` on the host, narrowed to `ns`, attached.
+fn start_recorder(ns: &Netns) -> Lines {
     let mut cmd = Command::new(TCPDOCTOR);
     cmd.args([
         "trace",
@@ -186,18 +228,27 @@ fn trace_leaks_attributes_leaked_sockets_to_the_function_that_opened_them() {
     let trace = Lines::spawn(cmd, "tcpdoctor trace --leaks");
     let first = trace.next_json();
     assert_eq!(first["record"], "interval", "attached: {first}");
+    trace
+}
 
-    let mut prog_cmd = ns.command(&bin, &[&LEAK.to_string(), &GOOD.to_string()]);
-    prog_cmd.stderr(Stdio::inherit());
-    let prog = Lines::spawn(prog_cmd, "leaky");
-    let ready = prog.next_json();
-    assert_eq!(ready["leaked"], LEAK, "{ready}");
-    assert_eq!(ready["good"], GOOD, "{ready}");
-    let pid = ready["pid"].as_u64().expect("pid") as u32;
-    let leak_fn = hex(&ready["leak_fn"]);
-    let good_fn = hex(&ready["good_fn"]);
-    let leak_range = (leak_fn, leak_fn + function_size(&bin, "leak_connections"));
-    let good_range = (good_fn, good_fn + function_size(&bin, "good_connections"));
+#[test]
+#[ignore = "needs root"]
+fn trace_leaks_attributes_leaked_sockets_to_the_function_that_opened_them() {
+    require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const LEAK: u64 = 40;
+    const GOOD: u64 = 25;
+    let dir = TempDir::new("leaky");
+    let bin = compile(&dir);
+    let ns = Netns::new("leaks");
+    let trace = start_recorder(&ns);
+    let Leaky {
+        ready,
+        pid,
+        leak_range,
+        good_range,
+        child: prog,
+    } = run_leaky(&ns, &bin, LEAK, GOOD);
 
     // Idle past --leak-age, then the last look at SIGTERM.
     thread::sleep(Duration::from_millis(2500));
@@ -252,11 +303,107 @@ fn trace_leaks_attributes_leaked_sockets_to_the_function_that_opened_them() {
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock")
             .as_millis() as u64;
-        assert!(first <= last && last <= now && now - first < 120_000, "{g:#}");
+        assert!(
+            first <= last && last <= now && now - first < 120_000,
+            "{g:#}"
+        );
     }
     // The accepted ends were closed at once by the program's server thread: their
     // records went with them, and every socket it opened was recorded.
     let table = &leaks["table"];
     assert_eq!(table["evicted"], 0, "{table}");
     assert_eq!(table["failed"], 0, "{table}");
+}
+
+/// `check` run while a recorder runs finds it and names, in its close_wait_leak
+/// finding, where the leaked sockets were opened (frames in `leak_connections`, never
+/// in `good_connections`); once the recorder is gone the finding says how to record.
+#[test]
+#[ignore = "needs root"]
+fn check_joins_its_leak_finding_to_a_running_recorder() {
+    require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const LEAK: u64 = 30;
+    const GOOD: u64 = 10;
+    let dir = TempDir::new("leaky-check");
+    let bin = compile(&dir);
+    let ns = Netns::new("leakchk");
+    let trace = start_recorder(&ns);
+    let leaky = run_leaky(&ns, &bin, LEAK, GOOD);
+
+    let report = check_json(&ns);
+    let found = common::report::findings(&report, "close_wait_leak");
+    let f = found
+        .iter()
+        .find(|f| f["data"]["pid"] == leaky.pid)
+        .unwrap_or_else(|| panic!("a close_wait_leak of pid {}: {report:#}", leaky.pid));
+    assert_eq!(f["data"]["leaked"], LEAK, "{f:#}");
+    let p = &f["data"]["provenance"];
+    assert_eq!(p["attributed"], LEAK, "{p:#}");
+    let groups = p["groups"].as_array().expect("groups");
+    let in_leak: u64 = groups
+        .iter()
+        .filter(|g| frames_in(g, leaky.leak_range))
+        .map(|g| g["count"].as_u64().expect("count"))
+        .sum();
+    assert!(in_leak * 100 >= LEAK * 95, "{in_leak} of {LEAK}: {p:#}");
+    assert!(
+        !groups.iter().any(|g| frames_in(g, leaky.good_range)),
+        "{p:#}"
+    );
+    let evidence: Vec<String> = f["evidence"]
+        .as_array()
+        .expect("evidence")
+        .iter()
+        .filter(|e| e["label"] == "opened")
+        .map(|e| e["value"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        evidence
+            .iter()
+            .any(|e| e.starts_with(&format!("{LEAK} of {LEAK}, "))
+                && e.contains("by threads leaker-*")
+                && e.contains("connect() to 127.0.0.1:")),
+        "{evidence:?}"
+    );
+    assert!(
+        p["recorder"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("(pid {})", trace.pid())),
+        "{p:#}"
+    );
+
+    drop(trace.terminate());
+    // Without our recorder: no origin from it. Another recorder on this host (a
+    // parallel serve test) would have recorded these sockets too; then it is named.
+    let report = check_json(&ns);
+    let found = common::report::findings(&report, "close_wait_leak");
+    let f = found
+        .iter()
+        .find(|f| f["data"]["pid"] == leaky.pid)
+        .unwrap_or_else(|| panic!("a close_wait_leak of pid {}: {report:#}", leaky.pid));
+    let p = &f["data"]["provenance"];
+    if p.is_null() {
+        let steps: Vec<&str> = f["fix"]
+            .as_array()
+            .expect("fix")
+            .iter()
+            .filter_map(|s| s["command"].as_str())
+            .collect();
+        assert!(
+            steps.iter().any(|c| c.starts_with("tcpdoctor trace")
+                && c.contains(&format!("--leaks --pid {} --duration 300", leaky.pid))),
+            "{steps:?}"
+        );
+    } else {
+        assert!(
+            !p["recorder"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("trace --leaks --json --interval 0.25"),
+            "our recorder is gone: {p:#}"
+        );
+    }
+    drop(leaky.child.finish());
 }

@@ -84,12 +84,12 @@ impl LeakLook {
                     if s.inode == 0 {
                         return; // in an accept queue: nobody holds it yet
                     }
-                    let idle_ms = s.tcp_info.and_then(|i| {
-                        match (i.last_data_recv_ms, i.last_ack_recv_ms) {
-                            (Some(a), Some(b)) => Some(a.min(b)),
-                            (a, b) => a.or(b),
-                        }
-                    });
+                    let idle_ms =
+                        s.tcp_info
+                            .and_then(|i| match (i.last_data_recv_ms, i.last_ack_recv_ms) {
+                                (Some(a), Some(b)) => Some(a.min(b)),
+                                (a, b) => a.or(b),
+                            });
                     v.push(Waiting {
                         cookie: s.cookie,
                         inode: s.inode,

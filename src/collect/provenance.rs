@@ -59,9 +59,7 @@ pub fn held_socket_inodes(proc_root: &Path, pid: u32) -> HashSet<u64> {
     entries
         .filter_map(|e| {
             let link = std::fs::read_link(e.ok()?.path()).ok()?;
-            super::owners::socket_inode(std::os::unix::ffi::OsStrExt::as_bytes(
-                link.as_os_str(),
-            ))
+            super::owners::socket_inode(std::os::unix::ffi::OsStrExt::as_bytes(link.as_os_str()))
         })
         .collect()
 }

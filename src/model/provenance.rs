@@ -41,6 +41,28 @@ pub struct Frame {
     pub module: Option<String>,
 }
 
+impl Frame {
+    /// The frame as one short phrase: `Fetcher.fetch (Fetcher.java:88)`, `fetch`,
+    /// `0x55d0c0a01234 in leaky`.
+    pub fn describe(&self) -> String {
+        let module = self
+            .module
+            .as_deref()
+            .map(|m| m.rsplit('/').next().unwrap_or(m));
+        match (&self.symbol, &self.file, self.line) {
+            (Some(s), Some(file), Some(line)) => {
+                let file = file.rsplit('/').next().unwrap_or(file);
+                format!("{s} ({file}:{line})")
+            }
+            (Some(s), _, _) => s.clone(),
+            (None, _, _) => match module {
+                Some(m) => format!("{:#x} in {m}", self.addr),
+                None => format!("{:#x}", self.addr),
+            },
+        }
+    }
+}
+
 /// Who opened one socket, and from where (the tracer's record, joined by cookie).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
@@ -180,8 +202,60 @@ pub fn group(pid: u32, leaked: u64, origins: &[&Origin], prov: &Provenance) -> V
             }
         })
         .collect();
-    out.sort_by(|a, b| b.count.cmp(&a.count).then(a.first_unix_ms.cmp(&b.first_unix_ms)));
+    out.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then(a.first_unix_ms.cmp(&b.first_unix_ms))
+    });
     out
+}
+
+impl CallSiteGroup {
+    /// Where the group's sockets were opened, in words: `at Fetcher.fetch
+    /// (Fetcher.java:88)`, or the first unresolved frames outside the C library.
+    pub fn site_text(&self) -> String {
+        if let Some(site) = &self.call_site {
+            return format!("at {}", site.describe());
+        }
+        match self.stack_id {
+            Some(id) => {
+                let shown: Vec<String> = self
+                    .frames
+                    .iter()
+                    .filter(|f| {
+                        !f.module
+                            .as_deref()
+                            .is_some_and(|m| m.contains("/libc.so") || m.contains("/libc-"))
+                    })
+                    .take(3)
+                    .map(Frame::describe)
+                    .collect();
+                format!("with stack {id} ({})", shown.join(" <- "))
+            }
+            None => "with no stack recorded".to_string(),
+        }
+    }
+}
+
+impl CallSiteGroup {
+    /// The peers in words: ` to 10.0.0.7:443`, ` from 10.0.1.3:4000 and 14 other
+    /// peers` (accept()); empty without peers.
+    pub fn peers_text(&self) -> String {
+        let word = match self.via {
+            OpenedBy::Connect => "to",
+            OpenedBy::Accept => "from",
+        };
+        match self.destinations.as_slice() {
+            [] => String::new(),
+            [one] => format!(" {word} {}", one.remote),
+            [first, rest @ ..] => format!(
+                " {word} {} and {} other {}",
+                first.remote,
+                rest.len(),
+                if rest.len() == 1 { "peer" } else { "peers" }
+            ),
+        }
+    }
 }
 
 /// A peer of a group's sockets and how many of them went to it.
@@ -358,10 +432,19 @@ mod tests {
         assert_eq!(g[0].count, 3);
         assert_eq!(g[0].of, 10);
         assert_eq!(g[0].stack_id, Some(1), "the stack most sockets share");
-        assert_eq!(g[0].call_site.as_ref().and_then(|f| f.symbol.as_deref()), Some("fetch"));
+        assert_eq!(
+            g[0].call_site.as_ref().and_then(|f| f.symbol.as_deref()),
+            Some("fetch")
+        );
         assert_eq!(g[0].threads, vec!["pool-*-thread-*".to_string()]);
         assert_eq!((g[0].first_unix_ms, g[0].last_unix_ms), (1000, 3000));
-        assert_eq!(g[0].destinations, vec![Destination { remote: "10.0.0.7:443".into(), count: 3 }]);
+        assert_eq!(
+            g[0].destinations,
+            vec![Destination {
+                remote: "10.0.0.7:443".into(),
+                count: 3
+            }]
+        );
         assert_eq!(g[1].count, 2);
         assert!(g[1].frames.is_empty() && g[1].stack_id.is_none());
         assert_eq!(g[1].threads, vec!["io-*".to_string()]);

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use crate::model::provenance::{CallSiteGroup, Frame, LeakReport, ProcessLeaks};
+use crate::model::provenance::{CallSiteGroup, LeakReport, ProcessLeaks};
 use crate::model::units::noun;
 use crate::model::Notice;
 
@@ -62,62 +62,13 @@ fn clock(unix_ms: u64) -> String {
     format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
 }
 
-/// A frame as one short phrase: `Fetcher.fetch (Fetcher.java:88)`, `leaky+? at
-/// 0x55d0c0a01234`.
-pub fn frame_text(f: &Frame) -> String {
-    let module = f
-        .module
-        .as_deref()
-        .map(|m| m.rsplit('/').next().unwrap_or(m));
-    match (&f.symbol, &f.file, f.line) {
-        (Some(s), Some(file), Some(line)) => {
-            let file = file.rsplit('/').next().unwrap_or(file);
-            format!("{s} ({file}:{line})")
-        }
-        (Some(s), _, _) => s.clone(),
-        (None, _, _) => match module {
-            Some(m) => format!("{:#x} in {m}", f.addr),
-            None => format!("{:#x}", f.addr),
-        },
-    }
-}
-
-/// Where a group's sockets were opened, in words.
-fn site_text(g: &CallSiteGroup) -> String {
-    if let Some(site) = &g.call_site {
-        return format!("at {}", frame_text(site));
-    }
-    match g.stack_id {
-        Some(id) => {
-            // Unresolved: the first frames outside the C library say the most.
-            let shown: Vec<String> = g
-                .frames
-                .iter()
-                .filter(|f| {
-                    !f.module
-                        .as_deref()
-                        .is_some_and(|m| m.contains("/libc.so") || m.contains("/libc-"))
-                })
-                .take(3)
-                .map(frame_text)
-                .collect();
-            format!("with stack {id} ({})", shown.join(" <- "))
-        }
-        None => "with no stack recorded".to_string(),
-    }
-}
-
 fn group_sentence(p: &ProcessLeaks, g: &CallSiteGroup) -> String {
     let threads = match g.threads.as_slice() {
         [] => String::new(),
         [one] => format!(" by threads {one}"),
         [first, rest @ ..] => format!(" by threads {first} (and {} more names)", rest.len()),
     };
-    let to = match g.destinations.as_slice() {
-        [] => String::new(),
-        [one] => format!(" to {}", one.remote),
-        [first, rest @ ..] => format!(" to {} and {} other peers", first.remote, rest.len()),
-    };
+    let to = g.peers_text();
     let when = if g.first_unix_ms / 1000 == g.last_unix_ms / 1000 {
         format!(", at {}", clock(g.first_unix_ms))
     } else {
@@ -133,7 +84,7 @@ fn group_sentence(p: &ProcessLeaks, g: &CallSiteGroup) -> String {
         thousands(g.count),
         thousands(g.of),
         p.pid,
-        site_text(g),
+        g.site_text(),
         g.via.call()
     )
 }
@@ -197,7 +148,7 @@ pub fn write_leaks(out: &mut impl Write, r: &LeakReport, style: Style) -> io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::provenance::{Destination, FrameKind, OpenedBy};
+    use crate::model::provenance::{Destination, Frame, FrameKind, OpenedBy};
 
     #[test]
     fn counts_have_thousands_separators() {

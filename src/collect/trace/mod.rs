@@ -921,14 +921,16 @@ mod tests {
         let me = std::process::id();
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() } as u32;
-        let thread = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
-            .expect("thread comm");
+        let thread =
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).expect("thread comm");
         for (cookie, via, remote) in [
             (out_cookie, 1u8, format!("127.0.0.1:{port}")),
             (in_cookie, 2u8, format!("127.0.0.1:{client_port}")),
         ] {
             let o = find(cookie);
-            let m = o.to_model(cookie, origins::boot_to_unix_ms()).expect("decodes");
+            let m = o
+                .to_model(cookie, origins::boot_to_unix_ms())
+                .expect("decodes");
             assert_eq!((o.tgid, o.tid, o.via), (me, tid, via), "{m:?}");
             assert_eq!(m.thread, thread.trim());
             assert_eq!(m.remote, remote);
@@ -942,7 +944,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         let read = maps.read().expect("read origins");
         assert!(
-            !read.origins.iter().any(|(c, _)| *c == out_cookie || *c == in_cookie),
+            !read
+                .origins
+                .iter()
+                .any(|(c, _)| *c == out_cookie || *c == in_cookie),
             "closed normally, the records go"
         );
         let c = tracer.leak_counters().expect("counters");

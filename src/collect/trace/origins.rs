@@ -242,8 +242,9 @@ pub fn find_recorders() -> Result<Vec<Recorder>, TraceError> {
             .map_err(|e| e.to_string())
             .and_then(|fd| MapData::from_fd(fd).map_err(|e| e.to_string()))
             .and_then(|m| {
-                let a: Array<MapData, RawLeakMeta> =
-                    Map::Array(m).try_into().map_err(|e: aya::maps::MapError| e.to_string())?;
+                let a: Array<MapData, RawLeakMeta> = Map::Array(m)
+                    .try_into()
+                    .map_err(|e: aya::maps::MapError| e.to_string())?;
                 a.get(&0, 0).map_err(|e| e.to_string())
             });
         let meta = match meta {
