@@ -72,7 +72,7 @@ pub fn boot_to_unix_ms() -> i64 {
         };
         // SAFETY: a valid timespec for the duration of the call.
         unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec as i64 * 1000 + ts.tv_nsec as i64 / 1_000_000
+        ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
     };
     now(libc::CLOCK_REALTIME) - now(libc::CLOCK_BOOTTIME)
 }
