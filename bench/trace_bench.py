@@ -54,7 +54,8 @@ BPF_OBJ_GET_INFO_BY_FD = 15
 INFO_SIZE = 232
 OFF_NAME, OFF_RUN_TIME, OFF_RUN_CNT, OFF_MISSES = 64, 192, 200, 208
 TRACE_PROGRAMS = ("trace_state", "trace_send_rese", "trace_receive_r", "trace_accept",
-                  "trace_connect4", "trace_connect6")  # names as the kernel keeps them (15 chars)
+                  "trace_connect4", "trace_connect6",
+                  "trace_accept_ex")  # names as the kernel keeps them (15 chars)
 
 libc = ctypes.CDLL(None, use_errno=True)
 SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())

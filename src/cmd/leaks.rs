@@ -13,7 +13,8 @@ use crate::collect::netns as ns;
 use crate::collect::owners::{self, Wanted};
 use crate::collect::provenance::{self as prov, Recorded, Resolver};
 use crate::collect::sockets::{self, SocketQuery};
-use crate::collect::trace::origins::{find_recorders, LeakCounters, OriginMaps};
+use crate::collect::trace::origins::{find_recorders, LeakCounters};
+use crate::collect::trace::Tracer;
 use crate::model::provenance::{group, LeakReport, OriginTable, ProcessLeaks, Provenance};
 use crate::model::{FlowFilter, HostSnapshot, Notice, NoticeCode, StateSet, TcpState};
 use crate::settings::Common;
@@ -56,11 +57,15 @@ impl LeakLook {
 
     /// Looks now: the leaked sockets and their call sites, and notices about what the
     /// recording lost.
-    pub fn look(
-        &mut self,
-        maps: &OriginMaps,
-        counters: LeakCounters,
-    ) -> Result<(LeakReport, Vec<Notice>), CmdError> {
+    pub fn look(&mut self, tracer: &Tracer) -> Result<(LeakReport, Vec<Notice>), CmdError> {
+        let maps = tracer.origins().ok_or_else(|| {
+            CmdError::Trace(crate::collect::trace::TraceError::Load(
+                "the tracer was started without leak recording".into(),
+            ))
+        })?;
+        // Counters on both sides of the table read: evictions are estimated low, never
+        // high (see `table`).
+        let before = tracer.leak_counters()?;
         let sel = netns::select_cached(&self.common, Purpose::Diagnosis, &mut self.containers)?;
         let targets: Vec<_> = sel
             .targets
@@ -122,6 +127,7 @@ impl LeakLook {
         );
 
         let rec = prov::read(maps)?;
+        let after = tracer.leak_counters()?;
         let detached = prov::detached(&self.common.proc_root, &rec);
 
         // Per process: CLOSE_WAIT in all, the leaked ones' cookies.
@@ -168,7 +174,7 @@ impl LeakLook {
             at_unix_ms: now_unix_ms(),
             leak_age_ms: age,
             recording_since_unix_ms: self.since_unix_ms,
-            table: table(&rec, counters),
+            table: table(&rec, before, after),
             ..LeakReport::default()
         };
         for (pid, t) in by_pid {
@@ -215,13 +221,20 @@ impl LeakLook {
     }
 }
 
-fn table(rec: &Recorded, c: LeakCounters) -> OriginTable {
+/// The table's state. Records come and go while it is read: evictions are counted as
+/// added before the read, less removed by its end, less present, so a socket opened
+/// or closed meanwhile never counts as pushed out.
+fn table(rec: &Recorded, before: LeakCounters, c: LeakCounters) -> OriginTable {
+    let bound = LeakCounters {
+        added: before.added,
+        ..c
+    };
     OriginTable {
         present: rec.present,
         capacity: u64::from(rec.capacity),
         added: c.added,
         removed: c.removed,
-        evicted: c.evicted(rec.present),
+        evicted: bound.evicted(rec.present),
         failed: c.failed,
         stacks_lost: c.stacks_lost,
         accept_unrecorded: c.accept_no_cookie,

@@ -174,12 +174,7 @@ fn look_leaks(
     look: &mut LeakLook,
     session: &TraceSession,
 ) -> Result<(LeakReport, Vec<Notice>), BoxError> {
-    let tracer = session.tracer();
-    let maps = tracer
-        .origins()
-        .ok_or("the tracer was started without leak recording")?;
-    let counters = tracer.leak_counters()?;
-    Ok(look.look(maps, counters)?)
+    Ok(look.look(session.tracer())?)
 }
 
 /// Waits until `deadline`, handing raw events to `each` as they come. Returns true when
