@@ -54,7 +54,8 @@ BPF_OBJ_GET_INFO_BY_FD = 15
 INFO_SIZE = 232
 OFF_NAME, OFF_RUN_TIME, OFF_RUN_CNT, OFF_MISSES = 64, 192, 200, 208
 TRACE_PROGRAMS = ("trace_state", "trace_send_rese", "trace_receive_r", "trace_accept",
-                  "trace_connect4", "trace_connect6")  # names as the kernel keeps them (15 chars)
+                  "trace_connect4", "trace_connect6",
+                  "trace_accept_ex")  # names as the kernel keeps them (15 chars)
 
 libc = ctypes.CDLL(None, use_errno=True)
 SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
@@ -171,11 +172,13 @@ def run_load(ns, addr, rate, count, threads):
     return result
 
 
-def measure(ns, addr, server_pid, rate, count, threads, traced):
-    """One load run, with or without the tracer."""
+def measure(ns, addr, server_pid, rate, count, threads, traced, leaks=False):
+    """One load run, with or without the tracer (with --leaks: recording who opens each
+    socket, with its user stack; one look at the end)."""
     tracer = None
     if traced:
-        tracer = Lines([TCPDOCTOR, "trace", "--json", "--interval", "1", "--netns", ns],
+        extra = ["--leaks", "--leak-every", "3600"] if leaks else []
+        tracer = Lines([TCPDOCTOR, "trace", "--json", "--interval", "1", "--netns", ns] + extra,
                        "tcpdoctor trace")
         tracer.line(0)  # attached
     server_before = cpu_ticks(server_pid)
@@ -190,6 +193,7 @@ def measure(ns, addr, server_pid, rate, count, threads, traced):
     row = {
         "rate": rate,
         "traced": traced,
+        "leaks": leaks,
         "connected": result["connected"],
         "failed": sum(result["failed"].values()),
         "elapsed_s": result["elapsed_ms"] / 1000,
@@ -199,7 +203,11 @@ def measure(ns, addr, server_pid, rate, count, threads, traced):
     if traced:
         time.sleep(1.2)  # the last interval
         tracer.stop(signal.SIGTERM)
-        summary = tracer.all_json()[-1]
+        lines = tracer.all_json()
+        summary = lines[-1]
+        if leaks:
+            look = [l for l in lines if l.get("record") == "leaks"]
+            row["origin_table"] = look[-1]["table"] if look else None
         if summary.get("record") != "summary":
             raise RuntimeError("tracer did not print a summary")
         run_ns = sum(a[0] - progs_before.get(k, (0, 0, 0))[0] for k, a in progs_after.items())
@@ -268,6 +276,39 @@ def pct(x):
     return f"{100 * x:.2f}%"
 
 
+def variants(args):
+    """(traced, leaks) of the runs at each rate."""
+    return [(False, False), (True, False)] + ([(True, True)] if args.leaks else [])
+
+
+def print_leaks_table(rows):
+    """trace vs trace --leaks at each rate: what stack capture adds."""
+    print()
+    print("| rate asked | reached plain / traced / --leaks | tracer CPU traced / --leaks "
+          "| ns per program run traced / --leaks | BPF runs per connection traced / --leaks "
+          "| origin table at the end |")
+    print("|---:|---|---|---|---|---|")
+    by_rate = {}
+    for r in rows:
+        key = "leaks" if r.get("leaks") else "traced" if r["traced"] else "plain"
+        by_rate.setdefault(r["rate"], {})[key] = r
+    reach = lambda r: r["connected"] / r["elapsed_s"] if r["elapsed_s"] else 0
+    cpu = lambda r: pct((r["tracer_cpu_s"] + r["bpf_s"]) / (r["elapsed_s"] or r["wall_s"]))
+    per_run = lambda r: 1e9 * r["bpf_s"] / max(r["bpf_runs"], 1)
+    per_conn = lambda r: r["bpf_runs"] / max(r["connected"], 1)
+    for rate, v in by_rate.items():
+        p, t, l = v.get("plain"), v.get("traced"), v.get("leaks")
+        if not (p and t and l):
+            continue
+        label = f"{rate}/s" if rate else f"max ({l['connected']} conns)"
+        table = l.get("origin_table") or {}
+        print(f"| {label} | {reach(p):.0f} / {reach(t):.0f} / {reach(l):.0f} per s "
+              f"| {cpu(t)} / {cpu(l)} | {per_run(t):.0f} / {per_run(l):.0f} "
+              f"| {per_conn(t):.1f} / {per_conn(l):.1f} "
+              f"| {table.get('present', '?')} present, {table.get('added', '?')} added, "
+              f"{table.get('evicted', '?')} pushed out |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rates", default="1000,10000,20000",
@@ -279,6 +320,8 @@ def main():
                     help="connections of the max-rate runs (0: skip them; default: %(default)s)")
     ap.add_argument("--no-build", action="store_true", help="use target/release as it is")
     ap.add_argument("--json-out", help="also write the rows as JSON here")
+    ap.add_argument("--leaks", action="store_true",
+                    help="also run each rate with `trace --leaks` (stack capture)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("trace_bench.py: needs root (BPF, network namespaces)")
@@ -313,18 +356,18 @@ def main():
         for rate in rates:
             count = int(rate * args.seconds)
             threads = args.threads or (1 if rate <= 5000 else 2)
-            for traced in (False, True):
-                row = measure(ns, addr, server_pid, rate, count, threads, traced)
+            for traced, leaks in variants(args):
+                row = measure(ns, addr, server_pid, rate, count, threads, traced, leaks)
                 rows.append(row)
-                print(f"# {rate}/s {'traced' if traced else 'plain '}: {json.dumps(row)}",
-                      file=sys.stderr)
+                kind = "leaks " if leaks else "traced" if traced else "plain "
+                print(f"# {rate}/s {kind}: {json.dumps(row)}", file=sys.stderr)
                 time.sleep(2)  # let TIME_WAIT reuse catch up between runs
         if args.max_count:
-            for traced in (False, True):
-                row = measure(ns, addr, server_pid, 0, args.max_count, 1, traced)
+            for traced, leaks in variants(args):
+                row = measure(ns, addr, server_pid, 0, args.max_count, 1, traced, leaks)
                 rows.append(row)
-                print(f"# max rate {'traced' if traced else 'plain '}: {json.dumps(row)}",
-                      file=sys.stderr)
+                kind = "leaks " if leaks else "traced" if traced else "plain "
+                print(f"# max rate {kind}: {json.dumps(row)}", file=sys.stderr)
                 time.sleep(2)
     finally:
         if server:
@@ -345,7 +388,8 @@ def main():
     print("|---:|---|---:|---:|---:|---:|---:|---:|---|---|")
     by_rate = {}
     for r in rows:
-        by_rate.setdefault(r["rate"], {})[r["traced"]] = r
+        if not r.get("leaks"):
+            by_rate.setdefault(r["rate"], {})[r["traced"]] = r
     for rate, pair in by_rate.items():
         p, t = pair.get(False), pair.get(True)
         if not p or not t:
@@ -364,6 +408,8 @@ def main():
               f"| {per_conn(p):.1f} / {per_conn(t):.1f} "
               f"| {t['traced_opened']} of {t['connected']} opened; "
               f"{t['misses']} missed runs, {t['flows_full']} flow-table losses |")
+    if args.leaks:
+        print_leaks_table(rows)
 
 
 if __name__ == "__main__":

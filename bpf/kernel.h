@@ -32,6 +32,7 @@ typedef long long __s64;
 
 /* __builtin_preserve_field_info kinds (libbpf's bpf_core_read.h, enum bpf_field_info_kind) */
 #define BPF_FIELD_BYTE_OFFSET 0
+#define BPF_FIELD_EXISTS 2
 
 struct seq_file;
 struct pid_namespace;
@@ -70,8 +71,19 @@ struct file {
 	void *private_data;
 } CORE;
 
+/* include/linux/fdtable.h: the open files of a task (trace.bpf.c, accept() provenance). */
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd; /* __rcu array of max_fds */
+} CORE;
+
+struct files_struct {
+	struct fdtable *fdt; /* __rcu */
+} CORE;
+
 struct task_struct {
 	unsigned int flags; /* PF_* */
+	struct files_struct *files;
 	int pid;  /* thread id, initial pid namespace */
 	int tgid; /* process id, initial pid namespace */
 	struct task_struct *group_leader;
@@ -120,7 +132,13 @@ typedef struct {
 
 /* include/net/sock.h. In the kernel the address and port pairs sit in anonymous unions;
  * CO-RE finds members through anonymous members, so they are flat here. */
+/* include/linux/types.h */
+typedef struct {
+	__s64 counter;
+} atomic64_t;
+
 struct sock_common {
+	atomic64_t skc_cookie; /* 0 until sock_gen_cookie() (sock_diag, bpf_get_socket_cookie) */
 	__u32 skc_daddr;     /* __be32, remote IPv4 address */
 	__u32 skc_rcv_saddr; /* __be32, local IPv4 address */
 	__u16 skc_dport;     /* __be16, remote port */
@@ -132,10 +150,27 @@ struct sock_common {
 	struct in6_addr skc_v6_rcv_saddr;
 } CORE;
 
+struct socket;
+
 struct sock {
 	struct sock_common __sk_common;
+	struct socket *sk_socket; /* NULL once orphaned (close()) */
 	int sk_err;
 	__u16 sk_protocol; /* a u16 since 5.6; a bitfield before */
+} CORE;
+
+/* include/linux/net.h: the file side of a socket. inet_release() sets sk to NULL
+ * before it calls the protocol's close(), so during close() sk->sk_socket->sk is no
+ * longer the sock. */
+struct socket {
+	struct sock *sk;
+	struct file *file;
+} CORE;
+
+/* arch/x86/include/asm/ptrace.h: the system call number at syscall exit. Read only
+ * where the field exists (x86-64; see trace_accept_exit). */
+struct pt_regs {
+	unsigned long orig_ax;
 } CORE;
 
 /* include/linux/tcp.h; read with bpf_probe_read_kernel: the verifier knows a
@@ -211,11 +246,15 @@ struct bpf_iter__task_file {
 #define BPF_MAP_TYPE_ARRAY 2
 #define BPF_MAP_TYPE_PERCPU_HASH 5
 #define BPF_MAP_TYPE_PERCPU_ARRAY 6
+#define BPF_MAP_TYPE_STACK_TRACE 7
 #define BPF_MAP_TYPE_LRU_HASH 9
 #define BPF_MAP_TYPE_RINGBUF 27
 
 /* map_flags */
 #define BPF_F_NO_PREALLOC 1
+
+/* bpf_get_stackid flags: the user-space stack, not the kernel's */
+#define BPF_F_USER_STACK (1ULL << 8)
 
 /* map update flags */
 #define BPF_ANY 0
@@ -229,6 +268,12 @@ static long (*const bpf_map_update_elem)(void *map, const void *key, const void 
 static long (*const bpf_map_delete_elem)(void *map, const void *key) = (void *)3;
 static __u64 (*const bpf_ktime_get_ns)(void) = (void *)5;
 static __u64 (*const bpf_get_current_pid_tgid)(void) = (void *)14;
+static long (*const bpf_get_current_comm)(void *buf, __u32 size) = (void *)16;
+static long (*const bpf_get_stackid)(void *ctx, void *map, __u64 flags) = (void *)27;
+/* In tracing programs: the socket's cookie (generated on first use, the same number
+ * sock_diag reports), for a BTF sock pointer. */
+static __u64 (*const bpf_get_socket_cookie)(const void *sk) = (void *)46;
+static __u64 (*const bpf_ktime_get_boot_ns)(void) = (void *)125;
 static long (*const bpf_probe_read_kernel)(void *dst, __u32 size, const void *unsafe_ptr) =
 	(void *)113;
 static long (*const bpf_seq_write)(struct seq_file *m, const void *data, __u32 len) = (void *)127;

@@ -42,6 +42,7 @@ volatile const __u32 cfg_events_per_cpu_s = 0; /* event budget per CPU per secon
 volatile const __u32 cfg_tgid = 0;             /* events: only this process (0: any) */
 volatile const __u32 cfg_netns = 0;            /* events: only this netns inode (0: any) */
 volatile const __u32 cfg_port = 0;             /* events: local or remote port (0: any) */
+volatile const __u32 cfg_leaks = 0;            /* 1: record who opened each socket */
 
 /* ---- Records shared with user space: keep in sync with records.rs ---- */
 
@@ -134,6 +135,12 @@ enum {
 	CNT_EVENTS_SENT,
 	CNT_EVENTS_RATE_LIMITED,
 	CNT_EVENTS_RING_FULL,
+	CNT_ORIGINS_ADDED,   /* origins recorded (cfg_leaks) */
+	CNT_ORIGINS_REMOVED, /* origins removed at a normal close */
+	CNT_ORIGINS_FAILED,  /* an origin could not be stored */
+	CNT_STACKS_LOST,     /* an origin without its stack (stack map full or busy, no
+			      * user stack) */
+	CNT_ACCEPT_NO_COOKIE, /* accepted before recording began: no cookie to key it */
 	CNT_SLOTS,
 };
 
@@ -162,7 +169,28 @@ struct flow_event {
 	__u8 reserved[3];
 };
 
+/* Who opened a socket, and from where (cfg_leaks): keyed by the socket cookie, the
+ * identity sock_diag reports, so user space joins a CLOSE_WAIT socket of a dump to it. */
+#define VIA_CONNECT 1
+#define VIA_ACCEPT 2
+
+struct origin {
+	__u64 at_ns;   /* CLOCK_BOOTTIME */
+	__u64 inode;   /* the socket's inode (its descriptor's target); 0: not known */
+	__u32 tgid;
+	__u32 tid;
+	__u32 netns;
+	__s32 stack_id; /* in trace_stacks; negative: no stack (-errno) */
+	char thread[16]; /* the calling thread's own name */
+	__u8 addr[16];   /* remote address (IPv4 in the first 4 bytes) */
+	__u16 port;      /* remote port */
+	__u8 family;
+	__u8 via;        /* VIA_* */
+	__u32 closed_held; /* 1: the kernel closed it while a descriptor held it */
+};
+
 /* Sizes pinned on both sides (records.rs asserts the same numbers). */
+_Static_assert(sizeof(struct origin) == 72, "origin layout");
 _Static_assert(sizeof(struct flow_key) == 28, "flow_key layout");
 _Static_assert(sizeof(struct flow_stats) == 408, "flow_stats layout");
 _Static_assert(sizeof(struct listener_key) == 8, "listener_key layout");
@@ -242,6 +270,44 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
 } trace_events SEC(".maps");
+
+/* Origins of live sockets (cfg_leaks only; the loader shrinks both maps to one entry
+ * otherwise). Records of sockets closed normally are removed at the close, so the map
+ * holds live sockets; when it is full the least recently used go first, which are the
+ * oldest unless user space looked them up. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct origin);
+} trace_origins SEC(".maps");
+
+/* User stacks, each stored once, by id (the origins' stack_id): 64 frames a stack. */
+#define STACK_DEPTH 64
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, 8192);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, STACK_DEPTH * sizeof(__u64));
+} trace_stacks SEC(".maps");
+
+/* Written by the loader of a recording tracer, never by the programs: how another
+ * tcpdoctor (`check`) finds the two maps above (src/collect/trace/origins.rs). */
+struct leak_meta {
+	__u32 magic;
+	__u32 pid;
+	__u32 origins_id;
+	__u32 stacks_id;
+	__u64 since_unix_ms;
+};
+_Static_assert(sizeof(struct leak_meta) == 24, "leak_meta layout");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct leak_meta);
+} trace_leak_meta SEC(".maps");
 
 /* ---- Small helpers ---- */
 
@@ -358,6 +424,68 @@ static __always_inline struct listener_owner *listener_of(__u32 netns, __u16 por
 {
 	struct listener_key k = { .netns = netns, .port = port };
 	return bpf_map_lookup_elem(&trace_listeners, &k);
+}
+
+/* ---- Provenance (cfg_leaks) ---- */
+
+/* Whether a descriptor still holds the socket: inet_release() clears sock->sk before
+ * the protocol's close() runs, and sock_orphan() clears sk->sk_socket after it. */
+static __always_inline int still_held(const struct sock *sk)
+{
+	const struct socket *so = sk->sk_socket;
+	if (!so)
+		return 0;
+	return so->sk == sk;
+}
+
+/* Stores who opens `cookie` now, with the calling thread's user stack. Called in the
+ * process context of connect() or accept(). */
+static __always_inline void record_origin(void *ctx, __u64 cookie, __u8 via, __u64 inode,
+					  __u32 netns, __u8 family, const __u8 addr[16],
+					  __u16 port)
+{
+	struct origin o;
+	__builtin_memset(&o, 0, sizeof(o));
+	__u64 id = bpf_get_current_pid_tgid();
+	o.at_ns = bpf_ktime_get_boot_ns();
+	o.inode = inode;
+	o.tgid = (__u32)(id >> 32);
+	o.tid = (__u32)id;
+	o.netns = netns;
+	bpf_get_current_comm(o.thread, sizeof(o.thread));
+	__builtin_memcpy(o.addr, addr, 16);
+	o.port = port;
+	o.family = family;
+	o.via = via;
+	long sid = bpf_get_stackid(ctx, &trace_stacks, BPF_F_USER_STACK);
+	if (sid < 0)
+		count_loss(CNT_STACKS_LOST);
+	o.stack_id = (__s32)sid;
+	if (bpf_map_update_elem(&trace_origins, &cookie, &o, BPF_ANY))
+		count_loss(CNT_ORIGINS_FAILED);
+	else
+		count_loss(CNT_ORIGINS_ADDED);
+}
+
+/* A socket reached CLOSE: its origin goes unless a descriptor still holds it (reset or
+ * aborted under an application that has not closed it: a leak `ss` no longer shows;
+ * marked so). Such a record stays until the table needs room; user space checks that
+ * the descriptor is still there.
+ * A connect() that failed is forgotten either way. */
+static __always_inline void forget_origin(const struct sock *sk, int old)
+{
+	__u64 cookie = (__u64)sk->__sk_common.skc_cookie.counter;
+	if (!cookie)
+		return;
+	if (old != TCP_SYN_SENT && still_held(sk)) {
+		/* Out of every socket table from now on: user space finds it by inode. */
+		struct origin *o = bpf_map_lookup_elem(&trace_origins, &cookie);
+		if (o)
+			o->closed_held = 1;
+		return;
+	}
+	if (bpf_map_delete_elem(&trace_origins, &cookie) == 0)
+		count_loss(CNT_ORIGINS_REMOVED);
 }
 
 /* ---- Counting ---- */
@@ -598,6 +726,8 @@ int trace_state(__u64 *ctx)
 
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
+	if (cfg_leaks && new == TCP_CLOSE && old != TCP_LISTEN)
+		forget_origin(sk, old);
 	/* Steps that change nothing counted: return before any map lookup. */
 	if (new == TCP_FIN_WAIT2 || new == TCP_CLOSING || new == TCP_TIME_WAIT)
 		return 0;
@@ -618,6 +748,14 @@ int trace_state(__u64 *ctx)
 		remote_of(sk, fresh.family, fresh.addr, &fresh.port);
 		bpf_map_update_elem(&trace_socks, &key, &fresh, BPF_ANY);
 		sock_event(sk, &fresh, WHAT(EV_STATE, old, new), 0, 0);
+		if (cfg_leaks) {
+			__u64 inode = 0;
+			const struct socket *so = sk->sk_socket;
+			if (so && so->file)
+				inode = so->file->f_inode->i_ino;
+			record_origin(ctx, bpf_get_socket_cookie(sk), VIA_CONNECT, inode,
+				      fresh.netns, fresh.family, fresh.addr, fresh.port);
+		}
 		return 0;
 	}
 
@@ -664,6 +802,11 @@ int trace_state(__u64 *ctx)
 			}
 			bpf_map_update_elem(&trace_socks, &key, &fresh, BPF_ANY);
 			sock_event(sk, &fresh, WHAT(EV_STATE, old, new), 0, 0);
+			/* Give the child its cookie now: accept() (trace_accept_exit) finds
+			 * the socket through a descriptor, as a plain pointer the cookie
+			 * helper does not take, and reads the cookie from memory. */
+			if (cfg_leaks)
+				bpf_get_socket_cookie(sk);
 		} else if (new == TCP_CLOSE) {
 			/* A listener closed: forget it unless another socket took the port. */
 			struct listener_key lk = { .netns = netns_of(sk),
@@ -1040,5 +1183,85 @@ int trace_receive_reset(__u64 *ctx)
 	if (s)
 		__sync_fetch_and_add(&s->resets_received, 1);
 	sock_event(sk, e, WHAT(EV_RESET_RECEIVED, state, state), 0, 0);
+	return 0;
+}
+
+/* accept() and accept4() returned a descriptor (cfg_leaks only): record the accepted
+ * socket's origin in the caller's context. The fexit hook on inet_csk_accept is refused
+ * by some kernels, and the raw system call exit works everywhere BTF tracing does; the
+ * program returns at its first comparison for every other system call. x86-64 numbers
+ * (arch/x86/entry/syscalls/syscall_64.tbl); elsewhere pt_regs has no orig_ax and the
+ * program does nothing. */
+#define NR_ACCEPT 43
+#define NR_ACCEPT4 288
+
+SEC("tp_btf/sys_exit")
+int trace_accept_exit(__u64 *ctx)
+{
+	if (!cfg_leaks)
+		return 0;
+	long ret = (long)ctx[1];
+	if (ret < 0)
+		return 0;
+	const struct pt_regs *regs = (const struct pt_regs *)ctx[0];
+	if (!__builtin_preserve_field_info(regs->orig_ax, BPF_FIELD_EXISTS))
+		return 0;
+	unsigned long nr = regs->orig_ax;
+	if (nr != NR_ACCEPT && nr != NR_ACCEPT4)
+		return 0;
+
+	/* The new descriptor's file: current->files->fdt->fd[ret]. */
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt = task->files->fdt;
+	if (!fdt || (unsigned long)ret >= fdt->max_fds)
+		return 0;
+	struct file **fds = fdt->fd;
+	struct file *f = 0;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[ret]);
+	if (!f)
+		return 0;
+	struct inode *ino = 0;
+	bpf_probe_read_kernel(&ino, sizeof(ino), &f->f_inode);
+	if (!ino)
+		return 0;
+	unsigned short mode = 0;
+	bpf_probe_read_kernel(&mode, sizeof(mode), &ino->i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return 0;
+	struct socket *so = 0;
+	bpf_probe_read_kernel(&so, sizeof(so), &f->private_data);
+	if (!so)
+		return 0;
+	struct sock *sk = 0;
+	bpf_probe_read_kernel(&sk, sizeof(sk), &so->sk);
+	if (!sk)
+		return 0;
+	__u16 proto = 0;
+	unsigned short family = 0;
+	bpf_probe_read_kernel(&proto, sizeof(proto), &sk->sk_protocol);
+	bpf_probe_read_kernel(&family, sizeof(family), &sk->__sk_common.skc_family);
+	if (proto != IPPROTO_TCP || (family != AF_INET && family != AF_INET6))
+		return 0;
+	__u64 cookie = 0;
+	bpf_probe_read_kernel(&cookie, sizeof(cookie), &sk->__sk_common.skc_cookie.counter);
+	if (!cookie) {
+		count_loss(CNT_ACCEPT_NO_COOKIE);
+		return 0;
+	}
+	__u64 inode = 0;
+	bpf_probe_read_kernel(&inode, sizeof(inode), &ino->i_ino);
+	__u8 addr[16] = {};
+	__u16 dport = 0;
+	if (family == AF_INET6) {
+		bpf_probe_read_kernel(addr, 16, &sk->__sk_common.skc_v6_daddr);
+	} else {
+		bpf_probe_read_kernel(addr, 4, &sk->__sk_common.skc_daddr);
+	}
+	bpf_probe_read_kernel(&dport, sizeof(dport), &sk->__sk_common.skc_dport);
+	unsigned long net = 0;
+	__u32 netns = 0;
+	bpf_probe_read_kernel(&net, sizeof(net), &sk->__sk_common.skc_net.net);
+	bpf_probe_read_kernel(&netns, 4, &((struct net *)net)->ns.inum);
+	record_origin(ctx, cookie, VIA_ACCEPT, inode, netns, (__u8)family, addr, be16(dport));
 	return 0;
 }

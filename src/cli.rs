@@ -453,6 +453,24 @@ pub struct TraceArgs {
     /// Events per second at most, in all.
     #[arg(long, value_name = "N", default_value_t = 1000, requires = "events")]
     pub events_limit: u32,
+    /// Find where leaked sockets were opened: record who opens each socket (connect()
+    /// or accept(): process, thread, time, destination, user-space stack) and, every
+    /// --leak-every seconds and at the end, group the leaked ones (CLOSE_WAIT idle for
+    /// --leak-age or longer, or still held after the kernel closed them) by call site.
+    /// Only sockets opened while it runs are attributed: run it for a few minutes.
+    #[arg(long)]
+    pub leaks: bool,
+    /// Seconds a CLOSE_WAIT socket must have been idle to count as leaked (check's
+    /// close_wait_age_s).
+    #[arg(long, value_name = "SECS", default_value_t = 300.0, requires = "leaks")]
+    pub leak_age: f64,
+    /// Seconds between looks at the leaks.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, requires = "leaks")]
+    pub leak_every: f64,
+    /// Sockets whose origin is kept at once (about 150 bytes of kernel memory each);
+    /// when full the oldest unread records go, and a notice says how many.
+    #[arg(long, value_name = "N", default_value_t = 65536, requires = "leaks")]
+    pub leak_table: u32,
     /// Print JSON lines: one per interval, one per event, and a final summary
     /// (schema: docs/json.md).
     #[arg(long)]

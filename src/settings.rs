@@ -144,7 +144,20 @@ pub struct TraceSettings {
     pub filter: FlowFilter,
     /// Raw events, at most this many per second; `None`: no events.
     pub events: Option<u32>,
+    /// `--leaks`: record origins and report leaked sockets by call site.
+    pub leaks: Option<LeakSettings>,
     pub json: bool,
+}
+
+/// `trace --leaks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeakSettings {
+    /// CLOSE_WAIT idle this long counts as leaked.
+    pub age: Duration,
+    /// Between looks.
+    pub every: Duration,
+    /// Origins kept at once.
+    pub table: u32,
 }
 
 /// `kill`: what to destroy and how to confirm.
@@ -548,6 +561,28 @@ fn trace_settings(a: cli::TraceArgs) -> Result<TraceSettings, SettingsError> {
             "1-1000000 per second",
         ));
     }
+    let leaks = if a.leaks {
+        if !(0.0..=30.0 * 86400.0).contains(&a.leak_age) {
+            return Err(out_of_range("leak-age", a.leak_age, "0-2592000 s"));
+        }
+        if !(0.1..=3600.0).contains(&a.leak_every) {
+            return Err(out_of_range("leak-every", a.leak_every, "0.1-3600 s"));
+        }
+        if !(1024..=16_777_216).contains(&a.leak_table) {
+            return Err(out_of_range(
+                "leak-table",
+                f64::from(a.leak_table),
+                "1024-16777216 sockets",
+            ));
+        }
+        Some(LeakSettings {
+            age: Duration::from_secs_f64(a.leak_age),
+            every: Duration::from_secs_f64(a.leak_every),
+            table: a.leak_table,
+        })
+    } else {
+        None
+    };
     Ok(TraceSettings {
         interval: Duration::from_secs_f64(a.interval),
         duration,
@@ -560,6 +595,7 @@ fn trace_settings(a: cli::TraceArgs) -> Result<TraceSettings, SettingsError> {
             netns: Vec::new(),
         },
         events: a.events.then_some(a.events_limit),
+        leaks,
         json: a.json,
     })
 }

@@ -18,7 +18,7 @@ use super::trend::PidTrend;
 use super::util::pct;
 use super::Thresholds;
 use crate::model::units::{count, human_duration_ms};
-use crate::model::{Evidence, Finding, Nature, Severity, Snapshot};
+use crate::model::{Evidence, Finding, FixStep, Nature, Severity, Snapshot};
 
 pub const ID: &str = "close_wait_leak";
 
@@ -165,6 +165,47 @@ fn finding(s: &Snapshot, t: &Thresholds, g: &Group, j: &Judgement) -> Finding {
     };
     let why = format!("{lead} {}", common::leak_body(pattern));
     let mut fix = common::listing_steps(s, g.holder);
+    let provenance = pid.map(|pid| provenance_of(s, pid, &leaked, j.stuck));
+    match &provenance {
+        Some(Provenance::Groups { groups, .. }) => {
+            evidence.extend(groups.iter().take(3).map(|g| {
+                Evidence::new(
+                    "opened",
+                    format!(
+                        "{} of {}, {}{}, {}{}",
+                        g.count,
+                        g.of,
+                        g.site_text(),
+                        g.threads
+                            .first()
+                            .map(|t| format!(" by threads {t}"))
+                            .unwrap_or_default(),
+                        g.via.call(),
+                        g.peers_text()
+                    ),
+                )
+            }));
+        }
+        Some(Provenance::Predates {
+            since_unix_ms,
+            recorder,
+        }) => evidence.push(Evidence::new(
+            "opened",
+            format!(
+                "before {recorder} began recording ({} ago): no origin recorded",
+                human_duration_ms(s.taken_at_unix_ms.saturating_sub(*since_unix_ms))
+            ),
+        )),
+        Some(Provenance::NotRecorded) => {
+            if let Some(pid) = pid {
+                fix.push(FixStep::run(
+                    "Find where in its code these sockets are opened: record who opens sockets for a few minutes (new leaks are attributed to their call site), or keep `tcpdoctor serve` running and check again",
+                    format!("tcpdoctor trace --leaks --pid {pid} --duration 300"),
+                ));
+            }
+        }
+        None => {}
+    }
     fix.extend(pattern.fix());
     if let (Holder::Process(pid), common::Pattern::Unserved) = (g.holder, pattern) {
         fix.push(common::stack_dump_step(s, pid));
@@ -180,6 +221,29 @@ fn finding(s: &Snapshot, t: &Thresholds, g: &Group, j: &Judgement) -> Finding {
     data["eof_unread"] = json!(leaked.sockets.iter().filter(|(c, _)| c.recv_q > 0).count());
     data["eof_read_not_closed"] =
         json!(leaked.sockets.iter().filter(|(c, _)| c.recv_q == 0).count());
+    data["provenance"] = match &provenance {
+        Some(Provenance::Groups {
+            groups,
+            attributed,
+            since_unix_ms,
+            recorder,
+        }) => json!({
+            "recorder": recorder,
+            "recording_since_unix_ms": since_unix_ms,
+            "attributed": attributed,
+            "groups": groups,
+        }),
+        Some(Provenance::Predates {
+            since_unix_ms,
+            recorder,
+        }) => json!({
+            "recorder": recorder,
+            "recording_since_unix_ms": since_unix_ms,
+            "attributed": 0,
+            "groups": [],
+        }),
+        _ => serde_json::Value::Null,
+    };
 
     let mut f = Finding::new(ID, severity, Nature::Live, title);
     f.evidence = evidence;
@@ -187,6 +251,51 @@ fn finding(s: &Snapshot, t: &Thresholds, g: &Group, j: &Judgement) -> Finding {
     f.fix = fix;
     f.data = data;
     f
+}
+
+/// What the snapshot says about where a process's leaked sockets were opened.
+enum Provenance {
+    /// Grouped by call site (stacks in data).
+    Groups {
+        groups: Vec<crate::model::provenance::CallSiteGroup>,
+        attributed: u64,
+        since_unix_ms: u64,
+        recorder: String,
+    },
+    /// A recorder runs, but these sockets were opened before it began.
+    Predates {
+        since_unix_ms: u64,
+        recorder: String,
+    },
+    /// No recorder was running.
+    NotRecorded,
+}
+
+fn provenance_of(s: &Snapshot, pid: u32, leaked: &Group, stuck: u64) -> Provenance {
+    let Some(p) = &s.provenance else {
+        return Provenance::NotRecorded;
+    };
+    let mut origins: Vec<&crate::model::provenance::Origin> = leaked
+        .sockets
+        .iter()
+        .filter_map(|(c, _)| p.origins.get(&c.cookie?))
+        .filter(|o| o.pid == pid)
+        .collect();
+    let detached: Vec<_> = p.detached.values().filter(|o| o.pid == pid).collect();
+    let of = stuck + detached.len() as u64;
+    origins.extend(detached);
+    if origins.is_empty() {
+        return Provenance::Predates {
+            since_unix_ms: p.recording_since_unix_ms,
+            recorder: p.recorder.clone(),
+        };
+    }
+    Provenance::Groups {
+        attributed: origins.len() as u64,
+        groups: crate::model::provenance::group(pid, of, &origins, p),
+        since_unix_ms: p.recording_since_unix_ms,
+        recorder: p.recorder.clone(),
+    }
 }
 
 /// Turns the `close_wait_slow_close` finding of a process that one look could not
@@ -320,6 +429,113 @@ mod tests {
             .fix
             .iter()
             .all(|s| !crate::analyze::pointing::prose_has_command(&s.text)));
+    }
+
+    /// The recorder's data for the 20 served sockets (cookies 1..=20): 15 opened by
+    /// accept() in one function, 5 before recording began.
+    fn with_provenance(s: &mut Snapshot) {
+        use crate::model::provenance::{Frame, FrameKind, OpenedBy, Origin, Provenance, Stack};
+        for (i, c) in s.sockets.close_wait.iter_mut().enumerate() {
+            c.cookie = Some(i as u64 + 1);
+        }
+        let site = Frame {
+            addr: 0x4000,
+            kind: FrameKind::Native,
+            symbol: Some("handle_client".into()),
+            file: Some("server.c".into()),
+            line: Some(88),
+            module: Some("/usr/bin/server".into()),
+        };
+        let mut p = Provenance {
+            recording_since_unix_ms: 1_000,
+            recorder: "tcpdoctor serve (pid 7)".into(),
+            ..Provenance::default()
+        };
+        p.stacks.insert(
+            3,
+            Stack {
+                id: 3,
+                frames: vec![site.clone()],
+                call_site: Some(site),
+                hint: None,
+            },
+        );
+        for cookie in 1..=15u64 {
+            p.origins.insert(
+                cookie,
+                Origin {
+                    cookie,
+                    pid: 42,
+                    tid: 50 + cookie as u32,
+                    thread: format!("worker-{cookie}"),
+                    at_unix_ms: 2_000 + cookie,
+                    via: OpenedBy::Accept,
+                    stack_id: Some(3),
+                    remote: format!("10.0.1.{cookie}:4000"),
+                    netns: 0,
+                    inode: 100,
+                },
+            );
+        }
+        s.provenance = Some(p);
+    }
+
+    #[test]
+    fn a_leak_names_where_its_sockets_were_opened_when_a_recorder_ran() {
+        let mut s = snapshot(served(Some(true)));
+        s.close_wait_recheck_ms = Some(1000);
+        with_provenance(&mut s);
+        let f = &check(&s, &Thresholds::default())[0];
+        let opened: Vec<&str> = f
+            .evidence
+            .iter()
+            .filter(|e| e.label == "opened")
+            .map(|e| e.value.as_str())
+            .collect();
+        assert_eq!(
+            opened,
+            ["15 of 20, at handle_client (server.c:88) by threads worker-*, accept() from 10.0.1.10:4000 and 14 other peers"]
+        );
+        let p = &f.data["provenance"];
+        assert_eq!(p["attributed"], 15);
+        assert_eq!(p["recorder"], "tcpdoctor serve (pid 7)");
+        assert_eq!(p["groups"][0]["count"], 15);
+        assert_eq!(p["groups"][0]["of"], 20);
+        assert_eq!(p["groups"][0]["frames"][0]["symbol"], "handle_client");
+        // With provenance there is nothing to record: no trace --leaks step.
+        assert!(!commands(f).iter().any(|c| c.contains("--leaks")));
+    }
+
+    #[test]
+    fn without_a_recorder_the_fix_says_how_to_find_the_code() {
+        let mut s = snapshot(served(Some(true)));
+        s.close_wait_recheck_ms = Some(1000);
+        let f = &check(&s, &Thresholds::default())[0];
+        assert!(f.evidence.iter().all(|e| e.label != "opened"));
+        assert!(f.data["provenance"].is_null());
+        assert!(
+            commands(f).contains(&"tcpdoctor trace --leaks --pid 42 --duration 300"),
+            "{:?}",
+            commands(f)
+        );
+        // A recorder that began after these sockets were opened: said, no groups.
+        let mut s2 = s.clone();
+        with_provenance(&mut s2);
+        if let Some(p) = &mut s2.provenance {
+            p.origins.clear();
+        }
+        s2.taken_at_unix_ms = 61_000;
+        let f = &check(&s2, &Thresholds::default())[0];
+        let e = f
+            .evidence
+            .iter()
+            .find(|e| e.label == "opened")
+            .expect("opened");
+        assert_eq!(
+            e.value,
+            "before tcpdoctor serve (pid 7) began recording (1m00s ago): no origin recorded"
+        );
+        assert_eq!(f.data["provenance"]["attributed"], 0);
     }
 
     #[test]

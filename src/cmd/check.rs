@@ -101,8 +101,19 @@ pub(super) fn gather(
         // Detached: the tracer stops at the second reading.
         drop(tracing);
         rates_between_readings(&mut collected, &second);
+        // Where the CLOSE_WAIT sockets were opened, when a recorder (serve, watch,
+        // trace --leaks) runs on this host.
+        if s.trace && has_close_wait(&collected.host) {
+            super::leaks::attach_to_host(&mut collected.host, &common.proc_root);
+        }
     }
     Ok(collected)
+}
+
+fn has_close_wait(host: &HostSnapshot) -> bool {
+    host.namespaces
+        .iter()
+        .any(|s| !s.sockets.close_wait.is_empty())
 }
 
 /// Each namespace's counters over its own interval: the ones read late in a big run
@@ -162,7 +173,9 @@ impl Sampler {
     }
 
     /// Keep the connection tracer attached: each sample's namespaces get the flows
-    /// counted since the previous sample (`Snapshot::flows`). It starts with the first
+    /// counted since the previous sample (`Snapshot::flows`), and it records who opens
+    /// each socket (leak provenance: `Snapshot::provenance`, and `check` run meanwhile
+    /// finds the recording). It starts with the first
     /// sample; when it cannot, every sample carries a `trace_unavailable` notice.
     pub fn with_tracing(mut self) -> Sampler {
         self.tracing = Tracing::Wanted;
@@ -179,7 +192,7 @@ impl Sampler {
             self.tracing = if common.replay {
                 Tracing::Off
             } else {
-                match FlowTracing::start() {
+                match FlowTracing::start_recording() {
                     Ok(t) => Tracing::On(Box::new(t)),
                     Err(e) => Tracing::Unavailable(flows::unavailable_notice(&e)),
                 }
@@ -194,6 +207,11 @@ impl Sampler {
             Tracing::On(t) => {
                 t.seed(&collected.host);
                 t.attach(&mut collected.host);
+                // This sampler records: its own recording names where the CLOSE_WAIT
+                // sockets were opened (and any other recorder's, for older ones).
+                if has_close_wait(&collected.host) {
+                    super::leaks::attach_to_host(&mut collected.host, &common.proc_root);
+                }
             }
             Tracing::Unavailable(n) => collected.host.missing.push(n.clone()),
             Tracing::Off | Tracing::Wanted => {}

@@ -6,6 +6,7 @@ pub mod check;
 pub mod diff;
 pub mod from;
 pub mod kill;
+pub mod leaks;
 pub mod lint;
 pub mod netns;
 pub mod snapshot;

@@ -37,6 +37,8 @@ pub struct SessionOptions {
     pub filter: FlowFilter,
     /// Raw events, at most this many per second in all.
     pub events_per_second: Option<u32>,
+    /// Record who opens each socket (`trace --leaks`).
+    pub leaks: Option<crate::collect::trace::LeakOptions>,
 }
 
 /// One run of the tracer.
@@ -93,6 +95,7 @@ impl TraceSession {
         });
         let mut tracer = Tracer::start(&TraceOptions {
             events,
+            leaks: options.leaks,
             ..TraceOptions::default()
         })?;
         for d in &tracer.degraded {
@@ -144,6 +147,16 @@ impl TraceSession {
             skipped_records: 0,
             notices,
         })
+    }
+
+    /// The tracer (leak recording reads its maps).
+    pub fn tracer(&self) -> &Tracer {
+        &self.tracer
+    }
+
+    /// The settings the session runs with (every namespace) and its filter.
+    pub fn scope(&self) -> (&Common, &FlowFilter) {
+        (&self.common, &self.filter)
     }
 
     /// Time since tracing started.

@@ -58,7 +58,20 @@ impl std::fmt::Debug for FlowTracing {
 impl FlowTracing {
     /// Loads and attaches the tracer (counts only, no raw events). Counting starts now.
     pub fn start() -> Result<FlowTracing, TraceError> {
-        let tracer = Tracer::start(&TraceOptions::default())?;
+        FlowTracing::start_with(None)
+    }
+
+    /// Also records who opens each socket (`serve`, `watch`): other tcpdoctors
+    /// (`check`) find the recording while this runs (see `trace::origins`).
+    pub fn start_recording() -> Result<FlowTracing, TraceError> {
+        FlowTracing::start_with(Some(super::trace::LeakOptions::default()))
+    }
+
+    fn start_with(leaks: Option<super::trace::LeakOptions>) -> Result<FlowTracing, TraceError> {
+        let tracer = Tracer::start(&TraceOptions {
+            leaks,
+            ..TraceOptions::default()
+        })?;
         let degraded = tracer
             .degraded
             .iter()

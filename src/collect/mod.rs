@@ -19,6 +19,7 @@ pub mod netns;
 pub mod nginx;
 pub mod owners;
 pub mod procfs;
+pub mod provenance;
 pub mod replay;
 pub mod snapshot;
 pub mod sockets;

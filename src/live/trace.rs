@@ -11,8 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::cmd::leaks::LeakLook;
 use crate::cmd::trace::{SessionOptions, TraceSession};
+use crate::model::provenance::LeakReport;
 use crate::model::FlowEvent;
+use crate::model::Notice;
+use crate::render::leaks as leaks_view;
 use crate::render::trace::{self as view, TableView};
 use crate::render::{write_notices, Style};
 use crate::settings::{Common, TraceSettings};
@@ -36,8 +40,21 @@ pub fn run(common: &Common, s: &TraceSettings) -> Result<(), BoxError> {
         &SessionOptions {
             filter: s.filter.clone(),
             events_per_second: s.events,
+            leaks: s.leaks.map(|l| crate::collect::trace::LeakOptions {
+                max_sockets: l.table,
+                ..crate::collect::trace::LeakOptions::default()
+            }),
         },
     )?;
+    let mut leak_look = s.leaks.map(|l| {
+        let (common, filter) = session.scope();
+        (
+            LeakLook::new(common, filter, l.age.as_millis() as u64),
+            l.every,
+        )
+    });
+    let mut next_look = leak_look.as_ref().map(|(_, every)| Instant::now() + *every);
+    let mut last_leaks = None;
     let stdout = io::stdout();
     let tty = stdout.is_terminal();
     let mut out = io::BufWriter::new(stdout.lock());
@@ -78,6 +95,16 @@ pub fn run(common: &Common, s: &TraceSettings) -> Result<(), BoxError> {
             |events, session| write_events(&mut out, events, session, s.json, style),
         )?;
         let interval = session.next_interval()?;
+        if let (Some((look, every)), Some(at)) = (&mut leak_look, &mut next_look) {
+            if Instant::now() >= *at {
+                let (report, notices) = look_leaks(look, &session)?;
+                if s.json {
+                    leaks_view::write_leaks_json(&mut out, &report, &notices)?;
+                }
+                last_leaks = Some((report, notices));
+                *at = Instant::now() + *every;
+            }
+        }
         if s.json {
             view::write_interval_json(&mut out, &interval)?;
         } else if live_table {
@@ -106,7 +133,18 @@ pub fn run(common: &Common, s: &TraceSettings) -> Result<(), BoxError> {
     // Events still in the ring buffer belong to the run.
     let rest = session.take_events();
     write_events(&mut out, &rest, &session, s.json, style)?;
-    let summary = session.summary()?;
+    let mut summary = session.summary()?;
+    // The last look at the leaks, at the end of the run.
+    if let Some((look, _)) = &mut leak_look {
+        let (report, notices) = look_leaks(look, &session)?;
+        if s.json {
+            leaks_view::write_leaks_json(&mut out, &report, &notices)?;
+        }
+        last_leaks = Some((report, notices));
+    }
+    if let Some((_, notices)) = &last_leaks {
+        summary.notices.extend(notices.iter().cloned());
+    }
     if s.json {
         view::write_summary_json(&mut out, &summary)?;
         out.flush()?;
@@ -118,6 +156,10 @@ pub fn run(common: &Common, s: &TraceSettings) -> Result<(), BoxError> {
         out.write_all(b"\n")?;
     }
     view::write_summary(&mut out, &summary, table, style)?;
+    if let Some((report, _)) = &last_leaks {
+        out.write_all(b"\n")?;
+        leaks_view::write_leaks(&mut out, report, style)?;
+    }
     out.flush()?;
     drop(out);
     let err_style = Style {
@@ -125,6 +167,14 @@ pub fn run(common: &Common, s: &TraceSettings) -> Result<(), BoxError> {
     };
     write_notices(&mut io::stderr().lock(), &summary.notices, err_style)?;
     Ok(())
+}
+
+/// One look at the leaks of the recording `session` runs.
+fn look_leaks(
+    look: &mut LeakLook,
+    session: &TraceSession,
+) -> Result<(LeakReport, Vec<Notice>), BoxError> {
+    Ok(look.look(session.tracer())?)
 }
 
 /// Waits until `deadline`, handing raw events to `each` as they come. Returns true when

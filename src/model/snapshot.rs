@@ -607,6 +607,11 @@ pub struct Snapshot {
     /// `check` only).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub nofile_origins: BTreeMap<u32, super::persisted::NofileOrigin>,
+    /// Who opened this namespace's CLOSE_WAIT sockets (and its processes' detached
+    /// descriptors), from a recorder running on the host (`serve`, `watch`, `trace
+    /// --leaks`); `None` when none runs (or it could not be read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<super::provenance::Provenance>,
 }
 
 /// Every namespace looked at in one run. The first is the primary: the initial (host)

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod diff;
 pub mod kill;
+pub mod leaks;
 pub mod lint;
 pub mod metrics;
 pub mod sockets;

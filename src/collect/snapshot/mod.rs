@@ -302,6 +302,8 @@ impl Recorded {
                 nofile_origins: ns.nofile_origins.clone(),
                 flows: ns.flows.clone(),
                 descriptor_recheck: ns.descriptor_recheck.clone(),
+                // Not recorded: a recorder's origins are joined live only.
+                provenance: None,
             });
         }
         Ok(host)

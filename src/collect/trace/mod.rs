@@ -9,8 +9,13 @@
 //! - `tp_btf/inet_sock_set_state`: every TCP state change;
 //! - `tp_btf/tcp_send_reset`, `tp_btf/tcp_receive_reset`: resets;
 //! - `fexit/inet_csk_accept`: who accepted a connection;
-//! - `fexit/tcp_v4_connect`, `fexit/tcp_v6_connect`: connect() failures and their errno.
+//! - `fexit/tcp_v4_connect`, `fexit/tcp_v6_connect`: connect() failures and their errno;
+//! - `tp_btf/sys_exit` (leak recording only): who accepted a socket, in its context.
+//!
+//! With [`LeakOptions`] the tracer also records who opened each socket and from where
+//! (leak provenance, issue 13; see [`origins`]).
 
+pub mod origins;
 pub mod records;
 
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -34,6 +39,9 @@ pub struct TraceOptions {
     pub max_flows: u32,
     /// Connections followed at once (least recently used ones are dropped first).
     pub max_connections: u32,
+    /// Record who opened each socket (leak provenance); `None`: nothing recorded, and
+    /// the recording maps shrink to one entry.
+    pub leaks: Option<LeakOptions>,
 }
 
 impl Default for TraceOptions {
@@ -42,6 +50,26 @@ impl Default for TraceOptions {
             events: None,
             max_flows: 16_384,
             max_connections: 65_536,
+            leaks: None,
+        }
+    }
+}
+
+/// Leak recording: table sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeakOptions {
+    /// Origins kept at once (live sockets; least recently used go first when full).
+    /// 72 bytes each plus the hash table's overhead.
+    pub max_sockets: u32,
+    /// Distinct user stacks kept (64 frames, 512 bytes each).
+    pub max_stacks: u32,
+}
+
+impl Default for LeakOptions {
+    fn default() -> LeakOptions {
+        LeakOptions {
+            max_sockets: 65_536,
+            max_stacks: 8_192,
         }
     }
 }
@@ -234,6 +262,16 @@ impl Tracer {
     pub fn take_events(&mut self, max: usize) -> EventBatch {
         self.loaded.take_events(max)
     }
+
+    /// The recording's maps; `None` unless started with [`TraceOptions::leaks`].
+    pub fn origins(&self) -> Option<&origins::OriginMaps> {
+        self.loaded.origins()
+    }
+
+    /// The recording's counts since the tracer started.
+    pub fn leak_counters(&self) -> Result<origins::LeakCounters, TraceError> {
+        self.loaded.leak_counters()
+    }
 }
 
 /// poll(2) for readability, bounded by `timeout`; EINTR counts as "not yet".
@@ -332,6 +370,12 @@ impl Loaded {
     fn take_events(&mut self, _: usize) -> EventBatch {
         EventBatch::default()
     }
+    fn origins(&self) -> Option<&origins::OriginMaps> {
+        None
+    }
+    fn leak_counters(&self) -> Result<origins::LeakCounters, TraceError> {
+        Err(TraceError::NotBuilt)
+    }
 }
 
 /// The optional fexit programs: some kernels refuse trampolines (BPF_PROG_LOAD returns
@@ -385,6 +429,7 @@ struct Loaded {
     listeners: aya::maps::HashMap<aya::maps::MapData, RawListenerKey, RawListenerOwner>,
     counters: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
     events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    origins: Option<origins::OriginMaps>,
     max_flows: u32,
     connect_hooks: bool,
 }
@@ -413,6 +458,7 @@ impl Loaded {
             }
             None => (0, 0, 0, 0, 0),
         };
+        let leaks = u32::from(options.leaks.is_some());
         let mut loader = aya::EbpfLoader::new();
         loader
             .btf(Some(btf))
@@ -421,8 +467,16 @@ impl Loaded {
             .override_global("cfg_tgid", &tgid, true)
             .override_global("cfg_netns", &netns, true)
             .override_global("cfg_port", &port, true)
+            .override_global("cfg_leaks", &leaks, true)
             .map_max_entries("trace_flows", options.max_flows.max(64))
             .map_max_entries("trace_socks", options.max_connections.max(1024));
+        // Without recording the maps stay, at one entry each (the programs name them).
+        let (max_origins, max_stacks) = options
+            .leaks
+            .map_or((1, 1), |l| (l.max_sockets.max(64), l.max_stacks.max(64)));
+        loader
+            .map_max_entries("trace_origins", max_origins)
+            .map_max_entries("trace_stacks", max_stacks);
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| TraceError::Load(chain(&e)))?;
@@ -490,6 +544,26 @@ impl Loaded {
             })?;
         }
 
+        let mut degraded = degraded;
+        if options.leaks.is_some() {
+            // Accepted sockets' origins: optional, connect()'s come from trace_state.
+            let attached = ebpf
+                .program_mut("trace_accept_exit")
+                .ok_or_else(|| "no program trace_accept_exit in the object".to_string())
+                .and_then(|p| {
+                    let p: &mut BtfTracePoint = p.try_into().map_err(|e| chain(&e))?;
+                    p.load("sys_exit", btf).map_err(|e| chain(&e))?;
+                    p.attach().map_err(|e| chain(&e))?;
+                    Ok(())
+                });
+            if let Err(reason) = attached {
+                degraded.push(format!(
+                    "tp_btf/sys_exit not attached ({}): sockets opened by accept() are not recorded, only those opened by connect()",
+                    short_reason(&reason)
+                ));
+            }
+        }
+
         let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
             ebpf.take_map(name)
                 .ok_or_else(|| TraceError::Load(format!("no map {name} in the object")))
@@ -515,6 +589,18 @@ impl Loaded {
         } else {
             None
         };
+        let origins = match options.leaks {
+            Some(_) => {
+                let maps = origins::OriginMaps::new(
+                    take(&mut ebpf, "trace_origins")?,
+                    take(&mut ebpf, "trace_stacks")?,
+                    max_origins,
+                )?;
+                publish_recording(&mut ebpf, &maps)?;
+                Some(maps)
+            }
+            None => None,
+        };
         Ok((
             Loaded {
                 ebpf,
@@ -522,6 +608,7 @@ impl Loaded {
                 listeners,
                 counters,
                 events,
+                origins,
                 max_flows: options.max_flows.max(64),
                 connect_hooks: config.connect_hook == 1,
             },
@@ -611,6 +698,28 @@ impl Loaded {
         self.events.as_ref().map(std::os::fd::AsFd::as_fd)
     }
 
+    fn origins(&self) -> Option<&origins::OriginMaps> {
+        self.origins.as_ref()
+    }
+
+    fn leak_counters(&self) -> Result<origins::LeakCounters, TraceError> {
+        use records::counter;
+        let read = |slot: u32| -> Result<u64, TraceError> {
+            let v = self.counters.get(&slot, 0).map_err(|e| TraceError::Read {
+                map: "trace_counters",
+                reason: chain(&e),
+            })?;
+            Ok(v.iter().fold(0u64, |a, b| a.saturating_add(*b)))
+        };
+        Ok(origins::LeakCounters {
+            added: read(counter::ORIGINS_ADDED)?,
+            removed: read(counter::ORIGINS_REMOVED)?,
+            failed: read(counter::ORIGINS_FAILED)?,
+            stacks_lost: read(counter::STACKS_LOST)?,
+            accept_no_cookie: read(counter::ACCEPT_NO_COOKIE)?,
+        })
+    }
+
     fn take_events(&mut self, max: usize) -> EventBatch {
         let mut batch = EventBatch::default();
         let Some(ring) = self.events.as_mut() else {
@@ -625,6 +734,33 @@ impl Loaded {
         }
         batch
     }
+}
+
+/// Tells other tcpdoctors where this recording is (`trace_leak_meta`; see
+/// [`origins`]).
+#[cfg(not(tcpdoctor_no_trace_bpf))]
+fn publish_recording(ebpf: &mut aya::Ebpf, maps: &origins::OriginMaps) -> Result<(), TraceError> {
+    let (origins_id, stacks_id) = maps
+        .ids()
+        .ok_or_else(|| TraceError::Load("cannot read the ids of the recording maps".into()))?;
+    let since_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let meta = origins::RawLeakMeta {
+        magic: origins::META_MAGIC,
+        pid: std::process::id(),
+        origins_id,
+        stacks_id,
+        since_unix_ms,
+    };
+    let map = ebpf
+        .map_mut("trace_leak_meta")
+        .ok_or_else(|| TraceError::Load("no map trace_leak_meta in the object".into()))?;
+    let mut a: aya::maps::Array<&mut aya::maps::MapData, origins::RawLeakMeta> = map
+        .try_into()
+        .map_err(|e: aya::maps::MapError| TraceError::Load(chain(&e)))?;
+    a.set(0, meta, 0)
+        .map_err(|e| TraceError::Load(format!("trace_leak_meta: {}", chain(&e))))
 }
 
 /// Sentences for the optional programs that are missing: one when the kernel refused
@@ -730,6 +866,92 @@ mod tests {
         assert_eq!(notes.len(), 2, "{notes:?}");
         assert!(notes[0].contains("fexit/tcp_v6_connect") && notes[0].contains("v6 lost"));
         assert!(degraded_notes(&[], false).is_empty());
+    }
+
+    /// The origin of a connect() and of an accept() are recorded under the cookie
+    /// sock_diag reports for the same socket, with this thread's id and name, and a
+    /// user stack; closing both ends normally removes both records.
+    #[test]
+    #[ignore = "needs root"]
+    fn leak_recording_keys_origins_by_the_sock_diag_cookie() {
+        use crate::collect::sockets::{self, SocketQuery, SourcePref};
+        use crate::model::{StateSet, TcpState};
+        let tracer = Tracer::start(&TraceOptions {
+            leaks: Some(LeakOptions::default()),
+            ..TraceOptions::default()
+        })
+        .expect("tracer starts as root");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let client_port = client.local_addr().expect("addr").port();
+        let (server, _) = listener.accept().expect("accept");
+        std::thread::sleep(Duration::from_millis(50));
+
+        // The cookies sock_diag gives the two ends.
+        let query = SocketQuery {
+            states: [TcpState::Established].into_iter().collect::<StateSet>(),
+            ipv4: true,
+            ipv6: false,
+            tcp_info: false,
+            source: SourcePref::Netlink,
+        };
+        let mut cookies = (None, None);
+        sockets::stream(&query, std::path::Path::new("/proc"), |s| {
+            if s.local.port == client_port && s.remote.port == port {
+                cookies.0 = s.cookie;
+            }
+            if s.local.port == port && s.remote.port == client_port {
+                cookies.1 = s.cookie;
+            }
+        })
+        .expect("sock_diag dump");
+        let (Some(out_cookie), Some(in_cookie)) = cookies else {
+            panic!("both ends in the dump with cookies: {cookies:?}");
+        };
+        let maps = tracer.origins().expect("recording on");
+        let read = maps.read().expect("read origins");
+        let find = |cookie| {
+            read.origins
+                .iter()
+                .find(|(c, _)| *c == cookie)
+                .map(|(_, o)| *o)
+                .unwrap_or_else(|| panic!("no origin for cookie {cookie}: {:?}", read.origins))
+        };
+        let me = std::process::id();
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u32;
+        let thread =
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).expect("thread comm");
+        for (cookie, via, remote) in [
+            (out_cookie, 1u8, format!("127.0.0.1:{port}")),
+            (in_cookie, 2u8, format!("127.0.0.1:{client_port}")),
+        ] {
+            let o = find(cookie);
+            let m = o
+                .to_model(cookie, origins::boot_to_unix_ms())
+                .expect("decodes");
+            assert_eq!((o.tgid, o.tid, o.via), (me, tid, via), "{m:?}");
+            assert_eq!(m.thread, thread.trim());
+            assert_eq!(m.remote, remote);
+            assert!(o.inode != 0, "{m:?}");
+            let id = m.stack_id.expect("a user stack");
+            let frames = maps.stack(id).expect("stack in the map");
+            assert!(!frames.is_empty());
+        }
+        drop(client);
+        drop(server);
+        std::thread::sleep(Duration::from_millis(100));
+        let read = maps.read().expect("read origins");
+        assert!(
+            !read
+                .origins
+                .iter()
+                .any(|(c, _)| *c == out_cookie || *c == in_cookie),
+            "closed normally, the records go"
+        );
+        let c = tracer.leak_counters().expect("counters");
+        assert!(c.added >= 2 && c.removed >= 2, "{c:?}");
     }
 
     #[test]

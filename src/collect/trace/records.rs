@@ -115,7 +115,12 @@ pub mod counter {
     pub const EVENTS_SENT: u32 = 3;
     pub const EVENTS_RATE_LIMITED: u32 = 4;
     pub const EVENTS_RING_FULL: u32 = 5;
-    pub const SLOTS: u32 = 6;
+    pub const ORIGINS_ADDED: u32 = 6;
+    pub const ORIGINS_REMOVED: u32 = 7;
+    pub const ORIGINS_FAILED: u32 = 8;
+    pub const STACKS_LOST: u32 = 9;
+    pub const ACCEPT_NO_COOKIE: u32 = 10;
+    pub const SLOTS: u32 = 11;
 }
 
 /// A record the kernel wrote that does not decode: counted, never guessed at.
@@ -129,6 +134,65 @@ pub enum BadRecord {
     Kind(u8),
     #[error("event of {0} bytes, expected 88")]
     Size(usize),
+    #[error("unknown opener {0}")]
+    Via(u8),
+}
+
+/// `struct origin`: who opened one socket (leak recording), keyed by its cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct RawOrigin {
+    /// CLOCK_BOOTTIME, ns.
+    pub at_ns: u64,
+    pub inode: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub netns: u32,
+    pub stack_id: i32,
+    pub thread: [u8; 16],
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u8,
+    pub via: u8,
+    /// 1: the kernel closed the socket while a descriptor held it.
+    pub closed_held: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<RawOrigin>() == 72);
+
+/// `VIA_*` in trace.bpf.c.
+const VIA_CONNECT: u8 = 1;
+const VIA_ACCEPT: u8 = 2;
+
+impl RawOrigin {
+    /// The model's origin of the socket with `cookie`; `boot_to_unix_ms` turns the
+    /// kernel's boot-time clock into wall-clock time (the offset of the two clocks now).
+    pub fn to_model(
+        &self,
+        cookie: u64,
+        boot_to_unix_ms: i64,
+    ) -> Result<crate::model::provenance::Origin, BadRecord> {
+        use crate::model::provenance::{OpenedBy, Origin};
+        let via = match self.via {
+            VIA_CONNECT => OpenedBy::Connect,
+            VIA_ACCEPT => OpenedBy::Accept,
+            v => return Err(BadRecord::Via(v)),
+        };
+        let remote = Endpoint::new(address(self.family, &self.addr)?, self.port);
+        let at_ms = (self.at_ns / 1_000_000) as i64;
+        Ok(Origin {
+            cookie,
+            pid: self.tgid,
+            tid: self.tid,
+            thread: comm_text(&self.thread),
+            at_unix_ms: at_ms.saturating_add(boot_to_unix_ms).max(0) as u64,
+            via,
+            stack_id: u32::try_from(self.stack_id).ok(),
+            remote: remote.to_string(),
+            netns: u64::from(self.netns),
+            inode: self.inode,
+        })
+    }
 }
 
 fn address(family: u8, bytes: &[u8; 16]) -> Result<IpAddr, BadRecord> {

@@ -1,0 +1,409 @@
+//! Leak provenance against a real leaking program: a small C program, compiled here
+//! with frame pointers, opens connections to its own listener (whose thread closes
+//! each accepted end at once) from two functions: `leak_connections()` never closes
+//! its sockets (they sit in CLOSE_WAIT), `good_connections()` reads the EOF and closes.
+//! `tcpdoctor trace --leaks --json` runs on the host, narrowed to the test's private
+//! namespace, and must attribute the leaked sockets to the first function, by the
+//! addresses of its code, under the thread name that made them; the properly closed
+//! ones must not appear. Root only (BPF, namespaces) and a C compiler (`cc`):
+//! `cargo test --features sockfarm --test leaks -- --include-ignored`.
+//! Every child and every wait is bounded; children are killed by pid.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use common::churn::Lines;
+use common::fixtures::TempDir;
+use common::netns::Netns;
+use common::{require_root, TCPDOCTOR};
+
+/// The leaking program. Its client thread is named `leaker-7`; both functions open
+/// their sockets through `dial()`, so the frame under connect() is the function that
+/// called `dial()` (the libc wrapper sets up no frame of its own, so the function
+/// calling connect() directly is the one a frame-pointer walk cannot see).
+const PROGRAM: &str = r#"
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static int listener;
+static int leaked_total;
+static int good_total;
+
+static void *serve(void *arg) {
+    (void)arg;
+    for (;;) {
+        int c = accept(listener, NULL, NULL);
+        if (c < 0) return NULL;
+        close(c); /* the server closes its end at once: the client's goes CLOSE_WAIT */
+    }
+}
+
+static int dial(int port) {
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof a) != 0) { perror("connect"); exit(2); }
+    return s;
+}
+
+void leak_connections(int port, int n) {
+    for (int i = 0; i < n; i++) {
+        dial(port); /* never closed */
+        leaked_total++;
+    }
+}
+
+void good_connections(int port, int n) {
+    char b;
+    for (int i = 0; i < n; i++) {
+        int s = dial(port);
+        while (read(s, &b, 1) > 0) {}
+        close(s);
+        good_total++;
+    }
+}
+
+struct job { int port, leak, good; };
+
+static void *client(void *arg) {
+    struct job *j = arg;
+    pthread_setname_np(pthread_self(), "leaker-7");
+    leak_connections(j->port, j->leak);
+    good_connections(j->port, j->good);
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) return 2;
+    alarm(120); /* bounded even if the test dies */
+    struct sockaddr_in a = {0};
+    socklen_t len = sizeof a;
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    listener = socket(AF_INET, SOCK_STREAM, 0);
+    if (bind(listener, (struct sockaddr *)&a, sizeof a) || listen(listener, 128)) return 3;
+    getsockname(listener, (struct sockaddr *)&a, &len);
+    pthread_t st, ct;
+    pthread_create(&st, NULL, serve, NULL);
+    struct job j = { ntohs(a.sin_port), atoi(argv[1]), atoi(argv[2]) };
+    pthread_create(&ct, NULL, client, &j);
+    pthread_join(ct, NULL);
+    printf("{\"pid\":%d,\"port\":%d,\"leaked\":%d,\"good\":%d,\"leak_fn\":\"%p\",\"good_fn\":\"%p\"}\n",
+           getpid(), j.port, leaked_total, good_total, (void *)leak_connections,
+           (void *)good_connections);
+    fflush(stdout);
+    char b;
+    while (read(0, &b, 1) > 0) {} /* hold the sockets until the test closes stdin */
+    return 0;
+}
+"#;
+
+/// Compiles the program into `dir`: frame pointers, no optimisation.
+fn compile(dir: &TempDir) -> String {
+    let src = dir.path().join("leaky.c");
+    let bin = dir.path().join("leaky");
+    std::fs::write(&src, PROGRAM).expect("write leaky.c");
+    let out = Command::new("cc")
+        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .expect("cc (install build-essential)");
+    assert!(
+        out.status.success(),
+        "cc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bin.to_string_lossy().into_owned()
+}
+
+/// Size of function `name` in `bin` (`nm -S`), to turn its printed address into the
+/// range of its code.
+fn function_size(bin: &str, name: &str) -> u64 {
+    let out = Command::new("nm")
+        .args(["-S", bin])
+        .output()
+        .expect("nm (binutils)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().last() == Some(name))
+        .unwrap_or_else(|| panic!("{name} not in nm -S {bin}:\n{text}"));
+    let size = line.split_whitespace().nth(1).expect("size column");
+    u64::from_str_radix(size, 16).expect("hex size")
+}
+
+fn hex(v: &Value) -> u64 {
+    let s = v.as_str().expect("address string");
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).expect("hex address")
+}
+
+fn frames_in(group: &Value, range: (u64, u64)) -> bool {
+    group["frames"]
+        .as_array()
+        .expect("frames")
+        .iter()
+        .filter_map(|f| f["addr"].as_u64())
+        .any(|a| range.0 <= a && a < range.1)
+}
+
+/// The two tests run one at a time: a recorder records every namespace, so each would
+/// see the other's sockets.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The leaky program running in `ns` after its work: its ready line, the code ranges
+/// of its two functions, and the child (closing its stdin ends it).
+struct Leaky {
+    ready: Value,
+    pid: u32,
+    leak_range: (u64, u64),
+    good_range: (u64, u64),
+    child: Lines,
+}
+
+fn run_leaky(ns: &Netns, bin: &str, leak: u64, good: u64) -> Leaky {
+    let mut cmd = ns.command(bin, &[&leak.to_string(), &good.to_string()]);
+    cmd.stderr(Stdio::inherit());
+    let child = Lines::spawn(cmd, "leaky");
+    let ready = child.next_json();
+    assert_eq!(ready["leaked"], leak, "{ready}");
+    assert_eq!(ready["good"], good, "{ready}");
+    let pid = ready["pid"].as_u64().expect("pid") as u32;
+    let leak_fn = hex(&ready["leak_fn"]);
+    let good_fn = hex(&ready["good_fn"]);
+    Leaky {
+        pid,
+        leak_range: (leak_fn, leak_fn + function_size(bin, "leak_connections")),
+        good_range: (good_fn, good_fn + function_size(bin, "good_connections")),
+        ready,
+        child,
+    }
+}
+
+/// `tcpdoctor check --json` from the host, narrowed to `ns`.
+fn check_json(ns: &Netns) -> Value {
+    let mut cmd = Command::new(TCPDOCTOR);
+    cmd.args(["check", "--json", "--netns", ns.name()])
+        .env("NO_COLOR", "1");
+    let out = common::run::run_bounded(&mut cmd, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check --json ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// `trace --leaks --json` on the host, narrowed to `ns`, attached.
+fn start_recorder(ns: &Netns) -> Lines {
+    let mut cmd = Command::new(TCPDOCTOR);
+    cmd.args([
+        "trace",
+        "--leaks",
+        "--json",
+        "--interval",
+        "0.25",
+        "--leak-age",
+        "1",
+        "--leak-every",
+        "1",
+        "--netns",
+        ns.name(),
+    ]);
+    let trace = Lines::spawn(cmd, "tcpdoctor trace --leaks");
+    let first = trace.next_json();
+    assert_eq!(first["record"], "interval", "attached: {first}");
+    trace
+}
+
+#[test]
+#[ignore = "needs root"]
+fn trace_leaks_attributes_leaked_sockets_to_the_function_that_opened_them() {
+    require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const LEAK: u64 = 40;
+    const GOOD: u64 = 25;
+    let dir = TempDir::new("leaky");
+    let bin = compile(&dir);
+    let ns = Netns::new("leaks");
+    let trace = start_recorder(&ns);
+    let Leaky {
+        ready,
+        pid,
+        leak_range,
+        good_range,
+        child: prog,
+    } = run_leaky(&ns, &bin, LEAK, GOOD);
+
+    // Idle past --leak-age, then the last look at SIGTERM.
+    thread::sleep(Duration::from_millis(2500));
+    let lines = trace.terminate();
+    let leaks = lines
+        .iter()
+        .rev()
+        .find(|l| l["record"] == "leaks")
+        .unwrap_or_else(|| panic!("a leaks record after SIGTERM: {lines:?}"));
+    let summary = lines.last().expect("summary");
+    assert_eq!(summary["record"], "summary", "{summary}");
+    drop(prog.finish());
+
+    let procs = leaks["processes"].as_array().expect("processes");
+    let p = procs
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .unwrap_or_else(|| panic!("pid {pid} among the leakers: {leaks:#}"));
+    assert_eq!(p["comm"], "leaky", "{p:#}");
+    // Every leaked socket is in CLOSE_WAIT and counted; the good ones are gone.
+    assert_eq!(p["close_wait"], LEAK, "{p:#}");
+    assert_eq!(p["leaked"], LEAK, "{p:#}");
+    let groups = p["groups"].as_array().expect("groups");
+    let in_leak: u64 = groups
+        .iter()
+        .filter(|g| frames_in(g, leak_range))
+        .map(|g| g["count"].as_u64().expect("count"))
+        .sum();
+    assert!(
+        in_leak * 100 >= LEAK * 95,
+        "{in_leak} of {LEAK} attributed to leak_connections {leak_range:x?}: {p:#}"
+    );
+    assert!(
+        !groups.iter().any(|g| frames_in(g, good_range)),
+        "a group through good_connections {good_range:x?}: {p:#}"
+    );
+    for g in groups.iter().filter(|g| frames_in(g, leak_range)) {
+        assert_eq!(g["via"], "connect", "{g:#}");
+        assert_eq!(g["of"], LEAK, "{g:#}");
+        assert_eq!(g["threads"], serde_json::json!(["leaker-*"]), "{g:#}");
+        let port = ready["port"].as_u64().expect("port");
+        assert_eq!(
+            g["destinations"][0]["remote"],
+            format!("127.0.0.1:{port}"),
+            "{g:#}"
+        );
+        let (first, last) = (
+            g["first_unix_ms"].as_u64().expect("first"),
+            g["last_unix_ms"].as_u64().expect("last"),
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64;
+        assert!(
+            first <= last && last <= now && now - first < 120_000,
+            "{g:#}"
+        );
+    }
+    // The accepted ends were closed at once by the program's server thread: their
+    // records went with them, and every socket it opened was recorded.
+    let table = &leaks["table"];
+    assert_eq!(table["evicted"], 0, "{table}");
+    assert_eq!(table["failed"], 0, "{table}");
+}
+
+/// `check` run while a recorder runs finds it and names, in its close_wait_leak
+/// finding, where the leaked sockets were opened (frames in `leak_connections`, never
+/// in `good_connections`); once the recorder is gone the finding says how to record.
+#[test]
+#[ignore = "needs root"]
+fn check_joins_its_leak_finding_to_a_running_recorder() {
+    require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const LEAK: u64 = 30;
+    const GOOD: u64 = 10;
+    let dir = TempDir::new("leaky-check");
+    let bin = compile(&dir);
+    let ns = Netns::new("leakchk");
+    let trace = start_recorder(&ns);
+    let leaky = run_leaky(&ns, &bin, LEAK, GOOD);
+
+    let report = check_json(&ns);
+    let found = common::report::findings(&report, "close_wait_leak");
+    let f = found
+        .iter()
+        .find(|f| f["data"]["pid"] == leaky.pid)
+        .unwrap_or_else(|| panic!("a close_wait_leak of pid {}: {report:#}", leaky.pid));
+    assert_eq!(f["data"]["leaked"], LEAK, "{f:#}");
+    let p = &f["data"]["provenance"];
+    assert_eq!(p["attributed"], LEAK, "{p:#}");
+    let groups = p["groups"].as_array().expect("groups");
+    let in_leak: u64 = groups
+        .iter()
+        .filter(|g| frames_in(g, leaky.leak_range))
+        .map(|g| g["count"].as_u64().expect("count"))
+        .sum();
+    assert!(in_leak * 100 >= LEAK * 95, "{in_leak} of {LEAK}: {p:#}");
+    assert!(
+        !groups.iter().any(|g| frames_in(g, leaky.good_range)),
+        "{p:#}"
+    );
+    let evidence: Vec<String> = f["evidence"]
+        .as_array()
+        .expect("evidence")
+        .iter()
+        .filter(|e| e["label"] == "opened")
+        .map(|e| e["value"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        evidence
+            .iter()
+            .any(|e| e.starts_with(&format!("{LEAK} of {LEAK}, "))
+                && e.contains("by threads leaker-*")
+                && e.contains("connect() to 127.0.0.1:")),
+        "{evidence:?}"
+    );
+    assert!(
+        p["recorder"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("(pid {})", trace.pid())),
+        "{p:#}"
+    );
+
+    drop(trace.terminate());
+    // Without our recorder: no origin from it. Another recorder on this host (a
+    // parallel serve test) would have recorded these sockets too; then it is named.
+    let report = check_json(&ns);
+    let found = common::report::findings(&report, "close_wait_leak");
+    let f = found
+        .iter()
+        .find(|f| f["data"]["pid"] == leaky.pid)
+        .unwrap_or_else(|| panic!("a close_wait_leak of pid {}: {report:#}", leaky.pid));
+    let p = &f["data"]["provenance"];
+    if p.is_null() {
+        let steps: Vec<&str> = f["fix"]
+            .as_array()
+            .expect("fix")
+            .iter()
+            .filter_map(|s| s["command"].as_str())
+            .collect();
+        assert!(
+            steps.iter().any(|c| c.starts_with("tcpdoctor trace")
+                && c.contains(&format!("--leaks --pid {} --duration 300", leaky.pid))),
+            "{steps:?}"
+        );
+    } else {
+        assert!(
+            !p["recorder"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("trace --leaks --json --interval 0.25"),
+            "our recorder is gone: {p:#}"
+        );
+    }
+    drop(leaky.child.finish());
+}
