@@ -471,25 +471,27 @@ fn jdk_native_function(pid: u32, lib: &str, function: &str) -> (String, u64) {
     (path, base + value)
 }
 
-/// The lead's merge test: `trace --leaks` groups the JVM's leaked sockets by call site
-/// and thread. Written against the JSON of `CallSiteGroup` (model::provenance) under
-/// `{"leaks": {"groups": [...]}}`; enable it once the capture (issue 13) has landed.
+/// `trace --leaks` groups the JVM's leaked sockets by call site (the leaking method,
+/// from the perf map) and by thread name (`pool-*-thread-*`).
 #[test]
-#[ignore = "waits for trace --leaks"]
+#[ignore = "needs root"]
 fn trace_leaks_groups_the_jvm_leak_by_pool_threads_and_fetch() {
     require_root();
-    // `--include-ignored` (the README's command, CI) runs this too: until the capture is
-    // merged the flag does not exist, and the test says so instead of failing CI. At
-    // the merge, remove this guard with the #[ignore].
-    if !trace_has_leaks() {
-        eprintln!(
-            "SKIP: waits for trace --leaks (issue 13 capture): this tcpdoctor has no such flag"
-        );
-        return;
-    }
     let ns = Netns::new("javatrace");
     let mut trace = Command::new(common::TCPDOCTOR);
-    trace.args(["trace", "--leaks", "--json", "--netns", ns.name()]);
+    trace.args([
+        "trace",
+        "--leaks",
+        "--json",
+        "--interval",
+        "0.25",
+        "--leak-age",
+        "1",
+        "--leak-every",
+        "1",
+        "--netns",
+        ns.name(),
+    ]);
     let trace = common::churn::Lines::spawn(trace, "tcpdoctor trace --leaks");
     let first = trace.next_json();
     assert_eq!(first["record"], "interval", "attached: {first}");
@@ -500,19 +502,27 @@ fn trace_leaks_groups_the_jvm_leak_by_pool_threads_and_fetch() {
     let want = u64::from(THREADS * PER_THREAD);
     assert_eq!(jvm.await_close_wait(&ns, want), want);
     jvm.write_perf_map();
+    // Past --leak-age, and a look after the perf map was written; then the last look
+    // at SIGTERM.
+    std::thread::sleep(Duration::from_millis(2500));
     let lines = trace.terminate();
     let leaks = lines
         .iter()
         .rev()
-        .find_map(|l| l.get("leaks"))
-        .unwrap_or_else(|| panic!("no leaks in {lines:#?}"));
-    let groups = leaks["groups"].as_array().expect("groups");
-    let ours: Vec<&serde_json::Value> = groups.iter().filter(|g| g["pid"] == jvm.pid).collect();
-    assert!(!ours.is_empty(), "a group of pid {}: {leaks:#}", jvm.pid);
+        .find(|l| l["record"] == "leaks")
+        .unwrap_or_else(|| panic!("no leaks record in {lines:#?}"));
+    let p = leaks["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .find(|p| p["pid"] == jvm.pid)
+        .unwrap_or_else(|| panic!("pid {} among the leakers: {leaks:#}", jvm.pid));
+    let ours = p["groups"].as_array().expect("groups");
+    assert!(!ours.is_empty(), "a group of pid {}: {p:#}", jvm.pid);
     let total: u64 = ours.iter().filter_map(|g| g["count"].as_u64()).sum();
     // At least 95% of the leaked sockets are attributed (issue 13).
-    assert!(total * 100 >= want * 95, "{total} of {want}: {leaks:#}");
-    for g in &ours {
+    assert!(total * 100 >= want * 95, "{total} of {want}: {p:#}");
+    for g in ours {
         assert_eq!(g["via"], "connect", "{g:#}");
         assert_eq!(g["of"], want, "{g:#}");
         assert_eq!(g["threads"][0], jvm.threads, "{g:#}");
@@ -534,14 +544,4 @@ fn trace_leaks_groups_the_jvm_leak_by_pool_threads_and_fetch() {
         biggest["hint"]
     );
     assert!(biggest["frames"].as_array().is_some_and(|f| f.len() > 2));
-}
-
-/// Whether this tcpdoctor's `trace` takes `--leaks` (issue 13's capture).
-fn trace_has_leaks() -> bool {
-    let out = common::run::run_bounded(
-        Command::new(common::TCPDOCTOR).args(["trace", "--help"]),
-        Duration::from_secs(60),
-    )
-    .unwrap_or_else(|e| panic!("tcpdoctor trace --help: {e}"));
-    String::from_utf8_lossy(&out.stdout).contains("--leaks")
 }

@@ -2,16 +2,16 @@
 //! ([`OriginMaps`]) matched to the sockets a dump found, by cookie, and to descriptors
 //! the kernel closed under their holder, by inode; their stacks turned into frames.
 //!
-//! Symbolization is one function, [`symbolize`]: the seam where
-//! `collect::symbolize::Symbolizer` plugs in. Until then frames are addresses with the
-//! mapped file they lie in (from /proc/PID/maps), stacks group by id.
+//! Stacks become frames through [`Symbolizer`](super::symbolize::Symbolizer) (ELF
+//! symbols and DWARF, JIT perf maps), once per process and stack id ([`Resolver`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use super::symbolize::Symbolizer;
 use super::trace::origins::{boot_to_unix_ms, OriginMaps};
 use super::trace::TraceError;
-use crate::model::provenance::{Frame, FrameKind, Origin, Provenance, Stack};
+use crate::model::provenance::{FrameKind, Origin, Provenance, Stack};
 
 /// What one read of a recording gave, before any join.
 #[derive(Debug, Default)]
@@ -83,28 +83,28 @@ pub fn detached(proc_root: &Path, rec: &Recorded) -> BTreeMap<u64, Origin> {
     out
 }
 
-/// Resolves stacks, once per (process, stack id), reading each process's mappings once.
-#[derive(Debug, Default)]
+/// Resolves stacks, once per (process, stack id) once every frame resolved, with one
+/// [`Symbolizer`] per run (it caches each process's mappings, symbol tables and perf
+/// map).
+#[derive(Default)]
 pub struct Resolver {
-    proc_root: PathBuf,
-    mappings: HashMap<u32, Vec<Mapping>>,
+    symbolizer: Symbolizer,
     done: HashMap<(u32, u32), Stack>,
 }
 
-/// One line of /proc/PID/maps that maps a file or an anonymous executable region.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mapping {
-    pub start: u64,
-    pub end: u64,
-    pub name: String,
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("stacks", &self.done.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Resolver {
-    pub fn new(proc_root: &Path) -> Resolver {
-        Resolver {
-            proc_root: proc_root.to_path_buf(),
-            ..Resolver::default()
-        }
+    /// Stacks are resolved against the live processes (a recording exists only on a
+    /// live host), whatever `--proc-root` says.
+    pub fn new(_proc_root: &Path) -> Resolver {
+        Resolver::default()
     }
 
     /// The stack `id` of process `pid`, resolved; `None` when it is not in the table.
@@ -113,91 +113,24 @@ impl Resolver {
             return Some(s.clone());
         }
         let addrs = maps.stack(id)?;
-        let mappings = self
-            .mappings
-            .entry(pid)
-            .or_insert_with(|| read_mappings(&self.proc_root, pid));
-        let (frames, call_site, hint) = symbolize(pid, &addrs, mappings);
+        // Frames of user stacks taken at a system call: every address is a return
+        // address (Symbolizer::symbolize looks each up inside its call).
+        let frames = self.symbolizer.symbolize(pid, &addrs);
+        let call_site = Symbolizer::call_site(&frames);
+        let hint = Symbolizer::hint(pid, &frames);
         let s = Stack {
             id,
             frames,
             call_site,
             hint,
         };
-        self.done.insert((pid, id), s.clone());
+        // A stack with unresolved frames is resolved again next time: a perf map may be
+        // written meanwhile (`jcmd PID Compiler.perfmap`), or the JIT compile the code.
+        if !s.frames.iter().any(|f| f.kind == FrameKind::Unresolved) {
+            self.done.insert((pid, id), s.clone());
+        }
         Some(s)
     }
-}
-
-/// THE SEAM for symbolization (issue 13): user addresses of process `pid`, innermost
-/// first, into frames, the frame that names the call site, and what to enable when
-/// frames did not resolve. With `collect::symbolize` merged this becomes:
-///
-/// ```ignore
-/// let mut frames = symbolizer.symbolize(pid, addrs);
-/// fill_modules(&mut frames, mappings); // where the symbolizer left `module` empty
-/// let site = Symbolizer::call_site(&frames);
-/// let hint = Symbolizer::hint(pid, &frames);
-/// (frames, site, hint)
-/// ```
-///
-/// (the `Symbolizer` then lives in [`Resolver`], created once per run). Meanwhile:
-/// unresolved frames with the mapped file each address lies in, no call site (groups
-/// are then by stack id).
-fn symbolize(
-    _pid: u32,
-    addrs: &[u64],
-    mappings: &[Mapping],
-) -> (Vec<Frame>, Option<Frame>, Option<String>) {
-    let mut frames: Vec<Frame> = addrs
-        .iter()
-        .map(|&addr| Frame {
-            addr,
-            kind: FrameKind::Unresolved,
-            symbol: None,
-            file: None,
-            line: None,
-            module: None,
-        })
-        .collect();
-    fill_modules(&mut frames, mappings);
-    (frames, None, None)
-}
-
-/// Sets `module` of frames without one to the mapping their address lies in.
-pub fn fill_modules(frames: &mut [Frame], mappings: &[Mapping]) {
-    for f in frames.iter_mut().filter(|f| f.module.is_none()) {
-        f.module = mappings
-            .iter()
-            .find(|m| m.start <= f.addr && f.addr < m.end)
-            .map(|m| m.name.clone());
-    }
-}
-
-fn read_mappings(proc_root: &Path, pid: u32) -> Vec<Mapping> {
-    std::fs::read_to_string(proc_root.join(pid.to_string()).join("maps"))
-        .map(|t| parse_mappings(&t))
-        .unwrap_or_default()
-}
-
-/// Executable mappings of a /proc/PID/maps text; malformed lines are skipped.
-pub fn parse_mappings(text: &str) -> Vec<Mapping> {
-    text.lines()
-        .filter_map(|line| {
-            let mut f = line.split_whitespace();
-            let (range, perms) = (f.next()?, f.next()?);
-            if !perms.contains('x') {
-                return None;
-            }
-            let (start, end) = range.split_once('-')?;
-            let name = f.nth(3).map_or("[anon]", |n| n).to_string();
-            Some(Mapping {
-                start: u64::from_str_radix(start, 16).ok()?,
-                end: u64::from_str_radix(end, 16).ok()?,
-                name,
-            })
-        })
-        .collect()
 }
 
 /// The provenance of the given sockets: origins of `cookies` (a dump's sockets) and of
@@ -236,37 +169,4 @@ pub fn join(
         }
     }
     p
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mappings_keep_executable_lines_and_skip_bad_ones() {
-        let text = "\
-55d0c0a00000-55d0c0a01000 r--p 00000000 fe:01 123 /usr/bin/leaky
-55d0c0a01000-55d0c0a02000 r-xp 00001000 fe:01 123 /usr/bin/leaky
-7f0000000000-7f0000001000 r-xp 00000000 00:00 0
-zzzz-7f00 r-xp 00000000 00:00 0 /bad
-7f1000000000-7f1000100000 r-xp 00028000 fe:01 456 /usr/lib/x86_64-linux-gnu/libc.so.6
-";
-        let m = parse_mappings(text);
-        assert_eq!(m.len(), 3, "{m:?}");
-        assert_eq!(m[0].name, "/usr/bin/leaky");
-        assert_eq!(m[1].name, "[anon]");
-        let mut frames = vec![Frame {
-            addr: 0x7f1000000010,
-            kind: FrameKind::Unresolved,
-            symbol: None,
-            file: None,
-            line: None,
-            module: None,
-        }];
-        fill_modules(&mut frames, &m);
-        assert_eq!(
-            frames[0].module.as_deref(),
-            Some("/usr/lib/x86_64-linux-gnu/libc.so.6")
-        );
-    }
 }
