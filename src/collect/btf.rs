@@ -15,10 +15,11 @@ pub fn kernel() -> Result<&'static aya::Btf, String> {
         .map_err(Clone::clone)
 }
 
-/// An error and its sources, `outer: inner` (aya's outer message alone does not say
-/// what went wrong).
+/// An error and its sources, `outer: inner: innermost` (aya's outer messages alone,
+/// like "error relocating section", do not say what went wrong). Shared by every BPF
+/// loader.
 #[cfg_attr(all(tcpdoctor_no_bpf, tcpdoctor_no_trace_bpf), allow(dead_code))]
-fn chain(e: &dyn std::error::Error) -> String {
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {

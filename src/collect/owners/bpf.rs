@@ -20,6 +20,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use zerocopy::{FromBytes, Immutable, KnownLayout};
 
 use super::{ScanMethod, ScanStats, Wanted};
+#[cfg(not(tcpdoctor_no_bpf))]
+use crate::collect::btf::chain;
 use crate::collect::procfs::process::read_process;
 use crate::collect::procfs::status::{self, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN};
 use crate::model::{Owner, Owners, ProcessFds, SocketOwnerMap};
@@ -372,22 +374,6 @@ impl Loaded {
     }
 }
 
-/// An error and its sources, `outer: inner: innermost` (aya's outer messages alone,
-/// like "error relocating section", do not say what went wrong).
-#[cfg(not(tcpdoctor_no_bpf))]
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        let t = inner.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = inner.source();
-    }
-    s
-}
 
 #[cfg(test)]
 mod tests {

@@ -21,6 +21,8 @@ pub mod records;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
+#[cfg(not(tcpdoctor_no_trace_bpf))]
+use crate::collect::btf::chain;
 use crate::model::flow::ProgramCost;
 use crate::model::{FlowCounts, FlowEvent, FlowKey, TraceLosses};
 
@@ -799,22 +801,6 @@ fn short_reason(reason: &str) -> &str {
         .trim()
 }
 
-/// An error and its sources, `outer: inner: innermost` (aya's outer messages alone do
-/// not say what went wrong).
-#[cfg(not(tcpdoctor_no_trace_bpf))]
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        let t = inner.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = inner.source();
-    }
-    s
-}
 
 #[cfg(test)]
 mod tests {
