@@ -178,7 +178,10 @@ fn descriptors_of_a_growing_leak_are_counted_again_and_the_limit_is_dated() {
     let open = num("open_fds");
     // Every leaked connection is two of its descriptors, plus its listeners and stdio.
     let close_wait = leak["data"]["count"].as_f64().expect("count");
-    assert!(open >= 2.0 * close_wait, "{open} open, {close_wait} CLOSE_WAIT");
+    assert!(
+        open >= 2.0 * close_wait,
+        "{open} open, {close_wait} CLOSE_WAIT"
+    );
     let left = (num("soft_limit") - open) / growth;
     assert!(
         (num("exhausted_in_s") - left).abs() < 0.01,
@@ -191,7 +194,9 @@ fn descriptors_of_a_growing_leak_are_counted_again_and_the_limit_is_dated() {
             .expect("evidence")
             .iter()
             .any(|e| e["label"] == "descriptors growing"
-                && e["value"].as_str().is_some_and(|t| t.contains("it is reached in about"))),
+                && e["value"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("it is reached in about"))),
         "{:#}",
         leak["evidence"]
     );
