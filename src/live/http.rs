@@ -204,8 +204,11 @@ fn trim(v: &[u8]) -> &[u8] {
     }
 }
 
+/// A request line's method, target and version.
+type RequestLine<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
 /// Method, target and version, separated by single spaces.
-fn split_request_line(line: &[u8]) -> Result<(&[u8], &[u8], &[u8]), Refusal> {
+fn split_request_line(line: &[u8]) -> Result<RequestLine<'_>, Refusal> {
     let bad = Refusal {
         status: 400,
         reason: "malformed request line",

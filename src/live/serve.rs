@@ -527,7 +527,7 @@ impl Server {
         }
         let sleep = wake_at.saturating_duration_since(now);
         // Round up, so a deadline is past when poll returns.
-        let ms = sleep.as_millis() + u128::from(sleep.subsec_nanos() % 1_000_000 != 0);
+        let ms = sleep.as_millis() + u128::from(!sleep.subsec_nanos().is_multiple_of(1_000_000));
         let ms = libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX);
         // SAFETY: `fds` is a valid array of fds.len() pollfd structs for the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
