@@ -5,4 +5,5 @@
 mod http;
 pub mod serve;
 pub mod trace;
+mod tty;
 pub mod watch;
