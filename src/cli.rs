@@ -73,8 +73,14 @@ pub enum Command {
     Check(CheckArgs),
     /// Live terminal view: state counts over time, top leakers, port headroom, counter
     /// rates and the current findings.
+    #[command(
+        after_help = "Ends with exit code 0 on q, Ctrl-C, SIGINT, SIGTERM and SIGHUP, and when its terminal goes away (end of file, an error or a hang-up: a dropped ssh session, a killed tmux pane), restoring the terminal as far as it can; 3 when it cannot start (no terminal)."
+    )]
     Watch(WatchArgs),
     /// Prometheus / OpenMetrics endpoint for fleets (loopback by default).
+    #[command(
+        after_help = "Signals: SIGTERM and SIGINT finish the scrapes in flight (at most 5 s) and exit 0; SIGHUP reads the --config thresholds again and drops the cached result (a file that no longer parses is logged and the previous thresholds kept).\nLimits: request heads of at most 8 KiB and 100 header lines within 5 s (431, 414, 400; HTTP versions other than 1.0 and 1.1 get 505); idle kept-alive connections close after 10 s; at most 512 connections (the open-files limit minus 48 if lower), the one waiting longest for its request dropped to admit a new one. Exit code 3 if the listening socket cannot be opened or fails, so that a service manager restarts it."
+    )]
     Serve(ServeArgs),
     /// Count TCP sockets per state (every state, zeros included), IPv4, IPv6 and total.
     States(StatesArgs),

@@ -119,6 +119,9 @@ pub struct ServeSettings {
     /// Scrapes within this long of a collection reuse it.
     pub cache: Duration,
     pub thresholds: Thresholds,
+    /// Where `thresholds` came from (`--config`, `--threshold`), read again on SIGHUP.
+    pub config: Option<PathBuf>,
+    pub threshold_overrides: Vec<String>,
 }
 
 /// `lint nginx [FILE]`.
@@ -416,6 +419,8 @@ pub fn resolve(
                 top: a.top.max(1),
                 cache: Duration::from_secs_f64(a.cache),
                 thresholds: thresholds(a.config.as_deref(), &a.threshold)?,
+                config: a.config,
+                threshold_overrides: a.threshold,
             })
         }
         Some(cli::Command::States(a)) => {

@@ -5,23 +5,15 @@
 
 mod common;
 
-use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
-use common::fixtures::{copy_tree, repo_path, TempDir, NETNS_MIXED};
+use common::fixtures::{repo_path, TempDir, NETNS_MIXED};
 use common::prom::{promtool_check_metrics, Scrape};
 use common::run::{run_tcpdoctor, wait_for};
-use common::serve::{collections_total, http, replay_command, scrape, Served, STOP_TIMEOUT};
-
-/// Whether process `pid` has `path` open (a link in /proc/PID/fd points at it).
-fn has_open(pid: u32, path: &Path) -> bool {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == path))
-}
+use common::serve::{
+    collections_total, has_open, http, replay_command, scrape, slow_capture, Served, STOP_TIMEOUT,
+};
 
 #[test]
 fn index_answers_unknown_paths_404_and_other_methods_405() {
@@ -43,19 +35,7 @@ fn concurrent_scrapes_share_one_collection() {
     // two more scrapes to arrive while it runs. (A FIFO used to block the collection
     // until the test fed it; a replay now refuses FIFOs, issue 16.)
     let tmp = TempDir::new("big");
-    let root = tmp.path().join("proc");
-    copy_tree(&repo_path(NETNS_MIXED), &root);
-    let tcp = root.join("net/tcp");
-    let text = std::fs::read_to_string(&tcp).expect("fixture net/tcp");
-    let (header, body) = text.split_once('\n').expect("header line");
-    let mut big = String::with_capacity(61 << 20);
-    big.push_str(header);
-    big.push('\n');
-    while big.len() < 60 << 20 {
-        big.push_str(body);
-    }
-    std::fs::write(&tcp, big).expect("write net/tcp");
-    let tcp = tcp.canonicalize().expect("absolute path");
+    let (root, tcp) = slow_capture(tmp.path());
 
     let mut served = Served::start(replay_command(&root, &["--cache", "0"]));
     let (addr, pid) = (served.addr, served.pid());

@@ -1,28 +1,34 @@
 //! `tcpdoctor watch`: the live view's run loop. Owns the terminal (raw mode, alternate
 //! screen, restored on every exit path: return, panic, SIGTERM/SIGINT/SIGHUP), the
 //! sampling thread (`Sampler`, with the connection tracer kept attached when it can run,
-//! and the `check` rules every `--interval`) and key events.
+//! and the `check` rules every `--interval`) and key events ([`super::tty`]).
 //! What is shown and how keys act is `render::watch`; this file only moves data to it.
+//!
+//! It ends, with status 0, on `q`, Ctrl-C, SIGINT, SIGTERM and SIGHUP, and when its
+//! terminal goes away (end of file, an error or a hang-up on standard input, or a
+//! failed write: an ssh session that dropped), putting the terminal back as far as it
+//! still can. It never keeps sampling for a terminal nobody sees.
 //!
 //! `--headless` (hidden, a scripting and debug mode) skips the terminal and prints one
 //! JSON line per sample on stdout; `--samples N` stops after N samples.
 
 use std::io::{self, IsTerminal, Write};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use crossterm::{cursor, execute, terminal};
 use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
 
+use super::tty::{self, Input};
 use crate::analyze;
 use crate::cmd::check::Sampler;
 use crate::model::{Finding, Snapshot};
-use crate::render::watch::{self as view, Key, WatchApp, WatchConfig};
+use crate::render::watch::{self as view, WatchApp, WatchConfig};
 use crate::settings::{Common, WatchSettings};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -237,6 +243,13 @@ fn run_tui(
     };
 
     let result = ui_loop(&mut term, config, s.samples, &rx, &paused, stop);
+    // ratatui's Terminal shows a cursor it hid when dropped, and if that write fails (the
+    // terminal is gone) it reports it with eprintln!, which panics when stderr is that
+    // same dead terminal: exit 101 instead of 0. Show it here and, if the terminal
+    // cannot take it, never drop the Terminal (the process is about to end).
+    if term.show_cursor().is_err() {
+        std::mem::forget(term);
+    }
     drop(guard);
     // Not joined: a sample in progress (seconds on a huge host) must not delay the exit.
     // The thread ends after it, on `sampler_stop` or on the closed channel.
@@ -258,6 +271,8 @@ fn ui_loop(
 ) -> Result<(), BoxError> {
     let mut app = WatchApp::new(config);
     let mut dirty = true;
+    let stdin = io::stdin();
+    let mut size = terminal::size().ok();
     loop {
         loop {
             match rx.try_recv() {
@@ -276,69 +291,53 @@ fn ui_loop(
                 }
             }
         }
-        if dirty {
-            term.draw(|f| view::draw(f, &app))?;
-            dirty = false;
-        }
-        if app.should_quit()
-            || stop.load(Ordering::Relaxed)
-            || max_samples.is_some_and(|n| app.samples() >= n)
-        {
+        if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
-        if event::poll(TICK)? {
-            match event::read()? {
-                Event::Key(k) => {
-                    if let Some(key) = key_of(k) {
-                        app.handle_key(key);
-                        paused.store(app.is_paused(), Ordering::Relaxed);
-                        dirty = true;
-                    }
-                }
-                Event::Resize(..) => dirty = true,
-                _ => {}
+        // A resize shows as a new size (no SIGWINCH handler: the tick is short).
+        let now = terminal::size().ok();
+        if now != size {
+            size = now;
+            dirty = true;
+        }
+        if dirty {
+            if let Err(e) = term.draw(|f| view::draw(f, &app)) {
+                // Nothing can be shown any more: the terminal is gone (EIO after a
+                // hang-up) or broken. Either way the session is over.
+                return terminal_gone(&format!("cannot draw: {e}"));
             }
+            dirty = false;
+        }
+        if app.should_quit() || max_samples.is_some_and(|n| app.samples() >= n) {
+            return Ok(());
+        }
+        match tty::wait_input(stdin.as_raw_fd(), TICK) {
+            Input::Keys(keys) => {
+                for key in keys {
+                    app.handle_key(key);
+                    dirty = true;
+                }
+                paused.store(app.is_paused(), Ordering::Relaxed);
+            }
+            Input::Nothing => {}
+            Input::Gone(why) => return terminal_gone(&why),
         }
     }
 }
 
-/// Maps a terminal key event to the app's keys (presses and repeats only).
-fn key_of(k: KeyEvent) -> Option<Key> {
-    if k.kind == KeyEventKind::Release {
-        return None;
-    }
-    Some(match k.code {
-        KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => Key::Interrupt,
-        KeyCode::Char(c) => Key::Char(c),
-        KeyCode::Enter => Key::Enter,
-        KeyCode::Esc => Key::Esc,
-        KeyCode::Backspace => Key::Backspace,
-        KeyCode::Up => Key::Up,
-        KeyCode::Down => Key::Down,
-        KeyCode::PageUp => Key::PageUp,
-        KeyCode::PageDown => Key::PageDown,
-        KeyCode::Home => Key::Home,
-        KeyCode::End => Key::End,
-        _ => return None,
-    })
+/// The terminal went away: say so where it may still be seen (stderr is often the same
+/// terminal, then this is lost) and end normally.
+fn terminal_gone(why: &str) -> Result<(), BoxError> {
+    let _ = writeln!(
+        io::stderr(),
+        "tcpdoctor watch: the terminal went away ({why}); stopping"
+    );
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ctrl_c_is_interrupt_and_releases_are_ignored() {
-        let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
-        assert_eq!(key_of(ctrl_c), Some(Key::Interrupt));
-        assert_eq!(
-            key_of(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::NONE)),
-            Some(Key::Char('c'))
-        );
-        let mut release = KeyEvent::new(KeyCode::Char('q'), KeyModifiers::NONE);
-        release.kind = KeyEventKind::Release;
-        assert_eq!(key_of(release), None);
-    }
 
     #[test]
     fn cheap_samples_keep_the_interval_costly_ones_are_spaced_to_the_budget() {

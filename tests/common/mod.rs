@@ -8,7 +8,9 @@
 //! - `fixtures`, `cgroup`: paths into the repository, scratch folders, test cgroups;
 //! - `fuzz`: a seeded generator and the mutations the fuzz tests apply to captured input;
 //! - `java`: a JVM leaking connections through Apache HttpClient (issue 13), its perf map;
-//! - `prom`, `serve`: the Prometheus exposition format, promtool, a running exporter;
+//! - `prom`, `serve`: the Prometheus exposition format, promtool, a running exporter
+//!   and hostile HTTP exchanges with it;
+//! - `pty`: a child on a pseudo-terminal the test can hang up;
 //! - `snapshot`: golden output as insta snapshots;
 //! - `tools`: external programs a test needs (skipped outside CI when missing).
 //!
@@ -26,6 +28,7 @@ pub mod fuzz;
 pub mod java;
 pub mod netns;
 pub mod prom;
+pub mod pty;
 pub mod report;
 pub mod run;
 pub mod serve;
