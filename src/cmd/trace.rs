@@ -7,14 +7,14 @@
 //! interval, and take one [`FlowInterval`] with a row per (process, namespace,
 //! destination or listening port, direction).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use crate::collect::trace::deltas::FlowDeltas;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::collect::netns as ns;
 use crate::collect::owners::{self, Wanted};
 use crate::collect::sockets::{self, SocketQuery};
-use crate::collect::trace::records::RawFlowKey;
 use crate::collect::trace::{EventOptions, SeedListener, TraceOptions, Tracer};
 use crate::model::{
     FlowCounts, FlowEvent, FlowFilter, FlowInterval, FlowKey, FlowRow, Notice, NoticeCode,
@@ -25,9 +25,6 @@ use crate::settings::{Common, NetnsChoice};
 use super::netns::{self, ContainerCache, Purpose};
 use super::CmdError;
 
-/// A flow idle for this many reads is removed from the kernel's table once the table is
-/// half full (nothing is lost: it had no new counts).
-const IDLE_READS_BEFORE_EVICTION: u32 = 3;
 /// Events taken from the ring buffer per call, at most.
 const EVENTS_PER_TAKE: usize = 4096;
 
@@ -52,10 +49,8 @@ pub struct TraceSession {
     names_refreshed: Option<Instant>,
     started: Instant,
     last_read: Instant,
-    /// Cumulative counts of each kernel flow at the last read.
-    seen: HashMap<RawFlowKey, FlowCounts>,
-    /// Reads in a row without new counts, per kernel flow.
-    idle: HashMap<RawFlowKey, u32>,
+    /// Each kernel flow's counts at the last read.
+    deltas: FlowDeltas,
     /// The whole run, per flow (after filters).
     run: BTreeMap<FlowKey, (String, FlowCounts)>,
     losses_at_start: TraceLosses,
@@ -139,8 +134,7 @@ impl TraceSession {
             names_refreshed: None,
             started: now,
             last_read: now,
-            seen: HashMap::new(),
-            idle: HashMap::new(),
+            deltas: FlowDeltas::default(),
             run: BTreeMap::new(),
             losses_at_start,
             last_losses: losses_at_start,
@@ -171,29 +165,12 @@ impl TraceSession {
         let read = self.tracer.read_flows()?;
         self.skipped_records += read.skipped;
         let mut rows = Vec::new();
-        let mut present = HashSet::with_capacity(read.flows.len());
-        for f in read.flows {
-            present.insert(f.raw);
-            let delta = match self.seen.get(&f.raw) {
-                Some(before) => f.counts.since(before),
-                None => f.counts,
-            };
-            self.seen.insert(f.raw, f.counts);
-            let idle = self.idle.entry(f.raw).or_insert(0);
-            if delta.is_empty() {
-                *idle = idle.saturating_add(1);
-                continue;
-            }
-            *idle = 0;
+        for f in self.deltas.take(&mut self.tracer, read) {
             if !self.filter.matches_flow(&f.key, &f.comm) {
                 continue;
             }
-            rows.push((f.key, f.comm, delta));
+            rows.push((f.key, f.comm, f.counts));
         }
-        // Flows removed from the table (by us) are no longer tracked.
-        self.seen.retain(|k, _| present.contains(k));
-        self.idle.retain(|k, _| present.contains(k));
-        self.evict_idle(read.capacity);
 
         let unknown = rows
             .iter()
@@ -313,25 +290,6 @@ impl TraceSession {
             for t in sel.targets {
                 self.names.insert(t.info.inode, t.info.name);
             }
-        }
-    }
-
-    /// Makes room in the kernel's flow table once it is half full: flows without new
-    /// counts for a few reads go (their counts are in `run` already).
-    fn evict_idle(&mut self, capacity: u32) {
-        if self.seen.len() * 2 < capacity as usize {
-            return;
-        }
-        let idle: Vec<RawFlowKey> = self
-            .idle
-            .iter()
-            .filter(|(_, n)| **n >= IDLE_READS_BEFORE_EVICTION)
-            .map(|(k, _)| *k)
-            .collect();
-        self.tracer.remove_flows(&idle);
-        for k in &idle {
-            self.seen.remove(k);
-            self.idle.remove(k);
         }
     }
 }

@@ -7,19 +7,15 @@
 //! the tracer about listeners opened before it started, and name the connections the
 //! kernel accepted on them before it was told (the tracer files those under pid 0).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use super::trace::deltas::FlowDeltas;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
-use super::trace::records::RawFlowKey;
 use super::trace::{SeedListener, TraceError, TraceOptions, Tracer};
 use crate::model::{
-    FlowCounts, FlowKey, FlowPeer, FlowRow, HostSnapshot, NamespaceFlows, Notice, NoticeCode,
-    Snapshot, TraceLosses,
+    FlowKey, FlowPeer, FlowRow, HostSnapshot, NamespaceFlows, Notice, NoticeCode, Snapshot,
+    TraceLosses,
 };
-
-/// A kernel flow without new counts for this many reads is removed from the kernel's
-/// table once the table is half full (its counts were taken already).
-const IDLE_READS_BEFORE_EVICTION: u32 = 3;
 
 /// The notice for a command that wanted to trace and could not: one line, what is
 /// missing and why.
@@ -36,10 +32,8 @@ pub fn unavailable_notice(e: &TraceError) -> Notice {
 pub struct FlowTracing {
     tracer: Tracer,
     last_read: Instant,
-    /// Cumulative counts of each kernel flow at the last read.
-    seen: HashMap<RawFlowKey, FlowCounts>,
-    /// Reads in a row without new counts, per kernel flow.
-    idle: HashMap<RawFlowKey, u32>,
+    /// Each kernel flow's counts at the last read.
+    deltas: FlowDeltas,
     /// Listening sockets already told to the tracer: (netns inode, port).
     seeded: HashSet<(u64, u16)>,
     losses: TraceLosses,
@@ -50,7 +44,7 @@ pub struct FlowTracing {
 impl std::fmt::Debug for FlowTracing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FlowTracing")
-            .field("flows", &self.seen.len())
+            .field("flows", &self.deltas.len())
             .finish_non_exhaustive()
     }
 }
@@ -81,8 +75,7 @@ impl FlowTracing {
         Ok(FlowTracing {
             tracer,
             last_read: Instant::now(),
-            seen: HashMap::new(),
-            idle: HashMap::new(),
+            deltas: FlowDeltas::default(),
             seeded: HashSet::new(),
             losses,
             degraded,
@@ -146,20 +139,8 @@ impl FlowTracing {
                 ..NamespaceFlows::default()
             })
             .collect();
-        let mut present = HashSet::with_capacity(read.flows.len());
-        for f in read.flows {
-            present.insert(f.raw);
-            let delta = match self.seen.get(&f.raw) {
-                Some(before) => f.counts.since(before),
-                None => f.counts,
-            };
-            self.seen.insert(f.raw, f.counts);
-            let idle = self.idle.entry(f.raw).or_insert(0);
-            if delta.is_empty() {
-                *idle = idle.saturating_add(1);
-                continue;
-            }
-            *idle = 0;
+        let skipped = read.skipped;
+        for f in self.deltas.take(&mut self.tracer, read) {
             let Some(i) = slot.get(&f.key.netns) else {
                 continue;
             };
@@ -167,13 +148,9 @@ impl FlowTracing {
                 key: f.key,
                 comm: f.comm,
                 netns_name: String::new(),
-                counts: delta,
+                counts: f.counts,
             });
         }
-        // Flows removed from the kernel's table (by us) are no longer followed.
-        self.seen.retain(|k, _| present.contains(k));
-        self.idle.retain(|k, _| present.contains(k));
-        self.evict_idle(read.capacity);
 
         for (snap, mut flows) in host.namespaces.iter_mut().zip(per_ns) {
             name_accepted(snap, &mut flows);
@@ -206,33 +183,13 @@ impl FlowTracing {
             }
             Err(e) => host.missing.push(unavailable_notice(&e)),
         }
-        if read.skipped > 0 {
+        if skipped > 0 {
             host.missing.push(Notice::new(
                 NoticeCode::TraceLosses,
                 format!(
-                    "{} flow records from the kernel could not be read and were skipped",
-                    read.skipped
+                    "{skipped} flow records from the kernel could not be read and were skipped"
                 ),
             ));
-        }
-    }
-
-    /// Makes room in the kernel's flow table once it is half full: flows without new
-    /// counts for a few reads go.
-    fn evict_idle(&mut self, capacity: u32) {
-        if self.seen.len() * 2 < capacity as usize {
-            return;
-        }
-        let idle: Vec<RawFlowKey> = self
-            .idle
-            .iter()
-            .filter(|(_, n)| **n >= IDLE_READS_BEFORE_EVICTION)
-            .map(|(k, _)| *k)
-            .collect();
-        self.tracer.remove_flows(&idle);
-        for k in &idle {
-            self.seen.remove(k);
-            self.idle.remove(k);
         }
     }
 }
@@ -296,7 +253,7 @@ fn name_accepted(snap: &Snapshot, flows: &mut NamespaceFlows) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Direction, Endpoint, ListenerSocket, Owner, ProcessFacts};
+    use crate::model::{Direction, Endpoint, FlowCounts, ListenerSocket, Owner, ProcessFacts};
 
     fn row(pid: u32, peer: FlowPeer, opened: u64) -> FlowRow {
         FlowRow {

@@ -374,7 +374,6 @@ impl Loaded {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

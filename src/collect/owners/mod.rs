@@ -186,9 +186,11 @@ fn bpf_worthwhile(proc_root: &Path, use_bpf: BpfUse) -> Result<(), String> {
     Ok(())
 }
 
-/// One `TCPDOCTOR_DEBUG` line on stderr.
+/// One `TCPDOCTOR_DEBUG` line on stderr. A failed write is ignored (`eprintln!` would
+/// panic when stderr is a terminal that went away, as under `watch`).
 fn debug_line(msg: &str) {
-    eprintln!("tcpdoctor: owner scan: {msg}");
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "tcpdoctor: owner scan: {msg}");
 }
 
 /// `socket:[12345]` -> 12345.

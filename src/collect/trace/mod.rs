@@ -15,6 +15,7 @@
 //! With [`LeakOptions`] the tracer also records who opened each socket and from where
 //! (leak provenance, issue 13; see [`origins`]).
 
+pub mod deltas;
 pub mod origins;
 pub mod records;
 
@@ -800,7 +801,6 @@ fn short_reason(reason: &str) -> &str {
         .unwrap_or(reason)
         .trim()
 }
-
 
 #[cfg(test)]
 mod tests {
