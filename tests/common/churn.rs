@@ -61,6 +61,11 @@ impl Lines {
         self.child.id()
     }
 
+    /// Whether the child has not exited yet.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// The next line, as JSON.
     pub fn next_json(&self) -> Value {
         let line = self

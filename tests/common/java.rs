@@ -9,11 +9,8 @@
 //! Both JVMs are killed by their own pid when dropped (and exit by themselves when
 //! their stdin closes or after 300 s); the perf map a test had written is removed.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -85,62 +82,25 @@ pub fn compile() -> Option<TempDir> {
     Some(out)
 }
 
-/// A child JVM whose stdout lines arrive on a channel.
+/// A child JVM whose stdout lines arrive on a channel; killed by pid when dropped.
 struct Jvm {
-    child: Child,
-    /// Kept open: the JVM exits when it closes.
-    _stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
+    proc: super::churn::Lines,
     what: &'static str,
 }
 
 impl Jvm {
-    fn spawn(mut cmd: Command, what: &'static str) -> Jvm {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        let stdin = child.stdin.take();
-        let (tx, lines) = mpsc::channel();
-        if let Some(out) = child.stdout.take() {
-            thread::spawn(move || {
-                for line in BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+    fn spawn(cmd: Command, what: &'static str) -> Jvm {
         Jvm {
-            child,
-            _stdin: stdin,
-            lines,
+            proc: super::churn::Lines::spawn(cmd, what),
             what,
         }
     }
 
     fn next_line(&mut self) -> String {
-        match self.lines.recv_timeout(LINE_TIMEOUT) {
-            Ok(line) => line,
-            Err(e) => {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("{}: no line within {LINE_TIMEOUT:?} ({e})", self.what)
-            }
-        }
-    }
-}
-
-impl Drop for Jvm {
-    fn drop(&mut self) {
-        // Our own unreaped child: its pid cannot have been reused.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        self.proc
+            .rx
+            .recv_timeout(LINE_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{}: no line within {LINE_TIMEOUT:?} ({e})", self.what))
     }
 }
 
@@ -203,7 +163,7 @@ pub fn start_leaking_jvm(ns: &Netns, threads: u32, per_thread: u32) -> Option<Le
     let line = jvm.next_line();
     let result: Value = serde_json::from_str(&line)
         .unwrap_or_else(|e| panic!("LeakyFetcher: not JSON ({e}): {line}"));
-    let pid = jvm.child.id();
+    let pid = jvm.proc.pid();
     assert_eq!(result["pid"], pid, "the JVM is the child itself: {result}");
     assert_eq!(result["failed"], 0, "{result}");
     let leaked = result["leaked"]
@@ -286,7 +246,7 @@ impl LeakingJvm {
 
     /// Whether the JVM is still running.
     pub fn running(&mut self) -> bool {
-        matches!(self.jvm.child.try_wait(), Ok(None))
+        self.jvm.proc.running()
     }
 }
 
