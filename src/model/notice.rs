@@ -143,12 +143,22 @@ pub struct Notice {
     pub message: String,
 }
 
+/// Longest notice message kept, in characters.
+pub const NOTICE_MAX: usize = 2000;
+
 impl Notice {
+    /// A notice; its message often quotes outside input (a file's bad line, a path, an
+    /// error from the kernel), so control characters become `?` and it is cut at
+    /// [`NOTICE_MAX`] characters: nothing in a notice can move the cursor or flood a
+    /// terminal.
     pub fn new(code: NoticeCode, message: impl Into<String>) -> Notice {
-        Notice {
-            code,
-            message: message.into(),
-        }
+        let message = message.into();
+        let message = if super::text::is_clean(&message) && message.chars().count() <= NOTICE_MAX {
+            message
+        } else {
+            super::text::clean(&message, NOTICE_MAX)
+        };
+        Notice { code, message }
     }
 }
 
@@ -174,6 +184,25 @@ impl Source {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notice_messages_are_printable_and_bounded() {
+        let n = Notice::new(
+            NoticeCode::RecordsSkipped,
+            "bad '0000\u{1a}E6\u{1b}[2J' here",
+        );
+        assert_eq!(n.message, "bad '0000?E6?[2J' here");
+        let long = "x".repeat(NOTICE_MAX * 3);
+        assert_eq!(
+            Notice::new(NoticeCode::RecordsSkipped, long)
+                .message
+                .chars()
+                .count(),
+            NOTICE_MAX
+        );
+        let fine = "the capture lacks net/snmp (Tcp counters)";
+        assert_eq!(Notice::new(NoticeCode::ReplayMissing, fine).message, fine);
+    }
 
     #[test]
     fn codes_serialize_as_their_public_names() {

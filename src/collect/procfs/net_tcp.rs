@@ -25,8 +25,8 @@ pub enum LineError {
 }
 
 fn bad(field: &'static str, value: &str) -> LineError {
-    // Cap what we echo back: the input may be hostile or binary.
-    let value: String = value.chars().take(48).collect();
+    // Cap what we echo back, printable: the input may be hostile or binary.
+    let value = crate::model::text::clean(value, 48);
     LineError::BadField { field, value }
 }
 
