@@ -512,10 +512,14 @@ impl Booted {
                 let s = booted.run(&["systemctl", "is-system-running"]).1;
                 (s == "running" || s == "degraded").then_some(s)
             });
-        assert!(
-            state.is_some(),
-            "the container's systemd did not finish booting in 60 s"
-        );
+        if state.is_none() {
+            // What it still waits for, to tell a slow machine from a unit that hangs.
+            let jobs = booted.run(&["systemctl", "list-jobs", "--no-pager"]).1;
+            let failed = booted.run(&["systemctl", "--failed", "--no-pager"]).1;
+            panic!(
+                "the container's systemd did not finish booting in 60 s; jobs:\n{jobs}\nfailed:\n{failed}"
+            );
+        }
         booted
     }
 
