@@ -26,6 +26,9 @@ use common::{in_ci, require_root, TCPDOCTOR};
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const UNIT: &str = "usr/lib/systemd/system/tcpdoctor.service";
 const DPKG_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the container's systemd may take to boot: seconds on a quiet machine, once
+/// over a minute while other tests ran beside it.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn deb_arch() -> String {
     let out = must_run(Command::new("dpkg").arg("--print-architecture"));
@@ -507,17 +510,16 @@ impl Booted {
             nspawn: child,
             init,
         };
-        let state =
-            common::run::wait_for(Duration::from_secs(60), Duration::from_millis(200), || {
-                let s = booted.run(&["systemctl", "is-system-running"]).1;
-                (s == "running" || s == "degraded").then_some(s)
-            });
+        let state = common::run::wait_for(BOOT_TIMEOUT, Duration::from_millis(200), || {
+            let s = booted.run(&["systemctl", "is-system-running"]).1;
+            (s == "running" || s == "degraded").then_some(s)
+        });
         if state.is_none() {
             // What it still waits for, to tell a slow machine from a unit that hangs.
             let jobs = booted.run(&["systemctl", "list-jobs", "--no-pager"]).1;
             let failed = booted.run(&["systemctl", "--failed", "--no-pager"]).1;
             panic!(
-                "the container's systemd did not finish booting in 60 s; jobs:\n{jobs}\nfailed:\n{failed}"
+                "the container's systemd did not finish booting in {BOOT_TIMEOUT:?}; jobs:\n{jobs}\nfailed:\n{failed}"
             );
         }
         booted
