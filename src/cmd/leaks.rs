@@ -50,7 +50,7 @@ impl LeakLook {
             filter: filter.clone(),
             leak_age_ms,
             since_unix_ms: now_unix_ms(),
-            resolver: Resolver::new(&common.proc_root),
+            resolver: Resolver::default(),
             containers: ContainerCache::default(),
         }
     }
@@ -294,7 +294,7 @@ pub fn attach_to_host(host: &mut HostSnapshot, proc_root: &std::path::Path) {
     let Ok(recorders) = find_recorders() else {
         return;
     };
-    let mut resolver = Resolver::new(proc_root);
+    let mut resolver = Resolver::default();
     for r in recorders {
         let Ok(rec) = prov::read(&r.maps) else {
             continue;

@@ -85,7 +85,8 @@ pub fn detached(proc_root: &Path, rec: &Recorded) -> BTreeMap<u64, Origin> {
 
 /// Resolves stacks, once per (process, stack id) once every frame resolved, with one
 /// [`Symbolizer`] per run (it caches each process's mappings, symbol tables and perf
-/// map).
+/// map). Stacks are resolved against the live processes (a recording exists only on a
+/// live host), whatever `--proc-root` says.
 #[derive(Default)]
 pub struct Resolver {
     symbolizer: Symbolizer,
@@ -101,12 +102,6 @@ impl std::fmt::Debug for Resolver {
 }
 
 impl Resolver {
-    /// Stacks are resolved against the live processes (a recording exists only on a
-    /// live host), whatever `--proc-root` says.
-    pub fn new(_proc_root: &Path) -> Resolver {
-        Resolver::default()
-    }
-
     /// The stack `id` of process `pid`, resolved; `None` when it is not in the table.
     pub fn stack(&mut self, maps: &OriginMaps, pid: u32, id: u32) -> Option<Stack> {
         if let Some(s) = self.done.get(&(pid, id)) {
