@@ -267,12 +267,11 @@ pub fn judge(s: &Snapshot, t: &Thresholds, g: &Group) -> Judgement {
         .map(|(c, _)| *c)
         .filter(|c| c.still_there == Some(false))
         .collect();
-    let kept: Vec<&CloseWaitSocket> = g
+    let kept = g
         .sockets
         .iter()
-        .map(|(c, _)| *c)
-        .filter(|c| c.still_there == Some(true))
-        .collect();
+        .filter(|(c, _)| c.still_there == Some(true))
+        .count() as u64;
     let mut closed_idle_ms: Vec<u64> = closed.iter().filter_map(|c| idle(c)).collect();
     closed_idle_ms.sort_unstable();
     let oldest_closed = closed_idle_ms.last().copied();
@@ -316,7 +315,7 @@ pub fn judge(s: &Snapshot, t: &Thresholds, g: &Group) -> Judgement {
         total,
         recheck_ms,
         closed: closed.len() as u64,
-        kept: kept.len() as u64,
+        kept,
         stuck: stuck.len() as u64,
         outlived,
         old,

@@ -57,11 +57,17 @@ fn finding(s: &Snapshot, p: &ProcessFacts, n: u64) -> Finding {
     match (soft, share) {
         (Some(l), Some(x)) => evidence.push(Evidence::new(
             "share of RLIMIT_NOFILE",
-            format!("{x:.1}% of the soft limit {l}; {} open in all", p.open_fds),
+            format!(
+                "{x:.1}% of the soft limit {l}; {} open in all",
+                count(p.open_fds, "descriptor", "descriptors")
+            ),
         )),
         _ => evidence.push(Evidence::new(
             "open descriptors",
-            format!("{} in all (soft limit not readable)", p.open_fds),
+            format!(
+                "{} in all (soft limit not readable)",
+                count(p.open_fds, "descriptor", "descriptors")
+            ),
         )),
     }
     evidence.push(Evidence::new(
@@ -160,7 +166,7 @@ mod tests {
         );
         assert_eq!(
             f.evidence[0].value,
-            "1.2% of the soft limit 1024; 300 open in all"
+            "1.2% of the soft limit 1024; 300 descriptors open in all"
         );
         assert_eq!(f.data["count"], 12);
         assert_eq!(f.data["pid"], 42);

@@ -91,10 +91,9 @@ struct DestinationUse<'a> {
     /// The closing rate from TIME_WAIT ages (the rate without a tracer).
     rate: ClosingRate,
     traced: Option<TracedDemand>,
-    /// New connections per second asked of it: traced, else the closing rate.
-    demand_per_s: f64,
+    /// Its demand (traced, else the closing rate), what it sustains, and when the ports
+    /// run out.
     runway: PortRunway,
-    sustainable_per_s: f64,
     /// Ports unavailable once this closing rate has gone on for a reuse delay (with
     /// reuse) or a TIME_WAIT length (without), as a share of the usable ones.
     projected_pct: f64,
@@ -103,7 +102,7 @@ struct DestinationUse<'a> {
 
 impl DestinationUse<'_> {
     fn sustainable(&self) -> bool {
-        self.demand_per_s < self.sustainable_per_s
+        self.runway.sustainable()
     }
 
     /// EADDRNOTAVAIL traced toward it: connect() found no port.
@@ -239,7 +238,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
             "port_range_assumed": !ports.range_seen,
             "reserved_in_range": ports.reserved_inside(),
             "usable": worst.entry.usable,
-            "max_new_per_s": round2(worst.sustainable_per_s),
+            "max_new_per_s": round2(worst.runway.sustainable_per_s),
             "tcp_tw_reuse": policy.tw_reuse,
             "tcp_tw_reuse_delay_ms": policy.reuse_delay_ms,
             "tcp_timestamps": policy.timestamps,
@@ -272,10 +271,10 @@ fn destination_json(s: &Snapshot, d: &DestinationUse) -> serde_json::Value {
             "tw_reuse_applies": d.entry.tw_reuse,
             "closes_per_s": round2(d.rate.per_s),
             "closes_window_ms": d.rate.window_ms,
-            "sustainable_per_s": round2(d.sustainable_per_s),
+            "sustainable_per_s": round2(d.runway.sustainable_per_s),
             "sustainable": d.sustainable(),
             "projected_pct": round2(d.projected_pct),
-            "demand_per_s": round2(d.demand_per_s),
+            "demand_per_s": round2(d.runway.demand_per_s),
             "demand_source": if d.traced.is_some() { "traced" } else { "time_wait_ages" },
             "traced": d.traced.as_ref().map(|t| json!({
                 "opened": t.opened,
@@ -305,12 +304,8 @@ fn assess<'a>(
     let traced = traced_demand(s, entry.remote);
     let demand_per_s = traced.as_ref().map_or(rate.per_s, |t| t.per_s);
     let runway = runway::ports(entry, policy, demand_per_s);
-    let sustainable_per_s = entry.sustainable_per_s(policy);
-    let hold_ms = if entry.tw_reuse {
-        policy.reuse_delay_ms
-    } else {
-        policy.len_ms
-    };
+    let sustainable_per_s = runway.sustainable_per_s;
+    let hold_ms = entry.hold_ms(policy);
     let projected = entry.held_open() as f64 + demand_per_s * hold_ms as f64 / 1000.0;
     let projected_pct = if usable == 0 {
         100.0
@@ -337,9 +332,7 @@ fn assess<'a>(
         unavailable_pct,
         rate,
         traced,
-        demand_per_s,
         runway,
-        sustainable_per_s,
         projected_pct,
         severity,
     })
@@ -351,7 +344,7 @@ fn title(worst: &DestinationUse, policy: &TimeWaitPolicy, flagged: usize, who: &
         1 => String::new(),
         n => format!("; {} more destinations near the limit", n - 1),
     };
-    let (rate, most) = (worst.demand_per_s, worst.sustainable_per_s);
+    let (rate, most) = (worst.runway.demand_per_s, worst.runway.sustainable_per_s);
     // Traced: what was asked of it (opened and refused for want of a port); else the
     // closing rate its TIME_WAIT ages give.
     let doing = if worst.traced.is_some() {
@@ -463,7 +456,7 @@ fn destination_text(s: &Snapshot, d: &DestinationUse, policy: &TimeWaitPolicy) -
         d.unavailable_pct,
         e.headroom(),
         describe_rate(&d.rate),
-        rate_text(d.sustainable_per_s),
+        rate_text(d.runway.sustainable_per_s),
         d.runway.text()
     )
 }
@@ -591,7 +584,7 @@ fn fix(
             "tcp_tw_reuse already applies to {dst}: connect() takes over TIME_WAIT ports older than {}. What is left is connections opened faster than one per port per {} (~{}/s here): only fewer, longer connections or more ports help.",
             window_text(policy.reuse_delay_ms),
             window_text(policy.reuse_delay_ms),
-            rate_text(worst.sustainable_per_s)
+            rate_text(worst.runway.sustainable_per_s)
         )));
     } else if loopback {
         // The default 2 covers loopback; only a changed setting keeps it from applying.

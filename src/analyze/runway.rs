@@ -72,12 +72,7 @@ impl PortRunway {
 pub fn ports(p: &PortUse, policy: &TimeWaitPolicy, demand_per_s: f64) -> PortRunway {
     let sustainable_per_s = p.sustainable_per_s(policy);
     let headroom = p.headroom();
-    let hold_ms = if p.tw_reuse {
-        policy.reuse_delay_ms
-    } else {
-        policy.len_ms
-    }
-    .max(1);
+    let hold_ms = p.hold_ms(policy);
     let blocked = p.unavailable().saturating_sub(p.held_open());
     let release_per_s = blocked as f64 * 1000.0 / hold_ms as f64;
     let exhausted_in_s = if demand_per_s <= 0.0 || demand_per_s < sustainable_per_s {

@@ -191,6 +191,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
     let lowered = matches!((limit, default_limit), (Some(l), Some(d)) if l < d);
     let overflow = counter(s, "TcpExt.TCPTimeWaitOverflow");
     let interval_ms = counter_interval_ms(s);
+    let closers = traced_closers(s);
 
     let severity = if overflow.rising() || share.is_some_and(|p| p >= t.time_wait_critical_pct) {
         Severity::Critical
@@ -198,7 +199,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
         Severity::Warning
     } else if overflow.ever()
         || time_wait >= LARGE_TIME_WAIT
-        || traced_closers(s)
+        || closers
             .first()
             .is_some_and(|c| c.closed_first_per_s() >= TRACED_CHURN_PER_S)
     {
@@ -255,7 +256,7 @@ pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
         recycled,
         policy,
         destinations,
-        closers: traced_closers(s),
+        closers,
     };
     let title = title(&m);
 

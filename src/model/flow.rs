@@ -511,18 +511,6 @@ impl NamespaceFlows {
             .filter(move |f| f.key.peer == FlowPeer::ListeningPort(port))
     }
 
-    /// Connections opened per second toward `remote`, all processes together; `None`
-    /// when no flow toward it was seen.
-    pub fn opened_per_s_toward(&self, remote: Endpoint) -> Option<f64> {
-        let mut seen = false;
-        let mut n = 0;
-        for f in self.toward(remote) {
-            seen = true;
-            n += f.counts.opened;
-        }
-        seen.then(|| self.rate(n))
-    }
-
     /// Sorts flows biggest first (opened, failed and closed connections; then the key)
     /// and keeps [`FLOWS_KEPT`] of them; `totals` stays the sum of all.
     pub fn keep_biggest(&mut self) {

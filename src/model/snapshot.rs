@@ -343,12 +343,19 @@ impl PortUse {
     /// where reuse applies, else one per TIME_WAIT length.
     pub fn sustainable_per_s(&self, policy: &TimeWaitPolicy) -> f64 {
         let free = self.usable.saturating_sub(self.held_open()) as f64;
-        let hold_ms = if self.tw_reuse {
+        free * 1000.0 / self.hold_ms(policy) as f64
+    }
+
+    /// How long a closed connection's port stays unusable for connect(): the reuse
+    /// delay where tcp_tw_reuse applies to this destination, else the TIME_WAIT length
+    /// (at least 1 ms).
+    pub fn hold_ms(&self, policy: &TimeWaitPolicy) -> u64 {
+        if self.tw_reuse {
             policy.reuse_delay_ms
         } else {
             policy.len_ms
-        };
-        free * 1000.0 / hold_ms.max(1) as f64
+        }
+        .max(1)
     }
 }
 
@@ -869,12 +876,12 @@ impl Snapshot {
     /// were still there.
     pub fn close_wait_recheck(&self) -> CloseWaitRecheck {
         let cw = &self.sockets.close_wait;
-        let checked: Vec<bool> = cw.iter().filter_map(|c| c.still_there).collect();
         let rechecked = self.close_wait_recheck_ms.is_some();
         CloseWaitRecheck {
             sockets: cw.len() as u64,
             rechecked_after_ms: self.close_wait_recheck_ms,
-            still_there: rechecked.then(|| checked.iter().filter(|s| **s).count() as u64),
+            still_there: rechecked
+                .then(|| cw.iter().filter(|c| c.still_there == Some(true)).count() as u64),
         }
     }
 
