@@ -365,6 +365,8 @@ pub fn resolve(
             Some(cli::Command::Lint(_)) => Some("lint"),
             Some(cli::Command::Snapshot(_)) => Some("snapshot"),
             Some(cli::Command::Diff(_)) => Some("diff"),
+            // It destroys live sockets: never on the strength of a recording.
+            Some(cli::Command::Kill(_)) => Some("kill"),
             _ => None,
         };
         if let Some(cmd) = live_only {
@@ -525,7 +527,7 @@ fn kill_settings(
     if states.contains(TcpState::Established) && !a.force {
         return Err(SettingsError::KillEstablished);
     }
-    if common.proc_root != Path::new("/proc") {
+    if common.replay {
         return Err(SettingsError::KillNotLive("--proc-root (a captured host)"));
     }
     if common.source == SourcePref::Proc {
@@ -1204,6 +1206,30 @@ mod tests {
         )
         .expect_err("netlink cannot replay");
         assert!(e.to_string().contains("'/tmp/cap'"), "{e}");
+    }
+
+    #[test]
+    fn commands_that_act_on_the_live_host_refuse_a_recording() {
+        let env = Environment::default();
+        for cmd in [
+            &["kill", "--pid", "999999", "--dry-run"][..],
+            &["watch"],
+            &["serve"],
+            &["snapshot", "-o", "/tmp/x.tdsnap"],
+        ] {
+            let mut args = vec!["--from", "tests/fixtures/snapshot/v1-farm.tdsnap"];
+            args.extend_from_slice(cmd);
+            let e = common(&args, &env).expect_err("refused");
+            assert!(
+                matches!(e, SettingsError::FromNotHere(c) if c == cmd[0]),
+                "{cmd:?}: {e}"
+            );
+        }
+        assert!(common(
+            &["--from", "tests/fixtures/snapshot/v1-farm.tdsnap", "check"],
+            &env
+        )
+        .is_ok());
     }
 
     #[test]
