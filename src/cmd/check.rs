@@ -104,7 +104,11 @@ pub(super) fn gather(
         // Where the CLOSE_WAIT sockets were opened, when a recorder (serve, watch,
         // trace --leaks) runs on this host.
         if s.trace && has_close_wait(&collected.host) {
-            super::leaks::attach_to_host(&mut collected.host, &common.proc_root);
+            super::leaks::attach_to_host(
+                &mut collected.host,
+                &common.proc_root,
+                &mut Default::default(),
+            );
         }
     }
     Ok(collected)
@@ -146,6 +150,8 @@ pub struct Sampler {
     by_process: bool,
     containers: netns::ContainerCache,
     tracing: Tracing,
+    /// Stacks of leaked sockets symbolized at earlier samples.
+    stacks: crate::collect::provenance::StackCache,
 }
 
 /// The tracer of a [`Sampler`].
@@ -210,7 +216,11 @@ impl Sampler {
                 // This sampler records: its own recording names where the CLOSE_WAIT
                 // sockets were opened (and any other recorder's, for older ones).
                 if has_close_wait(&collected.host) {
-                    super::leaks::attach_to_host(&mut collected.host, &common.proc_root);
+                    super::leaks::attach_to_host(
+                        &mut collected.host,
+                        &common.proc_root,
+                        &mut self.stacks,
+                    );
                 }
             }
             Tracing::Unavailable(n) => collected.host.missing.push(n.clone()),

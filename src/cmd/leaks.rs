@@ -285,28 +285,39 @@ fn now_unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// `tcpdoctor trace --leaks ... (pid N)`: the recorder's command line (bounded, made
+/// printable) and pid.
+fn recorder_label(proc_root: &std::path::Path, pid: u32) -> String {
+    let p = crate::collect::procfs::process::read_process(&proc_root.join(pid.to_string()), pid, 0);
+    let cmd = if p.cmdline.is_empty() {
+        "tcpdoctor"
+    } else {
+        p.cmdline.as_str()
+    };
+    format!("{cmd} (pid {pid})")
+}
+
 /// `check`'s join: the CLOSE_WAIT sockets of every namespace of `host` (and the
 /// detached descriptors of its processes) matched to the records of the recorders
 /// running on this host, into each namespace's `provenance`. Without a recorder, or
 /// without the privilege to read one, nothing changes (the finding then says how to
 /// get provenance).
-pub fn attach_to_host(host: &mut HostSnapshot, proc_root: &std::path::Path) {
+/// `stacks` keeps the stacks symbolized from one call to the next (`watch`, `serve`).
+pub fn attach_to_host(
+    host: &mut HostSnapshot,
+    proc_root: &std::path::Path,
+    stacks: &mut prov::StackCache,
+) {
     let Ok(recorders) = find_recorders() else {
         return;
     };
-    let mut resolver = Resolver::default();
+    let mut resolver = Resolver::with_cache(std::mem::take(stacks));
     for r in recorders {
         let Ok(rec) = prov::read(&r.maps) else {
             continue;
         };
         let detached = prov::detached(proc_root, &rec);
-        let recorder = format!(
-            "{} (pid {})",
-            std::fs::read_to_string(proc_root.join(r.pid.to_string()).join("cmdline"))
-                .map(|c| c.replace('\0', " ").trim().to_string())
-                .unwrap_or_else(|_| "tcpdoctor".to_string()),
-            r.pid
-        );
+        let recorder = recorder_label(proc_root, r.pid);
         for snap in &mut host.namespaces {
             let cookies: HashSet<u64> = snap
                 .sockets
@@ -350,4 +361,5 @@ pub fn attach_to_host(host: &mut HostSnapshot, proc_root: &std::path::Path) {
             }
         }
     }
+    *stacks = resolver.into_cache();
 }

@@ -83,34 +83,80 @@ pub fn detached(proc_root: &Path, rec: &Recorded) -> BTreeMap<u64, Origin> {
     out
 }
 
-/// Resolves stacks, once per (process, stack id) once every frame resolved, with one
-/// [`Symbolizer`] per run (it caches each process's mappings, symbol tables and perf
-/// map). Stacks are resolved against the live processes (a recording exists only on a
-/// live host), whatever `--proc-root` says.
+/// Most stacks a [`StackCache`] keeps; past it, it starts again empty.
+const STACKS_KEPT: usize = 4096;
+
+/// Stacks already symbolized, by (process, stack id), with the addresses they were
+/// symbolized from: a stack id the kernel gave to another stack since (the stack map
+/// replaces entries) no longer matches them and is symbolized again. Plain data, so a
+/// long-running sampler (`watch`, `serve`) keeps it from one sample to the next while
+/// the symbolizer itself (not `Send`) lives only for one join.
+#[derive(Debug, Default)]
+pub struct StackCache {
+    stacks: HashMap<(u32, u32), (Vec<u64>, Stack)>,
+}
+
+impl StackCache {
+    /// The stack symbolized from exactly `addrs` as `id` of `pid`.
+    fn get(&self, pid: u32, id: u32, addrs: &[u64]) -> Option<&Stack> {
+        self.stacks
+            .get(&(pid, id))
+            .filter(|(seen, _)| seen == addrs)
+            .map(|(_, s)| s)
+    }
+
+    fn insert(&mut self, pid: u32, addrs: Vec<u64>, s: Stack) {
+        if self.stacks.len() >= STACKS_KEPT {
+            self.stacks.clear();
+        }
+        self.stacks.insert((pid, s.id), (addrs, s));
+    }
+}
+
+/// Resolves stacks with one [`Symbolizer`] per join (it caches each process's
+/// mappings, symbol tables and perf map, and is made at the first stack the
+/// [`StackCache`] does not hold). Stacks are resolved against the live processes (a
+/// recording exists only on a live host), whatever `--proc-root` says.
 #[derive(Default)]
 pub struct Resolver {
-    symbolizer: Symbolizer,
-    done: HashMap<(u32, u32), Stack>,
+    symbolizer: Option<Symbolizer>,
+    cache: StackCache,
 }
 
 impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Resolver")
-            .field("stacks", &self.done.len())
+            .field("stacks", &self.cache.stacks.len())
             .finish_non_exhaustive()
     }
 }
 
 impl Resolver {
+    /// A resolver that starts from the stacks `cache` holds ([`Resolver::into_cache`]
+    /// gives them back, with what it added).
+    pub fn with_cache(cache: StackCache) -> Resolver {
+        Resolver {
+            symbolizer: None,
+            cache,
+        }
+    }
+
+    pub fn into_cache(self) -> StackCache {
+        self.cache
+    }
+
     /// The stack `id` of process `pid`, resolved; `None` when it is not in the table.
     pub fn stack(&mut self, maps: &OriginMaps, pid: u32, id: u32) -> Option<Stack> {
-        if let Some(s) = self.done.get(&(pid, id)) {
+        let addrs = maps.stack(id)?;
+        if let Some(s) = self.cache.get(pid, id, &addrs) {
             return Some(s.clone());
         }
-        let addrs = maps.stack(id)?;
         // Frames of user stacks taken at a system call: every address is a return
         // address (Symbolizer::symbolize looks each up inside its call).
-        let frames = self.symbolizer.symbolize(pid, &addrs);
+        let frames = self
+            .symbolizer
+            .get_or_insert_with(Symbolizer::new)
+            .symbolize(pid, &addrs);
         let call_site = Symbolizer::call_site(&frames);
         let hint = Symbolizer::hint(pid, &frames);
         let s = Stack {
@@ -122,7 +168,7 @@ impl Resolver {
         // A stack with unresolved frames is resolved again next time: a perf map may be
         // written meanwhile (`jcmd PID Compiler.perfmap`), or the JIT compile the code.
         if !s.frames.iter().any(|f| f.kind == FrameKind::Unresolved) {
-            self.done.insert((pid, id), s.clone());
+            self.cache.insert(pid, addrs, s.clone());
         }
         Some(s)
     }
@@ -164,4 +210,32 @@ pub fn join(
         }
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack(id: u32) -> Stack {
+        Stack {
+            id,
+            frames: Vec::new(),
+            call_site: None,
+            hint: None,
+        }
+    }
+
+    #[test]
+    fn a_cached_stack_is_used_only_for_the_same_addresses_and_the_cache_is_bounded() {
+        let mut c = StackCache::default();
+        c.insert(7, vec![1, 2, 3], stack(5));
+        assert!(c.get(7, 5, &[1, 2, 3]).is_some());
+        // The kernel gave id 5 to another stack: symbolize again.
+        assert!(c.get(7, 5, &[1, 2, 4]).is_none());
+        assert!(c.get(8, 5, &[1, 2, 3]).is_none());
+        for id in 0..STACKS_KEPT as u32 + 10 {
+            c.insert(9, vec![u64::from(id)], stack(id));
+        }
+        assert!(c.stacks.len() <= STACKS_KEPT);
+    }
 }

@@ -140,7 +140,8 @@ fn read_entry(dir: &Path, pid: u32) -> Option<ProcEntry> {
     })
 }
 
-fn read_argv(dir: &Path) -> Vec<String> {
+/// A process's arguments from `dir/cmdline` (bounded), as nginx parses them.
+pub(crate) fn read_argv(dir: &Path) -> Vec<String> {
     crate::collect::bounded::read_prefix(
         &dir.join("cmdline"),
         crate::collect::bounded::COMMAND_LINE,

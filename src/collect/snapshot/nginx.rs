@@ -132,13 +132,7 @@ fn origin_of(s: &str) -> ConfigOrigin {
 pub fn record(proc_root: &Path, inst: &NginxInstance) -> NginxRec {
     let argv: Vec<String> = inst
         .master_pid
-        .and_then(|pid| std::fs::read(proc_root.join(pid.to_string()).join("cmdline")).ok())
-        .map(|b| {
-            b.split(|c| *c == 0)
-                .filter(|p| !p.is_empty())
-                .map(|p| String::from_utf8_lossy(p).into_owned())
-                .collect()
-        })
+        .map(|pid| crate::collect::nginx::read_argv(&proc_root.join(pid.to_string())))
         .unwrap_or_default();
     let globals = nginx::parse_command_line(&argv).globals;
     let mut rec = NginxRec {
