@@ -1,6 +1,6 @@
 //! Compiles the BPF programs with clang into `$OUT_DIR`:
 //! - `bpf/owners.bpf.c` -> `owners.bpf.o`, the socket owner scan
-//!   (`src/collect/procfs/bpf_owners.rs` embeds it);
+//!   (`src/collect/owners/bpf.rs` embeds it);
 //! - `bpf/trace.bpf.c` -> `trace.bpf.o`, the connection tracer of `tcpdoctor trace`
 //!   (`src/collect/trace/` embeds it).
 //!

@@ -273,8 +273,8 @@ struct {
 
 /* Origins of live sockets (cfg_leaks only; the loader shrinks both maps to one entry
  * otherwise). Records of sockets closed normally are removed at the close, so the map
- * holds live sockets; when it is full the least recently used go first, which are the
- * oldest unless user space looked them up. */
+ * holds live sockets; when it is full the least recently used go first: the oldest,
+ * unless this program touched them since (lookups from user space do not count). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);

@@ -357,11 +357,11 @@ pub fn loss_notices(l: &TraceLosses, skipped_records: u64) -> Vec<Notice> {
 /// Whether this process sees itself under more than one pid (`NSpid:` in its status
 /// lists one per pid namespace level): the kernel side records initial-namespace pids.
 fn in_child_pid_namespace(proc_root: &Path) -> bool {
-    std::fs::read_to_string(proc_root.join("self/status")).is_ok_and(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("NSpid:"))
-            .is_some_and(|v| v.split_whitespace().count() > 1)
-    })
+    use crate::collect::{bounded, procfs::status};
+    bounded::read(&proc_root.join("self/status"), bounded::SMALL)
+        .ok()
+        .and_then(|s| status::nspid(&s))
+        .is_some_and(|pids| pids.len() > 1)
 }
 
 /// kernel.bpf_stats_enabled: whether the kernel measures BPF run time.

@@ -275,13 +275,9 @@ pub fn namespace_pid(proc_root: &Path, pid: u32) -> Option<u32> {
 
 /// The innermost pid of a `/proc/PID/status` text's `NSpid:` line.
 pub fn namespace_pid_from_status(status: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))?
-        .split_ascii_whitespace()
-        .next_back()?
-        .parse()
-        .ok()
+    super::procfs::status::nspid(status.as_bytes())?
+        .last()
+        .copied()
 }
 
 /// Where the process `pid` wrote its perf map: `/tmp` as the process sees it (its own

@@ -580,9 +580,18 @@ impl Loaded {
         let listeners = take(&mut ebpf, "trace_listeners")?
             .try_into()
             .map_err(bad("trace_listeners"))?;
-        let counters = take(&mut ebpf, "trace_counters")?
-            .try_into()
-            .map_err(bad("trace_counters"))?;
+        let counters: aya::maps::PerCpuArray<aya::maps::MapData, u64> =
+            take(&mut ebpf, "trace_counters")?
+                .try_into()
+                .map_err(bad("trace_counters"))?;
+        // The slots are numbered alike in trace.bpf.c (CNT_*) and records::counter.
+        if counters.len() != records::counter::SLOTS {
+            return Err(TraceError::Load(format!(
+                "trace_counters has {} slots, this tcpdoctor reads {}: the BPF object and the program disagree (rebuild)",
+                counters.len(),
+                records::counter::SLOTS
+            )));
+        }
         let events = if options.events.is_some() {
             Some(
                 take(&mut ebpf, "trace_events")?
@@ -668,15 +677,18 @@ impl Loaded {
         }
     }
 
+    /// One `trace_counters` slot, summed over the CPUs.
+    fn counter(&self, slot: u32) -> Result<u64, TraceError> {
+        let v = self.counters.get(&slot, 0).map_err(|e| TraceError::Read {
+            map: "trace_counters",
+            reason: chain(&e),
+        })?;
+        Ok(v.iter().fold(0u64, |a, b| a.saturating_add(*b)))
+    }
+
     fn counters(&self) -> Result<TraceLosses, TraceError> {
         use records::counter;
-        let read = |slot: u32| -> Result<u64, TraceError> {
-            let v = self.counters.get(&slot, 0).map_err(|e| TraceError::Read {
-                map: "trace_counters",
-                reason: chain(&e),
-            })?;
-            Ok(v.iter().fold(0u64, |a, b| a.saturating_add(*b)))
-        };
+        let read = |slot: u32| self.counter(slot);
         Ok(TraceLosses {
             flows_full: read(counter::FLOWS_FULL)?,
             listeners_full: read(counter::LISTENERS_FULL)?,
@@ -707,13 +719,7 @@ impl Loaded {
 
     fn leak_counters(&self) -> Result<origins::LeakCounters, TraceError> {
         use records::counter;
-        let read = |slot: u32| -> Result<u64, TraceError> {
-            let v = self.counters.get(&slot, 0).map_err(|e| TraceError::Read {
-                map: "trace_counters",
-                reason: chain(&e),
-            })?;
-            Ok(v.iter().fold(0u64, |a, b| a.saturating_add(*b)))
-        };
+        let read = |slot: u32| self.counter(slot);
         Ok(origins::LeakCounters {
             added: read(counter::ORIGINS_ADDED)?,
             removed: read(counter::ORIGINS_REMOVED)?,

@@ -186,8 +186,9 @@ impl OriginMaps {
         Some((id(self.origins.map())?, id(self.stacks.map())?))
     }
 
-    /// Every origin in the table. Looking one up marks it used, so origins that are
-    /// read stay in the table longer than ones nobody asks about.
+    /// Every origin in the table. Reading from user space does not count as use for
+    /// the LRU (since Linux 5.1 the syscall lookup passes `mark = false`:
+    /// `htab_lru_map_lookup_elem_sys`), so reading keeps no record in a full table.
     pub fn read(&self) -> Result<OriginRead, TraceError> {
         let mut read = OriginRead {
             capacity: self.capacity,
