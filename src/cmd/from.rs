@@ -3,7 +3,7 @@
 //! only: reading the recording is `collect::snapshot`'s.
 
 use crate::collect::snapshot::Recorded;
-use crate::model::{HostSnapshot, Notice};
+use crate::model::HostSnapshot;
 use crate::settings::{Common, NetnsChoice};
 
 use super::netns::{name_matches, Purpose};
@@ -15,13 +15,13 @@ pub fn open(common: &Common) -> Result<Recorded, CmdError> {
 }
 
 /// The namespaces of `rec` a command reads (indexes, the one carrying host-wide
-/// evidence first), whether that is every namespace the recording holds of the host,
-/// and notices about the choice.
+/// evidence first), and whether that is every namespace the recording holds of the
+/// host.
 pub fn select(
     rec: &Recorded,
     common: &Common,
     purpose: Purpose,
-) -> Result<(Vec<usize>, bool, Vec<Notice>), CmdError> {
+) -> Result<(Vec<usize>, bool), CmdError> {
     let n = rec.namespaces.len();
     let all: Vec<usize> = (0..n).collect();
     let current = || {
@@ -32,10 +32,10 @@ pub fn select(
     };
     let choice = match &common.netns {
         NetnsChoice::Default => match purpose {
-            Purpose::Diagnosis => return Ok((all, rec.all_namespaces, Vec::new())),
+            Purpose::Diagnosis => return Ok((all, rec.all_namespaces)),
             Purpose::Sockets { .. } => vec![current()],
         },
-        NetnsChoice::All => return Ok((all, rec.all_namespaces, Vec::new())),
+        NetnsChoice::All => return Ok((all, rec.all_namespaces)),
         NetnsChoice::Current => vec![current()],
         NetnsChoice::Name(name) => matching(rec, |i| name_matches(i, name)),
         NetnsChoice::Path(p) => {
@@ -65,7 +65,7 @@ pub fn select(
                 .collect::<Vec<_>>()
                 .join(", ")
         ))),
-        _ => Ok((choice, false, Vec::new())),
+        _ => Ok((choice, false)),
     }
 }
 
@@ -85,8 +85,6 @@ pub fn host(
     purpose: Purpose,
     by_process: bool,
 ) -> Result<HostSnapshot, CmdError> {
-    let (selected, all, notices) = select(rec, common, purpose)?;
-    let mut host = rec.host_snapshot(&selected, all, by_process)?;
-    host.missing.extend(notices);
-    Ok(host)
+    let (selected, all) = select(rec, common, purpose)?;
+    Ok(rec.host_snapshot(&selected, all, by_process)?)
 }

@@ -92,9 +92,8 @@ pub fn run(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdErr
 /// `sockets --from`: the recorded namespaces' sockets, in one pass over the recording.
 fn run_recorded(common: &Common, s: &SocketsSettings) -> Result<SocketsReport, CmdError> {
     let mut rec = super::from::open(common)?;
-    let (selected, all, mut notices) =
-        super::from::select(&rec, common, Purpose::Sockets { owners: s.owners })?;
-    notices.extend(rec.missing.iter().cloned());
+    let (selected, all) = super::from::select(&rec, common, Purpose::Sockets { owners: s.owners })?;
+    let mut notices = rec.missing.clone();
     let inodes: Vec<u64> = selected
         .iter()
         .map(|i| rec.namespaces[*i].inode())

@@ -117,14 +117,14 @@ fn group_key(
 fn run_recorded(common: &Common, s: &StatesSettings) -> Result<StatesReport, CmdError> {
     let mut rec = super::from::open(common)?;
     let owners_needed = s.by == Some(GroupBy::Process);
-    let (selected, all, mut notices) = super::from::select(
+    let (selected, all) = super::from::select(
         &rec,
         common,
         Purpose::Sockets {
             owners: owners_needed,
         },
     )?;
-    notices.extend(rec.missing.iter().cloned());
+    let mut notices = rec.missing.clone();
     let inodes: Vec<u64> = selected
         .iter()
         .map(|i| rec.namespaces[*i].inode())

@@ -466,7 +466,6 @@ impl ImportedHost {
         let mut owners = Owners::default();
         let mut any_owners = false;
         let mut missing = self.notices;
-        let mut lacks_all: Vec<Vec<Evidence>> = Vec::new();
         let mut sources_used: Vec<String> = Vec::new();
         for (k, ns) in self.namespaces.into_iter().enumerate() {
             // Inodes of imported namespaces: 0 for the first, small numbers after, so
@@ -627,10 +626,7 @@ impl ImportedHost {
                     NoticeCode::RecordsSkipped,
                     format!(
                         "ulimit -n says {} for the shell that ran it; no rule applies it to other processes (their limits are in /proc/PID/limits)",
-                        match l {
-                            Limit::Value(v) => v.to_string(),
-                            Limit::Unlimited => "unlimited".into(),
-                        }
+                        crate::collect::snapshot::format::limit_text(Some(l)).unwrap_or_default()
                     ),
                 ));
             }
@@ -638,7 +634,6 @@ impl ImportedHost {
             if let Some(n) = n {
                 rec.missing.push(n);
             }
-            lacks_all.push(lacks);
             namespaces.push(rec);
         }
         let origin = if sources_used.is_empty() {
@@ -646,7 +641,6 @@ impl ImportedHost {
         } else {
             sources_used.join(", ")
         };
-        let _ = lacks_all;
         Recorded::from_parts(
             origin,
             self.hostname,

@@ -173,13 +173,9 @@ fn parse_users(s: &str) -> Option<Vec<(String, u32, u32)>> {
 fn parse_ss_timer(s: &str) -> Option<Option<Timer>> {
     let body = s.strip_prefix("timer:(")?.strip_suffix(')')?;
     let mut it = body.split(',');
-    let kind = match it.next()? {
-        "on" => TimerKind::Retransmit,
-        "keepalive" => TimerKind::KeepAlive,
-        "timewait" => TimerKind::TimeWait,
-        "persist" => TimerKind::ZeroWindowProbe,
-        _ => TimerKind::Other(0),
-    };
+    // The names ss prints are the ones a snapshot stores.
+    let kind =
+        crate::collect::snapshot::format::timer_kind(it.next()?).unwrap_or(TimerKind::Other(0));
     let remaining_ms = parse_duration_ms(it.next()?)?;
     let retransmits = it.next().and_then(|r| r.parse().ok()).unwrap_or(0);
     Some(Some(Timer {

@@ -111,12 +111,8 @@ pub fn parse_datagram_with_ids<F: FnMut(&Socket, &InetDiagSockId)>(
     Ok(false)
 }
 
-/// Decodes one `inet_diag_msg` payload (fixed part plus attributes).
-pub fn decode_socket(payload: &[u8], stats: &mut DumpStats) -> Option<Socket> {
-    decode(payload, stats).map(|(sock, _)| sock)
-}
-
-/// [`decode_socket`], with the socket's id as the kernel sent it.
+/// Decodes one `inet_diag_msg` payload (fixed part plus attributes), with the socket's
+/// id as the kernel sent it.
 fn decode<'a>(payload: &'a [u8], stats: &mut DumpStats) -> Option<(Socket, &'a InetDiagSockId)> {
     let (msg, attrs) = InetDiagMsg::ref_from_prefix(payload).ok()?;
     let family = match msg.family {

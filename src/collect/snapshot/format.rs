@@ -179,6 +179,18 @@ pub struct CloseWaitId {
     pub inode: u64,
 }
 
+impl CloseWaitId {
+    /// The key of `c`, the same when written and when read back.
+    pub fn of(c: &crate::model::CloseWaitSocket) -> CloseWaitId {
+        CloseWaitId {
+            cookie: c.cookie,
+            local: endpoint_text(&c.local),
+            remote: endpoint_text(&c.remote),
+            inode: c.inode,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NoticeRec {
     pub code: String,

@@ -274,13 +274,7 @@ impl Recorded {
                 builder.finish(|inode| owners.and_then(|o| o.map.first(inode)));
             if ns.close_wait_recheck_ms.is_some() {
                 for c in &mut digest.close_wait {
-                    let id = CloseWaitId {
-                        cookie: c.cookie,
-                        local: format::endpoint_text(&c.local),
-                        remote: format::endpoint_text(&c.remote),
-                        inode: c.inode,
-                    };
-                    c.still_there = Some(!ns.close_wait_gone.contains(&id));
+                    c.still_there = Some(!ns.close_wait_gone.contains(&CloseWaitId::of(c)));
                 }
             }
             host.namespaces.push(Snapshot {

@@ -221,12 +221,7 @@ fn describe(d: &Description<'_>, inodes: &[u64]) -> Vec<Record> {
             .close_wait
             .iter()
             .filter(|c| c.still_there == Some(false))
-            .map(|c| CloseWaitId {
-                cookie: c.cookie,
-                local: format::endpoint_text(&c.local),
-                remote: format::endpoint_text(&c.remote),
-                inode: c.inode,
-            })
+            .map(CloseWaitId::of)
             .collect();
         rec.owners_known = s.owners_known;
         rec.missing = s.missing.iter().map(format::notice_rec).collect();
