@@ -223,6 +223,10 @@ fn sockets_states_and_check_hold_under_process_churn() {
         // Under this churn most sockets live 100 ms; a scan that misses most owners is
         // broken, not racing.
         assert!(
+            *with_fd > 0,
+            "{scan}: no socket with a descriptor was listed"
+        );
+        assert!(
             none * 2 <= *with_fd,
             "{scan}: {none} of {with_fd} without owner"
         );

@@ -463,6 +463,7 @@ fn a_leak_and_churn_read_offline_as_live_and_diff_shows_the_fix() {
         "300",
     ]);
     let worker = farm.ready.workers[0].pid;
+    let farm_port = farm.ready.listeners[0].port();
     let live_out = ns.run_tcpdoctor(&["check", "--json", "--threshold", "close_wait_warn=5"]);
     let live = leak(&json(&live_out));
     assert_eq!(live.0, worker);
@@ -470,8 +471,19 @@ fn a_leak_and_churn_read_offline_as_live_and_diff_shows_the_fix() {
     let netstat = save(&ns, tmp.path(), "netstat.txt", "netstat", &["-antp"]);
     let netstat_s = save(&ns, tmp.path(), "netstat_s.txt", "netstat", &["-s"]);
     let before = tmp.path().join("before.tdsnap");
+    let in_ns: u64 = ns.ss_state_counts(&[]).values().sum();
     let snap = ns.run_tcpdoctor(&["snapshot", "-o", before.to_str().expect("path")]);
     assert!(snap.status.success(), "{snap:?}");
+    // Its summary line counts the sockets ss lists in the namespace.
+    let said =
+        String::from_utf8_lossy(&snap.stdout).into_owned() + &String::from_utf8_lossy(&snap.stderr);
+    assert!(
+        said.contains(&format!(
+            "wrote {}: {in_ns} sockets in 1 namespace",
+            before.display()
+        )),
+        "{said}"
+    );
     // The fix: the leaking process is gone.
     let _ = farm.stop();
     let after = tmp.path().join("after.tdsnap");
@@ -527,6 +539,23 @@ fn a_leak_and_churn_read_offline_as_live_and_diff_shows_the_fix() {
         .cloned()
         .expect("sockfarm row");
     assert_eq!(sockfarm["after"]["total"], 0, "{sockfarm:#}");
+    // By destination: the served port's leak gone, the 40 TIME_WAIT toward it kept
+    // (the farm's clients' side), both as ss counted them.
+    let port = farm_port;
+    let dest = |key: String| {
+        d["destinations"]
+            .as_array()
+            .expect("destinations")
+            .iter()
+            .find(|g| g["key"] == key.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("no destination {key}: {:#}", d["destinations"]))
+    };
+    let served = dest(format!("served :{port}"));
+    assert_eq!(served["before"]["CLOSE_WAIT"], 12, "{served:#}");
+    assert_eq!(served["after"]["total"], 0, "{served:#}");
+    let toward = dest(format!("127.0.0.1:{port}"));
+    assert_eq!(toward["before"]["TIME_WAIT"], 40, "{toward:#}");
 }
 
 /// A snapshot taken while the tracer runs keeps what it counted: `check --from` names
