@@ -449,7 +449,18 @@ fn sighup_reads_the_thresholds_again_and_keeps_serving() {
         &["--cache", "3600", "--config", &config_arg],
     ));
     let addr = served.addr;
-    assert_eq!(collections_total(&scrape(addr)), 1.0);
+    // netns_mixed's CLOSE_WAIT holders have fewer than 10 each and more than 1: the
+    // threshold decides whether they are findings, so the series shows which
+    // thresholds a collection used.
+    let slow = |body: &str| {
+        common::prom::Scrape::parse(body).must(
+            "tcpdoctor_finding",
+            &[("rule", "close_wait_slow_close"), ("severity", "warning")],
+        )
+    };
+    let first = scrape(addr);
+    assert_eq!(collections_total(&first), 1.0);
+    assert_eq!(slow(&first), 0.0, "close_wait_warn = 10");
     assert_eq!(collections_total(&scrape(addr)), 1.0, "cached");
 
     std::fs::write(&config, "close_wait_warn = 1\n").expect("write config");
@@ -462,7 +473,9 @@ fn sighup_reads_the_thresholds_again_and_keeps_serving() {
     });
     assert!(said.is_some(), "{}", served.stderr());
     // The cached result was dropped: the next scrape collects with the new thresholds.
-    assert_eq!(collections_total(&scrape(addr)), 2.0);
+    let reloaded = scrape(addr);
+    assert_eq!(collections_total(&reloaded), 2.0);
+    assert_eq!(slow(&reloaded), 2.0, "close_wait_warn = 1 applied");
 
     // A file that no longer parses: the old thresholds stay, the exporter stays up.
     std::fs::write(&config, "close_wait_warn = [\n").expect("write config");
@@ -474,7 +487,13 @@ fn sighup_reads_the_thresholds_again_and_keeps_serving() {
             .then_some(())
     });
     assert!(said.is_some(), "{}", served.stderr());
-    assert_eq!(collections_total(&scrape(addr)), 2.0, "cache kept");
+    let kept = scrape(addr);
+    assert_eq!(collections_total(&kept), 2.0, "cache kept");
+    assert_eq!(
+        slow(&kept),
+        2.0,
+        "the cached answer, made with close_wait_warn = 1"
+    );
     assert!(served.wait(Duration::ZERO).is_none(), "SIGHUP killed it");
     assert_eq!(served.terminate().and_then(|s| s.code()), Some(0));
 }
