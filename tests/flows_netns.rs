@@ -139,7 +139,8 @@ fn a_narrowed_port_range_gives_the_exact_count_of_eaddrnotavail_and_the_pid() {
     };
     let holder = hold("10", "holding client");
     assert_eq!(holder.next_json()["connected"], 10);
-    let check = TracedCheck::start(&ns, "3", &[]);
+    // Long enough for a client started on a loaded machine to fall inside.
+    let check = TracedCheck::start(&ns, "6", &[]);
     // ...and another, while it traces, finds none: 27 connect() calls, 27 failures.
     let c = hold("27", "failing client");
     let client = c.pid();
@@ -433,8 +434,44 @@ fn serve_counts_the_connections_of_the_client_exactly() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     let second = Scrape::parse(&ns.run_inside(move || scrape(addr)));
     let third = Scrape::parse(&ns.run_inside(move || scrape(addr)));
+
+    // connect() finding no port: 10 ports, a client holding them, another failing 27
+    // times (the series the TcpConnectNoFreePort alert reads).
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40009");
+    let to = format!("127.0.0.1:{port}");
+    let hold = |count: &str, what: &str| {
+        Lines::spawn(
+            ns.command(
+                sockfarm(),
+                &[
+                    "--churn-connect",
+                    &to,
+                    "--churn-count",
+                    count,
+                    "--churn-hold",
+                    "--hold-secs",
+                    "300",
+                ],
+            ),
+            what,
+        )
+    };
+    let holder = hold("10", "holding client");
+    assert_eq!(holder.next_json()["connected"], 10);
+    let failing = hold("27", "failing client");
+    assert_eq!(failing.next_json()["failed"]["EADDRNOTAVAIL"], 27);
+    let fourth = Scrape::parse(&ns.run_inside(move || scrape(addr)));
+    failing.finish();
+    holder.finish();
     served.terminate();
     server.finish();
+    assert_eq!(
+        fourth.must(
+            "tcpdoctor_connect_failures_total",
+            &[("comm", "sockfarm"), ("errno", "EADDRNOTAVAIL")]
+        ),
+        27.0
+    );
     let opened = |s: &Scrape| {
         s.value(
             "tcpdoctor_connections_opened_total",
@@ -446,6 +483,26 @@ fn serve_counts_the_connections_of_the_client_exactly() {
     // and the counter stays there.
     assert_eq!(opened(&second), 100.0, "pid {client}");
     assert_eq!(opened(&third), 100.0);
+    // The server is a sockfarm too, in the same namespace: it accepted them all and
+    // received every reset.
+    assert_eq!(
+        second.must(
+            "tcpdoctor_connections_opened_total",
+            &[("comm", "sockfarm"), ("direction", "passive")]
+        ),
+        100.0
+    );
+    assert_eq!(
+        second.must(
+            "tcpdoctor_connection_resets_total",
+            &[
+                ("comm", "sockfarm"),
+                ("direction", "passive"),
+                ("sent_by", "peer")
+            ]
+        ),
+        100.0
+    );
     assert_eq!(
         second.must(
             "tcpdoctor_connection_resets_total",
