@@ -928,6 +928,10 @@ struct Slot<T> {
     generation: u64,
     /// Callers waiting for the running collection.
     waiting: usize,
+    /// Bumped by [`SharedCollection::forget`]: a run that started before it does not
+    /// become the kept value (it was made with what was forgotten, e.g. thresholds
+    /// before a SIGHUP).
+    forgotten: u64,
 }
 
 /// The last value made: when making it started, and the generation its run ended as.
@@ -951,6 +955,7 @@ impl<T> SharedCollection<T> {
                 running: false,
                 generation: 0,
                 waiting: 0,
+                forgotten: 0,
             }),
             finished: Condvar::new(),
         }
@@ -988,19 +993,22 @@ impl<T> SharedCollection<T> {
             // look again.
         }
         slot.running = true;
+        let epoch = slot.forgotten;
         drop(slot);
 
         // Clears `running` and wakes the waiters even if `collect` panics.
         struct Running<'a, T> {
             shared: &'a SharedCollection<T>,
             started: Instant,
+            epoch: u64,
             value: Option<Arc<T>>,
         }
         impl<T> Drop for Running<'_, T> {
             fn drop(&mut self) {
                 let mut slot = lock(&self.shared.slot);
                 slot.generation += 1;
-                if let Some(value) = self.value.take() {
+                let value = self.value.take().filter(|_| slot.forgotten == self.epoch);
+                if let Some(value) = value {
                     slot.latest = Some(Latest {
                         started: self.started,
                         generation: slot.generation,
@@ -1015,6 +1023,7 @@ impl<T> SharedCollection<T> {
         let mut running = Running {
             shared: self,
             started: Instant::now(),
+            epoch,
             value: None,
         };
         let value = Arc::new(collect());
@@ -1023,9 +1032,12 @@ impl<T> SharedCollection<T> {
         value
     }
 
-    /// Forgets the last value, so the next caller makes a new one.
+    /// Forgets the last value, and the one being made if any, so the next caller makes
+    /// a new one.
     pub fn forget(&self) {
-        lock(&self.slot).latest = None;
+        let mut slot = lock(&self.slot);
+        slot.latest = None;
+        slot.forgotten += 1;
     }
 
     /// Callers currently waiting for a running collection.
@@ -1038,6 +1050,20 @@ impl<T> SharedCollection<T> {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn a_value_made_while_it_was_forgotten_is_not_kept() {
+        let shared: SharedCollection<u32> = SharedCollection::new();
+        // The run that is going on when forget() comes (a SIGHUP during a scrape).
+        let v = shared.get(Duration::from_secs(3600), || {
+            shared.forget();
+            1
+        });
+        assert_eq!(*v, 1, "its caller still gets it");
+        let again = shared.get(Duration::from_secs(3600), || 2);
+        assert_eq!(*again, 2, "the next caller makes a new one");
+        assert_eq!(*shared.get(Duration::from_secs(3600), || 3), 2, "kept");
+    }
 
     /// Waits (bounded) until `cond` holds.
     fn eventually(cond: impl Fn() -> bool) -> bool {
