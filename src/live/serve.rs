@@ -57,7 +57,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The most connections served at once. Far more than any set of scrapers needs, far
 /// fewer than the descriptors and memory a host can spare (each holds at most a request
 /// head, 8 KiB).
-pub const MAX_CONNECTIONS: usize = 512;
+const MAX_CONNECTIONS: usize = 512;
 /// Descriptors kept free for the collection (netlink sockets, /proc files, the tracer's
 /// BPF objects) when the open-files limit caps the connections.
 const RESERVED_FDS: u64 = 48;
@@ -65,12 +65,12 @@ const RESERVED_FDS: u64 = 48;
 const MIN_CONNECTIONS: usize = 8;
 /// How long a request head may take: from the accept, or from its first byte on a
 /// kept-alive connection. Prometheus sends its head in one segment.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a kept-alive connection may sit without starting a new request.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an answer may make no progress (the client not reading) before it is
 /// dropped.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After an answer that closes the connection, how long what the client still sends is
 /// read and discarded (so the close does not reset the answer away), and how much.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -1050,6 +1050,29 @@ impl<T> SharedCollection<T> {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn the_serve_help_states_the_limits_it_applies() {
+        use clap::CommandFactory;
+        let mut cli = crate::cli::Cli::command();
+        let help = cli
+            .find_subcommand_mut("serve")
+            .expect("serve")
+            .render_long_help()
+            .to_string();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for said in [
+            format!("{} KiB", super::super::http::MAX_HEAD_BYTES / 1024),
+            format!("{} header lines", super::super::http::MAX_HEADER_LINES),
+            format!("within {} s", HEAD_TIMEOUT.as_secs()),
+            format!("close after {} s", IDLE_TIMEOUT.as_secs()),
+            format!("at most {MAX_CONNECTIONS} connections"),
+            format!("minus {RESERVED_FDS}"),
+            format!("at most {} s", SHUTDOWN_GRACE.as_secs()),
+        ] {
+            assert!(help.contains(&said), "serve --help lacks {said:?}: {help}");
+        }
+    }
 
     #[test]
     fn a_value_made_while_it_was_forgotten_is_not_kept() {

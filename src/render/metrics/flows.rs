@@ -218,11 +218,6 @@ impl FlowCounters {
             *self.other.entry(key).or_default() += n;
         }
     }
-
-    /// Whether the tracer is attached (its last collection had flows).
-    pub fn attached(&self) -> bool {
-        self.attached
-    }
 }
 
 /// Writes the tracer's health and, when it ever counted, the four families.
