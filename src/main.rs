@@ -170,7 +170,7 @@ fn run(cli: Cli) -> Result<u8, BoxError> {
                 } else {
                     &r.hostname
                 },
-                human_bytes(w.bytes)
+                tcpdoctor::model::units::human_bytes(w.bytes)
             )?;
         }
         Action::Diff(s) => {
@@ -316,15 +316,6 @@ fn ask(question: &str) -> io::Result<bool> {
     io::stdin().lock().read_line(&mut line)?;
     let answer = line.trim().to_ascii_lowercase();
     Ok(answer == "y" || answer == "yes")
-}
-
-/// `1.2 MiB`.
-fn human_bytes(n: u64) -> String {
-    match n {
-        0..1024 => format!("{n} bytes"),
-        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
-        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
-    }
 }
 
 /// `tcpdoctor sockets | head` closes the pipe early; that is not an error.

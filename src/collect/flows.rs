@@ -87,6 +87,14 @@ impl FlowTracing {
     /// processes (a prefork server) goes to the lowest pid, usually the one that opened
     /// it. Best effort: a full listener table is counted in the losses.
     pub fn seed(&mut self, host: &HostSnapshot) {
+        // Forget the namespaces that are gone (a long `serve` sees containers come and
+        // go): the set stays the size of what the host holds now.
+        let present: HashSet<u64> = host
+            .namespaces
+            .iter()
+            .filter_map(|s| s.netns.as_ref().map(|n| n.inode))
+            .collect();
+        self.seeded.retain(|(netns, _)| present.contains(netns));
         let mut fresh = Vec::new();
         for snap in &host.namespaces {
             let Some(inode) = snap.netns.as_ref().map(|n| n.inode) else {

@@ -83,9 +83,25 @@ pub fn compact_list(items: &[String], shown: usize) -> String {
     }
 }
 
+/// A size for people: `512 bytes`, `3.4 KiB`, `1.2 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} bytes"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_as_bytes_kib_or_mib() {
+        assert_eq!(human_bytes(1023), "1023 bytes");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(17_783_205), "17.0 MiB");
+    }
 
     #[test]
     fn durations_read_well() {
