@@ -49,8 +49,8 @@ fn lifetime(us: Option<u64>) -> String {
     format!("≤{text}")
 }
 
-/// `local 100%`, `peer 97%`, `mixed 60% local`, `-`.
-fn first_closer(c: &FlowCounts) -> String {
+/// `local 100%`, `peer 97%`, `mixed 60% local`, `-` (also watch's churn panel).
+pub(crate) fn first_closer(c: &FlowCounts) -> String {
     let known = c.closed_local + c.closed_peer;
     let pct = |n: u64| (n as f64 * 100.0 / known as f64).round() as u64;
     match c.closer() {

@@ -159,14 +159,7 @@ pub struct ChurnRow {
 impl ChurnRow {
     fn from_flow(f: &crate::model::NamespaceFlows, r: &crate::model::FlowRow) -> ChurnRow {
         let c = &r.counts;
-        let known = c.closed_local + c.closed_peer;
-        let pct = |n: u64| (n as f64 * 100.0 / known.max(1) as f64).round();
-        let closer = match c.closer() {
-            None => "-".to_string(),
-            Some(crate::model::Closer::Local) => format!("local {}%", pct(c.closed_local)),
-            Some(crate::model::Closer::Peer) => format!("peer {}%", pct(c.closed_peer)),
-            Some(crate::model::Closer::Both) => format!("mixed {}% local", pct(c.closed_local)),
-        };
+        let closer = crate::render::trace::first_closer(c);
         ChurnRow {
             pid: r.key.pid,
             comm: if r.comm.is_empty() {
