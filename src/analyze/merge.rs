@@ -44,26 +44,46 @@ pub fn merge(members: &[(Finding, &NetnsInfo)]) -> Finding {
     f
 }
 
+/// Each evidence line of `f` with its key: its label and how many lines before it have
+/// the same label (a finding may give several lines one label: one per call site).
+fn keyed(f: &Finding) -> Vec<((&str, usize), &str)> {
+    let mut seen: Vec<(&str, usize)> = Vec::new();
+    f.evidence
+        .iter()
+        .map(|e| {
+            let nth = match seen.iter_mut().find(|(l, _)| *l == e.label) {
+                Some((_, n)) => {
+                    *n += 1;
+                    *n
+                }
+                None => {
+                    seen.push((&e.label, 0));
+                    0
+                }
+            };
+            ((e.label.as_str(), nth), e.value.as_str())
+        })
+        .collect()
+}
+
 fn merge_evidence(members: &[(Finding, &NetnsInfo)]) -> Vec<Evidence> {
-    let mut labels: Vec<&str> = Vec::new();
-    for (f, _) in members {
-        for e in &f.evidence {
-            if !labels.contains(&e.label.as_str()) {
-                labels.push(&e.label);
-            }
+    let lines: Vec<Vec<((&str, usize), &str)>> = members.iter().map(|(f, _)| keyed(f)).collect();
+    let mut keys: Vec<(&str, usize)> = Vec::new();
+    for key in lines.iter().flatten().map(|(k, _)| *k) {
+        if !keys.contains(&key) {
+            keys.push(key);
         }
     }
-    labels
-        .into_iter()
-        .map(|label| {
+    keys.into_iter()
+        .map(|key| {
             // (value, namespaces that have it), in order of first appearance.
             let mut values: Vec<(&str, Vec<String>)> = Vec::new();
             let mut everywhere = true;
-            for (f, ns) in members {
-                match f.evidence.iter().find(|e| e.label == label) {
-                    Some(e) => match values.iter_mut().find(|(v, _)| *v == e.value) {
+            for (mine, (_, ns)) in lines.iter().zip(members) {
+                match mine.iter().find(|(k, _)| *k == key) {
+                    Some((_, value)) => match values.iter_mut().find(|(v, _)| v == value) {
                         Some((_, names)) => names.push(ns.name.clone()),
-                        None => values.push((&e.value, vec![ns.name.clone()])),
+                        None => values.push((value, vec![ns.name.clone()])),
                     },
                     None => everywhere = false,
                 }
@@ -76,7 +96,7 @@ fn merge_evidence(members: &[(Finding, &NetnsInfo)]) -> Vec<Evidence> {
                     .collect::<Vec<_>>()
                     .join("; "),
             };
-            Evidence::new(label, value)
+            Evidence::new(key.0, value)
         })
         .collect()
 }
@@ -197,5 +217,45 @@ mod tests {
         );
         let same = merge(&[(audit(7), &a), (audit(7), &b)]);
         assert_eq!(same.data, audit(7).data, "nothing differs: data as it was");
+    }
+
+    /// A leak finding gives one "opened" line per call site: merging (even a finding of
+    /// one namespace) keeps every line, and lines up the n-th of each namespace.
+    #[test]
+    fn lines_sharing_a_label_are_all_kept() {
+        let leak = |sites: &[&str]| {
+            let mut f = Finding::new("close_wait_leak", Severity::Warning, Nature::Live, "t");
+            f.evidence = std::iter::once(Evidence::new("to 10.0.0.7:5432", "22 sockets"))
+                .chain(sites.iter().map(|s| Evidence::new("opened", s)))
+                .collect();
+            f
+        };
+        let (a, b) = (ns("a", 1), ns("b", 2));
+        let one = merge(&[(leak(&["12 at f", "10 at g"]), &a)]);
+        assert_eq!(one.evidence, leak(&["12 at f", "10 at g"]).evidence);
+
+        let two = merge(&[
+            (leak(&["12 at f", "10 at g"]), &a),
+            (leak(&["12 at f", "9 at h"]), &b),
+        ]);
+        let values: Vec<(&str, &str)> = two
+            .evidence
+            .iter()
+            .map(|e| (e.label.as_str(), e.value.as_str()))
+            .collect();
+        assert_eq!(
+            values,
+            [
+                ("to 10.0.0.7:5432", "22 sockets"),
+                ("opened", "12 at f"),
+                ("opened", "10 at g (a); 9 at h (b)"),
+            ]
+        );
+        // A line only one namespace has names it.
+        let uneven = merge(&[
+            (leak(&["12 at f", "10 at g"]), &a),
+            (leak(&["12 at f"]), &b),
+        ]);
+        assert_eq!(uneven.evidence[2].value, "10 at g (a)");
     }
 }

@@ -126,9 +126,10 @@ impl LeakLook {
             &self.common.owner_scan,
         );
 
-        let rec = prov::read(maps)?;
+        let cookies_waiting: HashSet<u64> = waiting.iter().filter_map(|w| w.cookie).collect();
+        let mut rec = prov::read(maps, &cookies_waiting, &self.common.proc_root)?;
         let after = tracer.leak_counters()?;
-        let detached = prov::detached(&self.common.proc_root, &rec);
+        let detached = std::mem::take(&mut rec.detached);
 
         // Per process: CLOSE_WAIT in all, the leaked ones' cookies.
         #[derive(Default)]
@@ -311,12 +312,17 @@ pub fn attach_to_host(
     let Ok(recorders) = find_recorders() else {
         return;
     };
+    let close_wait: HashSet<u64> = host
+        .namespaces
+        .iter()
+        .flat_map(|s| s.sockets.close_wait.iter().filter_map(|c| c.cookie))
+        .collect();
     let mut resolver = Resolver::with_cache(std::mem::take(stacks));
     for r in recorders {
-        let Ok(rec) = prov::read(&r.maps) else {
+        let Ok(rec) = prov::read(&r.maps, &close_wait, proc_root) else {
             continue;
         };
-        let detached = prov::detached(proc_root, &rec);
+        let detached = &rec.detached;
         let recorder = recorder_label(proc_root, r.pid);
         for snap in &mut host.namespaces {
             let cookies: HashSet<u64> = snap

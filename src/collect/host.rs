@@ -68,8 +68,9 @@ pub struct Collected {
     pub hostname: String,
     /// Each namespace's first reading, by namespace inode.
     pub readings: BTreeMap<u64, FirstReading>,
-    /// When the owner scan (and its descriptor counts) ended; `None` without one.
-    pub owners_at: Option<Instant>,
+    /// The first reading of the descriptor tables of the processes holding CLOSE_WAIT
+    /// sockets, for [`read_again`]; `None` without an owner scan.
+    pub fd_tables: Option<FdTables>,
     /// The owner scan, with [`HostOptions::keep_owners`].
     pub owners: Option<Owners>,
 }
@@ -184,11 +185,12 @@ pub fn collect(
         });
         host.namespaces.push(snap);
     }
+    let fd_tables = owners_at.map(|_| FdTables::read(root, &host));
     Ok(Collected {
         host,
         hostname: sysctl::hostname(root),
         readings,
-        owners_at,
+        fd_tables,
         owners: owner_data.filter(|_| opts.keep_owners),
     })
 }
@@ -429,40 +431,73 @@ pub fn read_again(
             out.insert(inode, r);
         }
     }
-    if let Some(at) = c.owners_at {
-        recount_descriptors(&opts.proc_root, at, &mut c.host);
+    if let Some(first) = &c.fd_tables {
+        recount_descriptors(&opts.proc_root, first, &mut c.host);
     }
     out
 }
 
-/// Counts again the open descriptors of every process holding CLOSE_WAIT sockets
-/// (`Snapshot::descriptor_recheck`), so a leak's growth over the interval shows. The
-/// count is the size of /proc/PID/fd (Linux 6.2+ gives the number of open descriptors
-/// there, without listing them); where it is 0 (older kernels) nothing is recorded.
-fn recount_descriptors(root: &Path, first_at: Instant, host: &mut HostSnapshot) {
-    for snap in &mut host.namespaces {
-        let pids: std::collections::BTreeSet<u32> = snap
-            .sockets
-            .close_wait
-            .iter()
-            .filter(|c| c.inode != 0)
-            .filter_map(|c| c.owner.map(|o| o.pid))
-            .filter(|pid| snap.processes.contains_key(pid))
-            .collect();
-        for pid in pids {
+/// The size of the descriptor table of each process holding CLOSE_WAIT sockets, and
+/// when it was read: the size of /proc/PID/fd, which Linux 6.2 and later give as the
+/// number of descriptors in use without listing them (0 on older kernels: nothing is
+/// recorded). That number also counts the descriptor each thread blocked in accept()
+/// has reserved for the connection it waits for (`__sys_accept4_file` takes the
+/// descriptor before `do_accept` sleeps; `proc_readfd_count` counts the bits of
+/// `open_fds`), which a listing of /proc/PID/fd leaves out: so growth is measured
+/// between two such sizes, never against the owner scan's listing.
+#[derive(Debug, Clone)]
+pub struct FdTables {
+    at: Instant,
+    sizes: BTreeMap<u32, u64>,
+}
+
+impl FdTables {
+    fn read(root: &Path, host: &HostSnapshot) -> FdTables {
+        let mut sizes = BTreeMap::new();
+        for pid in host.namespaces.iter().flat_map(close_wait_holders) {
             let Ok(meta) = std::fs::metadata(root.join(pid.to_string()).join("fd")) else {
                 continue;
             };
-            if meta.len() == 0 {
-                continue;
+            if meta.len() > 0 {
+                sizes.insert(pid, meta.len());
             }
-            snap.descriptor_recheck.insert(
-                pid,
-                crate::model::DescriptorRecheck {
-                    open_fds: meta.len(),
-                    after_ms: first_at.elapsed().as_millis() as u64,
-                },
-            );
+        }
+        FdTables {
+            at: Instant::now(),
+            sizes,
+        }
+    }
+}
+
+/// Processes of `snap` that hold (by descriptor) a CLOSE_WAIT socket.
+fn close_wait_holders(snap: &Snapshot) -> std::collections::BTreeSet<u32> {
+    snap.sockets
+        .close_wait
+        .iter()
+        .filter(|c| c.inode != 0)
+        .filter_map(|c| c.owner.map(|o| o.pid))
+        .filter(|pid| snap.processes.contains_key(pid))
+        .collect()
+}
+
+/// Counts again the descriptors of every process holding CLOSE_WAIT sockets
+/// (`Snapshot::descriptor_recheck`), so a leak's growth over the interval shows: the
+/// owner scan's count plus what the table gained since `first`.
+fn recount_descriptors(root: &Path, first: &FdTables, host: &mut HostSnapshot) {
+    let again = FdTables::read(root, host);
+    let after_ms = again.at.saturating_duration_since(first.at).as_millis() as u64;
+    for snap in &mut host.namespaces {
+        for pid in close_wait_holders(snap) {
+            let (Some(before), Some(now), Some(p)) = (
+                first.sizes.get(&pid),
+                again.sizes.get(&pid),
+                snap.processes.get(&pid),
+            ) else {
+                continue;
+            };
+            let open_fds = (p.open_fds + now).saturating_sub(*before);
+            snap.descriptor_recheck
+                .insert(pid, crate::model::DescriptorRecheck { open_fds, after_ms });
         }
     }
 }

@@ -16,33 +16,59 @@ use crate::model::provenance::{FrameKind, Origin, Provenance, Stack};
 /// What one read of a recording gave, before any join.
 #[derive(Debug, Default)]
 pub struct Recorded {
-    /// By cookie.
+    /// The records of the wanted sockets, by cookie.
     pub origins: HashMap<u64, Origin>,
-    /// Cookies of records of sockets the kernel closed while a descriptor held them.
-    pub closed_held: HashSet<u64>,
-    /// Records that did not decode.
+    /// Records of sockets the kernel closed while a descriptor held them, whose
+    /// descriptor the process that opened them still holds: leaks no socket table
+    /// shows. By inode.
+    pub detached: BTreeMap<u64, Origin>,
+    /// Records kept that did not decode.
     pub skipped: u64,
     /// Records in the table, and its capacity.
     pub present: u64,
     pub capacity: u32,
 }
 
-/// Reads every record of a recording.
-pub fn read(maps: &OriginMaps) -> Result<Recorded, TraceError> {
-    let read = maps.read()?;
+/// Reads what a join can use of a recording: the records of the sockets whose cookies
+/// are in `wanted`, and of the detached descriptors (records the kernel closed under a
+/// descriptor that `/proc/PID/fd` under `proc_root` still shows). Every other record is
+/// only counted: a long-running sampler reads the table at each sample, and keeping
+/// (and decoding) up to 65,536 records each time made `serve`'s memory climb with the
+/// table's churn.
+pub fn read(
+    maps: &OriginMaps,
+    wanted: &HashSet<u64>,
+    proc_root: &Path,
+) -> Result<Recorded, TraceError> {
+    // Each process's socket descriptors, read at its first closed record. A record
+    // stays marked after its process closed the descriptor (until the table needs the
+    // room), so most such records are stale: they are dropped here, undecoded.
+    let mut held: HashMap<u32, HashSet<u64>> = HashMap::new();
+    let read = maps.read_matching(|cookie, raw| {
+        if wanted.contains(&cookie) {
+            return true;
+        }
+        raw.closed_held != 0
+            && raw.inode != 0
+            && held
+                .entry(raw.tgid)
+                .or_insert_with(|| held_socket_inodes(proc_root, raw.tgid))
+                .contains(&raw.inode)
+    })?;
     let offset = boot_to_unix_ms();
     let mut out = Recorded {
-        present: read.origins.len() as u64,
+        present: read.present,
         capacity: read.capacity,
         ..Recorded::default()
     };
     for (cookie, raw) in read.origins {
         match raw.to_model(cookie, offset) {
             Ok(o) => {
-                if raw.closed_held != 0 {
-                    out.closed_held.insert(cookie);
+                if wanted.contains(&cookie) {
+                    out.origins.insert(cookie, o);
+                } else {
+                    out.detached.insert(o.inode, o);
                 }
-                out.origins.insert(cookie, o);
             }
             Err(_) => out.skipped += 1,
         }
@@ -62,25 +88,6 @@ pub fn held_socket_inodes(proc_root: &Path, pid: u32) -> HashSet<u64> {
             super::owners::socket_inode(std::os::unix::ffi::OsStrExt::as_bytes(link.as_os_str()))
         })
         .collect()
-}
-
-/// Of the records the kernel closed under a descriptor, those whose descriptor is still
-/// held by the process that opened them: leaks no socket table shows. By inode.
-pub fn detached(proc_root: &Path, rec: &Recorded) -> BTreeMap<u64, Origin> {
-    let mut by_pid: BTreeMap<u32, Vec<&Origin>> = BTreeMap::new();
-    for cookie in &rec.closed_held {
-        if let Some(o) = rec.origins.get(cookie).filter(|o| o.inode != 0) {
-            by_pid.entry(o.pid).or_default().push(o);
-        }
-    }
-    let mut out = BTreeMap::new();
-    for (pid, origins) in by_pid {
-        let held = held_socket_inodes(proc_root, pid);
-        for o in origins.into_iter().filter(|o| held.contains(&o.inode)) {
-            out.insert(o.inode, o.clone());
-        }
-    }
-    out
 }
 
 /// Most stacks a [`StackCache`] keeps; past it, it starts again empty.

@@ -224,6 +224,8 @@ fn spawn_collector(exporter: Arc<Exporter>, wake: UnixStream) -> Result<Collecto
                     return;
                 }
                 let _ = (&wake).write(&[1]);
+                // After the answer is on its way: the trim does not delay the scrape.
+                super::release_free_memory();
             }
         })?;
     Ok(CollectorHandle { want, got })

@@ -134,6 +134,8 @@ fn take_sample(
         namespaces: (host.namespaces.len(), host.all_namespaces),
         snapshot: host.merged(),
     });
+    // Counted in the sample's CPU time, like the rest of its work.
+    super::release_free_memory();
     let spacing = next_sample_in(
         s.interval,
         process_cpu().saturating_sub(cpu_before),

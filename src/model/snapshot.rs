@@ -527,9 +527,10 @@ pub struct DetachedProcess {
 /// processes holding CLOSE_WAIT sockets are).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct DescriptorRecheck {
+    /// The first count ([`ProcessFacts::open_fds`], from the owner scan) plus what the
+    /// process's descriptor table gained between the two readings.
     pub open_fds: u64,
-    /// Milliseconds since the first count ([`ProcessFacts::open_fds`], from the owner
-    /// scan).
+    /// Milliseconds between the two readings of the descriptor table.
     pub after_ms: u64,
 }
 

@@ -109,11 +109,13 @@ fn map_fd_read_only(id: u32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Everything one read of the origin table gave.
+/// What one read of the origin table gave.
 #[derive(Debug, Clone, Default)]
 pub struct OriginRead {
-    /// (cookie, record).
+    /// (cookie, record): the records the read kept.
     pub origins: Vec<(u64, RawOrigin)>,
+    /// Records in the table, kept or not.
+    pub present: u64,
     /// Capacity of the table.
     pub capacity: u32,
 }
@@ -133,6 +135,12 @@ pub struct OriginMaps;
 #[cfg(tcpdoctor_no_trace_bpf)]
 impl OriginMaps {
     pub fn read(&self) -> Result<OriginRead, TraceError> {
+        Err(TraceError::NotBuilt)
+    }
+    pub fn read_matching(
+        &self,
+        _: impl FnMut(u64, &RawOrigin) -> bool,
+    ) -> Result<OriginRead, TraceError> {
         Err(TraceError::NotBuilt)
     }
     pub fn stack(&self, _: u32) -> Option<Vec<u64>> {
@@ -190,6 +198,16 @@ impl OriginMaps {
     /// the LRU (since Linux 5.1 the syscall lookup passes `mark = false`:
     /// `htab_lru_map_lookup_elem_sys`), so reading keeps no record in a full table.
     pub fn read(&self) -> Result<OriginRead, TraceError> {
+        self.read_matching(|_, _| true)
+    }
+
+    /// The records `keep` accepts, and the count of all. A long-running sampler wants
+    /// a handful of the up to 65,536 records at each sample: keeping them all (and
+    /// decoding them) made `serve`'s memory climb with the table's churn.
+    pub fn read_matching(
+        &self,
+        mut keep: impl FnMut(u64, &RawOrigin) -> bool,
+    ) -> Result<OriginRead, TraceError> {
         let mut read = OriginRead {
             capacity: self.capacity,
             ..OriginRead::default()
@@ -197,7 +215,10 @@ impl OriginMaps {
         for item in self.origins.iter() {
             // Removed between "next key" and "lookup": gone, skip it.
             let Ok((cookie, o)) = item else { continue };
-            read.origins.push((cookie, o));
+            read.present += 1;
+            if keep(cookie, &o) {
+                read.origins.push((cookie, o));
+            }
         }
         Ok(read)
     }
