@@ -157,6 +157,10 @@ struct sock {
 	struct socket *sk_socket; /* NULL once orphaned (close()) */
 	int sk_err;
 	__u16 sk_protocol; /* a u16 since 5.6; a bitfield before */
+	/* Set by listen() only (inet_listen); a connection accepted from a listener is a
+	 * clone of it (sk_clone_lock copies the whole sock) and keeps it, while one that
+	 * connect()ed has 0. */
+	__u32 sk_max_ack_backlog;
 } CORE;
 
 /* include/linux/net.h: the file side of a socket. inet_release() sets sk to NULL

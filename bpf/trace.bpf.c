@@ -625,8 +625,12 @@ static __noinline void sock_event(const struct sock *sk, const struct sock_entry
 /* ---- Entries ---- */
 
 /* A connection first seen mid-life. Direction: SYN_SENT is ours; otherwise a local port
- * that is a listening port of its namespace makes it an accepted one. Owner: the
- * listener's for accepted ones, else unknown until close()/shutdown() names it. */
+ * that is a listening port of its namespace, or the listen() backlog an accepted
+ * socket inherits from its listener, makes it an accepted one. Without the second, an
+ * accepted connection whose listener user space has not told us about (another
+ * namespace, or before the first collection) was keyed by its client's port: one flow
+ * per connection, filling trace_flows on a busy server. Owner: the listener's for
+ * accepted ones, else unknown until close()/shutdown() names it. */
 static __always_inline void adopt(const struct sock *sk, int old, struct sock_entry *e)
 {
 	__builtin_memset(e, 0, sizeof(*e));
@@ -639,7 +643,8 @@ static __always_inline void adopt(const struct sock *sk, int old, struct sock_en
 		e->flags |= SF_ESTABLISHED;
 	__u16 local = sk->__sk_common.skc_num;
 	struct listener_owner *l = old == TCP_SYN_SENT ? 0 : listener_of(e->netns, local);
-	if (old == TCP_SYN_RECV || l) {
+	int accepted = old != TCP_SYN_SENT && sk->sk_max_ack_backlog > 0;
+	if (old == TCP_SYN_RECV || l || accepted) {
 		e->direction = DIR_PASSIVE;
 		e->port = local;
 		if (l) {

@@ -285,8 +285,9 @@ fn check_json(ns: &Netns) -> Value {
     })
 }
 
-/// `trace --leaks --json` on the host, narrowed to `ns`, attached.
-fn start_recorder(ns: &Netns) -> Lines {
+/// `trace --leaks --json` on the host, narrowed to `ns`, attached; `extra` arguments
+/// after the others.
+fn start_recorder(ns: &Netns, extra: &[&str]) -> Lines {
     let mut cmd = Command::new(TCPDOCTOR);
     cmd.args([
         "trace",
@@ -301,6 +302,7 @@ fn start_recorder(ns: &Netns) -> Lines {
         "--netns",
         ns.name(),
     ]);
+    cmd.args(extra);
     let trace = Lines::spawn(cmd, "tcpdoctor trace --leaks");
     let first = trace.next_json();
     assert_eq!(first["record"], "interval", "attached: {first}");
@@ -317,7 +319,7 @@ fn trace_leaks_attributes_leaked_sockets_to_the_function_that_opened_them() {
     let dir = TempDir::new("leaky");
     let bin = compile(&dir);
     let ns = Netns::new("leaks");
-    let trace = start_recorder(&ns);
+    let trace = start_recorder(&ns, &[]);
     let Leaky {
         ready,
         pid,
@@ -425,7 +427,7 @@ fn check_joins_its_leak_finding_to_a_running_recorder() {
     let dir = TempDir::new("leaky-check");
     let bin = compile(&dir);
     let ns = Netns::new("leakchk");
-    let trace = start_recorder(&ns);
+    let trace = start_recorder(&ns, &[]);
     let leaky = run_leaky(
         &ns,
         &bin,
@@ -534,7 +536,7 @@ fn only_descriptors_still_held_after_a_reset_are_attributed_as_detached() {
     let dir = TempDir::new("leaky-reset");
     let bin = compile(&dir);
     let ns = Netns::new("leakrst");
-    let trace = start_recorder(&ns);
+    let trace = start_recorder(&ns, &[]);
     let leaky = run_leaky(&ns, &bin, WORK);
 
     let report = check_json(&ns);
@@ -661,5 +663,72 @@ fn threads_blocked_in_accept_are_not_growing_descriptors() {
             .iter()
             .any(|e| e["label"] == "descriptors growing"),
         "{f:#}"
+    );
+}
+
+/// An origin table smaller than the leak: every leaked socket's record is either still
+/// in the table or counted as pushed out (none was closed), the leak is attributed only
+/// as far as records remain, and a notice says to raise --leak-table.
+#[test]
+#[ignore = "needs root"]
+fn a_full_origin_table_counts_the_records_it_pushed_out() {
+    require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const TABLE: u64 = 1024;
+    const LEAK: u64 = 1500;
+    let dir = TempDir::new("leaky-full");
+    let bin = compile(&dir);
+    let ns = Netns::new("leakfull");
+    let trace = start_recorder(&ns, &["--leak-table", &TABLE.to_string()]);
+    let leaky = run_leaky(
+        &ns,
+        &bin,
+        Work {
+            leak: LEAK,
+            good: 0,
+            held: 0,
+            closed: 0,
+        },
+    );
+    // Idle past --leak-age, then the last look at SIGTERM.
+    thread::sleep(Duration::from_millis(1500));
+    let lines = trace.terminate();
+    drop(leaky.child.finish());
+    let leaks = lines
+        .iter()
+        .rev()
+        .find(|l| l["record"] == "leaks")
+        .unwrap_or_else(|| panic!("a leaks record after SIGTERM: {lines:?}"));
+    let table = &leaks["table"];
+    let num = |k: &str| table[k].as_u64().unwrap_or_else(|| panic!("{k}: {table}"));
+    assert_eq!(num("capacity"), TABLE, "{table}");
+    assert!(num("present") <= TABLE, "{table}");
+    // Our sockets are all still open: their records were not removed at a close.
+    assert!(num("evicted") >= LEAK - TABLE, "{table}");
+    let procs = leaks["processes"].as_array().expect("processes");
+    let p = procs
+        .iter()
+        .find(|p| p["pid"] == leaky.pid)
+        .unwrap_or_else(|| panic!("pid {} among the leakers: {leaks:#}", leaky.pid));
+    assert_eq!(p["leaked"], LEAK, "{p:#}");
+    let attributed = p["attributed"].as_u64().expect("attributed");
+    assert!(attributed <= TABLE, "{p:#}");
+    assert!(
+        attributed + num("evicted") >= LEAK,
+        "{attributed} attributed: {table}"
+    );
+    let notices: Vec<&str> = leaks["notices"]
+        .as_array()
+        .expect("notices")
+        .iter()
+        .filter_map(|n| n["message"].as_str())
+        .collect();
+    assert!(
+        notices.iter().any(|n| n.contains(&format!(
+            "the origin table ({TABLE} entries) overflowed: {} records were pushed out",
+            num("evicted")
+        )) && n.ends_with("raise --leak-table")),
+        "{:#}",
+        leaks["notices"]
     );
 }

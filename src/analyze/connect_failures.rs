@@ -5,7 +5,9 @@
 //! EADDRNOTAVAIL ("Cannot assign requested address") leaves no trace anywhere else:
 //! connect() fails before any SYN and the kernel counts it nowhere, so only the tracer
 //! sees it. It means no local port was free toward that destination, and is critical at
-//! the first one. Other errnos say the destination or the path refused (ECONNREFUSED,
+//! the first one. Where this snapshot counts the ports toward that destination,
+//! `ephemeral_port_exhaustion` reports it (who failed, how often, and the ports): this
+//! rule then leaves it out, so one cause makes one critical finding. Other errnos say the destination or the path refused (ECONNREFUSED,
 //! ETIMEDOUT, unreachable, a firewall's EPERM): a warning from [`MIN_FAILURES`] calls
 //! of one process, fewer are the ordinary noise of a service restarting.
 
@@ -14,7 +16,7 @@ use std::collections::BTreeMap;
 use serde_json::json;
 
 use super::util::{rate_text, round2};
-use super::{traced, Thresholds};
+use super::{ephemeral_port_exhaustion, traced, Thresholds};
 use crate::model::units::{count, human_duration_ms};
 use crate::model::{
     ConnectFailures, Direction, Evidence, Finding, FixStep, FlowPeer, FlowRow, NamespaceFlows,
@@ -34,17 +36,39 @@ pub fn check(s: &Snapshot, _t: &Thresholds) -> Vec<Finding> {
     let Some(flows) = &s.flows else {
         return Vec::new();
     };
-    let mut by_pid: BTreeMap<u32, Vec<&FlowRow>> = BTreeMap::new();
-    for r in flows
+    // EADDRNOTAVAIL toward a destination whose ports are counted is the
+    // ephemeral_port_exhaustion finding's (critical, with who and how often): here only
+    // what it does not say. Per process, how many were left to it.
+    let mut elsewhere: BTreeMap<u32, u64> = BTreeMap::new();
+    let rows: Vec<FlowRow> = flows
         .flows
         .iter()
         .filter(|r| r.key.direction == Direction::Active && r.counts.connect_failures.total() > 0)
-    {
+        .map(|r| {
+            let mut r = r.clone();
+            let failures = &mut r.counts.connect_failures;
+            if let FlowPeer::Remote(e) = r.key.peer {
+                if failures.eaddrnotavail > 0
+                    && ephemeral_port_exhaustion::reports_eaddrnotavail_toward(s, e)
+                {
+                    *elsewhere.entry(r.key.pid).or_default() += failures.eaddrnotavail;
+                    failures.eaddrnotavail = 0;
+                }
+            }
+            r
+        })
+        .filter(|r| r.counts.connect_failures.total() > 0)
+        .collect();
+    let mut by_pid: BTreeMap<u32, Vec<&FlowRow>> = BTreeMap::new();
+    for r in &rows {
         by_pid.entry(r.key.pid).or_default().push(r);
     }
     let mut out: Vec<(u64, Finding)> = by_pid
         .into_values()
-        .filter_map(|rows| finding_for(s, flows, rows))
+        .filter_map(|rows| {
+            let reported = elsewhere.get(&rows[0].key.pid).copied().unwrap_or(0);
+            finding_for(s, flows, rows, reported)
+        })
         .collect();
     out.sort_by(|a, b| b.1.severity.cmp(&a.1.severity).then(b.0.cmp(&a.0)));
     out.into_iter().map(|(_, f)| f).collect()
@@ -70,10 +94,13 @@ fn errno_list(f: &ConnectFailures) -> String {
         .join(", ")
 }
 
+/// The finding of one process's failed connect() calls (`rows`, never empty);
+/// `port_finding` EADDRNOTAVAIL of it were left to ephemeral_port_exhaustion.
 fn finding_for(
     s: &Snapshot,
     flows: &NamespaceFlows,
     mut rows: Vec<&FlowRow>,
+    port_finding: u64,
 ) -> Option<(u64, Finding)> {
     let all = sum(&rows);
     let total = all.total();
@@ -166,6 +193,15 @@ fn finding_for(
             ),
         ));
     }
+    if port_finding > 0 {
+        evidence.push(Evidence::new(
+            "EADDRNOTAVAIL",
+            format!(
+                "{} more toward destinations whose ports ran out: in the ephemeral_port_exhaustion finding",
+                port_finding
+            ),
+        ));
+    }
     if !flows.all_errnos {
         evidence.push(Evidence::new(
             "errnos told apart",
@@ -203,7 +239,7 @@ fn finding_for(
     let mut fix = Vec::new();
     if all.eaddrnotavail > 0 {
         fix.push(FixStep::say(format!(
-            "Reuse connections to {dest} in {who}: a connection pool or HTTP keep-alive needs a handful of ports where a connection per request needs thousands; the ephemeral_port_exhaustion finding gives the ports toward it and what widening the range would add."
+            "Reuse connections to {dest} in {who}: a connection pool or HTTP keep-alive needs a handful of ports where a connection per request needs thousands."
         )));
         fix.push(FixStep::say("Spread the load: another source IP, or another destination IP or port for the same service, gives a full range of ports each."));
     }
@@ -226,6 +262,7 @@ fn finding_for(
         "failed": total,
         "failed_per_s": round2(flows.rate(total)),
         "by_errno": all,
+        "eaddrnotavail_in_port_finding": port_finding,
         "all_errnos": flows.all_errnos,
         "destinations": rows.iter().map(|r| traced::flow_json(flows, r)).collect::<Vec<_>>(),
     });
@@ -332,6 +369,53 @@ mod tests {
             &Thresholds::default()
         )
         .is_empty());
+    }
+
+    /// A destination whose ports are counted: its EADDRNOTAVAIL is the
+    /// ephemeral_port_exhaustion finding's, named there; here only the rest.
+    #[test]
+    fn eaddrnotavail_toward_counted_ports_is_left_to_the_port_finding() {
+        let enotavail = |n| ConnectFailures {
+            eaddrnotavail: n,
+            ..ConnectFailures::default()
+        };
+        let mut s = snapshot(vec![out(91, 443, enotavail(27), 0)]);
+        s.sockets.port_use.push(crate::model::PortUse {
+            local_ip: "10.0.0.1".parse().expect("ip"),
+            remote: Endpoint::new("10.0.0.7".parse().expect("ip"), 443),
+            counts: crate::model::StateCounts::default(),
+            sample_owner: None,
+            usable: 10,
+            time_wait_ages: crate::model::TimeWaitAges::default(),
+            tw_reuse: false,
+        });
+        assert!(check(&s, &Thresholds::default()).is_empty());
+        let ports = ephemeral_port_exhaustion::check(&s, &Thresholds::default());
+        assert_eq!(ports.len(), 1);
+        assert_eq!(ports[0].severity, Severity::Critical);
+        assert_eq!(
+            ports[0].data["destinations"][0]["traced"]["eaddrnotavail"],
+            27
+        );
+
+        // Refused elsewhere too: a warning about those, saying where the rest went.
+        let refused = ConnectFailures {
+            econnrefused: 6,
+            ..ConnectFailures::default()
+        };
+        s.flows
+            .as_mut()
+            .expect("flows")
+            .flows
+            .push(out(91, 9090, refused, 0));
+        let f = check(&s, &Thresholds::default());
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].severity, Severity::Warning);
+        assert_eq!(f[0].data["failed"], 6);
+        assert_eq!(f[0].data["eaddrnotavail_in_port_finding"], 27);
+        assert!(f[0].evidence.iter().any(|e| e.label == "EADDRNOTAVAIL"
+            && e.value
+                .starts_with("27 more toward destinations whose ports ran out")));
     }
 
     #[test]

@@ -120,6 +120,18 @@ impl DestinationUse<'_> {
     }
 }
 
+/// Whether this rule reports the EADDRNOTAVAIL traced toward `remote`: the ports toward
+/// it are counted (a `port_use` entry), so a traced EADDRNOTAVAIL makes it a critical
+/// destination here, named with who failed and how often. `connect_failures` leaves
+/// those out rather than say the same thing in a second critical finding.
+pub fn reports_eaddrnotavail_toward(s: &Snapshot, remote: crate::model::Endpoint) -> bool {
+    let want = crate::model::Endpoint::new(remote.canonical_ip(), remote.port);
+    s.sockets
+        .port_use
+        .iter()
+        .any(|p| crate::model::Endpoint::new(p.remote.canonical_ip(), p.remote.port) == want)
+}
+
 pub fn check(s: &Snapshot, t: &Thresholds) -> Vec<Finding> {
     if s.sockets.port_use.is_empty() {
         return Vec::new();

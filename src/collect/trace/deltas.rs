@@ -48,6 +48,13 @@ impl FlowDeltas {
         self.seen.retain(|k, _| present.contains(k));
         self.idle.retain(|k, _| present.contains(k));
         self.evict_idle(tracer, read.capacity);
+        // A burst of flows (thousands of processes or destinations for a while) grew
+        // these maps; once it is over, give the room back rather than keep the
+        // high-water mark for the life of `serve` or `watch`.
+        if self.seen.capacity() > 4 * self.seen.len().max(256) {
+            self.seen.shrink_to_fit();
+            self.idle.shrink_to_fit();
+        }
         out
     }
 
