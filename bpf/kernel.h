@@ -214,9 +214,14 @@ struct sockaddr_in6 {
 	__u32 sin6_scope_id;
 };
 
+/* The first 14 bytes of a TCP header (include/uapi/linux/tcp.h): ports and flags. */
 struct tcphdr_ports {
 	__u16 source; /* __be16 */
 	__u16 dest;   /* __be16 */
+	__u32 seq;
+	__u32 ack_seq;
+	__u8 doff;  /* data offset in the high 4 bits */
+	__u8 flags; /* FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10 */
 };
 
 /* Iterator contexts (include/linux/bpf.h, kernel/bpf/task_iter.c). Not CO-RE: they are

@@ -1081,15 +1081,19 @@ int trace_send_reset(__u64 *ctx)
 	int no_full_sock = 1; /* events of full sockets are sent by sock_event() */
 
 	if (!sk) {
-		/* Answer to a segment no socket wanted: count it for the local port it
-		 * was sent to (the incoming segment's TCP header is at skb->data). */
+		/* Answer to a segment no socket wanted (the incoming segment's TCP header
+		 * is at skb->data). A SYN to a port nothing listens on is counted for that
+		 * port. Any other segment belongs to a connection already gone here, and
+		 * its destination is that connection's local port, often an ephemeral one:
+		 * keyed by it, every such connection made a flow of its own and filled
+		 * trace_flows. Those are counted together, under port 0. */
 		if (!skb)
 			return 0;
 		struct tcphdr_ports th = {};
 		bpf_probe_read_kernel(&th, sizeof(th), skb->data);
 		__builtin_memset(&other, 0, sizeof(other));
 		other.direction = DIR_PASSIVE;
-		other.port = be16(th.dest);
+		other.port = (th.flags & 0x12) == 0x02 ? be16(th.dest) : 0;
 		other.netns = skb->dev ? skb->dev->nd_net.net->ns.inum : 0;
 		__u8 version = 0;
 		bpf_probe_read_kernel(&version, 1, skb->head + skb->network_header);

@@ -711,3 +711,96 @@ fn the_human_summary_shows_the_counts_per_process() {
     assert!(inc.contains(&format!("in   :{port}")), "{inc}");
     assert!(inc.contains("local 100%"), "{inc}");
 }
+
+/// One TCP segment (IPv4, no options) from 127.0.0.1:`sport` to 127.0.0.1:`dport` with
+/// `flags`, checksum included, for a raw socket (the kernel adds the IP header).
+fn tcp_segment(sport: u16, dport: u16, flags: u8) -> [u8; 20] {
+    let mut h = [0u8; 20];
+    h[0..2].copy_from_slice(&sport.to_be_bytes());
+    h[2..4].copy_from_slice(&dport.to_be_bytes());
+    h[4..8].copy_from_slice(&1000u32.to_be_bytes());
+    h[8..12].copy_from_slice(&2000u32.to_be_bytes());
+    h[12] = 5 << 4; // 20-byte header
+    h[13] = flags;
+    h[14..16].copy_from_slice(&1024u16.to_be_bytes());
+    // Checksum over the pseudo-header (source, destination, protocol 6, length 20).
+    let mut sum: u32 = 0x7f00 + 0x0001 + 0x7f00 + 0x0001 + 6 + 20;
+    for pair in h.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    h[16..18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    h
+}
+
+/// Resets this host sends for segments no socket wanted: a SYN to a port nothing
+/// listens on is counted for that port; any other segment (a late one of a connection
+/// gone here, toward its ephemeral port) is counted with the others under port 0,
+/// never one flow per port, which filled the flow table on a busy server.
+#[test]
+#[ignore = "needs root"]
+fn resets_for_segments_of_gone_connections_share_one_flow() {
+    require_root();
+    const ACKS: u16 = 30;
+    const SYNS: u64 = 5;
+    let ns = Netns::new("tracerst0");
+    let trace = start_trace(&ns, &[]);
+    ns.run_inside(|| {
+        // SAFETY: plain socket calls on a descriptor this closure owns and closes.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let to = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+                },
+                sin_zero: [0; 8],
+            };
+            let send = |seg: [u8; 20]| {
+                let n = libc::sendto(
+                    fd,
+                    seg.as_ptr().cast(),
+                    seg.len(),
+                    0,
+                    (&to as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                );
+                assert_eq!(n, 20, "sendto: {}", std::io::Error::last_os_error());
+            };
+            // ACKs to 30 ports no connection uses (as after the connections closed).
+            for i in 0..ACKS {
+                send(tcp_segment(5555, 41_000 + i, 0x10));
+            }
+            for _ in 0..SYNS {
+                send(tcp_segment(5556, 39_999, 0x02));
+            }
+            libc::close(fd);
+        }
+    });
+    settle();
+    let lines = trace.terminate();
+    let s = summary(&lines);
+    let flows = s["flows"].as_array().expect("flows");
+    let per_port: Vec<&Value> = flows
+        .iter()
+        .filter(|f| {
+            f["local_port"]
+                .as_u64()
+                .is_some_and(|p| (41_000..41_000 + u64::from(ACKS)).contains(&p))
+        })
+        .collect();
+    assert!(per_port.is_empty(), "one flow per port: {per_port:#?}");
+    let gone = flow(s, 0, "passive", 0);
+    counted(
+        &gone["resets"]["sent"],
+        u64::from(ACKS),
+        s,
+        "resets under port 0",
+    );
+    let refused = flow(s, 0, "passive", 39_999);
+    counted(&refused["resets"]["sent"], SYNS, s, "resets for the SYNs");
+}
