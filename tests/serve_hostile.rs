@@ -18,9 +18,9 @@ use common::fixtures::{repo_path, TempDir, NETNS_MIXED};
 use common::netns::Netns;
 use common::run::wait_for;
 use common::serve::{
-    closed_by_server, collections_total, get_within, has_open, keep_alive_get, open_fds,
-    proc_status, raw_exchange, replay_command, scrape, server_end_of, slow_capture, sockopt_int,
-    tcp_info, Served, STOP_TIMEOUT,
+    closed_by_server, collections_total, get_within, has_open, keep_alive_get, proc_status,
+    raw_exchange, replay_command, scrape, server_end_of, slow_capture, sockopt_int, tcp_info,
+    Served, STOP_TIMEOUT,
 };
 use common::TCPDOCTOR;
 
@@ -268,6 +268,15 @@ fn set_nofile(pid: u32, n: u64) {
     assert_eq!(rc, 0, "prlimit {pid}: {}", std::io::Error::last_os_error());
 }
 
+/// The lowest descriptor number `pid` does not use (what the kernel gives next).
+fn lowest_free_fd(pid: u32) -> u64 {
+    let used: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !used.contains(n)).unwrap_or(0)
+}
+
 #[test]
 fn more_connections_than_descriptors_never_lose_the_listener() {
     // Started under `--nofile 64` (as prlimit(1) would), it caps itself at 16
@@ -301,11 +310,15 @@ fn more_connections_than_descriptors_never_lose_the_listener() {
         assert!(matches!(r, Ok((200, _))), "{r:?}\n{}", served.stderr());
     }
 
-    // Now lower its limit to what it holds, so that accept(2) itself fails with EMFILE
-    // (its cap was set at start): it drops its oldest connection to admit each new one
-    // and keeps the listening socket.
-    let fds = open_fds(pid) as u64;
-    set_nofile(pid, fds);
+    // Now lower its limit so that accept(2) itself fails with EMFILE (its cap was set
+    // at start): it drops its oldest connection to admit each new one and keeps the
+    // listening socket. The kernel refuses a descriptor when the lowest free number is
+    // at the limit (not when the count is): the limit goes to the lowest number free
+    // now. Fresh connections first, so that none of those held reaches its 5 s head
+    // timeout (freeing a number below the limit) before the new ones come.
+    let fresh = open_many(addr, 20, b"GET / HTTP/1.1\r\n");
+    thread::sleep(Duration::from_millis(200));
+    set_nofile(pid, lowest_free_fd(pid));
     let more = open_many(addr, 100, b"GET / HTTP/1.1\r\n");
     for _ in 0..3 {
         let r = get_within(addr, "/", SCRAPE_TIMEOUT);
@@ -318,7 +331,7 @@ fn more_connections_than_descriptors_never_lose_the_listener() {
             .then_some(())
     });
     assert!(said.is_some(), "EMFILE never met: {}", served.stderr());
-    drop((held, more));
+    drop((held, fresh, more));
     // Room again: a whole scrape, collection included.
     set_nofile(pid, 64);
     let body = scrape(addr);
