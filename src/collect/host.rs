@@ -487,17 +487,13 @@ fn recount_descriptors(root: &Path, first: &FdTables, host: &mut HostSnapshot) {
     let again = FdTables::read(root, host);
     let after_ms = again.at.saturating_duration_since(first.at).as_millis() as u64;
     for snap in &mut host.namespaces {
-        for pid in close_wait_holders(snap) {
-            let (Some(before), Some(now), Some(p)) = (
-                first.sizes.get(&pid),
-                again.sizes.get(&pid),
-                snap.processes.get(&pid),
-            ) else {
+        for (pid, now) in &again.sizes {
+            let (Some(before), Some(p)) = (first.sizes.get(pid), snap.processes.get(pid)) else {
                 continue;
             };
             let open_fds = (p.open_fds + now).saturating_sub(*before);
             snap.descriptor_recheck
-                .insert(pid, crate::model::DescriptorRecheck { open_fds, after_ms });
+                .insert(*pid, crate::model::DescriptorRecheck { open_fds, after_ms });
         }
     }
 }

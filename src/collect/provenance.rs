@@ -77,7 +77,7 @@ pub fn read(
 }
 
 /// Socket inodes a process holds as descriptors (`/proc/PID/fd/*` -> `socket:[N]`).
-pub fn held_socket_inodes(proc_root: &Path, pid: u32) -> HashSet<u64> {
+fn held_socket_inodes(proc_root: &Path, pid: u32) -> HashSet<u64> {
     let dir = proc_root.join(pid.to_string()).join("fd");
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return HashSet::new();

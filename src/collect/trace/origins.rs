@@ -134,9 +134,6 @@ pub struct OriginMaps;
 
 #[cfg(tcpdoctor_no_trace_bpf)]
 impl OriginMaps {
-    pub fn read(&self) -> Result<OriginRead, TraceError> {
-        Err(TraceError::NotBuilt)
-    }
     pub fn read_matching(
         &self,
         _: impl FnMut(u64, &RawOrigin) -> bool,
@@ -194,16 +191,12 @@ impl OriginMaps {
         Some((id(self.origins.map())?, id(self.stacks.map())?))
     }
 
-    /// Every origin in the table. Reading from user space does not count as use for
-    /// the LRU (since Linux 5.1 the syscall lookup passes `mark = false`:
-    /// `htab_lru_map_lookup_elem_sys`), so reading keeps no record in a full table.
-    pub fn read(&self) -> Result<OriginRead, TraceError> {
-        self.read_matching(|_, _| true)
-    }
-
     /// The records `keep` accepts, and the count of all. A long-running sampler wants
     /// a handful of the up to 65,536 records at each sample: keeping them all (and
-    /// decoding them) made `serve`'s memory climb with the table's churn.
+    /// decoding them) made `serve`'s memory climb with the table's churn. Reading from
+    /// user space does not count as use for the LRU (since Linux 5.1 the syscall lookup
+    /// passes `mark = false`: `htab_lru_map_lookup_elem_sys`), so reading keeps no
+    /// record in a full table.
     pub fn read_matching(
         &self,
         mut keep: impl FnMut(u64, &RawOrigin) -> bool,
