@@ -46,6 +46,26 @@ fn flow<'a>(v: &'a Value, pid: u32, direction: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {direction} flow of pid {pid} in {:#}", ns["flows"]))
 }
 
+/// A sockfarm client in `ns` that opens `count` connections to `to` and holds them
+/// (`--churn-hold`); its failures are in its result line.
+fn hold_connections(ns: &Netns, to: &str, count: &str, what: &str) -> Lines {
+    Lines::spawn(
+        ns.command(
+            sockfarm(),
+            &[
+                "--churn-connect",
+                to,
+                "--churn-count",
+                count,
+                "--churn-hold",
+                "--hold-secs",
+                "300",
+            ],
+        ),
+        what,
+    )
+}
+
 #[test]
 #[ignore = "needs root"]
 fn a_client_at_a_known_rate_is_named_with_its_destination_and_rate() {
@@ -120,23 +140,7 @@ fn a_narrowed_port_range_gives_the_exact_count_of_eaddrnotavail_and_the_pid() {
     ns.sysctl("net.ipv4.ip_local_port_range", "40000 40009");
     // One client holds all 10 ports before check looks (its first reading sees them)...
     let to = format!("127.0.0.1:{port}");
-    let hold = |count: &str, what: &str| {
-        Lines::spawn(
-            ns.command(
-                sockfarm(),
-                &[
-                    "--churn-connect",
-                    &to,
-                    "--churn-count",
-                    count,
-                    "--churn-hold",
-                    "--hold-secs",
-                    "300",
-                ],
-            ),
-            what,
-        )
-    };
+    let hold = |count: &str, what: &str| hold_connections(&ns, &to, count, what);
     let holder = hold("10", "holding client");
     assert_eq!(holder.next_json()["connected"], 10);
     // Long enough for a client started on a loaded machine to fall inside.
@@ -442,23 +446,7 @@ fn serve_counts_the_connections_of_the_client_exactly() {
     // times (the series the TcpConnectNoFreePort alert reads).
     ns.sysctl("net.ipv4.ip_local_port_range", "40000 40009");
     let to = format!("127.0.0.1:{port}");
-    let hold = |count: &str, what: &str| {
-        Lines::spawn(
-            ns.command(
-                sockfarm(),
-                &[
-                    "--churn-connect",
-                    &to,
-                    "--churn-count",
-                    count,
-                    "--churn-hold",
-                    "--hold-secs",
-                    "300",
-                ],
-            ),
-            what,
-        )
-    };
+    let hold = |count: &str, what: &str| hold_connections(&ns, &to, count, what);
     let holder = hold("10", "holding client");
     assert_eq!(holder.next_json()["connected"], 10);
     let failing = hold("27", "failing client");

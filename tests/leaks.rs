@@ -285,6 +285,35 @@ fn check_json(ns: &Netns) -> Value {
     })
 }
 
+/// The last `leaks` record among a recorder's lines (its look at SIGTERM).
+fn last_leaks(lines: &[Value]) -> &Value {
+    lines
+        .iter()
+        .rev()
+        .find(|l| l["record"] == "leaks")
+        .unwrap_or_else(|| panic!("a leaks record after SIGTERM: {lines:?}"))
+}
+
+/// Process `pid` among the leakers of a `leaks` record.
+fn leaker(leaks: &Value, pid: u32) -> &Value {
+    leaks["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .unwrap_or_else(|| panic!("pid {pid} among the leakers: {leaks:#}"))
+}
+
+/// The `rule` finding of `check --json` about process `pid`.
+fn finding_of<'a>(report: &'a Value, rule: &str, pid: u32) -> &'a Value {
+    report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["rule_id"] == rule && f["data"]["pid"] == pid)
+        .unwrap_or_else(|| panic!("a {rule} finding of pid {pid}: {report:#}"))
+}
+
 /// `trace --leaks --json` on the host, narrowed to `ns`, attached; `extra` arguments
 /// after the others.
 fn start_recorder(ns: &Netns, extra: &[&str]) -> Lines {
@@ -341,20 +370,12 @@ fn trace_leaks_attributes_leaked_sockets_to_the_function_that_opened_them() {
     // Idle past --leak-age, then the last look at SIGTERM.
     thread::sleep(Duration::from_millis(2500));
     let lines = trace.terminate();
-    let leaks = lines
-        .iter()
-        .rev()
-        .find(|l| l["record"] == "leaks")
-        .unwrap_or_else(|| panic!("a leaks record after SIGTERM: {lines:?}"));
+    let leaks = last_leaks(&lines);
     let summary = lines.last().expect("summary");
     assert_eq!(summary["record"], "summary", "{summary}");
     drop(prog.finish());
 
-    let procs = leaks["processes"].as_array().expect("processes");
-    let p = procs
-        .iter()
-        .find(|p| p["pid"] == pid)
-        .unwrap_or_else(|| panic!("pid {pid} among the leakers: {leaks:#}"));
+    let p = leaker(leaks, pid);
     assert_eq!(p["comm"], "leaky", "{p:#}");
     // Every leaked socket is in CLOSE_WAIT and counted; the good ones are gone.
     assert_eq!(p["close_wait"], LEAK, "{p:#}");
@@ -440,11 +461,7 @@ fn check_joins_its_leak_finding_to_a_running_recorder() {
     );
 
     let report = check_json(&ns);
-    let found = common::report::findings(&report, "close_wait_leak");
-    let f = found
-        .iter()
-        .find(|f| f["data"]["pid"] == leaky.pid)
-        .unwrap_or_else(|| panic!("a close_wait_leak of pid {}: {report:#}", leaky.pid));
+    let f = finding_of(&report, "close_wait_leak", leaky.pid);
     assert_eq!(f["data"]["leaked"], LEAK, "{f:#}");
     let p = &f["data"]["provenance"];
     assert_eq!(p["attributed"], LEAK, "{p:#}");
@@ -490,11 +507,7 @@ fn check_joins_its_leak_finding_to_a_running_recorder() {
     // Without our recorder: no origin from it. Another recorder on this host (a
     // parallel serve test) would have recorded these sockets too; then it is named.
     let report = check_json(&ns);
-    let found = common::report::findings(&report, "close_wait_leak");
-    let f = found
-        .iter()
-        .find(|f| f["data"]["pid"] == leaky.pid)
-        .unwrap_or_else(|| panic!("a close_wait_leak of pid {}: {report:#}", leaky.pid));
+    let f = finding_of(&report, "close_wait_leak", leaky.pid);
     let p = &f["data"]["provenance"];
     if p.is_null() {
         let steps: Vec<&str> = f["fix"]
@@ -544,17 +557,9 @@ fn only_descriptors_still_held_after_a_reset_are_attributed_as_detached() {
     let leaky = run_leaky(&ns, &bin, WORK);
 
     let report = check_json(&ns);
-    let d = common::report::findings(&report, "detached_descriptors");
-    let d = d
-        .iter()
-        .find(|f| f["data"]["pid"] == leaky.pid)
-        .unwrap_or_else(|| panic!("detached_descriptors of pid {}: {report:#}", leaky.pid));
+    let d = finding_of(&report, "detached_descriptors", leaky.pid);
     assert_eq!(d["data"]["count"], WORK.held, "{d:#}");
-    let found = common::report::findings(&report, "close_wait_leak");
-    let f = found
-        .iter()
-        .find(|f| f["data"]["pid"] == leaky.pid)
-        .unwrap_or_else(|| panic!("a close_wait_leak of pid {}: {report:#}", leaky.pid));
+    let f = finding_of(&report, "close_wait_leak", leaky.pid);
     let p = &f["data"]["provenance"];
     assert_eq!(p["attributed"], WORK.leak + WORK.held, "{p:#}");
     let opened: Vec<&str> = f["evidence"]
@@ -581,18 +586,10 @@ fn only_descriptors_still_held_after_a_reset_are_attributed_as_detached() {
     // Idle past --leak-age, then the last look at SIGTERM.
     thread::sleep(Duration::from_millis(1500));
     let lines = trace.terminate();
-    let leaks = lines
-        .iter()
-        .rev()
-        .find(|l| l["record"] == "leaks")
-        .unwrap_or_else(|| panic!("a leaks record after SIGTERM: {lines:?}"));
+    let leaks = last_leaks(&lines);
     drop(leaky.child.finish());
 
-    let procs = leaks["processes"].as_array().expect("processes");
-    let p = procs
-        .iter()
-        .find(|p| p["pid"] == leaky.pid)
-        .unwrap_or_else(|| panic!("pid {} among the leakers: {leaks:#}", leaky.pid));
+    let p = leaker(leaks, leaky.pid);
     assert_eq!(p["close_wait"], WORK.leak, "{p:#}");
     assert_eq!(p["detached"], WORK.held, "{p:#}");
     assert_eq!(p["leaked"], WORK.leak + WORK.held, "{p:#}");
@@ -653,11 +650,7 @@ fn threads_blocked_in_accept_are_not_growing_descriptors() {
     );
     let report = check_json(&ns);
     drop(leaky.child.finish());
-    let found = common::report::findings(&report, "close_wait_leak");
-    let f = found
-        .iter()
-        .find(|f| f["data"]["pid"] == leaky.pid)
-        .unwrap_or_else(|| panic!("a close_wait_leak of pid {}: {report:#}", leaky.pid));
+    let f = finding_of(&report, "close_wait_leak", leaky.pid);
     assert_eq!(f["data"]["count"], 12, "{f:#}");
     assert!(f["data"]["descriptor_runway"].is_null(), "{f:#}");
     assert!(
@@ -698,22 +691,14 @@ fn a_full_origin_table_counts_the_records_it_pushed_out() {
     thread::sleep(Duration::from_millis(1500));
     let lines = trace.terminate();
     drop(leaky.child.finish());
-    let leaks = lines
-        .iter()
-        .rev()
-        .find(|l| l["record"] == "leaks")
-        .unwrap_or_else(|| panic!("a leaks record after SIGTERM: {lines:?}"));
+    let leaks = last_leaks(&lines);
     let table = &leaks["table"];
     let num = |k: &str| table[k].as_u64().unwrap_or_else(|| panic!("{k}: {table}"));
     assert_eq!(num("capacity"), TABLE, "{table}");
     assert!(num("present") <= TABLE, "{table}");
     // Our sockets are all still open: their records were not removed at a close.
     assert!(num("evicted") >= LEAK - TABLE, "{table}");
-    let procs = leaks["processes"].as_array().expect("processes");
-    let p = procs
-        .iter()
-        .find(|p| p["pid"] == leaky.pid)
-        .unwrap_or_else(|| panic!("pid {} among the leakers: {leaks:#}", leaky.pid));
+    let p = leaker(leaks, leaky.pid);
     assert_eq!(p["leaked"], LEAK, "{p:#}");
     let attributed = p["attributed"].as_u64().expect("attributed");
     assert!(attributed <= TABLE, "{p:#}");
